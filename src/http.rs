@@ -1,0 +1,143 @@
+//! The HTTP side: `/healthz`, `/readyz`, `/metrics` and the JSON API.
+//!
+//! Health bodies are JSON only; `/readyz` turns 503 the moment the server
+//! starts draining so load balancers stop sending publishers here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+
+use crate::stream::{Registry, Stream, StreamPath};
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: PrometheusHandle,
+    /// All listeners are bound.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/streams", get(streams))
+        .route("/api/v1/streams/{app}/{key}", get(one_stream))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok", "timestamp": unix_now()}))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let (code, status, reason) = if s.registry.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining", Some("server is shutting down"))
+    } else if !s.ready.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting", Some("listeners are not bound yet"))
+    } else {
+        (StatusCode::OK, "ok", None)
+    };
+    let mut body = json!({"status": status, "timestamp": unix_now()});
+    if let Some(r) = reason {
+        body["reason"] = json!(r);
+    }
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn streams(State(s): State<AppState>) -> Json<Value> {
+    let now = Instant::now();
+    Json(Value::Array(
+        s.registry.list().iter().map(|st| describe(st, now)).collect(),
+    ))
+}
+
+async fn one_stream(
+    State(s): State<AppState>,
+    Path((app, key)): Path<(String, String)>,
+) -> Response {
+    let found = StreamPath::from_rtmp(&app, &key)
+        .ok()
+        .and_then(|p| s.registry.get(&p));
+    match found {
+        Some(st) => Json(describe(&st, Instant::now())).into_response(),
+        None => error(StatusCode::NOT_FOUND, &format!("no live stream {app}/{key}")),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/streams")
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, Json(json!({"error": message}))).into_response()
+}
+
+/// One stream as the API shows it.
+pub fn describe(st: &Stream, now: Instant) -> Value {
+    let meta = st.metadata().unwrap_or_default();
+    let ing = st.ingest();
+    let stats = &ing.stats;
+    let has_video = stats.video_codec.is_some();
+    let width = stats
+        .video
+        .as_ref()
+        .map(|v| v.width as f64)
+        .or(meta.width.filter(|_| has_video));
+    let height = stats
+        .video
+        .as_ref()
+        .map(|v| v.height as f64)
+        .or(meta.height.filter(|_| has_video));
+    let fps = ing.fps().or(meta.framerate.filter(|_| has_video));
+    json!({
+        "path": st.path.to_string(),
+        "app": st.path.app,
+        "key": st.path.key,
+        "state": "live",
+        "uptime_seconds": (now.duration_since(st.started).as_secs_f64() * 10.0).round() / 10.0,
+        "publisher": {"peer": st.peer, "encoder": meta.encoder},
+        "codecs": {
+            "video": stats.video_codec.map(|c| c.name()),
+            "audio": stats.audio_codec.map(|c| c.name()),
+        },
+        "width": width.map(|w| w as u64),
+        "height": height.map(|h| h as u64),
+        "fps": fps.map(|f| (f * 100.0).round() / 100.0),
+        "video": stats.video.as_ref().map(|v| json!({"profile": v.profile, "level": v.level})),
+        "audio": stats.audio.as_ref().map(|a| json!({"sample_rate": a.sample_rate, "channels": a.channels})),
+        "ingest_bitrate_bps": ing.bitrate_bps(now),
+        "frames_in": {"video": stats.frames_video, "audio": stats.frames_audio},
+        "keyframes_in": stats.keyframes,
+        "bytes_in": stats.bytes_in,
+        "timestamp_jumps": stats.timestamp_jumps,
+        "renditions": [{"name": "source", "players": 0}],
+    })
+}

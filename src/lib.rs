@@ -1,0 +1,14 @@
+//! sluice: a low-latency live ingest relay. RTMP in, MPEG-TS over SRT out.
+//!
+//! The protocol cores (`rtmp::proto`, `rtmp::amf0`, `flv`, `media`) are
+//! sans-IO: bytes in, events and bytes out, time passed in. The drivers
+//! (`rtmp::server`, `http`, `server`) are thin tokio loops around them.
+
+pub mod config;
+pub mod flv;
+pub mod http;
+pub mod media;
+pub mod rtmp;
+pub mod server;
+pub mod stream;
+pub mod telemetry;

@@ -1,0 +1,77 @@
+//! `sluice`: serve with built-in defaults, a config file, and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use sluice::config::{Config, LogFormat};
+
+/// Low-latency live ingest relay: RTMP in, MPEG-TS over SRT out.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version)]
+struct Cli {
+    /// TOML config file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// RTMP listen address [default: 0.0.0.0:1935]
+    #[arg(long, value_name = "ADDR")]
+    rtmp_addr: Option<SocketAddr>,
+    /// SRT listen address (UDP) [default: 0.0.0.0:9000]
+    #[arg(long, value_name = "ADDR")]
+    srt_addr: Option<SocketAddr>,
+    /// HTTP listen address (health, metrics, API) [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Log format [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let s = &mut config.server;
+    if let Some(a) = cli.rtmp_addr {
+        s.rtmp_addr = a;
+    }
+    if let Some(a) = cli.srt_addr {
+        s.srt_addr = a;
+    }
+    if let Some(a) = cli.http_addr {
+        s.http_addr = a;
+    }
+    if let Some(f) = cli.log_format.as_deref() {
+        s.log_format = f.parse::<LogFormat>().unwrap_or(LogFormat::Text);
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("sluice: {e}");
+        return ExitCode::from(2);
+    }
+    sluice::telemetry::init_logging(config.server.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sluice failed");
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

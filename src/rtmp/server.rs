@@ -1,0 +1,338 @@
+//! The tokio driver for RTMP: accepts TCP connections and moves bytes
+//! between each socket and its [`Session`]. All protocol decisions live in
+//! `proto`; this loop only reads, writes, waits for timeouts and applies the
+//! registry's answers to publish requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use metrics::{counter, gauge, Counter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::amf0::Amf0Value;
+use super::proto::{Event, ProtoError, Session};
+use crate::config::Config;
+use crate::stream::{ClaimError, Metadata, MediaEvent, PublishGuard, Registry, StreamPath};
+use crate::telemetry as t;
+
+/// What every connection task shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    /// The server's root token: cancelled at the end of a drain.
+    pub shutdown: CancellationToken,
+}
+
+/// Accept connections until `ctx.shutdown` is cancelled, then wait for the
+/// connection tasks to finish.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let permits = Arc::new(Semaphore::new(ctx.config.rtmp.max_connections));
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "rtmp accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+            warn!(%peer, limit = ctx.config.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
+            drop(sock);
+            continue;
+        };
+        let ctx = ctx.clone();
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                handle(sock, peer, ctx).await;
+            }
+            .instrument(info_span!("rtmp", %peer)),
+        );
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Why a connection ended.
+enum Close {
+    PeerClosed,
+    Rejected,
+    TakenOver,
+    Shutdown,
+    Io(std::io::Error),
+    Proto(ProtoError),
+}
+
+impl Close {
+    fn reason(&self) -> &'static str {
+        match self {
+            Close::PeerClosed => "peer_closed",
+            Close::Rejected => "rejected",
+            Close::TakenOver => "taken_over",
+            Close::Shutdown => "shutdown",
+            Close::Io(_) => "io_error",
+            Close::Proto(e) => e.reason(),
+        }
+    }
+}
+
+/// A publish in progress on this connection.
+struct Publishing {
+    guard: PublishGuard,
+    bytes: Counter,
+    frames_video: Counter,
+    frames_audio: Counter,
+    tag_errors: Counter,
+    jumps: Counter,
+}
+
+struct Conn {
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    session: Session,
+    app: String,
+    publishing: Option<Publishing>,
+}
+
+async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    counter!(t::RTMP_CONNECTIONS_TOTAL).increment(1);
+    let open = gauge!(t::RTMP_CONNECTIONS);
+    open.increment(1.0);
+    let _ = sock.set_nodelay(true);
+    let seed = rand::random::<u64>();
+    let mut conn = Conn {
+        session: Session::new(ctx.config.rtmp_limits(), Instant::now(), seed),
+        ctx,
+        peer,
+        app: String::new(),
+        publishing: None,
+    };
+    let close = conn.run(&mut sock).await;
+    // Best effort: the last words (a rejection) may still be queued.
+    if let Some(out) = conn.session.take_transmit() {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            sock.write_all(&out),
+        )
+        .await;
+    }
+    let _ = sock.shutdown().await;
+    let reason = close.reason();
+    match &close {
+        Close::Proto(e) => {
+            counter!(t::RTMP_PROTOCOL_ERRORS_TOTAL, "reason" => reason).increment(1);
+            warn!(reason, error = %e, "rtmp connection closed");
+        }
+        Close::Io(e) => info!(reason, error = %e, "rtmp connection closed"),
+        _ => info!(reason, "rtmp connection closed"),
+    }
+    if let Some(p) = conn.publishing.take() {
+        info!(stream = %p.guard.stream().path, "publish ended");
+    }
+    open.decrement(1.0);
+}
+
+impl Conn {
+    async fn run(&mut self, sock: &mut TcpStream) -> Close {
+        let mut buf = vec![0u8; 64 * 1024];
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+            let stream_cancel = self
+                .publishing
+                .as_ref()
+                .map(|p| p.guard.stream().cancel.clone())
+                .unwrap_or_default();
+            tokio::select! {
+                r = sock.read(&mut buf) => match r {
+                    Ok(0) => return Close::PeerClosed,
+                    Ok(n) => {
+                        if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
+                            return Close::Proto(e);
+                        }
+                    }
+                    Err(e) => return Close::Io(e),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(e) = self.session.handle_timeout(Instant::now()) {
+                        return Close::Proto(e);
+                    }
+                }
+                _ = stream_cancel.cancelled(), if self.publishing.is_some() => {
+                    let taken = self.publishing.as_ref().is_some_and(|p| {
+                        p.guard.stream().taken_over.load(std::sync::atomic::Ordering::SeqCst)
+                    });
+                    if taken {
+                        self.session.stop_publish(
+                            "NetStream.Publish.BadName",
+                            "another publisher took over this stream",
+                        );
+                        return Close::TakenOver;
+                    }
+                    self.session.stop_publish("NetStream.Unpublish.Success", "server is shutting down");
+                    return Close::Shutdown;
+                }
+                _ = shutdown.cancelled() => return Close::Shutdown,
+            }
+            if let Err(e) = self.drain_events() {
+                return Close::Proto(e);
+            }
+            if let Some(out) = self.session.take_transmit() {
+                // A peer that stops reading must not pin this task forever.
+                let idle = self.ctx.config.rtmp.idle_timeout;
+                match tokio::time::timeout(idle, sock.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Close::Io(e),
+                    Err(_) => return Close::Proto(ProtoError::IdleTimeout(idle)),
+                }
+            }
+            if self.session.is_closing() {
+                return Close::Rejected;
+            }
+        }
+    }
+
+    fn drain_events(&mut self) -> Result<(), ProtoError> {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::HandshakeDone { kind } => debug!(?kind, "rtmp handshake done"),
+                Event::Connect {
+                    app,
+                    tc_url,
+                    flash_ver,
+                } => {
+                    info!(app, tc_url, flash_ver, "rtmp connect");
+                    if self.ctx.registry.is_draining() {
+                        counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_draining")
+                            .increment(1);
+                        self.session
+                            .reject_connect("server is draining; connect to another instance");
+                    } else {
+                        self.app = app;
+                        self.session.accept_connect()?;
+                    }
+                }
+                Event::Publish { name, .. } => self.on_publish(&name)?,
+                Event::Metadata(v) => self.on_metadata(&v),
+                Event::Media {
+                    video,
+                    timestamp,
+                    payload,
+                } => self.on_media(video, timestamp, payload),
+                Event::Unpublish { .. } => {
+                    if let Some(p) = self.publishing.take() {
+                        info!(stream = %p.guard.stream().path, "publisher unpublished");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, name: &str) -> Result<(), ProtoError> {
+        let path = match StreamPath::from_rtmp(&self.app, name) {
+            Ok(p) => p,
+            Err(why) => {
+                counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_bad_name").increment(1);
+                warn!(app = self.app, name, why, "publish refused");
+                self.session
+                    .reject_publish("NetStream.Publish.BadName", &format!("bad stream name: {why}"));
+                return Ok(());
+            }
+        };
+        let cfg = &self.ctx.config;
+        let claim = self.ctx.registry.claim(
+            path.clone(),
+            name,
+            &self.peer.to_string(),
+            cfg.app(&path.app).takeover,
+            cfg.rtmp.max_timestamp_jump,
+            &self.ctx.shutdown,
+        );
+        match claim {
+            Ok(guard) => {
+                counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
+                info!(stream = %path, "publish accepted");
+                let label = path.to_string();
+                self.publishing = Some(Publishing {
+                    guard,
+                    bytes: counter!(t::INGEST_BYTES_TOTAL, "stream" => label.clone()),
+                    frames_video: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "video"),
+                    frames_audio: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "audio"),
+                    tag_errors: counter!(t::INGEST_TAG_ERRORS_TOTAL, "stream" => label.clone()),
+                    jumps: counter!(t::TIMESTAMP_JUMPS_TOTAL, "stream" => label),
+                });
+                self.session.accept_publish()?;
+            }
+            Err(e) => {
+                let (result, code) = match e {
+                    ClaimError::Busy(_) => ("rejected_busy", "NetStream.Publish.BadName"),
+                    ClaimError::Draining => ("rejected_draining", "NetStream.Publish.Failed"),
+                };
+                counter!(t::RTMP_PUBLISHES_TOTAL, "result" => result).increment(1);
+                warn!(stream = %path, reason = result, "publish refused: {e}");
+                self.session.reject_publish(code, &e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_metadata(&mut self, v: &Amf0Value) {
+        let Some(p) = &self.publishing else { return };
+        let num = |k: &str| v.get(k).and_then(Amf0Value::as_f64);
+        let m = Metadata {
+            encoder: v.get("encoder").and_then(Amf0Value::as_str).map(String::from),
+            width: num("width"),
+            height: num("height"),
+            framerate: num("framerate").or_else(|| num("videoframerate")),
+        };
+        debug!(?m, "metadata");
+        p.guard.stream().set_metadata(m);
+    }
+
+    fn on_media(&mut self, video: bool, timestamp: u32, payload: Bytes) {
+        let Some(p) = &self.publishing else { return };
+        let len = payload.len() as u64;
+        p.bytes.increment(len);
+        let result = p
+            .guard
+            .stream()
+            .ingest()
+            .push(Instant::now(), video, timestamp, payload);
+        match result {
+            Ok((event, jump)) => {
+                if let Some(j) = jump {
+                    p.jumps.increment(1);
+                    warn!(track = ?j.track, jump_ms = j.jump_ms,
+                        limit_ms = self.ctx.config.rtmp.max_timestamp_jump.as_millis() as u64,
+                        "timestamp jumped; timeline re-based");
+                }
+                if let Some(MediaEvent::Frame(f)) = &event {
+                    match f.track {
+                        crate::media::Track::Video => p.frames_video.increment(1),
+                        crate::media::Track::Audio => p.frames_audio.increment(1),
+                    }
+                }
+            }
+            Err(e) => {
+                p.tag_errors.increment(1);
+                debug!(video, error = %e, "media tag skipped");
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Process lifecycle: bind every listener, serve, and drain on SIGTERM or
+//! SIGINT (`/readyz` 503 at once, new publishers refused, running streams
+//! get `server.drain_timeout`, then everything is cancelled).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::rtmp::server::{self as rtmp_server, Context};
+use crate::stream::Registry;
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {what} on {addr}: {source} (set --{what}-addr or server.{what}_addr)")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Metrics(String),
+}
+
+/// Run until a shutdown signal has been handled; returns after the drain.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
+    let config = Arc::new(config);
+    let registry = Registry::new();
+    let root = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let s = &config.server;
+    let rtmp = TcpListener::bind(s.rtmp_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "rtmp",
+            addr: s.rtmp_addr,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(s.http_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "http",
+            addr: s.http_addr,
+            source,
+        })?;
+    let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let http_addr = http_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(
+        rtmp_addr,
+        http_addr,
+        srt_addr = %s.srt_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        registry: registry.clone(),
+        shutdown: root.clone(),
+    });
+    let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, ctx));
+    let app = http::router(AppState {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let http_root = root.clone();
+    let http_task = tokio::spawn(async move {
+        let r = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move { http_root.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "http server failed");
+        }
+    });
+    // Keep gauges and histogram summaries fresh even when nobody scrapes.
+    let upkeep_root = root.clone();
+    let upkeep_registry = registry.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_root.cancelled() => break,
+                _ = tick.tick() => {
+                    metrics.run_upkeep();
+                    metrics::gauge!(telemetry::STREAMS).set(upkeep_registry.len() as f64);
+                }
+            }
+        }
+    });
+    ready.store(true, Ordering::SeqCst);
+
+    let signal = wait_for_signal().await;
+    info!(signal, drain_timeout = ?config.server.drain_timeout, "draining");
+    registry.start_draining();
+    let deadline = tokio::time::Instant::now() + config.server.drain_timeout;
+    while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !registry.is_empty() {
+        warn!(streams = registry.len(), "drain timeout reached; stopping live streams");
+    }
+    root.cancel();
+    // Teardown is bounded: connection tasks only need to flush a status.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = rtmp_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}

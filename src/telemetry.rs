@@ -1,0 +1,73 @@
+//! Logging (`tracing` to stderr, text or JSON) and the Prometheus recorder.
+//!
+//! Metric names are declared here once, with their help text, so `/metrics`
+//! documents itself and call sites cannot drift apart on spelling.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+pub const RTMP_CONNECTIONS: &str = "sluice_rtmp_connections";
+pub const RTMP_CONNECTIONS_TOTAL: &str = "sluice_rtmp_connections_total";
+pub const RTMP_PUBLISHES_TOTAL: &str = "sluice_rtmp_publishes_total";
+pub const RTMP_PROTOCOL_ERRORS_TOTAL: &str = "sluice_rtmp_protocol_errors_total";
+pub const RTMP_CONNECTIONS_REJECTED_TOTAL: &str = "sluice_rtmp_connections_rejected_total";
+pub const INGEST_BYTES_TOTAL: &str = "sluice_ingest_bytes_total";
+pub const INGEST_FRAMES_TOTAL: &str = "sluice_ingest_frames_total";
+pub const INGEST_TAG_ERRORS_TOTAL: &str = "sluice_ingest_tag_errors_total";
+pub const TIMESTAMP_JUMPS_TOTAL: &str = "sluice_timestamp_jumps_total";
+pub const STREAMS: &str = "sluice_streams";
+
+/// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Install the Prometheus recorder and describe every metric.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(RTMP_CONNECTIONS, "Open RTMP connections.");
+    describe_counter!(RTMP_CONNECTIONS_TOTAL, "RTMP connections accepted.");
+    describe_counter!(
+        RTMP_CONNECTIONS_REJECTED_TOTAL,
+        "RTMP connections refused before the handshake, by reason."
+    );
+    describe_counter!(RTMP_PUBLISHES_TOTAL, "RTMP publish attempts, by result.");
+    describe_counter!(
+        RTMP_PROTOCOL_ERRORS_TOTAL,
+        "RTMP connections closed for a protocol error or limit, by reason."
+    );
+    describe_counter!(INGEST_BYTES_TOTAL, "Media bytes received, by stream.");
+    describe_counter!(INGEST_FRAMES_TOTAL, "Media frames received, by stream and track.");
+    describe_counter!(
+        INGEST_TAG_ERRORS_TOTAL,
+        "Audio/video messages that could not be parsed, by stream."
+    );
+    describe_counter!(
+        TIMESTAMP_JUMPS_TOTAL,
+        "Timestamp jumps larger than rtmp.max_timestamp_jump, re-based, by stream and track."
+    );
+    describe_gauge!(STREAMS, "Live streams.");
+}

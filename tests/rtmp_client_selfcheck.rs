@@ -1,0 +1,172 @@
+//! Checks the test suite's own RTMP publisher against an independent RTMP
+//! server, ffmpeg's (`ffmpeg -listen 1 -i rtmp://...`), so that a failure
+//! in the sluice tests can be blamed on sluice and not on the test client.
+//! These tests do not start sluice.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::flv::{self, FlvTag};
+use common::rtmp_client::{PublishOptions, RtmpPublisher};
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Publishes `tags` to an `ffmpeg -listen 1` RTMP server that copies the
+/// stream into an FLV file; returns (tags sent report, tags ffmpeg wrote).
+fn publish_to_ffmpeg(
+    tags: &[FlvTag],
+    opts: PublishOptions,
+) -> (common::rtmp_client::SendReport, Vec<FlvTag>) {
+    let dir = TempDir::new("selfcheck");
+    let out = dir.join("out.flv");
+    let port = free_port();
+    let url = format!("rtmp://127.0.0.1:{port}/live/check");
+    let mut ff = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-listen",
+        "1",
+        "-i",
+        &url,
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        out.to_str().unwrap(),
+    ]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A refused TCP connect does not consume ffmpeg's single listen, so
+    // retry until it accepts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut publisher = loop {
+        match RtmpPublisher::connect(addr, "live", opts.clone()) {
+            Ok(p) => break p,
+            Err(e) if e.contains("refused") && Instant::now() < deadline && ff.is_running() => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("connect to ffmpeg failed: {e}; ffmpeg: {}", ff.stderr().text()),
+        }
+    };
+    let outcome = publisher.publish("check");
+    assert!(outcome.is_accepted(), "ffmpeg refused: {outcome:?}");
+    let report = publisher.send_tags(tags);
+    assert!(report.error.is_none(), "send failed: {report:?}");
+    publisher.close();
+    let status = ff.expect_exit(Duration::from_secs(30));
+    assert!(status.success(), "ffmpeg failed: {}", ff.stderr().text());
+    let written = flv::read_flv(&out);
+    (report, written.tags)
+}
+
+fn check_roundtrip(opts: PublishOptions) {
+    let src = flv::read_flv(&fixture_avc_aac(4));
+    let (want_v, want_a) = src.frame_counts();
+    let offset = opts.timestamp_offset;
+    let (report, got) = publish_to_ffmpeg(&src.tags, opts.clone());
+    assert_eq!((report.video_frames, report.audio_frames), (want_v, want_a));
+    // The options really shaped the wire format.
+    if opts.interleave {
+        assert!(report.interleaved_pairs > 50, "too few interleaved pairs: {report:?}");
+    }
+    if opts.always_type0 {
+        assert_eq!(report.header_types[1..], [0, 0, 0], "{report:?}");
+    } else {
+        assert!(report.header_types[1] + report.header_types[2] > 0, "{report:?}");
+    }
+    let crosses_ext = offset < 0xFF_FFFF && offset.wrapping_add(src.duration_ms()) >= 0xFF_FFFF;
+    if crosses_ext && opts.always_type0 {
+        assert!(report.extended_headers > 50, "too few extended timestamps: {report:?}");
+    }
+    let (got_v, got_a) = flv::frame_counts(&got);
+    assert_eq!(
+        (got_v, got_a),
+        (want_v, want_a),
+        "ffmpeg received a different number of frames"
+    );
+    // Video payloads and timestamp spacing survive the trip.
+    let src_v: Vec<&FlvTag> = src.tags.iter().filter(|t| t.is_video() && t.is_frame()).collect();
+    let got_v: Vec<&FlvTag> = got.iter().filter(|t| t.is_video() && t.is_frame()).collect();
+    for (k, (a, b)) in src_v.iter().zip(&got_v).enumerate() {
+        assert_eq!(a.data, b.data, "video frame {k} payload differs");
+        if k > 0 {
+            let da = a.timestamp - src_v[k - 1].timestamp;
+            let db = b.timestamp.wrapping_sub(got_v[k - 1].timestamp);
+            assert_eq!(da, db, "video frame {k}: timestamp delta differs (offset {offset})");
+        }
+    }
+}
+
+#[test]
+fn client_default_mode_roundtrips_through_ffmpeg() {
+    check_roundtrip(PublishOptions {
+        realtime: false,
+        ..PublishOptions::default()
+    });
+}
+
+#[test]
+fn client_interleaved_128_byte_chunks_roundtrip_through_ffmpeg() {
+    check_roundtrip(PublishOptions {
+        realtime: false,
+        interleave: true,
+        chunk_size: 128,
+        ..PublishOptions::default()
+    });
+}
+
+#[test]
+fn client_extended_timestamps_roundtrip_through_ffmpeg() {
+    check_roundtrip(PublishOptions {
+        realtime: false,
+        always_type0: true,
+        chunk_size: 128,
+        timestamp_offset: (1 << 24) - 2000,
+        ..PublishOptions::default()
+    });
+}
+
+#[test]
+fn fixture_has_b_frames_and_expected_layout() {
+    let f = flv::read_flv(&fixture_avc_aac(4));
+    assert!(f.has_audio && f.has_video);
+    assert!(
+        f.tags.iter().any(|t| t.composition_time().unwrap_or(0) > 0),
+        "the libx264 veryfast fixture should contain B-frames (non-zero composition time)"
+    );
+    let (v, a) = f.frame_counts();
+    assert_eq!(v, 120, "4 s at 30 fps");
+    assert!(a > 180, "about 4 s of 1024-sample AAC frames at 48 kHz, got {a}");
+    let _ = Arc::new(f.tags);
+}
+
+#[test]
+fn client_32bit_wrap_with_compressed_headers_roundtrips_through_ffmpeg() {
+    check_roundtrip(PublishOptions {
+        realtime: false,
+        chunk_size: 128,
+        timestamp_offset: u32::MAX - 2999,
+        ..PublishOptions::default()
+    });
+}
+
+#[test]
+fn client_32bit_wrap_with_type0_headers_roundtrips_through_ffmpeg() {
+    check_roundtrip(PublishOptions {
+        realtime: false,
+        always_type0: true,
+        interleave: true,
+        chunk_size: 128,
+        timestamp_offset: u32::MAX - 2999,
+        ..PublishOptions::default()
+    });
+}
