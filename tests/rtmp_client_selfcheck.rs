@@ -170,3 +170,60 @@ fn client_32bit_wrap_with_type0_headers_roundtrips_through_ffmpeg() {
         ..PublishOptions::default()
     });
 }
+
+/// The HEVC tags the tests build from libx265 output: one frame per
+/// picture, keyframes every 60 frames, and an hvcC whose profile and level
+/// agree with ffprobe's reading of the same stream.
+#[test]
+fn hevc_fixture_converts_to_flv_tags_consistent_with_ffprobe() {
+    let path = fixture_hevc_annexb(4);
+    let data = std::fs::read(&path).unwrap();
+    let (hvcc, frames) = flv::hevc_frames(&data);
+    assert_eq!(frames.len(), 120, "4 s at 30 fps");
+    let keys: Vec<usize> = (0..frames.len()).filter(|&i| frames[i].keyframe).collect();
+    assert_eq!(keys, vec![0, 60], "keyframes every 60 frames");
+    assert_eq!(hvcc[0], 1, "configurationVersion");
+    let ffprobe = require_program("ffprobe", "the `ffmpeg` Debian package");
+    let mut cmd = std::process::Command::new(ffprobe);
+    cmd.args([
+        "-v",
+        "error",
+        "-select_streams",
+        "v",
+        "-show_entries",
+        "stream=profile,level,width,height",
+        "-of",
+        "default=noprint_wrappers=1",
+    ])
+    .arg(&path);
+    let (status, out, err) = run_to_exit("ffprobe", cmd, Duration::from_secs(60));
+    assert!(status.success(), "ffprobe failed: {err}");
+    assert!(out.contains("profile=Main"), "{out}");
+    assert!(out.contains("width=640") && out.contains("height=360"), "{out}");
+    let level: u8 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("level="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ffprobe level");
+    assert_eq!(hvcc[1] & 0x1F, 1, "general_profile_idc Main");
+    assert_eq!(hvcc[12], level, "general_level_idc");
+    assert_eq!(hvcc[21] & 0x03, 3, "lengthSizeMinusOne");
+    assert_eq!(hvcc[22], 3, "VPS, SPS and PPS arrays");
+    // Every frame is a sequence of 4-byte length-prefixed NAL units.
+    for (i, f) in frames.iter().enumerate() {
+        let mut p = 0;
+        while p < f.avcc.len() {
+            let n = u32::from_be_bytes(f.avcc[p..p + 4].try_into().unwrap()) as usize;
+            assert!(n > 0 && p + 4 + n <= f.avcc.len(), "frame {i}: bad NAL length");
+            p += 4 + n;
+        }
+    }
+    let tags = flv::hevc_tags(&data, 30, true);
+    assert_eq!(flv::frame_counts(&tags), (120, 0));
+    assert_eq!(tags[0].kind(), flv::TagKind::Config);
+    assert_eq!(tags[1].data[0], 0x91, "keyframe CodedFrames");
+    assert_eq!(tags[2].data[0], 0xA3, "inter CodedFramesX");
+    let legacy = flv::hevc_tags(&data, 30, false);
+    assert_eq!(flv::frame_counts(&legacy), (120, 0));
+    assert_eq!(&legacy[1].data[..2], &[0x1C, 1]);
+}

@@ -166,7 +166,7 @@ impl Registry {
     /// Live streams sorted by path.
     pub fn list(&self) -> Vec<Arc<Stream>> {
         let mut v: Vec<_> = self.map().values().cloned().collect();
-        v.sort_by(|a, b| a.path.to_string().cmp(&b.path.to_string()));
+        v.sort_by_key(|s| s.path.to_string());
         v
     }
 

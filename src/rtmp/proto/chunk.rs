@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn type3_without_repeated_extended_timestamp_is_accepted() {
         // Some encoders omit the 4-byte extended timestamp on continuation chunks.
-        let payload = vec![0x11u8; 200];
+        let payload = [0x11u8; 200];
         let mut wire = BytesMut::new();
         wire.put_u8(6);
         wire.put_uint(EXTENDED as u64, 3);

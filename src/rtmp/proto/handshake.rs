@@ -106,7 +106,7 @@ impl Handshake {
             }
         }
         self.buf.extend_from_slice(input);
-        if matches!(self.state, State::AwaitC0C1) && self.buf.len() >= 1 + PACKET_SIZE {
+        if matches!(self.state, State::AwaitC0C1) && self.buf.len() > PACKET_SIZE {
             self.buf.advance(1);
             let c1 = self.buf.split_to(PACKET_SIZE);
             progress.send = Some(self.respond(&c1, random));

@@ -42,6 +42,9 @@ const UC_PING_RESPONSE: u16 = 7;
 
 /// Streams one connection may create; encoders use one.
 const MAX_STREAMS: u32 = 8;
+/// Command and data messages are small; decoded AMF takes several times
+/// the wire size in memory, so cap them well below `max_message_size`.
+const MAX_COMMAND_SIZE: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -117,6 +120,8 @@ pub enum ProtoError {
     },
     #[error("protocol violation: {0}")]
     Violation(String),
+    #[error("command/data message (type {type_id}) of {len} bytes exceeds the 262144-byte limit")]
+    CommandTooLarge { type_id: u8, len: usize },
 }
 
 impl ProtoError {
@@ -136,6 +141,7 @@ impl ProtoError {
             } => "amf_depth",
             ProtoError::Amf { .. } => "amf_invalid",
             ProtoError::Violation(_) => "protocol_violation",
+            ProtoError::CommandTooLarge { .. } => "message_too_large",
         }
     }
 }
@@ -422,14 +428,22 @@ impl Session {
 
     fn on_message(&mut self, msg: Message) -> Result<(), ProtoError> {
         match msg.type_id {
-            AUDIO | VIDEO => {
-                if self.publishing == Some(msg.stream_id) {
-                    self.events.push_back(Event::Media {
-                        video: msg.type_id == VIDEO,
-                        timestamp: msg.timestamp,
-                        payload: msg.payload,
-                    });
-                }
+            AUDIO | VIDEO if self.publishing == Some(msg.stream_id) => {
+                self.events.push_back(Event::Media {
+                    video: msg.type_id == VIDEO,
+                    timestamp: msg.timestamp,
+                    payload: msg.payload,
+                });
+            }
+            // Media before an accepted publish, or on another stream, is dropped.
+            AUDIO | VIDEO => {}
+            COMMAND_AMF0 | COMMAND_AMF3 | DATA_AMF0 | DATA_AMF3
+                if msg.payload.len() > MAX_COMMAND_SIZE =>
+            {
+                return Err(ProtoError::CommandTooLarge {
+                    type_id: msg.type_id,
+                    len: msg.payload.len(),
+                });
             }
             COMMAND_AMF0 => self.on_command(&msg.payload, msg.stream_id)?,
             COMMAND_AMF3 => {
@@ -441,16 +455,9 @@ impl Session {
             DATA_AMF0 => self.on_data(&msg.payload)?,
             DATA_AMF3 => self.on_data(msg.payload.get(1..).unwrap_or(&[]))?,
             USER_CONTROL => self.on_user_control(&msg.payload),
-            WINDOW_ACK_SIZE => {
-                if msg.payload.len() >= 4 {
-                    let w = u32::from_be_bytes([
-                        msg.payload[0],
-                        msg.payload[1],
-                        msg.payload[2],
-                        msg.payload[3],
-                    ]);
-                    self.ack_window = w;
-                }
+            WINDOW_ACK_SIZE if msg.payload.len() >= 4 => {
+                let p = &msg.payload;
+                self.ack_window = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
             }
             AGGREGATE => self.on_aggregate(msg)?,
             // Set Chunk Size and Abort were applied by the decoder; peer
