@@ -129,10 +129,12 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: "<inline>".into(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: "<inline>".into(),
+                    message: e.to_string(),
+                })?;
         let mut cfg = Config::default();
         let mut root = Section::new("", table);
         if let Some(mut s) = root.section("server")? {
@@ -141,7 +143,9 @@ impl Config {
             s.addr("srt_addr", &mut c.srt_addr)?;
             s.addr("http_addr", &mut c.http_addr)?;
             if let Some(v) = s.string("log_format")? {
-                c.log_format = v.parse().map_err(|m: String| invalid(&s.key("log_format"), m))?;
+                c.log_format = v
+                    .parse()
+                    .map_err(|m: String| invalid(&s.key("log_format"), m))?;
             }
             s.duration("drain_timeout", &mut c.drain_timeout)?;
             s.finish()?;
@@ -156,7 +160,12 @@ impl Config {
             s.duration("handshake_timeout", &mut c.handshake_timeout)?;
             s.duration("idle_timeout", &mut c.idle_timeout)?;
             s.int("chunk_size", 128, 0xFF_FFFF, &mut c.chunk_size)?;
-            s.int("window_ack_size", 1, u32::MAX as i64, &mut c.window_ack_size)?;
+            s.int(
+                "window_ack_size",
+                1,
+                u32::MAX as i64,
+                &mut c.window_ack_size,
+            )?;
             s.duration("max_timestamp_jump", &mut c.max_timestamp_jump)?;
             s.finish()?;
         }
@@ -186,7 +195,10 @@ impl Config {
             return Err(invalid("rtmp.idle_timeout", "must be greater than zero"));
         }
         if self.rtmp.handshake_timeout.is_zero() {
-            return Err(invalid("rtmp.handshake_timeout", "must be greater than zero"));
+            return Err(invalid(
+                "rtmp.handshake_timeout",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -435,5 +447,21 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// deploy/sluice.example.toml documents the defaults; keep it true.
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../deploy/sluice.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{:?}", c.server), format!("{:?}", d.server));
+        assert_eq!(format!("{:?}", c.rtmp), format!("{:?}", d.rtmp));
+        assert!(!c.app("live").takeover);
     }
 }

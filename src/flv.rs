@@ -231,7 +231,9 @@ pub fn parse_video(body: Bytes) -> Result<VideoTag, FlvError> {
         // Video info/command frame: a UI8 command follows, no video data.
         return Ok(VideoTag::Command);
     }
-    let keyframe = keyframe_for(frame_type)?;
+    // The frame type only matters for coded frames; sequence headers and
+    // end-of-sequence tags are accepted whatever it says.
+    let keyframe = keyframe_for(frame_type);
     let codec = match codec_id {
         7 => Codec::H264,
         // 12 is not in the FLV spec; Chinese CDNs and ffmpeg forks use it
@@ -249,7 +251,7 @@ pub fn parse_video(body: Bytes) -> Result<VideoTag, FlvError> {
             let cts = si24(array_at::<3>(&body, 2, "AVC NALU CompositionTime")?);
             Ok(VideoTag::Frame {
                 codec,
-                keyframe,
+                keyframe: keyframe?,
                 cts,
                 data: body.slice(5..),
             })
@@ -282,7 +284,7 @@ fn parse_ex_video(body: Bytes, b0: u8) -> Result<VideoTag, FlvError> {
         }
         _ => {}
     }
-    let keyframe = keyframe_for(frame_type)?;
+    let keyframe = keyframe_for(frame_type);
     let fourcc = array_at::<4>(&body, pos, "E-RTMP video FourCC")?;
     pos += 4;
     let codec = match &fourcc {
@@ -312,7 +314,7 @@ fn parse_ex_video(body: Bytes, b0: u8) -> Result<VideoTag, FlvError> {
             }
             Ok(VideoTag::Frame {
                 codec,
-                keyframe,
+                keyframe: keyframe?,
                 cts,
                 data: body.slice(pos..),
             })
@@ -320,7 +322,7 @@ fn parse_ex_video(body: Bytes, b0: u8) -> Result<VideoTag, FlvError> {
         2 => Ok(VideoTag::EndOfSequence(codec)),
         3 => Ok(VideoTag::Frame {
             codec,
-            keyframe,
+            keyframe: keyframe?,
             cts: 0,
             data: body.slice(pos..),
         }),
@@ -824,5 +826,919 @@ fn fuzz_audio(body: Bytes) {
     };
     if let Ok(rebuilt) = build_audio(&tag) {
         let _ = parse_audio(rebuilt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{AudioParams, VideoParams};
+
+    // Fixtures. The ffmpeg5.1-x264-* files were written by ffmpeg 5.1 (Debian
+    // 12) straight to FLV, e.g.
+    //   ffmpeg -f lavfi -i testsrc2=size=640x360:rate=30 -f lavfi -i sine=sample_rate=48000 -t 0.2 \
+    //     -c:v libx264 -preset veryfast -crf 45 -c:a aac -ac 2 -b:a 32k -f flv ...
+    // (1918x1078: -preset ultrafast -crf 51, one frame; high444-cqm: -pix_fmt yuv444p with custom
+    // cqm4/cqm8 matrices so the SPS carries 12 scaling lists, audio 44.1 kHz mono).
+    // ffmpeg 5.1 cannot write HEVC or AV1 to FLV, so the x265/aom files hold one frame encoded by
+    // ffmpeg 5.1 (libx265 1280x720 and 322x182, libaom 320x180) into MP4, with the hvcC/av1C record
+    // and the sample re-wrapped by a short script into E-RTMP tags: SequenceStart, CodedFrames
+    // (keyframe; hvc1 with CTS 0), SequenceEnd.
+    const X264_640: &[u8] = include_bytes!("../tests/fixtures/ffmpeg5.1-x264-640x360-aac.flv");
+    const X264_1918: &[u8] = include_bytes!("../tests/fixtures/ffmpeg5.1-x264-1918x1078.flv");
+    const X264_444: &[u8] =
+        include_bytes!("../tests/fixtures/ffmpeg5.1-x264-high444-cqm-320x240-aac-mono.flv");
+    const X265_720: &[u8] =
+        include_bytes!("../tests/fixtures/ffmpeg5.1-x265-1280x720-ertmp-hvc1.flv");
+    const X265_322: &[u8] =
+        include_bytes!("../tests/fixtures/ffmpeg5.1-x265-322x182-ertmp-hvc1.flv");
+    const AOM_320: &[u8] = include_bytes!("../tests/fixtures/ffmpeg5.1-aom-320x180-ertmp-av01.flv");
+
+    const ALL: [&[u8]; 6] = [X264_640, X264_1918, X264_444, X265_720, X265_322, AOM_320];
+
+    fn tags(file: &'static [u8]) -> Vec<FileTag> {
+        FileReader::new(Bytes::from_static(file))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    fn videos(file: &'static [u8]) -> Vec<VideoTag> {
+        tags(file)
+            .into_iter()
+            .filter(|t| t.tag_type == TAG_VIDEO)
+            .map(|t| parse_video(t.body).unwrap())
+            .collect()
+    }
+
+    fn audios(file: &'static [u8]) -> Vec<AudioTag> {
+        tags(file)
+            .into_iter()
+            .filter(|t| t.tag_type == TAG_AUDIO)
+            .map(|t| parse_audio(t.body).unwrap())
+            .collect()
+    }
+
+    fn video_params(tag: &VideoTag) -> (Codec, VideoParams) {
+        match tag {
+            VideoTag::Config(CodecConfig::Video {
+                codec,
+                params: Some(p),
+                ..
+            }) => (*codec, p.clone()),
+            other => panic!("expected a video config with params, got {other:?}"),
+        }
+    }
+
+    fn audio_params(tag: &AudioTag) -> AudioParams {
+        match tag {
+            AudioTag::Config(CodecConfig::Audio {
+                codec: Codec::Aac,
+                params: Some(p),
+                ..
+            }) => p.clone(),
+            other => panic!("expected an AAC config, got {other:?}"),
+        }
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn byte(&mut self) -> u8 {
+            (self.next() >> 32) as u8
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn reads_x264_aac_file_from_ffmpeg() {
+        let t = tags(X264_640);
+        assert_eq!(t[0].tag_type, TAG_SCRIPT);
+        let h = FileReader::new(Bytes::from_static(X264_640))
+            .unwrap()
+            .header();
+        assert_eq!(
+            h,
+            FileHeader {
+                version: 1,
+                has_audio: true,
+                has_video: true
+            }
+        );
+
+        let v = videos(X264_640);
+        let (codec, p) = video_params(&v[0]);
+        assert_eq!(codec, Codec::H264);
+        assert_eq!((p.width, p.height), (640, 360));
+        assert_eq!(p.profile.as_deref(), Some("High"));
+        assert_eq!(p.level, Some(30));
+        // ffmpeg ends the stream with an AVC end-of-sequence tag.
+        assert_eq!(v.last(), Some(&VideoTag::EndOfSequence(Codec::H264)));
+        let frames: Vec<_> = v[1..v.len() - 1]
+            .iter()
+            .map(|f| match f {
+                VideoTag::Frame {
+                    codec: Codec::H264,
+                    keyframe,
+                    cts,
+                    data,
+                } => (*keyframe, *cts, data.len()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert!(frames[0].0, "first frame is a keyframe");
+        assert!(frames[1..].iter().all(|f| !f.0));
+        // B-frames: x264 veryfast reorders, so some frames present later than they decode.
+        assert!(frames.iter().any(|f| f.1 > 0));
+        assert!(frames.iter().all(|f| f.2 > 4));
+
+        let a = audios(X264_640);
+        assert_eq!(
+            audio_params(&a[0]),
+            AudioParams {
+                sample_rate: 48000,
+                channels: 2,
+                object_type: Some(2)
+            }
+        );
+        assert!(a[1..]
+            .iter()
+            .all(|t| matches!(t, AudioTag::Frame { codec: Codec::Aac, data } if !data.is_empty())));
+    }
+
+    #[test]
+    fn sps_cropping_gives_1918x1078() {
+        let (_, p) = video_params(&videos(X264_1918)[0]);
+        assert_eq!((p.width, p.height), (1918, 1078));
+        assert_eq!(p.profile.as_deref(), Some("Baseline"));
+    }
+
+    #[test]
+    fn high_444_sps_with_scaling_matrices_and_mono_aac() {
+        let (_, p) = video_params(&videos(X264_444)[0]);
+        assert_eq!((p.width, p.height), (320, 240));
+        assert_eq!(p.profile.as_deref(), Some("High 4:4:4"));
+        let a = audios(X264_444);
+        assert_eq!(
+            audio_params(&a[0]),
+            AudioParams {
+                sample_rate: 44100,
+                channels: 1,
+                object_type: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn ertmp_hvc1_config_frame_and_end_from_x265() {
+        let v = videos(X265_720);
+        let (codec, p) = video_params(&v[0]);
+        assert_eq!(codec, Codec::H265);
+        assert_eq!((p.width, p.height), (1280, 720));
+        assert_eq!(p.profile.as_deref(), Some("Main"));
+        assert_eq!(p.level, Some(93));
+        assert!(
+            matches!(&v[1], VideoTag::Frame { codec: Codec::H265, keyframe: true, cts: 0, data } if data.len() > 100)
+        );
+        assert_eq!(v[2], VideoTag::EndOfSequence(Codec::H265));
+        if let VideoTag::Config(CodecConfig::Video { record, .. }) = &v[0] {
+            let c = hevc::parse_hevc_decoder_config(record).unwrap();
+            assert_eq!((c.vps.len(), c.sps.len(), c.pps.len()), (1, 1, 1));
+            assert_eq!(c.nal_length_size, 4);
+        }
+    }
+
+    #[test]
+    fn hevc_conformance_window_gives_322x182() {
+        let (_, p) = video_params(&videos(X265_322)[0]);
+        assert_eq!((p.width, p.height), (322, 182));
+    }
+
+    #[test]
+    fn legacy_codec_id_12_hevc_is_framed_like_avc() {
+        let v = videos(X265_720);
+        let VideoTag::Config(CodecConfig::Video { record, params, .. }) = &v[0] else {
+            panic!("no config");
+        };
+        let mut body = vec![0x1C, 0, 0, 0, 0];
+        body.extend_from_slice(record);
+        let tag = parse_video(Bytes::from(body)).unwrap();
+        assert_eq!(
+            tag,
+            VideoTag::Config(CodecConfig::Video {
+                codec: Codec::H265,
+                record: record.clone(),
+                params: params.clone()
+            })
+        );
+        let tag = parse_video(Bytes::from_static(&[
+            0x2C, 1, 0xFF, 0xFF, 0xDF, 0, 0, 0, 1, 0x02,
+        ]))
+        .unwrap();
+        assert_eq!(
+            tag,
+            VideoTag::Frame {
+                codec: Codec::H265,
+                keyframe: false,
+                cts: -33,
+                data: Bytes::from_static(&[0, 0, 0, 1, 2])
+            }
+        );
+    }
+
+    #[test]
+    fn ertmp_av01_sequence_start_reads_the_sequence_header() {
+        let v = videos(AOM_320);
+        let (codec, p) = video_params(&v[0]);
+        assert_eq!(codec, Codec::Av1);
+        assert_eq!((p.width, p.height), (320, 180));
+        // av01 CodedFrames carry no composition time: the data starts with the
+        // sequence header OBU libaom repeats in its keyframe.
+        assert!(
+            matches!(&v[1], VideoTag::Frame { codec: Codec::Av1, keyframe: true, cts: 0, data } if data.first() == Some(&0x0A))
+        );
+    }
+
+    #[test]
+    fn avc_composition_time_is_sign_extended() {
+        let cases: [([u8; 3], i32); 5] = [
+            ([0xFF, 0xFF, 0xD8], -40),
+            ([0x00, 0x00, 0x42], 66),
+            ([0x7F, 0xFF, 0xFF], 0x7F_FFFF),
+            ([0x80, 0x00, 0x00], -0x80_0000),
+            ([0xFF, 0xFF, 0xFF], -1),
+        ];
+        for (bytes, want) in cases {
+            let mut body = vec![0x27, 1];
+            body.extend_from_slice(&bytes);
+            body.extend_from_slice(&[0, 0, 0, 1, 0x41]);
+            match parse_video(Bytes::from(body)).unwrap() {
+                VideoTag::Frame {
+                    cts,
+                    keyframe: false,
+                    codec: Codec::H264,
+                    ..
+                } => assert_eq!(cts, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ertmp_hvc1_coded_frames_carry_cts_and_coded_frames_x_do_not() {
+        // IsExHeader | inter frame (2) | CodedFrames (1), hvc1, SI24 CTS = -66.
+        let body = [
+            0x80 | 0x20 | 1,
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+            0xFF,
+            0xFF,
+            0xBE,
+            0,
+            0,
+            0,
+            2,
+            0x02,
+            0x01,
+        ];
+        assert_eq!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Frame {
+                codec: Codec::H265,
+                keyframe: false,
+                cts: -66,
+                data: Bytes::from_static(&[0, 0, 0, 2, 2, 1])
+            }
+        );
+        let body = [
+            0x80 | 0x10 | 1,
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+            0x00,
+            0x00,
+            0x21,
+            0xAA,
+        ];
+        assert!(matches!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Frame {
+                keyframe: true,
+                cts: 33,
+                ..
+            }
+        ));
+        // CodedFramesX: no CTS field, data starts right after the FourCC.
+        let body = [
+            0x80 | 0x10 | 3,
+            b'h',
+            b'v',
+            b'c',
+            b'1',
+            0,
+            0,
+            0,
+            2,
+            0x26,
+            0x01,
+        ];
+        assert_eq!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Frame {
+                codec: Codec::H265,
+                keyframe: true,
+                cts: 0,
+                data: Bytes::from_static(&[0, 0, 0, 2, 0x26, 1])
+            }
+        );
+        // avc1 under E-RTMP also carries a CTS; generated keyframes count as keyframes.
+        let body = [0x80 | 0x40 | 1, b'a', b'v', b'c', b'1', 0, 0, 5, 7];
+        assert!(matches!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Frame {
+                codec: Codec::H264,
+                keyframe: true,
+                cts: 5,
+                ..
+            }
+        ));
+        // Truncated CTS.
+        let e = parse_video(Bytes::from_static(&[0x91, b'h', b'v', b'c', b'1', 0])).unwrap_err();
+        assert!(e.to_string().contains("CompositionTime"), "{e}");
+    }
+
+    #[test]
+    fn ertmp_modex_prelude_is_skipped() {
+        // ModEx (7) with 3 bytes of TimestampOffsetNano, then CodedFramesX.
+        let body = [
+            0x80 | 0x10 | 7,
+            2,
+            0x01,
+            0x02,
+            0x03,
+            0x03,
+            b'v',
+            b'p',
+            b'0',
+            b'9',
+            0xAB,
+        ];
+        assert_eq!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Frame {
+                codec: Codec::Vp9,
+                keyframe: true,
+                cts: 0,
+                data: Bytes::from_static(&[0xAB])
+            }
+        );
+        // 16-bit size escape: 0xFF means UI16 + 1 follows (here 300 bytes).
+        let mut body = vec![0x80 | 0x20 | 7, 0xFF, 0x01, 0x2B];
+        body.extend_from_slice(&[0u8; 300]);
+        body.extend_from_slice(&[0x01, b'h', b'v', b'c', b'1', 0, 0, 1, 0xCD]);
+        assert!(matches!(
+            parse_video(Bytes::from(body)).unwrap(),
+            VideoTag::Frame {
+                cts: 1,
+                keyframe: false,
+                ..
+            }
+        ));
+        // A ModEx size running past the end is a truncation, not a panic.
+        let e = parse_video(Bytes::from_static(&[0x97, 0xFF, 0xFF, 0xFF, 0])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FlvError::Truncated {
+                    what: "E-RTMP ModEx data",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Audio has the same prelude.
+        let body = [0x97, 0, 0x55, 0x01, b'O', b'p', b'u', b's', 0xFC];
+        assert_eq!(
+            parse_audio(Bytes::copy_from_slice(&body)).unwrap(),
+            AudioTag::Frame {
+                codec: Codec::Opus,
+                data: Bytes::from_static(&[0xFC])
+            }
+        );
+    }
+
+    #[test]
+    fn unsupported_ertmp_features_are_clear_errors() {
+        let e = parse_video(Bytes::from_static(&[0x96, 0x00, b'h', b'v', b'c', b'1'])).unwrap_err();
+        assert_eq!(e.to_string(), "E-RTMP multitrack video is not supported");
+        let e = parse_video(Bytes::from_static(&[0x91, b'x', b'y', b'z', b'!', 0])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown E-RTMP video FourCC 'xyz!'");
+        let e = parse_video(Bytes::from_static(&[0x91, b'v', b'p', b'0', b'8', 0])).unwrap_err();
+        assert!(e.to_string().contains("vp08"), "{e}");
+        let e = parse_video(Bytes::from_static(&[0x9A, b'h', b'v', b'c', b'1'])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown E-RTMP VideoPacketType 10");
+        let e = parse_video(Bytes::from_static(&[0x95, b'h', b'v', b'c', b'1'])).unwrap_err();
+        assert!(e.to_string().contains("MPEG2TSSequenceStart"), "{e}");
+        // MPEG2TSSequenceStart for av01 is a config without params.
+        let t = parse_video(Bytes::from_static(&[
+            0x95, b'a', b'v', b'0', b'1', 0x80, 0x04,
+        ]))
+        .unwrap();
+        assert_eq!(
+            t,
+            VideoTag::Config(CodecConfig::Video {
+                codec: Codec::Av1,
+                record: Bytes::from_static(&[0x80, 4]),
+                params: None
+            })
+        );
+        let e = parse_audio(Bytes::from_static(&[0x95, 0x00, b'm', b'p', b'4', b'a'])).unwrap_err();
+        assert_eq!(e.to_string(), "E-RTMP multitrack audio is not supported");
+        let e = parse_audio(Bytes::from_static(&[0x91, b'w', b'a', b'v', b'e'])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown E-RTMP audio FourCC 'wave'");
+        let e = parse_audio(Bytes::from_static(&[0x92, b'O', b'p', b'u', b's'])).unwrap_err();
+        assert!(matches!(e, FlvError::Ignored(_)), "{e}");
+        let e = parse_audio(Bytes::from_static(&[0x9B, b'O', b'p', b'u', b's'])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown E-RTMP AudioPacketType 11");
+    }
+
+    #[test]
+    fn command_and_metadata_tags_are_recognised() {
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x57, 0x01])).unwrap(),
+            VideoTag::Command
+        );
+        // E-RTMP command frame: frame type 5, no FourCC.
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x80 | 0x50 | 1, 0x00])).unwrap(),
+            VideoTag::Command
+        );
+        // Metadata ignores the frame type.
+        let body = [0x80 | 0x50 | 4, b'h', b'v', b'c', b'1', 0x02, 0x00, 0x0A];
+        assert_eq!(
+            parse_video(Bytes::copy_from_slice(&body)).unwrap(),
+            VideoTag::Metadata
+        );
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x17, 2, 0, 0, 0])).unwrap(),
+            VideoTag::EndOfSequence(Codec::H264)
+        );
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x17, 2])).unwrap(),
+            VideoTag::EndOfSequence(Codec::H264)
+        );
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x92, b'a', b'v', b'0', b'1'])).unwrap(),
+            VideoTag::EndOfSequence(Codec::Av1)
+        );
+    }
+
+    #[test]
+    fn empty_and_truncated_bodies_are_errors() {
+        assert_eq!(parse_video(Bytes::new()), Err(FlvError::Empty));
+        assert_eq!(parse_audio(Bytes::new()), Err(FlvError::Empty));
+        let e = parse_video(Bytes::from_static(&[0x17])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "AVCPacketType: truncated at byte 1: need 1 bytes, have 0"
+        );
+        let e = parse_video(Bytes::from_static(&[0x27, 1, 0])).unwrap_err();
+        assert!(matches!(
+            e,
+            FlvError::Truncated {
+                what: "AVC NALU CompositionTime",
+                offset: 2,
+                need: 3,
+                have: 1
+            }
+        ));
+        assert!(parse_video(Bytes::from_static(&[0x17, 0, 0, 0])).is_err());
+        assert!(parse_video(Bytes::from_static(&[0x91, b'h', b'v'])).is_err());
+        assert!(parse_audio(Bytes::from_static(&[0xAF])).is_err());
+        assert!(parse_audio(Bytes::from_static(&[0x90, b'O'])).is_err());
+        // An AVC sequence header with no record at all.
+        let e = parse_video(Bytes::from_static(&[0x17, 0, 0, 0, 0])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid AVC sequence header: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unsupported_legacy_codecs_and_reserved_frame_types() {
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x12, 0, 0])),
+            Err(FlvError::UnsupportedVideoCodec(2))
+        );
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0x07, 1, 0, 0, 0])),
+            Err(FlvError::InvalidFrameType(0))
+        );
+        assert_eq!(
+            parse_video(Bytes::from_static(&[0xE1, b'h', b'v', b'c', b'1', 0, 0, 0])),
+            Err(FlvError::InvalidFrameType(6))
+        );
+        // Disposable inter frames are inter frames.
+        assert!(matches!(
+            parse_video(Bytes::from_static(&[0x37, 1, 0, 0, 0])).unwrap(),
+            VideoTag::Frame {
+                keyframe: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn audio_formats_map_to_codecs() {
+        assert_eq!(
+            parse_audio(Bytes::from_static(&[0x2F, 0xFF, 0xFB])).unwrap(),
+            AudioTag::Frame {
+                codec: Codec::Mp3,
+                data: Bytes::from_static(&[0xFF, 0xFB])
+            }
+        );
+        assert_eq!(
+            parse_audio(Bytes::from_static(&[0xE2, 0xFF])).unwrap(),
+            AudioTag::Frame {
+                codec: Codec::Mp3,
+                data: Bytes::from_static(&[0xFF])
+            }
+        );
+        assert_eq!(
+            parse_audio(Bytes::from_static(&[0x72, 0x01])).unwrap(),
+            AudioTag::Frame {
+                codec: Codec::Other,
+                data: Bytes::from_static(&[0x01])
+            }
+        );
+        let e = parse_audio(Bytes::from_static(&[0xAF, 0x07])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown AACPacketType 7");
+        let e = parse_audio(Bytes::from_static(&[0xAF, 0, 0x16, 0x90])).unwrap_err();
+        assert!(e.to_string().starts_with("invalid AAC sequence header: AudioSpecificConfig: invalid samplingFrequencyIndex = 13"), "{e}");
+        // E-RTMP mp4a SequenceStart carries an AudioSpecificConfig.
+        let t = parse_audio(Bytes::from_static(&[
+            0x90, b'm', b'p', b'4', b'a', 0x12, 0x08,
+        ]))
+        .unwrap();
+        assert_eq!(
+            audio_params(&t),
+            AudioParams {
+                sample_rate: 44100,
+                channels: 1,
+                object_type: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn ertmp_opus_sequence_start_and_frames() {
+        let mut body = vec![0x90, b'O', b'p', b'u', b's'];
+        body.extend_from_slice(b"OpusHead");
+        body.extend_from_slice(&[1, 2, 0x38, 0x01, 0x80, 0xBB, 0, 0, 0, 0, 0]);
+        let t = parse_audio(Bytes::from(body)).unwrap();
+        match &t {
+            AudioTag::Config(CodecConfig::Audio {
+                codec: Codec::Opus,
+                config,
+                params,
+            }) => {
+                assert!(config.starts_with(b"OpusHead"));
+                assert_eq!(
+                    params,
+                    &Some(AudioParams {
+                        sample_rate: 48000,
+                        channels: 2,
+                        object_type: None
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_audio(build_audio(&t).unwrap()).unwrap(), t);
+        let e = parse_audio(Bytes::from_static(&[0x90, b'O', b'p', b'u', b's', 1])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid Opus sequence header"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn build_then_parse_round_trips_every_fixture_tag() {
+        for file in ALL {
+            for t in tags(file) {
+                match t.tag_type {
+                    TAG_VIDEO => {
+                        let v = parse_video(t.body.clone()).unwrap();
+                        let rebuilt = build_video(&v).unwrap();
+                        assert_eq!(parse_video(rebuilt.clone()).unwrap(), v);
+                        // ffmpeg writes H.264 exactly the way we do.
+                        if file != X265_720 && file != X265_322 && file != AOM_320 {
+                            assert_eq!(rebuilt, t.body);
+                        }
+                    }
+                    TAG_AUDIO => {
+                        let a = parse_audio(t.body.clone()).unwrap();
+                        let rebuilt = build_audio(&a).unwrap();
+                        assert_eq!(rebuilt, t.body);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn builders_reject_what_flv_cannot_carry() {
+        let f = |codec, cts| VideoTag::Frame {
+            codec,
+            keyframe: false,
+            cts,
+            data: Bytes::new(),
+        };
+        assert_eq!(
+            build_video(&f(Codec::H264, 0x80_0000)),
+            Err(FlvError::CtsOutOfRange(0x80_0000))
+        );
+        assert_eq!(
+            build_video(&f(Codec::H265, -0x80_0001)),
+            Err(FlvError::CtsOutOfRange(-0x80_0001))
+        );
+        assert_eq!(
+            build_video(&f(Codec::Av1, 5)),
+            Err(FlvError::CtsOutOfRange(5))
+        );
+        assert!(build_video(&f(Codec::Aac, 0)).is_err());
+        assert!(build_video(&VideoTag::Metadata).is_err());
+        assert!(build_audio(&AudioTag::Frame {
+            codec: Codec::Other,
+            data: Bytes::new()
+        })
+        .is_err());
+        // Negative CTS survives a round trip in both framings.
+        for codec in [Codec::H264, Codec::H265] {
+            let t = f(codec, -0x80_0000);
+            assert_eq!(parse_video(build_video(&t).unwrap()).unwrap(), t);
+        }
+        assert_eq!(
+            parse_video(build_video(&VideoTag::Command).unwrap()).unwrap(),
+            VideoTag::Command
+        );
+        for codec in [Codec::H264, Codec::H265, Codec::Av1, Codec::Vp9] {
+            let t = VideoTag::EndOfSequence(codec);
+            assert_eq!(parse_video(build_video(&t).unwrap()).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_real_tags_is_handled() {
+        for file in ALL {
+            for t in tags(file) {
+                let parse = |b: Bytes| match t.tag_type {
+                    TAG_VIDEO => parse_video(b).map(|_| ()),
+                    TAG_AUDIO => parse_audio(b).map(|_| ()),
+                    _ => Ok(()),
+                };
+                for n in 0..t.body.len() {
+                    let r = parse(t.body.slice(..n));
+                    if n == 0 && t.tag_type != TAG_SCRIPT {
+                        assert_eq!(r, Err(FlvError::Empty));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_real_configs_never_panic() {
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        for file in ALL {
+            for t in tags(file)
+                .into_iter()
+                .filter(|t| t.tag_type != TAG_SCRIPT)
+                .take(2)
+            {
+                for _ in 0..400 {
+                    let mut body = t.body.to_vec();
+                    let flips = 1 + rng.below(4);
+                    for _ in 0..flips {
+                        // Keep the tag header intact half of the time so the
+                        // record and SPS parsers see the damage.
+                        let from = if rng.below(2) == 0 {
+                            5.min(body.len())
+                        } else {
+                            0
+                        };
+                        if body.len() > from {
+                            let i = from + rng.below(body.len() - from);
+                            body[i] = rng.byte();
+                        }
+                    }
+                    let mut sel = vec![if t.tag_type == TAG_VIDEO { 0 } else { 1 }];
+                    sel.extend_from_slice(&body);
+                    fuzz_tag(&sel);
+                    sel[0] = 3;
+                    fuzz_tag(&sel);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_real_parameter_sets_never_panic() {
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let mut sets: Vec<(Codec, Bytes)> = Vec::new();
+        for file in ALL {
+            if let Some(VideoTag::Config(CodecConfig::Video { codec, record, .. })) =
+                videos(file).first()
+            {
+                match codec {
+                    Codec::H264 => {
+                        let c = h264::parse_avc_decoder_config(record).unwrap();
+                        sets.extend(c.sps.into_iter().map(|s| (Codec::H264, s)));
+                    }
+                    Codec::H265 => {
+                        let c = hevc::parse_hevc_decoder_config(record).unwrap();
+                        sets.extend(c.sps.into_iter().map(|s| (Codec::H265, s)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(sets.len(), 5);
+        for (codec, sps) in &sets {
+            let header = if *codec == Codec::H264 { 1 } else { 2 };
+            for _ in 0..2000 {
+                let mut m = sps.to_vec();
+                for _ in 0..1 + rng.below(3) {
+                    let i = header + rng.below(m.len() - header);
+                    m[i] ^= 1 << rng.below(8);
+                }
+                m.truncate(header + rng.below(m.len() + 1 - header));
+                let _ = h264::parse_sps(&m);
+                let _ = hevc::parse_sps(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn pseudo_random_buffers_never_panic() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let prefixes: [&[u8]; 10] = [
+            &[],
+            &[0x17, 0, 0, 0, 0, 1],
+            &[0x1C, 0, 0, 0, 0, 1],
+            &[0x27, 1],
+            &[0x90, b'h', b'v', b'c', b'1', 1],
+            &[0x90, b'a', b'v', b'0', b'1', 0x81],
+            &[0x97],
+            &[0xAF, 0],
+            &[0x90, b'm', b'p', b'4', b'a'],
+            &[0x67, 0x64],
+        ];
+        for i in 0..5000 {
+            let prefix = prefixes[i % prefixes.len()];
+            let len = rng.below(80);
+            let mut buf = prefix.to_vec();
+            buf.extend((0..len).map(|_| rng.byte()));
+            let b = Bytes::from(buf.clone());
+            let _ = parse_video(b.clone());
+            let _ = parse_audio(b);
+            let _ = h264::parse_sps(&buf);
+            let _ = hevc::parse_sps(&buf);
+            let _ = aac::parse_audio_specific_config(&buf);
+            for sel in 0..4u8 {
+                let mut d = vec![sel];
+                d.extend_from_slice(&buf);
+                fuzz_tag(&d);
+            }
+        }
+        fuzz_tag(&[]);
+    }
+
+    #[test]
+    fn fuzz_tag_accepts_whole_files() {
+        for file in ALL {
+            let mut d = vec![2];
+            d.extend_from_slice(file);
+            fuzz_tag(&d);
+        }
+    }
+
+    #[test]
+    fn file_writer_reproduces_fixture_files_byte_for_byte() {
+        for file in ALL {
+            let reader = FileReader::new(Bytes::from_static(file)).unwrap();
+            let h = reader.header();
+            let mut w = FileWriter::new(h.has_audio, h.has_video);
+            for t in reader {
+                w.write(&t.unwrap()).unwrap();
+            }
+            assert_eq!(&w.into_inner()[..], file);
+        }
+    }
+
+    #[test]
+    fn file_reader_errors_on_every_truncation() {
+        // Tag boundaries of the full file: a prefix ending there is a valid file.
+        let mut reader = FileReader::new(Bytes::from_static(X264_444)).unwrap();
+        let mut boundaries = vec![reader.position()];
+        while let Some(t) = reader.next() {
+            t.unwrap();
+            boundaries.push(reader.position());
+        }
+        let total = boundaries.len() - 1;
+        for n in 0..X264_444.len() {
+            let Ok(reader) = FileReader::new(Bytes::from_static(&X264_444[..n])) else {
+                assert!(n < 13);
+                continue;
+            };
+            let items: Vec<_> = reader.collect();
+            let ok = items.iter().filter(|r| r.is_ok()).count();
+            assert!(ok <= total);
+            if boundaries.contains(&n) {
+                assert!(items.iter().all(|r| r.is_ok()), "prefix {n}");
+            } else {
+                assert!(
+                    matches!(items.last(), Some(Err(FlvError::Truncated { .. }))),
+                    "prefix {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn file_reader_rejects_bad_headers_and_filtered_tags() {
+        assert!(matches!(
+            FileReader::new(&b"FLX\x01\x05\0\0\0\x09\0\0\0\0"[..]),
+            Err(FlvError::BadFileHeader(_))
+        ));
+        assert!(matches!(
+            FileReader::new(&b"FLV\x01\x05\0\0\0\x03\0\0\0\0"[..]),
+            Err(FlvError::BadFileHeader(_))
+        ));
+        assert!(matches!(
+            FileReader::new(&b"FLV\x01\x05\xFF\xFF\xFF\xFF"[..]),
+            Err(FlvError::Truncated { .. })
+        ));
+        let mut f = b"FLV\x01\x05\0\0\0\x09\0\0\0\0".to_vec();
+        f.extend_from_slice(&[0x29, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xAA, 0, 0, 0, 12]);
+        let mut r = FileReader::new(f).unwrap();
+        assert!(matches!(r.next(), Some(Err(FlvError::Unsupported(_)))));
+        assert!(r.next().is_none());
+    }
+
+    #[test]
+    fn file_writer_splits_timestamps_and_enforces_limits() {
+        let mut w = FileWriter::new(true, false);
+        assert_eq!(
+            w.take(),
+            Bytes::from_static(b"FLV\x01\x04\0\0\0\x09\0\0\0\0")
+        );
+        assert!(w.is_empty());
+        w.write_tag(TAG_AUDIO, 0x1234_5678, &[0xAF, 1, 0x21])
+            .unwrap();
+        assert_eq!(w.len(), 11 + 3 + 4);
+        let chunk = w.take();
+        assert_eq!(&chunk[..11], &[8, 0, 0, 3, 0x34, 0x56, 0x78, 0x12, 0, 0, 0]);
+        assert_eq!(&chunk[14..], &[0, 0, 0, 14]);
+        let mut file = FileWriter::new(true, false).take().to_vec();
+        file.extend_from_slice(&chunk);
+        let t: Vec<_> = FileReader::new(file)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            t,
+            vec![FileTag {
+                tag_type: 8,
+                timestamp: 0x1234_5678,
+                body: Bytes::from_static(&[0xAF, 1, 0x21])
+            }]
+        );
+
+        assert_eq!(
+            w.write_tag(0x20, 0, &[]),
+            Err(FlvError::InvalidTagType(0x20))
+        );
+        let big = vec![0u8; 1 << 24];
+        assert_eq!(
+            w.write_tag(TAG_VIDEO, 0, &big),
+            Err(FlvError::TagTooLarge { len: 1 << 24 })
+        );
+        w.write_tag(TAG_VIDEO, 0, &big[..0xFF_FFFF]).unwrap();
+        assert!(!w.is_empty());
     }
 }

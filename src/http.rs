@@ -50,9 +50,17 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let (code, status, reason) = if s.registry.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining", Some("server is shutting down"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            Some("server is shutting down"),
+        )
     } else if !s.ready.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting", Some("listeners are not bound yet"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            Some("listeners are not bound yet"),
+        )
     } else {
         (StatusCode::OK, "ok", None)
     };
@@ -66,7 +74,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     s.metrics.run_upkeep();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -75,7 +86,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
 async fn streams(State(s): State<AppState>) -> Json<Value> {
     let now = Instant::now();
     Json(Value::Array(
-        s.registry.list().iter().map(|st| describe(st, now)).collect(),
+        s.registry
+            .list()
+            .iter()
+            .map(|st| describe(st, now))
+            .collect(),
     ))
 }
 
@@ -88,12 +103,18 @@ async fn one_stream(
         .and_then(|p| s.registry.get(&p));
     match found {
         Some(st) => Json(describe(&st, Instant::now())).into_response(),
-        None => error(StatusCode::NOT_FOUND, &format!("no live stream {app}/{key}")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no live stream {app}/{key}"),
+        ),
     }
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/streams")
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /api/v1/streams",
+    )
 }
 
 fn error(code: StatusCode, message: &str) -> Response {

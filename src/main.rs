@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     sluice::telemetry::init_logging(config.server.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: cannot start the async runtime: {e}");

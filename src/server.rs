@@ -44,13 +44,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             addr: s.rtmp_addr,
             source,
         })?;
-    let http_listener = TcpListener::bind(s.http_addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "http",
-            addr: s.http_addr,
-            source,
-        })?;
+    let http_listener =
+        TcpListener::bind(s.http_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "http",
+                addr: s.http_addr,
+                source,
+            })?;
     let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let http_addr = http_listener
         .local_addr()
@@ -109,7 +110,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !registry.is_empty() {
-        warn!(streams = registry.len(), "drain timeout reached; stopping live streams");
+        warn!(
+            streams = registry.len(),
+            "drain timeout reached; stopping live streams"
+        );
     }
     root.cancel();
     // Teardown is bounded: connection tasks only need to flush a status.

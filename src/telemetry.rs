@@ -60,7 +60,10 @@ fn describe() {
         "RTMP connections closed for a protocol error or limit, by reason."
     );
     describe_counter!(INGEST_BYTES_TOTAL, "Media bytes received, by stream.");
-    describe_counter!(INGEST_FRAMES_TOTAL, "Media frames received, by stream and track.");
+    describe_counter!(
+        INGEST_FRAMES_TOTAL,
+        "Media frames received, by stream and track."
+    );
     describe_counter!(
         INGEST_TAG_ERRORS_TOTAL,
         "Audio/video messages that could not be parsed, by stream."

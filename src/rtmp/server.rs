@@ -19,7 +19,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::amf0::Amf0Value;
 use super::proto::{Event, ProtoError, Session};
 use crate::config::Config;
-use crate::stream::{ClaimError, Metadata, MediaEvent, PublishGuard, Registry, StreamPath};
+use crate::stream::{ClaimError, MediaEvent, Metadata, PublishGuard, Registry, StreamPath};
 use crate::telemetry as t;
 
 /// What every connection task shares.
@@ -51,7 +51,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+            counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections")
+                .increment(1);
             warn!(%peer, limit = ctx.config.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
             drop(sock);
             continue;
@@ -62,7 +63,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                 let _permit = permit;
                 handle(sock, peer, ctx).await;
             }
-            .instrument(info_span!("rtmp", %peer)),
+            .instrument(info_span!("rtmp", %peer, stream = tracing::field::Empty)),
         );
     }
     while tasks.join_next().await.is_some() {}
@@ -125,11 +126,7 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let close = conn.run(&mut sock).await;
     // Best effort: the last words (a rejection) may still be queued.
     if let Some(out) = conn.session.take_transmit() {
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            sock.write_all(&out),
-        )
-        .await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sock.write_all(&out)).await;
     }
     let _ = sock.shutdown().await;
     let reason = close.reason();
@@ -250,8 +247,10 @@ impl Conn {
             Err(why) => {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_bad_name").increment(1);
                 warn!(app = self.app, name, why, "publish refused");
-                self.session
-                    .reject_publish("NetStream.Publish.BadName", &format!("bad stream name: {why}"));
+                self.session.reject_publish(
+                    "NetStream.Publish.BadName",
+                    &format!("bad stream name: {why}"),
+                );
                 return Ok(());
             }
         };
@@ -267,6 +266,7 @@ impl Conn {
         match claim {
             Ok(guard) => {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
+                tracing::Span::current().record("stream", tracing::field::display(&path));
                 info!(stream = %path, "publish accepted");
                 let label = path.to_string();
                 self.publishing = Some(Publishing {
@@ -296,7 +296,10 @@ impl Conn {
         let Some(p) = &self.publishing else { return };
         let num = |k: &str| v.get(k).and_then(Amf0Value::as_f64);
         let m = Metadata {
-            encoder: v.get("encoder").and_then(Amf0Value::as_str).map(String::from),
+            encoder: v
+                .get("encoder")
+                .and_then(Amf0Value::as_str)
+                .map(String::from),
             width: num("width"),
             height: num("height"),
             framerate: num("framerate").or_else(|| num("videoframerate")),

@@ -94,7 +94,7 @@ impl Ingest {
             self.push_audio(timestamp, body)
         };
         match result {
-            Err(FlvError::Empty) => Ok((None, None)),
+            Err(FlvError::Empty | FlvError::Ignored(_)) => Ok((None, None)),
             Err(e) => {
                 self.stats.tag_errors += 1;
                 Err(e)
@@ -261,8 +261,13 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..30u32 {
             let t = t0 + Duration::from_millis(100 * i as u64);
-            ing.push(t, false, i * 100, Bytes::from(vec![0xAF, 1, 0, 0, 0, 0, 0, 0, 0, 0]))
-                .unwrap();
+            ing.push(
+                t,
+                false,
+                i * 100,
+                Bytes::from(vec![0xAF, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            )
+            .unwrap();
         }
         let bps = ing.bitrate_bps(t0 + Duration::from_millis(2900));
         // 10 bytes every 100 ms = 800 bit/s

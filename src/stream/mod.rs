@@ -240,7 +240,8 @@ mod tests {
         let d = Duration::from_secs(10);
         let g = reg.claim(path("a"), "a", "p1", false, d, &root).unwrap();
         assert_eq!(
-            reg.claim(path("a"), "a", "p2", false, d, &root).unwrap_err(),
+            reg.claim(path("a"), "a", "p2", false, d, &root)
+                .unwrap_err(),
             ClaimError::Busy("live/a".into())
         );
         drop(g);
@@ -268,7 +269,14 @@ mod tests {
         let reg = Registry::new();
         reg.start_draining();
         let err = reg
-            .claim(path("a"), "a", "p", false, Duration::from_secs(1), &CancellationToken::new())
+            .claim(
+                path("a"),
+                "a",
+                "p",
+                false,
+                Duration::from_secs(1),
+                &CancellationToken::new(),
+            )
             .unwrap_err();
         assert_eq!(err, ClaimError::Draining);
     }

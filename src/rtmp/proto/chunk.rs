@@ -46,9 +46,13 @@ pub struct ChunkLimits {
 pub enum ChunkError {
     #[error("message of {length} bytes on csid {csid} exceeds the {limit}-byte limit (rtmp.max_message_size)")]
     MessageTooLarge { csid: u32, length: u32, limit: u32 },
-    #[error("more than {limit} chunk streams in use (rtmp.max_chunk_streams); csid {csid} refused")]
+    #[error(
+        "more than {limit} chunk streams in use (rtmp.max_chunk_streams); csid {csid} refused"
+    )]
     TooManyChunkStreams { csid: u32, limit: usize },
-    #[error("chunk header type {fmt} on csid {csid} refers to a previous header that was never sent")]
+    #[error(
+        "chunk header type {fmt} on csid {csid} refers to a previous header that was never sent"
+    )]
     NoPreviousHeader { csid: u32, fmt: u8 },
     #[error("peer set an invalid chunk size {0} (allowed 1..=2147483647)")]
     BadChunkSize(u32),
@@ -670,7 +674,10 @@ mod tests {
         let mut dec = ChunkDecoder::new(limits());
         assert!(matches!(
             dec.decode(&mut wire),
-            Err(ChunkError::MessageTooLarge { length: 0xFF_FFFF, .. })
+            Err(ChunkError::MessageTooLarge {
+                length: 0xFF_FFFF,
+                ..
+            })
         ));
     }
 
@@ -694,14 +701,24 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(err, ChunkError::TooManyChunkStreams { limit: 16, .. }));
+        assert!(matches!(
+            err,
+            ChunkError::TooManyChunkStreams { limit: 16, .. }
+        ));
     }
 
     #[test]
     fn set_chunk_size_applies_to_the_next_chunk_and_zero_is_refused() {
         let mut enc = ChunkEncoder::new();
         let mut wire = BytesMut::new();
-        enc.write(&mut wire, 2, 0, MSG_SET_CHUNK_SIZE, 0, &4096u32.to_be_bytes());
+        enc.write(
+            &mut wire,
+            2,
+            0,
+            MSG_SET_CHUNK_SIZE,
+            0,
+            &4096u32.to_be_bytes(),
+        );
         enc.set_chunk_size(4096);
         enc.write(&mut wire, 6, 0, 9, 1, &[7u8; 3000]);
         enc.write(&mut wire, 2, 0, MSG_SET_CHUNK_SIZE, 0, &0u32.to_be_bytes());

@@ -19,17 +19,19 @@ const CLIENT_KEY: &[u8] = b"Genuine Adobe Flash Player 001";
 /// "Genuine Adobe Flash Media Server 001" followed by 32 fixed bytes: the
 /// server key. The first 36 bytes sign S1; all 68 derive the S2 key.
 const SERVER_KEY: [u8; 68] = [
-    b'G', b'e', b'n', b'u', b'i', b'n', b'e', b' ', b'A', b'd', b'o', b'b', b'e', b' ', b'F',
-    b'l', b'a', b's', b'h', b' ', b'M', b'e', b'd', b'i', b'a', b' ', b'S', b'e', b'r', b'v',
-    b'e', b'r', b' ', b'0', b'0', b'1', 0xF0, 0xEE, 0xC2, 0x4A, 0x80, 0x68, 0xBE, 0xE8, 0x2E,
-    0x00, 0xD0, 0xD1, 0x02, 0x9E, 0x7E, 0x57, 0x6E, 0xEC, 0x5D, 0x2D, 0x29, 0x80, 0x6F, 0xAB,
-    0x93, 0xB8, 0xE6, 0x36, 0xCF, 0xEB, 0x31, 0xAE,
+    b'G', b'e', b'n', b'u', b'i', b'n', b'e', b' ', b'A', b'd', b'o', b'b', b'e', b' ', b'F', b'l',
+    b'a', b's', b'h', b' ', b'M', b'e', b'd', b'i', b'a', b' ', b'S', b'e', b'r', b'v', b'e', b'r',
+    b' ', b'0', b'0', b'1', 0xF0, 0xEE, 0xC2, 0x4A, 0x80, 0x68, 0xBE, 0xE8, 0x2E, 0x00, 0xD0, 0xD1,
+    0x02, 0x9E, 0x7E, 0x57, 0x6E, 0xEC, 0x5D, 0x2D, 0x29, 0x80, 0x6F, 0xAB, 0x93, 0xB8, 0xE6, 0x36,
+    0xCF, 0xEB, 0x31, 0xAE,
 ];
 const SERVER_KEY_SHORT: usize = 36;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("unsupported RTMP version {0} in C0 (expected 3; first bytes are not an RTMP handshake)")]
+    #[error(
+        "unsupported RTMP version {0} in C0 (expected 3; first bytes are not an RTMP handshake)"
+    )]
     BadVersion(u8),
 }
 
@@ -271,6 +273,19 @@ mod tests {
                 hmac(&key, &[&s2[..PACKET_SIZE - DIGEST_LEN]])
             );
         }
+    }
+
+    /// C0+C1 as sent by ffmpeg 5.1 (recorded): it signs C1, so it gets the
+    /// digest handshake.
+    #[test]
+    fn real_ffmpeg_c1_is_recognised_as_digest() {
+        let capture = include_bytes!("../../../tests/fixtures/ffmpeg5.1-x264-aac-publish.rtmp");
+        let mut hs = Handshake::new(0);
+        let p = hs
+            .feed(&capture[..1 + 2 * PACKET_SIZE], &mut pattern)
+            .unwrap();
+        assert!(p.send.is_some() && p.done);
+        assert_eq!(hs.kind(), HandshakeKind::Digest);
     }
 
     #[test]

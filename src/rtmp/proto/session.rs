@@ -670,7 +670,9 @@ impl Session {
 
     fn on_connect(&mut self, txn: f64, obj: &Amf0Value) -> Result<(), ProtoError> {
         if self.connected {
-            return Err(ProtoError::Violation("second connect on one connection".into()));
+            return Err(ProtoError::Violation(
+                "second connect on one connection".into(),
+            ));
         }
         let app = obj.get("app").and_then(Amf0Value::as_str).unwrap_or("");
         self.object_encoding = obj
@@ -680,7 +682,10 @@ impl Session {
         self.pending = Pending::Connect { txn };
         self.events.push_back(Event::Connect {
             app: app.to_string(),
-            tc_url: obj.get("tcUrl").and_then(Amf0Value::as_str).map(String::from),
+            tc_url: obj
+                .get("tcUrl")
+                .and_then(Amf0Value::as_str)
+                .map(String::from),
             flash_ver: obj
                 .get("flashVer")
                 .and_then(Amf0Value::as_str)
@@ -779,7 +784,8 @@ mod tests {
             let mut body = BytesMut::new();
             amf0::encode_all(values, &mut body);
             let mut out = BytesMut::new();
-            self.enc.write(&mut out, 3, 0, COMMAND_AMF0, stream_id, &body);
+            self.enc
+                .write(&mut out, 3, 0, COMMAND_AMF0, stream_id, &body);
             out
         }
 
@@ -847,9 +853,20 @@ mod tests {
         s.accept_connect().unwrap();
         let replies = c.read(&mut s);
         let types: Vec<u8> = replies.iter().map(|r| r.0).collect();
-        assert_eq!(types, vec![WINDOW_ACK_SIZE, SET_PEER_BANDWIDTH, SET_CHUNK_SIZE, COMMAND_AMF0]);
+        assert_eq!(
+            types,
+            vec![
+                WINDOW_ACK_SIZE,
+                SET_PEER_BANDWIDTH,
+                SET_CHUNK_SIZE,
+                COMMAND_AMF0
+            ]
+        );
         assert_eq!(replies[3].1[0].as_str(), Some("_result"));
-        assert_eq!(code_of(&replies[3].1), Some("NetConnection.Connect.Success"));
+        assert_eq!(
+            code_of(&replies[3].1),
+            Some("NetConnection.Connect.Success")
+        );
 
         let mut input = BytesMut::new();
         for (name, args) in [
@@ -857,7 +874,11 @@ mod tests {
             ("FCPublish", vec![Amf0Value::string("cam1")]),
             ("createStream", vec![]),
         ] {
-            let mut v = vec![Amf0Value::string(name), Amf0Value::Number(2.0), Amf0Value::Null];
+            let mut v = vec![
+                Amf0Value::string(name),
+                Amf0Value::Number(2.0),
+                Amf0Value::Null,
+            ];
             v.extend(args);
             input.extend_from_slice(&c.command(0, &v));
         }
@@ -881,7 +902,10 @@ mod tests {
             }]
         );
         let replies = c.read(&mut s);
-        let names: Vec<&str> = replies.iter().filter_map(|r| r.1.first()?.as_str()).collect();
+        let names: Vec<&str> = replies
+            .iter()
+            .filter_map(|r| r.1.first()?.as_str())
+            .collect();
         assert_eq!(names, vec!["_result", "onFCPublish", "_result", "_result"]);
         assert_eq!(replies.last().unwrap().1[3], Amf0Value::Number(1.0));
         s.accept_publish().unwrap();
@@ -907,16 +931,33 @@ mod tests {
             &mut meta,
         );
         c.enc.write(&mut input, 4, 0, DATA_AMF0, 1, &meta);
-        c.enc.write(&mut input, 6, 0, VIDEO, 1, &[0x17, 0, 0, 0, 0, 1]);
+        c.enc
+            .write(&mut input, 6, 0, VIDEO, 1, &[0x17, 0, 0, 0, 0, 1]);
         c.enc.write(&mut input, 4, 21, AUDIO, 1, &[0xAF, 1, 9]);
         // Media on a stream that is not publishing is dropped.
         c.enc.write(&mut input, 4, 22, AUDIO, 2, &[0xAF, 1, 9]);
         s.handle_input(now, &input).unwrap();
         let ev = events(&mut s);
         assert_eq!(ev.len(), 3);
-        assert!(matches!(&ev[0], Event::Metadata(m) if m.get("width") == Some(&Amf0Value::Number(640.0))));
-        assert!(matches!(&ev[1], Event::Media { video: true, timestamp: 0, .. }));
-        assert!(matches!(&ev[2], Event::Media { video: false, timestamp: 21, .. }));
+        assert!(
+            matches!(&ev[0], Event::Metadata(m) if m.get("width") == Some(&Amf0Value::Number(640.0)))
+        );
+        assert!(matches!(
+            &ev[1],
+            Event::Media {
+                video: true,
+                timestamp: 0,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &ev[2],
+            Event::Media {
+                video: false,
+                timestamp: 21,
+                ..
+            }
+        ));
 
         let del = c.command(
             0,
@@ -947,7 +988,11 @@ mod tests {
         );
         input.extend_from_slice(&c.command(
             0,
-            &[Amf0Value::string("createStream"), Amf0Value::Number(2.0), Amf0Value::Null],
+            &[
+                Amf0Value::string("createStream"),
+                Amf0Value::Number(2.0),
+                Amf0Value::Null,
+            ],
         ));
         input.extend_from_slice(&c.command(
             1,
@@ -958,13 +1003,21 @@ mod tests {
                 Amf0Value::string("k"),
             ],
         ));
-        c.enc.write(&mut input, 6, 40, VIDEO, 1, &[0x17, 1, 0, 0, 0]);
+        c.enc
+            .write(&mut input, 6, 40, VIDEO, 1, &[0x17, 1, 0, 0, 0]);
         s.handle_input(now, &input).unwrap();
         assert!(matches!(events(&mut s)[..], [Event::Connect { .. }]));
         s.accept_connect().unwrap();
         assert!(matches!(events(&mut s)[..], [Event::Publish { .. }]));
         s.accept_publish().unwrap();
-        assert!(matches!(events(&mut s)[..], [Event::Media { video: true, timestamp: 40, .. }]));
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Media {
+                video: true,
+                timestamp: 40,
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -983,7 +1036,11 @@ mod tests {
         );
         input.extend_from_slice(&c.command(
             0,
-            &[Amf0Value::string("createStream"), Amf0Value::Number(2.0), Amf0Value::Null],
+            &[
+                Amf0Value::string("createStream"),
+                Amf0Value::Number(2.0),
+                Amf0Value::Null,
+            ],
         ));
         input.extend_from_slice(&c.command(
             1,
@@ -999,7 +1056,10 @@ mod tests {
         s.accept_connect().unwrap();
         events(&mut s);
         c.read(&mut s);
-        s.reject_publish("NetStream.Publish.BadName", "live/k is already being published");
+        s.reject_publish(
+            "NetStream.Publish.BadName",
+            "live/k is already being published",
+        );
         assert!(s.is_closing());
         let replies = c.read(&mut s);
         let last = &replies.last().unwrap().1;
@@ -1023,7 +1083,8 @@ mod tests {
         handshake(&mut s, now); // 3073 bytes
         let ping = {
             let mut out = BytesMut::new();
-            c.enc.write(&mut out, 2, 0, USER_CONTROL, 0, &[0, 6, 0, 0, 0, 42]);
+            c.enc
+                .write(&mut out, 2, 0, USER_CONTROL, 0, &[0, 6, 0, 0, 0, 42]);
             out
         };
         let mut total = 1 + 2 * PACKET_SIZE;
@@ -1072,7 +1133,10 @@ mod tests {
         let mut s = Session::new(Limits::default(), now, 1);
         handshake(&mut s, now);
         let mut body = BytesMut::new();
-        amf0::encode_all(&[Amf0Value::string("connect"), Amf0Value::Number(1.0)], &mut body);
+        amf0::encode_all(
+            &[Amf0Value::string("connect"), Amf0Value::Number(1.0)],
+            &mut body,
+        );
         for _ in 0..20_000 {
             body.extend_from_slice(&[0x03, 0x00, 0x01, b'a']);
         }
@@ -1111,7 +1175,10 @@ mod tests {
         let now = Instant::now();
         let (mut s, mut c) = publishing_session(now);
         let mut agg = BytesMut::new();
-        for (ts, body) in [(1000u32, &[0x17u8, 1, 0, 0, 0][..]), (1040, &[0x27, 1, 0, 0, 0])] {
+        for (ts, body) in [
+            (1000u32, &[0x17u8, 1, 0, 0, 0][..]),
+            (1040, &[0x27, 1, 0, 0, 0]),
+        ] {
             agg.put_u8(VIDEO);
             agg.put_uint(body.len() as u64, 3);
             agg.put_uint((ts & 0xFF_FFFF) as u64, 3);
