@@ -311,7 +311,8 @@ impl ChunkDecoder {
             if cs.partial.len() < length as usize {
                 None
             } else {
-                Some(cs.partial.split().freeze())
+                // Hand the exactly-sized buffer over whole: freezing it allocates nothing.
+                Some(std::mem::take(&mut cs.partial).freeze())
             }
         };
         if payload.is_some() {
