@@ -7,7 +7,10 @@ use std::path::Path;
 fn replay(target: &str, f: fn(&[u8])) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
-    for dir in [root.join("seeds").join(target), root.join("artifacts").join(target)] {
+    for dir in [
+        root.join("seeds").join(target),
+        root.join("artifacts").join(target),
+    ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };

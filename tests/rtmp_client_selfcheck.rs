@@ -54,7 +54,10 @@ fn publish_to_ffmpeg(
             Err(e) if e.contains("refused") && Instant::now() < deadline && ff.is_running() => {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            Err(e) => panic!("connect to ffmpeg failed: {e}; ffmpeg: {}", ff.stderr().text()),
+            Err(e) => panic!(
+                "connect to ffmpeg failed: {e}; ffmpeg: {}",
+                ff.stderr().text()
+            ),
         }
     };
     let outcome = publisher.publish("check");
@@ -76,16 +79,25 @@ fn check_roundtrip(opts: PublishOptions) {
     assert_eq!((report.video_frames, report.audio_frames), (want_v, want_a));
     // The options really shaped the wire format.
     if opts.interleave {
-        assert!(report.interleaved_pairs > 50, "too few interleaved pairs: {report:?}");
+        assert!(
+            report.interleaved_pairs > 50,
+            "too few interleaved pairs: {report:?}"
+        );
     }
     if opts.always_type0 {
         assert_eq!(report.header_types[1..], [0, 0, 0], "{report:?}");
     } else {
-        assert!(report.header_types[1] + report.header_types[2] > 0, "{report:?}");
+        assert!(
+            report.header_types[1] + report.header_types[2] > 0,
+            "{report:?}"
+        );
     }
     let crosses_ext = offset < 0xFF_FFFF && offset.wrapping_add(src.duration_ms()) >= 0xFF_FFFF;
     if crosses_ext && opts.always_type0 {
-        assert!(report.extended_headers > 50, "too few extended timestamps: {report:?}");
+        assert!(
+            report.extended_headers > 50,
+            "too few extended timestamps: {report:?}"
+        );
     }
     let (got_v, got_a) = flv::frame_counts(&got);
     assert_eq!(
@@ -94,14 +106,24 @@ fn check_roundtrip(opts: PublishOptions) {
         "ffmpeg received a different number of frames"
     );
     // Video payloads and timestamp spacing survive the trip.
-    let src_v: Vec<&FlvTag> = src.tags.iter().filter(|t| t.is_video() && t.is_frame()).collect();
-    let got_v: Vec<&FlvTag> = got.iter().filter(|t| t.is_video() && t.is_frame()).collect();
+    let src_v: Vec<&FlvTag> = src
+        .tags
+        .iter()
+        .filter(|t| t.is_video() && t.is_frame())
+        .collect();
+    let got_v: Vec<&FlvTag> = got
+        .iter()
+        .filter(|t| t.is_video() && t.is_frame())
+        .collect();
     for (k, (a, b)) in src_v.iter().zip(&got_v).enumerate() {
         assert_eq!(a.data, b.data, "video frame {k} payload differs");
         if k > 0 {
             let da = a.timestamp - src_v[k - 1].timestamp;
             let db = b.timestamp.wrapping_sub(got_v[k - 1].timestamp);
-            assert_eq!(da, db, "video frame {k}: timestamp delta differs (offset {offset})");
+            assert_eq!(
+                da, db,
+                "video frame {k}: timestamp delta differs (offset {offset})"
+            );
         }
     }
 }
@@ -145,7 +167,10 @@ fn fixture_has_b_frames_and_expected_layout() {
     );
     let (v, a) = f.frame_counts();
     assert_eq!(v, 120, "4 s at 30 fps");
-    assert!(a > 180, "about 4 s of 1024-sample AAC frames at 48 kHz, got {a}");
+    assert!(
+        a > 180,
+        "about 4 s of 1024-sample AAC frames at 48 kHz, got {a}"
+    );
     let _ = Arc::new(f.tags);
 }
 
@@ -199,7 +224,10 @@ fn hevc_fixture_converts_to_flv_tags_consistent_with_ffprobe() {
     let (status, out, err) = run_to_exit("ffprobe", cmd, Duration::from_secs(60));
     assert!(status.success(), "ffprobe failed: {err}");
     assert!(out.contains("profile=Main"), "{out}");
-    assert!(out.contains("width=640") && out.contains("height=360"), "{out}");
+    assert!(
+        out.contains("width=640") && out.contains("height=360"),
+        "{out}"
+    );
     let level: u8 = out
         .lines()
         .find_map(|l| l.strip_prefix("level="))
@@ -214,7 +242,10 @@ fn hevc_fixture_converts_to_flv_tags_consistent_with_ffprobe() {
         let mut p = 0;
         while p < f.avcc.len() {
             let n = u32::from_be_bytes(f.avcc[p..p + 4].try_into().unwrap()) as usize;
-            assert!(n > 0 && p + 4 + n <= f.avcc.len(), "frame {i}: bad NAL length");
+            assert!(
+                n > 0 && p + 4 + n <= f.avcc.len(),
+                "frame {i}: bad NAL length"
+            );
             p += 4 + n;
         }
     }

@@ -14,12 +14,16 @@ use common::*;
 /// (`None` = `-vn`), `audio` likewise (`None` = `-an`).
 fn live_ffmpeg(url: &str, secs: u32, video: Option<&[&str]>, audio: Option<&[&str]>) -> ChildGuard {
     let t = secs.to_string();
-    let mut args: Vec<&str> = vec!["-loglevel", "info", "-stats", "-re"];
+    // `-re` is an input option: give it to both inputs, or an audio-only
+    // publish would send its 8 s of audio at once.
+    let mut args: Vec<&str> = vec!["-loglevel", "info", "-stats"];
     args.extend([
+        "-re",
         "-f",
         "lavfi",
         "-i",
         "testsrc2=size=640x360:rate=30",
+        "-re",
         "-f",
         "lavfi",
         "-i",
@@ -212,8 +216,11 @@ fn second_publisher_on_a_live_key_is_rejected_busy_and_a_republish_is_accepted_a
     );
 
     // The first publisher was not disturbed.
-    let before = json_f64(&server.stream(path).expect("first stream listed"), "/frames_in/video")
-        .unwrap();
+    let before = json_f64(
+        &server.stream(path).expect("first stream listed"),
+        "/frames_in/video",
+    )
+    .unwrap();
     server.wait_for_stream(
         path,
         |s| json_f64(s, "/frames_in/video").is_some_and(|n| n > before + 10.0),

@@ -121,7 +121,11 @@ impl Captured {
     }
 
     pub fn contains(&self, needle: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     /// The last `n` lines, for failure messages.
@@ -402,8 +406,9 @@ impl Sluice {
                     let s = log_field(&v, key)
                         .and_then(Value::as_str)
                         .unwrap_or_else(|| panic!("listening line lacks string `{key}`: {line}"));
-                    s.parse()
-                        .unwrap_or_else(|e| panic!("`{key}` = {s:?} is not an address ({e}): {line}"))
+                    s.parse().unwrap_or_else(|e| {
+                        panic!("`{key}` = {s:?} is not an address ({e}): {line}")
+                    })
                 };
                 let rtmp = addr("rtmp_addr");
                 let http = addr("http_addr");
@@ -492,7 +497,9 @@ impl Sluice {
     }
 
     fn try_streams(&self) -> Result<Value, String> {
-        let r = self.try_get_full("/api/v1/streams").map_err(|e| e.to_string())?;
+        let r = self
+            .try_get_full("/api/v1/streams")
+            .map_err(|e| e.to_string())?;
         if r.status != 200 {
             return Err(format!("status {} body {:?}", r.status, r.body));
         }
@@ -532,21 +539,15 @@ impl Sluice {
         timeout: Duration,
     ) -> Value {
         let deadline = Instant::now() + timeout;
-        let mut last: String;
         loop {
-            match self.try_streams() {
-                Ok(list) => {
-                    if let Some(s) = Self::find_stream(&list, path) {
-                        if pred(&s) {
-                            return s;
-                        }
-                        last = serde_json::to_string_pretty(&s).unwrap();
-                    } else {
-                        last = format!("stream not listed; list = {list}");
-                    }
-                }
-                Err(e) => last = format!("request failed: {e}"),
-            }
+            let last = match self.try_streams() {
+                Ok(list) => match Self::find_stream(&list, path) {
+                    Some(s) if pred(&s) => return s,
+                    Some(s) => serde_json::to_string_pretty(&s).unwrap(),
+                    None => format!("stream not listed; list = {list}"),
+                },
+                Err(e) => format!("request failed: {e}"),
+            };
             if Instant::now() > deadline {
                 panic!(
                     "stream {path:?} did not reach the expected state within {timeout:?}; \
@@ -609,7 +610,10 @@ impl Sluice {
     ) -> Option<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = self.try_get_full("/metrics").ok().filter(|r| r.status == 200);
+            let text = self
+                .try_get_full("/metrics")
+                .ok()
+                .filter(|r| r.status == 200);
             let v = text.as_ref().and_then(|r| metric_value(&r.body, query));
             if text.is_some() && pred(v) {
                 return v;
@@ -752,7 +756,9 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
     {
-        let len: usize = len.parse().map_err(|_| format!("bad content-length {len:?}"))?;
+        let len: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len:?}"))?;
         if body.len() < len {
             return Err(format!("body truncated: {} of {len} bytes", body.len()));
         }
@@ -800,8 +806,11 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// A metric name, its labels, and the unparsed rest of the line.
+type Series<'a> = (String, Vec<(String, String)>, &'a str);
+
 /// Parses `name{a="b",c="d"}` (labels optional); returns the rest of input.
-fn parse_series(s: &str) -> Result<(String, Vec<(String, String)>, &str), String> {
+fn parse_series(s: &str) -> Result<Series<'_>, String> {
     let s = s.trim_start();
     let name_end = s
         .find(|c: char| c == '{' || c.is_whitespace())
@@ -820,7 +829,9 @@ fn parse_series(s: &str) -> Result<(String, Vec<(String, String)>, &str), String
                 rest = r;
                 break;
             }
-            let eq = rest.find('=').ok_or_else(|| format!("bad labels in {s:?}"))?;
+            let eq = rest
+                .find('=')
+                .ok_or_else(|| format!("bad labels in {s:?}"))?;
             let key = rest[..eq].trim().to_string();
             rest = rest[eq + 1..].trim_start();
             let r = rest
@@ -882,7 +893,10 @@ pub fn metric_value(text: &str, query: &str) -> Option<f64> {
         if s.name != qname {
             continue;
         }
-        if qlabels.iter().all(|(k, v)| s.labels.iter().any(|(k2, v2)| k2 == k && v2 == v)) {
+        if qlabels
+            .iter()
+            .all(|(k, v)| s.labels.iter().any(|(k2, v2)| k2 == k && v2 == v))
+        {
             *found.get_or_insert(0.0) += s.value;
         }
     }
@@ -994,98 +1008,42 @@ pub fn ffmpeg_fixture(name: &str, args: &[&str]) -> PathBuf {
     path
 }
 
+/// Splits an ffmpeg argument string on whitespace.
+fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
 /// FLV with 640x360 @ 30 fps H.264 (libx264 veryfast, B-frames on, GOP 60)
 /// and AAC-LC 48 kHz stereo, `secs` seconds long.
 pub fn fixture_avc_aac(secs: u32) -> PathBuf {
-    let t = secs.to_string();
-    ffmpeg_fixture(
-        &format!("avc_aac_640x360_30fps_{secs}s.flv"),
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            &t,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-bf",
-            "3",
-            "-g",
-            "60",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-ar",
-            "48000",
-            "-ac",
-            "2",
-            "-f",
-            "flv",
-        ],
-    )
+    let args = format!(
+        "-f lavfi -i testsrc2=size=640x360:rate=30 \
+         -f lavfi -i sine=frequency=440:sample_rate=48000 -t {secs} \
+         -c:v libx264 -preset veryfast -bf 3 -g 60 -pix_fmt yuv420p \
+         -c:a aac -b:a 128k -ar 48000 -ac 2 -f flv"
+    );
+    ffmpeg_fixture(&format!("avc_aac_640x360_30fps_{secs}s.flv"), &words(&args))
 }
 
 /// FLV with AAC-LC 48 kHz stereo only, `secs` seconds long.
 pub fn fixture_aac_only(secs: u32) -> PathBuf {
-    let t = secs.to_string();
-    ffmpeg_fixture(
-        &format!("aac_48k_stereo_{secs}s.flv"),
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            &t,
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-ar",
-            "48000",
-            "-ac",
-            "2",
-            "-f",
-            "flv",
-        ],
-    )
+    let args = format!(
+        "-f lavfi -i sine=frequency=440:sample_rate=48000 -t {secs} \
+         -c:a aac -b:a 128k -ar 48000 -ac 2 -f flv"
+    );
+    ffmpeg_fixture(&format!("aac_48k_stereo_{secs}s.flv"), &words(&args))
 }
 
 /// Raw HEVC (Annex B) 640x360 @ 30 fps from libx265, no B-frames, one
 /// slice per picture, GOP 60, `secs` seconds long.
 pub fn fixture_hevc_annexb(secs: u32) -> PathBuf {
-    let t = secs.to_string();
-    ffmpeg_fixture(
-        &format!("hevc_640x360_30fps_{secs}s.hevc"),
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-t",
-            &t,
-            "-c:v",
-            "libx265",
-            "-preset",
-            "ultrafast",
-            "-x265-params",
-            "bframes=0:keyint=60:min-keyint=60:scenecut=0:log-level=error",
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "hevc",
-        ],
-    )
+    let args = format!(
+        "-f lavfi -i testsrc2=size=640x360:rate=30 -t {secs} \
+         -c:v libx265 -preset ultrafast \
+         -x265-params bframes=0:keyint=60:min-keyint=60:scenecut=0:log-level=error \
+         -pix_fmt yuv420p -f hevc"
+    );
+    ffmpeg_fixture(&format!("hevc_640x360_30fps_{secs}s.hevc"), &words(&args))
 }
 
 // ---------------------------------------------------------------------------
@@ -1131,7 +1089,11 @@ pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> Result<Closed, Strin
         match s.read(&mut buf) {
             Ok(0) => return Ok(Closed::Eof),
             Ok(n) => received += n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Ok(Closed::Reset(e.to_string())),
         }
@@ -1210,10 +1172,22 @@ impl Expect {
                 bad.push(what);
             }
         };
-        check(json_str(s, "/path") == Some(path.as_str()), format!("path != {path}"));
-        check(json_str(s, "/app") == Some(self.app.as_str()), format!("app != {}", self.app));
-        check(json_str(s, "/key") == Some(self.key.as_str()), format!("key != {}", self.key));
-        check(json_str(s, "/state") == Some("live"), "state != live".into());
+        check(
+            json_str(s, "/path") == Some(path.as_str()),
+            format!("path != {path}"),
+        );
+        check(
+            json_str(s, "/app") == Some(self.app.as_str()),
+            format!("app != {}", self.app),
+        );
+        check(
+            json_str(s, "/key") == Some(self.key.as_str()),
+            format!("key != {}", self.key),
+        );
+        check(
+            json_str(s, "/state") == Some("live"),
+            "state != live".into(),
+        );
         check(
             json_f64(s, "/uptime_seconds").is_some_and(|u| u >= 0.0),
             "uptime_seconds not a number >= 0".into(),
@@ -1238,12 +1212,24 @@ impl Expect {
                     json_str(x, "/name") == Some("source") && json_f64(x, "/players").is_some()
                 })
             });
-        check(renditions_ok, "renditions lacks {name:source, players:N}".into());
+        check(
+            renditions_ok,
+            "renditions lacks {name:source, players:N}".into(),
+        );
         match self.video {
             Some((codec, w, h, fps)) => {
-                check(json_str(s, "/codecs/video") == Some(codec), format!("codecs.video != {codec}"));
-                check(json_f64(s, "/width") == Some(w as f64), format!("width != {w}"));
-                check(json_f64(s, "/height") == Some(h as f64), format!("height != {h}"));
+                check(
+                    json_str(s, "/codecs/video") == Some(codec),
+                    format!("codecs.video != {codec}"),
+                );
+                check(
+                    json_f64(s, "/width") == Some(w as f64),
+                    format!("width != {w}"),
+                );
+                check(
+                    json_f64(s, "/height") == Some(h as f64),
+                    format!("height != {h}"),
+                );
                 check(
                     json_f64(s, "/fps").is_some_and(|f| within_pct(f, fps, 10.0)),
                     format!("fps not within 10% of {fps}"),
@@ -1254,15 +1240,27 @@ impl Expect {
                 );
             }
             None => {
-                check(s.pointer("/codecs/video") == Some(&Value::Null), "codecs.video not null".into());
-                check(s.get("width") == Some(&Value::Null), "width not null".into());
-                check(s.get("height") == Some(&Value::Null), "height not null".into());
+                check(
+                    s.pointer("/codecs/video") == Some(&Value::Null),
+                    "codecs.video not null".into(),
+                );
+                check(
+                    s.get("width") == Some(&Value::Null),
+                    "width not null".into(),
+                );
+                check(
+                    s.get("height") == Some(&Value::Null),
+                    "height not null".into(),
+                );
                 check(s.get("fps") == Some(&Value::Null), "fps not null".into());
             }
         }
         match self.audio {
             Some((codec, rate, ch)) => {
-                check(json_str(s, "/codecs/audio") == Some(codec), format!("codecs.audio != {codec}"));
+                check(
+                    json_str(s, "/codecs/audio") == Some(codec),
+                    format!("codecs.audio != {codec}"),
+                );
                 check(
                     json_f64(s, "/audio/sample_rate") == Some(rate as f64),
                     format!("audio.sample_rate != {rate}"),
@@ -1277,8 +1275,14 @@ impl Expect {
                 );
             }
             None => {
-                check(s.pointer("/codecs/audio") == Some(&Value::Null), "codecs.audio not null".into());
-                check(s.get("audio") == Some(&Value::Null), "audio not null".into());
+                check(
+                    s.pointer("/codecs/audio") == Some(&Value::Null),
+                    "codecs.audio not null".into(),
+                );
+                check(
+                    s.get("audio") == Some(&Value::Null),
+                    "audio not null".into(),
+                );
             }
         }
         bad
@@ -1290,7 +1294,10 @@ impl Expect {
         let path = format!("{}/{}", self.app, self.key);
         let deadline = Instant::now() + timeout;
         loop {
-            let found = server.try_streams().ok().and_then(|l| Sluice::find_stream(&l, &path));
+            let found = server
+                .try_streams()
+                .ok()
+                .and_then(|l| Sluice::find_stream(&l, &path));
             if let Some(s) = &found {
                 let bad = self.mismatches(s);
                 if bad.is_empty() {

@@ -404,7 +404,11 @@ impl ChunkWriter {
                 3 => prev.as_ref().and_then(|p| p.delta),
                 _ => Some(field),
             },
-            ext: if fmt == 3 { prev.map(|p| p.ext).unwrap_or(false) } else { ext },
+            ext: if fmt == 3 {
+                prev.map(|p| p.ext).unwrap_or(false)
+            } else {
+                ext
+            },
         };
         self.states.insert(csid, state);
         out
@@ -610,6 +614,9 @@ pub struct PublishOptions {
     pub chunk_size: u32,
     /// Added (wrapping) to every tag timestamp.
     pub timestamp_offset: u32,
+    /// `(at, add)`: tags whose file timestamp is at or after `at` ms go out
+    /// with `add` ms more (a discontinuity); pacing still follows the file.
+    pub timestamp_jump: Option<(u32, u32)>,
     /// Split audio and video messages into chunks and alternate their
     /// chunks on the wire.
     pub interleave: bool,
@@ -631,6 +638,7 @@ impl Default for PublishOptions {
         PublishOptions {
             chunk_size: 4096,
             timestamp_offset: 0,
+            timestamp_jump: None,
             interleave: false,
             realtime: true,
             always_type0: false,
@@ -755,9 +763,7 @@ impl RtmpPublisher {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).ok();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(15)))
-            .ok();
+        stream.set_write_timeout(Some(Duration::from_secs(15))).ok();
         stream.set_read_timeout(Some(opts.reply_timeout)).ok();
         handshake(&mut stream).map_err(|e| format!("handshake: {e}"))?;
         stream.set_read_timeout(None).ok();
@@ -846,12 +852,13 @@ impl RtmpPublisher {
             ServerEvent::Message(m)
                 if m.type_id == MSG_SET_PEER_BANDWIDTH && m.payload.len() >= 4 =>
             {
-                let size = u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
+                let size =
+                    u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
                 if self.window_ack_sent != Some(size) {
                     self.window_ack_sent = Some(size);
-                    let msg = self
-                        .writer
-                        .message(2, MSG_WINDOW_ACK_SIZE, 0, 0, &size.to_be_bytes());
+                    let msg =
+                        self.writer
+                            .message(2, MSG_WINDOW_ACK_SIZE, 0, 0, &size.to_be_bytes());
                     let _ = self.stream.write_all(&msg);
                 }
                 None
@@ -902,7 +909,11 @@ impl RtmpPublisher {
     pub fn publish(&mut self, key: &str) -> PublishOutcome {
         self.key = key.to_string();
         let sent = (|| -> io::Result<()> {
-            self.command(3, 0, &[s("releaseStream"), Amf::Number(2.0), Amf::Null, s(key)])?;
+            self.command(
+                3,
+                0,
+                &[s("releaseStream"), Amf::Number(2.0), Amf::Null, s(key)],
+            )?;
             self.command(3, 0, &[s("FCPublish"), Amf::Number(3.0), Amf::Null, s(key)])?;
             self.command(3, 0, &[s("createStream"), Amf::Number(4.0), Amf::Null])
         })();
@@ -943,7 +954,9 @@ impl RtmpPublisher {
                 Err(_) => return PublishOutcome::Closed("no onStatus for publish in time".into()),
             };
             match self.handle(ev) {
-                Some(ServerEvent::Command { name, txn, args, .. }) => {
+                Some(ServerEvent::Command {
+                    name, txn, args, ..
+                }) => {
                     if name == "_error" && txn == 5.0 {
                         return PublishOutcome::Refused(status_of(&args).unwrap_or(Status {
                             level: "error".into(),
@@ -1050,6 +1063,14 @@ impl RtmpPublisher {
         let start = Instant::now();
         let sid = self.stream_id;
         let offset = self.opts.timestamp_offset;
+        let jump = self.opts.timestamp_jump;
+        let wire_ts = move |t: &FlvTag| {
+            let extra = match jump {
+                Some((at, add)) if t.timestamp >= at => add,
+                _ => 0,
+            };
+            t.timestamp.wrapping_add(offset).wrapping_add(extra)
+        };
         let mut i = 0;
         while i < sendable.len() {
             self.poll_events();
@@ -1074,12 +1095,12 @@ impl RtmpPublisher {
                 None
             };
             let (csid, ty, payload) = self.tag_message(tag);
-            let ts = tag.timestamp.wrapping_add(offset);
+            let ts = wire_ts(tag);
             let first = self.writer.chunks(csid, ty, sid, ts, &payload);
             let mut wire = Vec::new();
             if let Some(next) = pair {
                 let (csid2, ty2, payload2) = self.tag_message(next);
-                let ts2 = next.timestamp.wrapping_add(offset);
+                let ts2 = wire_ts(next);
                 let second = self.writer.chunks(csid2, ty2, sid, ts2, &payload2);
                 if first.len() > 1 || second.len() > 1 {
                     report.interleaved_pairs += 1;
@@ -1114,8 +1135,8 @@ impl RtmpPublisher {
             }
         }
         self.poll_events();
-        for k in 0..4 {
-            report.header_types[k] = self.writer.header_types[k] - header_types_before[k];
+        for (k, slot) in report.header_types.iter_mut().enumerate() {
+            *slot = self.writer.header_types[k] - header_types_before[k];
         }
         report.extended_headers = self.writer.extended_headers - ext_before;
         report.statuses = self
@@ -1130,8 +1151,21 @@ impl RtmpPublisher {
     pub fn close(mut self) {
         let key = self.key.clone();
         let sid = self.stream_id;
-        let _ = self.command(3, 0, &[s("FCUnpublish"), Amf::Number(6.0), Amf::Null, s(&key)]);
-        let _ = self.command(3, 0, &[s("deleteStream"), Amf::Number(7.0), Amf::Null, Amf::Number(sid as f64)]);
+        let _ = self.command(
+            3,
+            0,
+            &[s("FCUnpublish"), Amf::Number(6.0), Amf::Null, s(&key)],
+        );
+        let _ = self.command(
+            3,
+            0,
+            &[
+                s("deleteStream"),
+                Amf::Number(7.0),
+                Amf::Null,
+                Amf::Number(sid as f64),
+            ],
+        );
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
@@ -1149,11 +1183,7 @@ impl Drop for RtmpPublisher {
 
 /// Connects, publishes `app/key` and returns the publisher, or panics
 /// with the reason.
-pub fn connect_and_publish(
-    addr: SocketAddr,
-    path: &str,
-    opts: PublishOptions,
-) -> RtmpPublisher {
+pub fn connect_and_publish(addr: SocketAddr, path: &str, opts: PublishOptions) -> RtmpPublisher {
     let (app, key) = path.split_once('/').expect("path is APP/KEY");
     let mut p = RtmpPublisher::connect(addr, app, opts)
         .unwrap_or_else(|e| panic!("RTMP connect to {addr}/{app} failed: {e}"));

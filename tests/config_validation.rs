@@ -1,0 +1,293 @@
+//! Configuration and command line: bad configs stop the binary at start with
+//! a message naming the key; every documented key is accepted; values take
+//! effect; `--help` works; no configuration at all serves.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::rtmp_client::{basic_header, handshake, ChunkWriter, MSG_SET_CHUNK_SIZE, MSG_VIDEO};
+use common::*;
+
+/// Runs sluice with `config` (if any) and `args`; it must exit non-zero
+/// within 20 s, and stderr must contain every one of `needles`.
+fn expect_startup_error(config: Option<&str>, args: &[&str], needles: &[&str]) -> String {
+    let dir = TempDir::new("config");
+    let mut cmd = sluice_command();
+    if let Some(c) = config {
+        let p = dir.join("sluice.toml");
+        std::fs::write(&p, c).unwrap();
+        cmd.arg("--config").arg(p);
+    }
+    cmd.args(args);
+    let mut child = ChildGuard::spawn("sluice", cmd);
+    let Some(status) = child.wait_exit(Duration::from_secs(20)) else {
+        panic!(
+            "sluice kept running with an invalid configuration {config:?} / args {args:?}; \
+             stderr:\n{}",
+            child.stderr().tail(20)
+        );
+    };
+    // Let the capture threads drain.
+    poll_until(Duration::from_secs(2), || {
+        needles.iter().all(|n| child.stderr().contains(n))
+    });
+    let stderr = child.stderr().text();
+    assert!(
+        !status.success(),
+        "sluice exited successfully with an invalid configuration {config:?}; stderr:\n{stderr}"
+    );
+    for n in needles {
+        assert!(
+            stderr.contains(n),
+            "stderr does not name {n:?} for config {config:?} / args {args:?}:\n{stderr}"
+        );
+    }
+    stderr
+}
+
+/// Ephemeral addresses for the listeners the config under test does not set.
+const PORT_FLAGS: &[&str] = &[
+    "--rtmp-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--srt-addr",
+    "127.0.0.1:0",
+];
+const HTTP_SRT_FLAGS: &[&str] = &["--http-addr", "127.0.0.1:0", "--srt-addr", "127.0.0.1:0"];
+
+#[test]
+fn unknown_key_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[rtmp]\nmax_conections = 10\n"),
+        PORT_FLAGS,
+        &["max_conections"],
+    );
+}
+
+#[test]
+fn unknown_section_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[transcoding]\nenabled = true\n"),
+        PORT_FLAGS,
+        &["transcoding"],
+    );
+}
+
+#[test]
+fn bad_rtmp_address_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[server]\nrtmp_addr = \"nope\"\n"),
+        HTTP_SRT_FLAGS,
+        &["server.rtmp_addr"],
+    );
+}
+
+#[test]
+fn bad_http_address_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[server]\nhttp_addr = \"127.0.0.1:99999\"\n"),
+        &["--rtmp-addr", "127.0.0.1:0", "--srt-addr", "127.0.0.1:0"],
+        &["server.http_addr"],
+    );
+}
+
+#[test]
+fn zero_max_chunk_streams_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[rtmp]\nmax_chunk_streams = 0\n"),
+        PORT_FLAGS,
+        &["rtmp.max_chunk_streams"],
+    );
+}
+
+#[test]
+fn unparsable_duration_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[rtmp]\nhandshake_timeout = \"soon\"\n"),
+        PORT_FLAGS,
+        &["rtmp.handshake_timeout"],
+    );
+}
+
+#[test]
+fn wrong_value_type_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[rtmp]\nmax_connections = \"many\"\n"),
+        PORT_FLAGS,
+        &["rtmp.max_connections"],
+    );
+}
+
+#[test]
+fn bad_log_format_in_config_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[server]\nlog_format = \"xml\"\n"),
+        PORT_FLAGS,
+        &["server.log_format"],
+    );
+}
+
+#[test]
+fn bad_takeover_value_is_rejected_and_named() {
+    expect_startup_error(
+        Some("[apps.live]\ntakeover = \"yes\"\n"),
+        PORT_FLAGS,
+        &["takeover"],
+    );
+}
+
+#[test]
+fn invalid_toml_is_rejected() {
+    expect_startup_error(Some("[rtmp\nchunk_size = 4096\n"), PORT_FLAGS, &[]);
+}
+
+#[test]
+fn missing_config_file_is_rejected_and_named() {
+    let path =
+        std::env::temp_dir().join(format!("sluice-no-such-config-{}.toml", std::process::id()));
+    let p = path.to_str().unwrap();
+    let mut args = vec!["--config", p];
+    args.extend_from_slice(PORT_FLAGS);
+    expect_startup_error(None, &args, &[p]);
+}
+
+#[test]
+fn bad_command_line_values_are_rejected() {
+    expect_startup_error(
+        None,
+        &[
+            "--rtmp-addr",
+            "nope",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--srt-addr",
+            "127.0.0.1:0",
+        ],
+        &["nope"],
+    );
+    let mut args = vec!["--log-format", "xml"];
+    args.extend_from_slice(PORT_FLAGS);
+    expect_startup_error(None, &args, &["xml"]);
+    let mut args = vec!["--no-such-flag"];
+    args.extend_from_slice(PORT_FLAGS);
+    expect_startup_error(None, &args, &["--no-such-flag"]);
+}
+
+#[test]
+fn help_lists_the_flags_and_exits_zero() {
+    let mut cmd = sluice_command();
+    cmd.arg("--help");
+    let (status, stdout, stderr) = run_to_exit("sluice --help", cmd, Duration::from_secs(20));
+    assert!(status.success(), "--help failed: {stderr}");
+    for flag in [
+        "--config",
+        "--rtmp-addr",
+        "--srt-addr",
+        "--http-addr",
+        "--log-format",
+    ] {
+        assert!(
+            stdout.contains(flag),
+            "--help does not mention {flag}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn no_configuration_serves_with_defaults() {
+    let server = Sluice::start(None);
+    assert_eq!(server.get("/healthz").0, 200);
+    assert_eq!(server.get("/readyz").0, 200);
+    assert_eq!(server.streams(), serde_json::json!([]));
+}
+
+/// Every key of the documented configuration, with the documented example
+/// values (listeners moved to ephemeral loopback ports).
+const FULL_CONFIG: &str = r#"
+[server]
+rtmp_addr = "127.0.0.1:0"
+srt_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+log_format = "json"
+drain_timeout = "30s"
+
+[rtmp]
+max_connections = 1024
+max_message_size = 8388608
+max_chunk_streams = 64
+max_amf_depth = 32
+handshake_timeout = "500ms"
+idle_timeout = "2m"
+chunk_size = 4096
+window_ack_size = 2500000
+
+[apps.live]
+takeover = false
+
+[apps.studio]
+takeover = true
+"#;
+
+#[test]
+fn every_documented_key_is_accepted_and_addresses_come_from_the_config() {
+    // No command line flags: listeners and log format come from the file.
+    let server = Sluice::start_raw(Some(FULL_CONFIG), vec![]);
+    for addr in [server.rtmp_addr(), server.http_addr()] {
+        assert!(
+            addr.ip().is_loopback(),
+            "{addr} is not the configured 127.0.0.1"
+        );
+        assert_ne!(addr.port(), 0);
+    }
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn configured_max_chunk_streams_is_enforced() {
+    let server = Sluice::start(Some("[rtmp]\nmax_chunk_streams = 4\n"));
+    let mut sock = raw_connect(server.rtmp_addr());
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    handshake(&mut sock).expect("handshake");
+    // Eight chunk streams, each with a started (incomplete) message.
+    for csid in 10..18u32 {
+        let mut c = basic_header(0, csid);
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 200, MSG_VIDEO, 1, 0, 0, 0]);
+        c.extend_from_slice(&[0x17; 128]);
+        if sock.write_all(&c).is_err() {
+            break;
+        }
+    }
+    wait_closed(&mut sock, Duration::from_secs(10))
+        .expect("server kept a connection with 8 chunk streams open (max_chunk_streams = 4)");
+    server.wait_metric(
+        r#"sluice_rtmp_protocol_errors_total{reason="too_many_chunk_streams"}"#,
+        |v| v == Some(1.0),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn configured_max_message_size_is_enforced() {
+    let server = Sluice::start(Some("[rtmp]\nmax_message_size = 65536\n"));
+    let mut sock = raw_connect(server.rtmp_addr());
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    handshake(&mut sock).expect("handshake");
+    // A 100 000-byte message announced on csid 6 (below the 8 MiB default).
+    let mut w = ChunkWriter::default();
+    let mut wire = w.message(2, MSG_SET_CHUNK_SIZE, 0, 0, &4096u32.to_be_bytes());
+    w.chunk_size = 4096;
+    wire.extend(w.message(6, MSG_VIDEO, 1, 0, &vec![0x17; 100_000]));
+    let _ = sock.write_all(&wire);
+    wait_closed(&mut sock, Duration::from_secs(10))
+        .expect("server accepted a 100 000-byte message with max_message_size = 65536");
+    server.wait_metric(
+        r#"sluice_rtmp_protocol_errors_total{reason="message_too_large"}"#,
+        |v| v == Some(1.0),
+        Duration::from_secs(5),
+    );
+}

@@ -1,0 +1,155 @@
+//! One publisher per stream path: without `takeover` a second publisher is
+//! refused with `NetStream.Publish.BadName` and the live one is untouched;
+//! with `[apps.APP] takeover = true` the newcomer replaces it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::flv;
+use common::rtmp_client::{
+    connect_and_publish, BackgroundPublish, PublishOptions, PublishOutcome, RtmpPublisher,
+};
+use common::*;
+
+#[test]
+fn without_takeover_second_publisher_gets_badname_and_the_first_loses_nothing() {
+    let server = Sluice::start(None);
+    let path = "live/solo";
+    let file = flv::read_flv(&fixture_avc_aac(6));
+    let (want_v, want_a) = file.frame_counts();
+    let mut first = BackgroundPublish::spawn(
+        server.rtmp_addr(),
+        path,
+        Arc::new(file.tags),
+        PublishOptions::default(),
+    );
+    server.wait_for_stream(
+        path,
+        |s| json_f64(s, "/frames_in/video").is_some_and(|n| n > 0.0),
+        Duration::from_secs(15),
+    );
+    let mut second = RtmpPublisher::connect(server.rtmp_addr(), "live", PublishOptions::default())
+        .expect("second client connects");
+    match second.publish("solo") {
+        PublishOutcome::Refused(st) => {
+            assert_eq!(st.level, "error", "{st:?}");
+            assert_eq!(st.code, "NetStream.Publish.BadName", "{st:?}");
+        }
+        other => panic!("expected NetStream.Publish.BadName, got {other:?}"),
+    }
+    assert!(
+        second.wait_server_close(Duration::from_secs(10)).is_some(),
+        "the refused publisher's connection should be closed"
+    );
+    server.wait_metric(
+        r#"sluice_rtmp_publishes_total{result="rejected_busy"}"#,
+        |v| v == Some(1.0),
+        Duration::from_secs(5),
+    );
+    let report = first.wait_report(Duration::from_secs(30));
+    assert!(
+        report.error.is_none(),
+        "first publisher disturbed: {report:?}"
+    );
+    server.wait_for_stream(
+        path,
+        |s| {
+            json_f64(s, "/frames_in/video") == Some(want_v as f64)
+                && json_f64(s, "/frames_in/audio") == Some(want_a as f64)
+        },
+        Duration::from_secs(10),
+    );
+    // Leaving and coming back right away works.
+    first.release();
+    let mut again = connect_and_publish(server.rtmp_addr(), path, PublishOptions::default());
+    again.poll_events();
+    assert!(
+        again.closed.is_none(),
+        "republish closed: {:?}",
+        again.closed
+    );
+    server.wait_for_stream(path, |_| true, Duration::from_secs(5));
+    assert_eq!(
+        server.metric(r#"sluice_rtmp_publishes_total{result="accepted"}"#),
+        Some(2.0)
+    );
+    again.close();
+}
+
+#[test]
+fn with_takeover_the_new_publisher_replaces_the_live_one() {
+    let server = Sluice::start(Some("[apps.live]\ntakeover = true\n"));
+    let path = "live/handover";
+    let tags = Arc::new(flv::read_flv(&fixture_avc_aac(8)).tags);
+    let first = BackgroundPublish::spawn(
+        server.rtmp_addr(),
+        path,
+        tags.clone(),
+        PublishOptions::default(),
+    );
+    server.wait_for_stream(
+        path,
+        |s| json_f64(s, "/frames_in/video").is_some_and(|n| n > 0.0),
+        Duration::from_secs(15),
+    );
+    let mut second = connect_and_publish(server.rtmp_addr(), path, PublishOptions::default());
+    // The replaced publisher is disconnected.
+    let report = first.wait_report(Duration::from_secs(20));
+    assert!(
+        report.error.is_some(),
+        "the replaced publisher kept publishing undisturbed: {report:?}"
+    );
+    // The newcomer's stream is live.
+    let small = flv::read_flv(&fixture_avc_aac(4));
+    let (want_v, want_a) = small.frame_counts();
+    let sent = second.send_tags(&small.tags);
+    assert!(sent.error.is_none(), "new publisher failed: {sent:?}");
+    let s = server.stream(path).expect("stream listed after takeover");
+    assert_eq!(json_str(&s, "/state"), Some("live"), "{s}");
+    assert_eq!(json_str(&s, "/codecs/video"), Some("h264"), "{s}");
+    assert_eq!(json_str(&s, "/codecs/audio"), Some("aac"), "{s}");
+    assert_eq!(json_f64(&s, "/width"), Some(640.0), "{s}");
+    let listed: Vec<_> = server
+        .streams()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| json_str(s, "/path") == Some(path))
+        .cloned()
+        .collect();
+    assert_eq!(listed.len(), 1, "one stream per path: {listed:?}");
+    assert!(want_v > 0 && want_a > 0);
+    assert_eq!(
+        server.metric(r#"sluice_rtmp_publishes_total{result="accepted"}"#),
+        Some(2.0)
+    );
+    second.close();
+}
+
+#[test]
+fn takeover_is_per_app() {
+    let server = Sluice::start(Some("[apps.live]\ntakeover = true\n"));
+    let tags = Arc::new(flv::read_flv(&fixture_avc_aac(6)).tags);
+    let mut first = BackgroundPublish::spawn(
+        server.rtmp_addr(),
+        "studio/x",
+        tags,
+        PublishOptions::default(),
+    );
+    server.wait_for_stream("studio/x", |_| true, Duration::from_secs(15));
+    let mut second =
+        RtmpPublisher::connect(server.rtmp_addr(), "studio", PublishOptions::default())
+            .expect("connect");
+    match second.publish("x") {
+        PublishOutcome::Refused(st) => assert_eq!(st.code, "NetStream.Publish.BadName"),
+        other => panic!("app `studio` has no takeover; expected BadName, got {other:?}"),
+    }
+    let report = first.wait_report(Duration::from_secs(30));
+    assert!(
+        report.error.is_none(),
+        "first publisher disturbed: {report:?}"
+    );
+    first.release();
+}
