@@ -459,6 +459,11 @@ impl Sluice {
         format!("rtmp://{}/{}", self.rtmp, path)
     }
 
+    /// Waits for the server process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.wait_exit(timeout)
+    }
+
     /// Whether the server process is still running.
     pub fn is_alive(&mut self) -> bool {
         self.child.is_running()
