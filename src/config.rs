@@ -71,6 +71,10 @@ pub struct RtmpConfig {
     pub window_ack_size: u32,
     /// Largest timestamp step accepted as continuous; larger ones re-base.
     pub max_timestamp_jump: Duration,
+    /// A live publisher that sent no media for this long may be replaced by
+    /// a new publisher on the same path (an encoder reconnecting after its
+    /// old TCP connection died silently).
+    pub stale_publisher_timeout: Duration,
 }
 
 /// Per-application settings (`[apps.NAME]`).
@@ -107,6 +111,7 @@ impl Default for Config {
                 chunk_size: 4096,
                 window_ack_size: 2_500_000,
                 max_timestamp_jump: Duration::from_secs(10),
+                stale_publisher_timeout: Duration::from_secs(3),
             },
             apps: BTreeMap::new(),
         }
@@ -167,6 +172,7 @@ impl Config {
                 &mut c.window_ack_size,
             )?;
             s.duration("max_timestamp_jump", &mut c.max_timestamp_jump)?;
+            s.duration("stale_publisher_timeout", &mut c.stale_publisher_timeout)?;
             s.finish()?;
         }
         if let Some(mut apps) = root.section("apps")? {

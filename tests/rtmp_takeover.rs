@@ -153,3 +153,56 @@ fn takeover_is_per_app() {
     );
     first.release();
 }
+
+/// An encoder whose connection died silently (no FIN reached us) must not
+/// lock its stream key until the idle timeout: once it has sent nothing for
+/// `rtmp.stale_publisher_timeout`, a reconnecting publisher replaces it.
+#[test]
+fn a_silent_publisher_is_replaced_after_stale_publisher_timeout() {
+    let server = Sluice::start(Some(
+        "[rtmp]\nstale_publisher_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
+    ));
+    let path = "live/flaky";
+    let file = flv::read_flv(&fixture_avc_aac(6));
+    let tags = Arc::new(file.tags);
+    let first = BackgroundPublish::spawn(
+        server.rtmp_addr(),
+        path,
+        tags.clone(),
+        PublishOptions {
+            realtime: false,
+            ..PublishOptions::default()
+        },
+    );
+    // It sends everything at once, then stays connected and silent.
+    let report = first.wait_report(Duration::from_secs(30));
+    assert!(report.error.is_none(), "{report:?}");
+    server.wait_for_stream(path, |_| true, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut second = connect_and_publish(server.rtmp_addr(), path, PublishOptions::default());
+    second.poll_events();
+    assert!(
+        second.closed.is_none(),
+        "replacement refused: {:?}",
+        second.closed
+    );
+    server.wait_metric(
+        r#"sluice_rtmp_publishes_total{result="accepted"}"#,
+        |v| v == Some(2.0),
+        Duration::from_secs(5),
+    );
+    server.wait_log_fields(&[("reason", "taken_over")], Duration::from_secs(5));
+    // The new publisher owns the path.
+    let report = second.send_tags(&tags[..50]);
+    assert!(report.error.is_none(), "{report:?}");
+    server.wait_for_stream(
+        path,
+        |s| json_f64(s, "/frames_in/video").is_some_and(|n| n > 0.0),
+        Duration::from_secs(10),
+    );
+    assert!(server
+        .stream(path)
+        .and_then(|s| s["publisher"]["peer"].as_str().map(String::from))
+        .is_some());
+    second.close();
+}

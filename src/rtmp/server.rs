@@ -19,7 +19,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::amf0::Amf0Value;
 use super::proto::{Event, ProtoError, Session};
 use crate::config::Config;
-use crate::stream::{ClaimError, MediaEvent, Metadata, PublishGuard, Registry, StreamPath};
+use crate::stream::{
+    ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, StreamPath,
+};
 use crate::telemetry as t;
 
 /// What every connection task shares.
@@ -259,8 +261,11 @@ impl Conn {
             path.clone(),
             name,
             &self.peer.to_string(),
-            cfg.app(&path.app).takeover,
-            cfg.rtmp.max_timestamp_jump,
+            ClaimPolicy {
+                takeover: cfg.app(&path.app).takeover,
+                stale_after: cfg.rtmp.stale_publisher_timeout,
+                max_jump: cfg.rtmp.max_timestamp_jump,
+            },
             &self.ctx.shutdown,
         );
         match claim {
@@ -312,11 +317,10 @@ impl Conn {
         let Some(p) = &self.publishing else { return };
         let len = payload.len() as u64;
         p.bytes.increment(len);
-        let result = p
-            .guard
-            .stream()
-            .ingest()
-            .push(Instant::now(), video, timestamp, payload);
+        let now = Instant::now();
+        let stream = p.guard.stream();
+        stream.touch(now);
+        let result = stream.ingest().push(now, video, timestamp, payload);
         match result {
             Ok((event, jump)) => {
                 if let Some(j) = jump {

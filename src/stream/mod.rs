@@ -10,7 +10,7 @@ pub mod ingest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,8 @@ pub struct Stream {
     pub cancel: CancellationToken,
     /// Set when a takeover cancelled this stream.
     pub taken_over: AtomicBool,
+    /// Milliseconds after `started` when media last arrived.
+    last_media_ms: AtomicU64,
     ingest: Mutex<Ingest>,
     metadata: Mutex<Option<Metadata>>,
 }
@@ -76,6 +78,18 @@ pub struct Metadata {
 }
 
 impl Stream {
+    /// Record that media arrived now.
+    pub fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.last_media_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long no media has arrived.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        let last = self.started + Duration::from_millis(self.last_media_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+
     pub fn ingest(&self) -> MutexGuard<'_, Ingest> {
         // A poisoned lock only means a panic elsewhere; the data is plain counters.
         self.ingest.lock().unwrap_or_else(|e| e.into_inner())
@@ -102,6 +116,19 @@ pub enum ClaimError {
 }
 
 /// All live streams.
+/// How a new publisher may claim a path that is live.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimPolicy {
+    /// Replace a live publisher.
+    pub takeover: bool,
+    /// Replace a publisher that sent no media for this long: its encoder
+    /// most likely lost the connection without the TCP close reaching us,
+    /// and is now reconnecting.
+    pub stale_after: Duration,
+    /// Timestamp jump policy for the new stream's timeline.
+    pub max_jump: Duration,
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     streams: Mutex<HashMap<StreamPath, Arc<Stream>>>,
@@ -118,23 +145,24 @@ impl Registry {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claim `path` for a new publisher. With `takeover`, a live publisher
-    /// on the path is cancelled and replaced; otherwise the claim fails.
+    /// Claim `path` for a new publisher. A live publisher on the path is
+    /// cancelled and replaced when the policy allows takeover or when it
+    /// has gone stale; otherwise the claim fails.
     pub fn claim(
         self: &Arc<Self>,
         path: StreamPath,
         name: &str,
         peer: &str,
-        takeover: bool,
-        max_jump: std::time::Duration,
+        policy: ClaimPolicy,
         parent: &CancellationToken,
     ) -> Result<PublishGuard, ClaimError> {
         if self.is_draining() {
             return Err(ClaimError::Draining);
         }
+        let now = Instant::now();
         let mut map = self.map();
         if let Some(old) = map.get(&path) {
-            if !takeover {
+            if !policy.takeover && old.idle_for(now) < policy.stale_after {
                 return Err(ClaimError::Busy(path.to_string()));
             }
             old.taken_over.store(true, Ordering::SeqCst);
@@ -144,12 +172,13 @@ impl Registry {
             path: path.clone(),
             name: name.to_string(),
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            started: Instant::now(),
+            started: now,
             started_at: SystemTime::now(),
             peer: peer.to_string(),
             cancel: parent.child_token(),
             taken_over: AtomicBool::new(false),
-            ingest: Mutex::new(Ingest::new(max_jump)),
+            last_media_ms: AtomicU64::new(0),
+            ingest: Mutex::new(Ingest::new(policy.max_jump)),
             metadata: Mutex::new(None),
         });
         map.insert(path, stream.clone());
@@ -217,10 +246,17 @@ impl Drop for PublishGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn path(k: &str) -> StreamPath {
         StreamPath::from_rtmp("live", k).unwrap()
+    }
+
+    fn policy(takeover: bool) -> ClaimPolicy {
+        ClaimPolicy {
+            takeover,
+            stale_after: Duration::from_secs(3600),
+            max_jump: Duration::from_secs(10),
+        }
     }
 
     #[test]
@@ -237,16 +273,19 @@ mod tests {
     fn second_publisher_is_refused_and_release_allows_republish() {
         let reg = Registry::new();
         let root = CancellationToken::new();
-        let d = Duration::from_secs(10);
-        let g = reg.claim(path("a"), "a", "p1", false, d, &root).unwrap();
+        let g = reg
+            .claim(path("a"), "a", "p1", policy(false), &root)
+            .unwrap();
         assert_eq!(
-            reg.claim(path("a"), "a", "p2", false, d, &root)
+            reg.claim(path("a"), "a", "p2", policy(false), &root)
                 .unwrap_err(),
             ClaimError::Busy("live/a".into())
         );
         drop(g);
         assert!(reg.is_empty());
-        let _g2 = reg.claim(path("a"), "a", "p2", false, d, &root).unwrap();
+        let _g2 = reg
+            .claim(path("a"), "a", "p2", policy(false), &root)
+            .unwrap();
         assert_eq!(reg.len(), 1);
     }
 
@@ -254,14 +293,50 @@ mod tests {
     fn takeover_cancels_the_old_publisher_and_keeps_the_new_one() {
         let reg = Registry::new();
         let root = CancellationToken::new();
-        let d = Duration::from_secs(10);
-        let old = reg.claim(path("a"), "a", "p1", true, d, &root).unwrap();
-        let new = reg.claim(path("a"), "a", "p2", true, d, &root).unwrap();
+        let old = reg
+            .claim(path("a"), "a", "p1", policy(true), &root)
+            .unwrap();
+        let new = reg
+            .claim(path("a"), "a", "p2", policy(true), &root)
+            .unwrap();
         assert!(old.stream().cancel.is_cancelled());
         assert!(old.stream().taken_over.load(Ordering::SeqCst));
         drop(old);
         assert_eq!(reg.get(&path("a")).unwrap().peer, "p2");
         assert!(!new.stream().cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_stale_publisher_is_replaced_without_takeover() {
+        let reg = Registry::new();
+        let root = CancellationToken::new();
+        let stale = ClaimPolicy {
+            stale_after: Duration::ZERO,
+            ..policy(false)
+        };
+        let old = reg.claim(path("a"), "a", "p1", stale, &root).unwrap();
+        let _new = reg.claim(path("a"), "a", "p2", stale, &root).unwrap();
+        assert!(old.stream().cancel.is_cancelled());
+        assert!(old.stream().taken_over.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn touch_resets_idle_time() {
+        let reg = Registry::new();
+        let g = reg
+            .claim(
+                path("a"),
+                "a",
+                "p",
+                policy(false),
+                &CancellationToken::new(),
+            )
+            .unwrap();
+        let st = g.stream();
+        let later = st.started + Duration::from_secs(5);
+        assert!(st.idle_for(later) >= Duration::from_secs(5));
+        st.touch(later);
+        assert_eq!(st.idle_for(later), Duration::ZERO);
     }
 
     #[test]
@@ -273,8 +348,7 @@ mod tests {
                 path("a"),
                 "a",
                 "p",
-                false,
-                Duration::from_secs(1),
+                policy(false),
                 &CancellationToken::new(),
             )
             .unwrap_err();
