@@ -6,6 +6,7 @@
 //! republish immediately instead of hitting a stale "already publishing".
 
 pub mod ingest;
+pub mod ring;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
