@@ -154,9 +154,11 @@ impl Amf0Error {
 
 impl Amf0Value {
     /// The text of a `String` value.
+    /// AMF3 strings (after an AVM+ switch) count too: clients using
+    /// objectEncoding 3 send command arguments that way.
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Amf0Value::String(s) => Some(s),
+            Amf0Value::String(s) | Amf0Value::Amf3(Amf3Value::String(s)) => Some(s),
             _ => None,
         }
     }
@@ -164,7 +166,8 @@ impl Amf0Value {
     /// The value of a `Number`.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Amf0Value::Number(n) => Some(*n),
+            Amf0Value::Number(n) | Amf0Value::Amf3(Amf3Value::Double(n)) => Some(*n),
+            Amf0Value::Amf3(Amf3Value::Integer(i)) => Some(*i as f64),
             _ => None,
         }
     }

@@ -1200,6 +1200,54 @@ mod tests {
         assert_eq!(ts, vec![500, 540]);
     }
 
+    /// Flash clients with objectEncoding 3 send commands as type 17: a format
+    /// byte, then AMF0 values that may switch to AMF3 (0x11) per value.
+    #[test]
+    fn amf3_commands_are_handled_and_complex_amf3_is_refused() {
+        let now = Instant::now();
+        let mut s = Session::new(Limits::default(), now, 1);
+        handshake(&mut s, now);
+        let mut body = BytesMut::from(&[0u8][..]);
+        amf0::encode_all(
+            &[
+                Amf0Value::string("connect"),
+                Amf0Value::Number(1.0),
+                Amf0Value::object([
+                    (
+                        "app",
+                        Amf0Value::Amf3(amf0::Amf3Value::String("live".into())),
+                    ),
+                    ("objectEncoding", Amf0Value::Number(3.0)),
+                ]),
+            ],
+            &mut body,
+        );
+        let mut input = BytesMut::new();
+        ChunkEncoder::new().write(&mut input, 3, 0, COMMAND_AMF3, 0, &body);
+        s.handle_input(now, &input).unwrap();
+        assert!(matches!(&events(&mut s)[..], [Event::Connect { app, .. }] if app == "live"));
+        s.accept_connect().unwrap();
+        let mut c = Client::new();
+        let replies = c.read(&mut s);
+        let result = &replies.last().unwrap().1;
+        assert_eq!(
+            result[3].get("objectEncoding"),
+            Some(&Amf0Value::Number(3.0))
+        );
+
+        // An AMF3 object (marker 0x0A) is refused cleanly.
+        let mut body = BytesMut::from(&[0u8][..]);
+        amf0::encode_all(
+            &[Amf0Value::string("createStream"), Amf0Value::Number(2.0)],
+            &mut body,
+        );
+        body.extend_from_slice(&[0x11, 0x0A, 0x0B, 0x01, 0x01]);
+        let mut input = BytesMut::new();
+        ChunkEncoder::new().write(&mut input, 3, 0, COMMAND_AMF3, 0, &body);
+        let e = s.handle_input(now, &input).unwrap_err();
+        assert_eq!(e.reason(), "amf_invalid");
+    }
+
     #[test]
     fn random_bytes_after_handshake_never_panic() {
         let mut x: u64 = 0x1234_5678_9ABC_DEF1;
