@@ -10,5 +10,6 @@ pub mod http;
 pub mod media;
 pub mod rtmp;
 pub mod server;
+pub mod srt;
 pub mod stream;
 pub mod telemetry;
