@@ -159,6 +159,9 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         "keyframes_in": stats.keyframes,
         "bytes_in": stats.bytes_in,
         "timestamp_jumps": stats.timestamp_jumps,
-        "renditions": [{"name": "source", "players": 0}],
+        "renditions": st.renditions.iter().map(|r| {
+            let rs = r.ring.stats();
+            json!({"name": r.name, "players": rs.players, "cached_bytes": rs.bytes})
+        }).collect::<Vec<_>>(),
     })
 }

@@ -13,3 +13,4 @@ pub mod server;
 pub mod srt;
 pub mod stream;
 pub mod telemetry;
+pub mod ts;

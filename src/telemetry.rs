@@ -18,6 +18,7 @@ pub const INGEST_FRAMES_TOTAL: &str = "sluice_ingest_frames_total";
 pub const INGEST_TAG_ERRORS_TOTAL: &str = "sluice_ingest_tag_errors_total";
 pub const TIMESTAMP_JUMPS_TOTAL: &str = "sluice_timestamp_jumps_total";
 pub const STREAMS: &str = "sluice_streams";
+pub const TS_MUX_ERRORS_TOTAL: &str = "sluice_ts_mux_errors_total";
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
 pub fn init_logging(format: LogFormat) {
@@ -73,4 +74,8 @@ fn describe() {
         "Timestamp jumps larger than rtmp.max_timestamp_jump, re-based, by stream and track."
     );
     describe_gauge!(STREAMS, "Live streams.");
+    describe_counter!(
+        TS_MUX_ERRORS_TOTAL,
+        "Frames or codec configs the MPEG-TS muxer refused, by stream."
+    );
 }

@@ -42,6 +42,11 @@ fn flv_tag_seeds_replay_without_panic() {
     assert!(replay("flv_tag", sluice::flv::fuzz_tag) >= 10);
 }
 
+#[test]
+fn ts_roundtrip_seeds_round_trip() {
+    assert!(replay("ts_roundtrip", sluice::ts::fuzz_roundtrip) >= 6);
+}
+
 /// The seeds must reach deep: a real ffmpeg publish seed drives the session
 /// all the way to media events.
 #[test]

@@ -20,9 +20,10 @@ use super::amf0::Amf0Value;
 use super::proto::{Event, ProtoError, Session};
 use crate::config::Config;
 use crate::stream::{
-    ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, StreamPath,
+    ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, RingConfig, StreamPath,
 };
 use crate::telemetry as t;
+use crate::ts::{Muxer, TsChunk};
 
 /// What every connection task shares.
 pub struct Context {
@@ -97,6 +98,11 @@ impl Close {
 /// A publish in progress on this connection.
 struct Publishing {
     guard: PublishGuard,
+    /// Native remux into the "source" rendition, inline: no queue between
+    /// the RTMP frame and its TS packets.
+    muxer: Muxer,
+    chunks: Vec<TsChunk>,
+    mux_errors: Counter,
     bytes: Counter,
     frames_video: Counter,
     frames_audio: Counter,
@@ -265,6 +271,7 @@ impl Conn {
                 takeover: cfg.app(&path.app).takeover,
                 stale_after: cfg.rtmp.stale_publisher_timeout,
                 max_jump: cfg.rtmp.max_timestamp_jump,
+                ring: RingConfig::default(),
             },
             &self.ctx.shutdown,
         );
@@ -276,6 +283,9 @@ impl Conn {
                 let label = path.to_string();
                 self.publishing = Some(Publishing {
                     guard,
+                    muxer: Muxer::new(),
+                    chunks: Vec::with_capacity(64),
+                    mux_errors: counter!(t::TS_MUX_ERRORS_TOTAL, "stream" => label.clone()),
                     bytes: counter!(t::INGEST_BYTES_TOTAL, "stream" => label.clone()),
                     frames_video: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "video"),
                     frames_audio: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "audio"),
@@ -314,7 +324,9 @@ impl Conn {
     }
 
     fn on_media(&mut self, video: bool, timestamp: u32, payload: Bytes) {
-        let Some(p) = &self.publishing else { return };
+        let Some(p) = &mut self.publishing else {
+            return;
+        };
         let len = payload.len() as u64;
         p.bytes.increment(len);
         let now = Instant::now();
@@ -329,11 +341,28 @@ impl Conn {
                         limit_ms = self.ctx.config.rtmp.max_timestamp_jump.as_millis() as u64,
                         "timestamp jumped; timeline re-based");
                 }
-                if let Some(MediaEvent::Frame(f)) = &event {
-                    match f.track {
-                        crate::media::Track::Video => p.frames_video.increment(1),
-                        crate::media::Track::Audio => p.frames_audio.increment(1),
+                let muxed = match &event {
+                    Some(MediaEvent::Frame(f)) => {
+                        match f.track {
+                            crate::media::Track::Video => p.frames_video.increment(1),
+                            crate::media::Track::Audio => p.frames_audio.increment(1),
+                        }
+                        p.muxer.push(f, &mut p.chunks)
                     }
+                    Some(MediaEvent::Config(c)) => p.muxer.set_config(c),
+                    _ => Ok(()),
+                };
+                if let Err(e) = muxed {
+                    p.mux_errors.increment(1);
+                    debug!(error = %e, "frame not muxed");
+                }
+                if !p.chunks.is_empty() {
+                    if let Some(source) = p.guard.stream().renditions.first() {
+                        for chunk in p.chunks.drain(..) {
+                            source.ring.push(chunk);
+                        }
+                    }
+                    p.chunks.clear();
                 }
             }
             Err(e) => {

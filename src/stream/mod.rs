@@ -18,6 +18,25 @@ use tokio_util::sync::CancellationToken;
 use crate::config::validate_segment;
 
 pub use ingest::{Ingest, IngestStats, MediaEvent};
+pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
+
+use crate::ts::TsChunk;
+
+impl RingItem for TsChunk {
+    fn size(&self) -> usize {
+        self.data.len()
+    }
+    fn is_keyframe(&self) -> bool {
+        self.keyframe
+    }
+}
+
+/// One output of a stream ("source" is the native remux) and its ring.
+#[derive(Debug)]
+pub struct Rendition {
+    pub name: String,
+    pub ring: Arc<Ring<TsChunk>>,
+}
 
 /// A validated stream path: one application segment and one key segment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +85,8 @@ pub struct Stream {
     last_media_ms: AtomicU64,
     ingest: Mutex<Ingest>,
     metadata: Mutex<Option<Metadata>>,
+    /// Fixed when the stream is created; "source" first.
+    pub renditions: Vec<Rendition>,
 }
 
 /// What the publisher declared in `onMetaData`; used where the bitstream
@@ -79,6 +100,10 @@ pub struct Metadata {
 }
 
 impl Stream {
+    pub fn rendition(&self, name: &str) -> Option<&Rendition> {
+        self.renditions.iter().find(|r| r.name == name)
+    }
+
     /// Record that media arrived now.
     pub fn touch(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.started).as_millis() as u64;
@@ -128,6 +153,8 @@ pub struct ClaimPolicy {
     pub stale_after: Duration,
     /// Timestamp jump policy for the new stream's timeline.
     pub max_jump: Duration,
+    /// Bounds of each rendition's ring.
+    pub ring: RingConfig,
 }
 
 #[derive(Debug, Default)]
@@ -181,6 +208,10 @@ impl Registry {
             last_media_ms: AtomicU64::new(0),
             ingest: Mutex::new(Ingest::new(policy.max_jump)),
             metadata: Mutex::new(None),
+            renditions: vec![Rendition {
+                name: "source".into(),
+                ring: Ring::new(policy.ring),
+            }],
         });
         map.insert(path, stream.clone());
         Ok(PublishGuard {
@@ -241,6 +272,10 @@ impl Drop for PublishGuard {
             map.remove(&self.stream.path);
         }
         self.stream.cancel.cancel();
+        // Players drain what they have and are then closed.
+        for r in &self.stream.renditions {
+            r.ring.close();
+        }
     }
 }
 
@@ -257,6 +292,7 @@ mod tests {
             takeover,
             stale_after: Duration::from_secs(3600),
             max_jump: Duration::from_secs(10),
+            ring: RingConfig::default(),
         }
     }
 
