@@ -77,6 +77,19 @@ pub struct RtmpConfig {
     pub stale_publisher_timeout: Duration,
 }
 
+/// SRT egress (`[srt]`).
+#[derive(Debug, Clone)]
+pub struct SrtConfig {
+    /// TSBPD latency we offer; the larger of ours and the caller's wins.
+    pub latency: Duration,
+    /// A player silent this long is dropped.
+    pub peer_idle_timeout: Duration,
+    /// Callers must use this passphrase (10–79 characters) when set.
+    pub passphrase: Option<String>,
+    /// Most concurrent SRT players on this server; more get 1402.
+    pub max_players: usize,
+}
+
 /// Per-application settings (`[apps.NAME]`).
 #[derive(Debug, Clone, Default)]
 pub struct AppConfig {
@@ -88,6 +101,7 @@ pub struct AppConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub rtmp: RtmpConfig,
+    pub srt: SrtConfig,
     pub apps: BTreeMap<String, AppConfig>,
 }
 
@@ -112,6 +126,12 @@ impl Default for Config {
                 window_ack_size: 2_500_000,
                 max_timestamp_jump: Duration::from_secs(10),
                 stale_publisher_timeout: Duration::from_secs(3),
+            },
+            srt: SrtConfig {
+                latency: Duration::from_millis(120),
+                peer_idle_timeout: Duration::from_secs(5),
+                passphrase: None,
+                max_players: 1000,
             },
             apps: BTreeMap::new(),
         }
@@ -175,6 +195,23 @@ impl Config {
             s.duration("stale_publisher_timeout", &mut c.stale_publisher_timeout)?;
             s.finish()?;
         }
+        if let Some(mut s) = root.section("srt")? {
+            let c = &mut cfg.srt;
+            s.duration("latency", &mut c.latency)?;
+            s.duration("peer_idle_timeout", &mut c.peer_idle_timeout)?;
+            if let Some(p) = s.string("passphrase")? {
+                // SRT passphrases are 10 to 79 characters (SRTO_PASSPHRASE).
+                if !(10..=79).contains(&p.chars().count()) {
+                    return Err(invalid(
+                        &s.key("passphrase"),
+                        "must be 10 to 79 characters long",
+                    ));
+                }
+                c.passphrase = Some(p);
+            }
+            s.int("max_players", 1, 1_000_000, &mut c.max_players)?;
+            s.finish()?;
+        }
         if let Some(mut apps) = root.section("apps")? {
             for name in apps.keys() {
                 let Some(mut s) = apps.section(&name)? else {
@@ -199,6 +236,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.rtmp.idle_timeout.is_zero() {
             return Err(invalid("rtmp.idle_timeout", "must be greater than zero"));
+        }
+        // SRT carries latency in 16-bit milliseconds on the wire.
+        if self.srt.latency > Duration::from_millis(65_535) {
+            return Err(invalid("srt.latency", "must be at most 65535ms"));
         }
         if self.rtmp.handshake_timeout.is_zero() {
             return Err(invalid(
@@ -380,7 +421,7 @@ impl Section {
         if let Some(k) = self.table.keys().next() {
             let key = self.key(k);
             let hint = match self.prefix.as_str() {
-                "" => " (sections: [server], [rtmp], [apps.NAME])".to_string(),
+                "" => " (sections: [server], [rtmp], [srt], [apps.NAME])".to_string(),
                 _ => String::new(),
             };
             return Err(ConfigError::UnknownKey { key, hint });
@@ -443,6 +484,8 @@ mod tests {
         assert!(err("[apps.\"a b\"]\ntakeover = true").contains("`apps.a b`"));
         assert!(err("[server]\nlog_format = \"xml\"").contains("`server.log_format`"));
         assert!(err("[rtmp]\nchunk_size = \"big\"").contains("expected an integer"));
+        assert!(err("[srt]\npassphrase = \"short\"").contains("`srt.passphrase`"));
+        assert!(err("[srt]\nlatency = \"70s\"").contains("`srt.latency`"));
     }
 
     #[test]
@@ -468,6 +511,7 @@ mod example_file {
         let d = Config::default();
         assert_eq!(format!("{:?}", c.server), format!("{:?}", d.server));
         assert_eq!(format!("{:?}", c.rtmp), format!("{:?}", d.rtmp));
+        assert_eq!(format!("{:?}", c.srt), format!("{:?}", d.srt));
         assert!(!c.app("live").takeover);
     }
 }

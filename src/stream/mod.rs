@@ -162,6 +162,8 @@ pub struct Registry {
     streams: Mutex<HashMap<StreamPath, Arc<Stream>>>,
     generation: AtomicU64,
     draining: AtomicBool,
+    /// Poked whenever any rendition ring gets data or closes.
+    data_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -210,7 +212,7 @@ impl Registry {
             metadata: Mutex::new(None),
             renditions: vec![Rendition {
                 name: "source".into(),
-                ring: Ring::new(policy.ring),
+                ring: Ring::with_notify(policy.ring, self.data_ready.clone()),
             }],
         });
         map.insert(path, stream.clone());
@@ -218,6 +220,12 @@ impl Registry {
             registry: self.clone(),
             stream,
         })
+    }
+
+    /// Notified on every push into any ring of any stream, so one task can
+    /// serve players of many streams without polling.
+    pub fn data_ready(&self) -> &Arc<tokio::sync::Notify> {
+        &self.data_ready
     }
 
     pub fn get(&self, path: &StreamPath) -> Option<Arc<Stream>> {

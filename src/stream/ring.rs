@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// What the ring needs to know about an item (a TS chunk).
 pub trait RingItem: Clone {
@@ -65,6 +65,9 @@ pub struct Ring<T> {
     state: Mutex<State<T>>,
     /// Carries the next sequence number; players wait on it.
     tx: watch::Sender<u64>,
+    /// Also poked on every push, for drivers that serve many rings from
+    /// one task (the SRT listener) and cannot wait on each ring.
+    notify: Option<Arc<Notify>>,
 }
 
 /// Result of one read.
@@ -91,7 +94,17 @@ pub struct RingStats {
 
 impl<T: RingItem> Ring<T> {
     pub fn new(cfg: RingConfig) -> Arc<Self> {
+        Self::build(cfg, None)
+    }
+
+    /// A ring that also calls `notify.notify_one()` on every push and close.
+    pub fn with_notify(cfg: RingConfig, notify: Arc<Notify>) -> Arc<Self> {
+        Self::build(cfg, Some(notify))
+    }
+
+    fn build(cfg: RingConfig, notify: Option<Arc<Notify>>) -> Arc<Self> {
         Arc::new(Ring {
+            notify,
             cfg,
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -140,6 +153,9 @@ impl<T: RingItem> Ring<T> {
             st.next_seq()
         };
         self.tx.send_replace(next);
+        if let Some(n) = &self.notify {
+            n.notify_one();
+        }
     }
 
     /// End the rendition: players drain what they have, then get `Closed`.
@@ -152,6 +168,9 @@ impl<T: RingItem> Ring<T> {
         // Bump the value so waiting players wake even if nothing new came.
         self.tx.send_replace(next);
         self.tx.send_modify(|_| {});
+        if let Some(n) = &self.notify {
+            n.notify_one();
+        }
     }
 
     /// A new player, positioned at the newest keyframe (GOP cache); with no
