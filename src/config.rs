@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
+    /// From TCP accept until the stream must be playable (first keyframe in
+    /// every rendition), or the publish fails.
+    pub setup_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,7 @@ impl Default for Config {
                 http_addr: "0.0.0.0:8080".parse().expect("valid default"),
                 log_format: LogFormat::Text,
                 drain_timeout: Duration::from_secs(30),
+                setup_timeout: Duration::from_secs(8),
             },
             rtmp: RtmpConfig {
                 max_connections: 1024,
@@ -173,6 +177,7 @@ impl Config {
                     .map_err(|m: String| invalid(&s.key("log_format"), m))?;
             }
             s.duration("drain_timeout", &mut c.drain_timeout)?;
+            s.duration("setup_timeout", &mut c.setup_timeout)?;
             s.finish()?;
         }
         if let Some(mut s) = root.section("rtmp")? {

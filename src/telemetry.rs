@@ -3,7 +3,7 @@
 //! Metric names are declared here once, with their help text, so `/metrics`
 //! documents itself and call sites cannot drift apart on spelling.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -19,6 +19,8 @@ pub const INGEST_TAG_ERRORS_TOTAL: &str = "sluice_ingest_tag_errors_total";
 pub const TIMESTAMP_JUMPS_TOTAL: &str = "sluice_timestamp_jumps_total";
 pub const STREAMS: &str = "sluice_streams";
 pub const TS_MUX_ERRORS_TOTAL: &str = "sluice_ts_mux_errors_total";
+pub const STREAM_SETUP_SECONDS: &str = "sluice_stream_setup_seconds";
+pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
 pub fn init_logging(format: LogFormat) {
@@ -40,7 +42,13 @@ pub fn init_logging(format: LogFormat) {
 
 /// Install the Prometheus recorder and describe every metric.
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    // Histograms render as summaries unless given buckets.
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(STREAM_SETUP_SECONDS.to_string()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        )
+        .map_err(|e| format!("bad histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
@@ -74,6 +82,14 @@ fn describe() {
         "Timestamp jumps larger than rtmp.max_timestamp_jump, re-based, by stream and track."
     );
     describe_gauge!(STREAMS, "Live streams.");
+    metrics::describe_histogram!(
+        STREAM_SETUP_SECONDS,
+        "From TCP accept to the first keyframe in the source rendition."
+    );
+    describe_counter!(
+        STREAM_SETUP_FAILURES_TOTAL,
+        "Publishes closed because the stream was not playable within server.setup_timeout, by reason."
+    );
     describe_counter!(
         TS_MUX_ERRORS_TOTAL,
         "Frames or codec configs the MPEG-TS muxer refused, by stream."

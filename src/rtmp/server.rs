@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use metrics::{counter, gauge, Counter};
+use metrics::{counter, gauge, histogram, Counter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -78,6 +78,8 @@ enum Close {
     Rejected,
     TakenOver,
     Shutdown,
+    /// The stream did not become playable within `server.setup_timeout`.
+    SetupTimeout,
     Io(std::io::Error),
     Proto(ProtoError),
 }
@@ -89,6 +91,7 @@ impl Close {
             Close::Rejected => "rejected",
             Close::TakenOver => "taken_over",
             Close::Shutdown => "shutdown",
+            Close::SetupTimeout => "setup_timeout",
             Close::Io(_) => "io_error",
             Close::Proto(e) => e.reason(),
         }
@@ -108,6 +111,11 @@ struct Publishing {
     frames_audio: Counter,
     tag_errors: Counter,
     jumps: Counter,
+    /// The source rendition holds a decodable start (its first keyframe
+    /// chunk): the stream's setup is complete.
+    ready: bool,
+    /// The muxer's last refusal, to explain a setup failure.
+    last_mux_error: Option<String>,
 }
 
 struct Conn {
@@ -116,6 +124,8 @@ struct Conn {
     session: Session,
     app: String,
     publishing: Option<Publishing>,
+    /// TCP accept: the stream setup deadline counts from here.
+    accepted: Instant,
 }
 
 async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
@@ -130,6 +140,7 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         peer,
         app: String::new(),
         publishing: None,
+        accepted: Instant::now(),
     };
     let close = conn.run(&mut sock).await;
     // Best effort: the last words (a rejection) may still be queued.
@@ -156,8 +167,11 @@ impl Conn {
     async fn run(&mut self, sock: &mut TcpStream) -> Close {
         let mut buf = vec![0u8; 64 * 1024];
         let shutdown = self.ctx.shutdown.clone();
+        let setup_deadline =
+            tokio::time::Instant::from_std(self.accepted + self.ctx.config.server.setup_timeout);
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+            let in_setup = self.publishing.as_ref().is_some_and(|p| !p.ready);
             let stream_cancel = self
                 .publishing
                 .as_ref()
@@ -192,6 +206,10 @@ impl Conn {
                     self.session.stop_publish("NetStream.Unpublish.Success", "server is shutting down");
                     return Close::Shutdown;
                 }
+                _ = tokio::time::sleep_until(setup_deadline), if in_setup => {
+                    self.fail_setup();
+                    return Close::SetupTimeout;
+                }
                 _ = shutdown.cancelled() => return Close::Shutdown,
             }
             if let Err(e) = self.drain_events() {
@@ -210,6 +228,25 @@ impl Conn {
                 return Close::Rejected;
             }
         }
+    }
+
+    /// The stream never became playable: tell the publisher why.
+    fn fail_setup(&mut self) {
+        let timeout = self.ctx.config.server.setup_timeout;
+        let Some(p) = &self.publishing else { return };
+        let (reason, why) = match &p.last_mux_error {
+            Some(e) => ("unsupported_media", e.clone()),
+            None => (
+                "no_keyframe",
+                "no video keyframe with its sequence header (or AAC audio) arrived".to_string(),
+            ),
+        };
+        counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
+        warn!(stream = %p.guard.stream().path, reason, why, ?timeout, "stream setup failed");
+        self.session.stop_publish(
+            "NetStream.Publish.Failed",
+            &format!("stream not playable within {timeout:?} of connecting (server.setup_timeout): {why}"),
+        );
     }
 
     fn drain_events(&mut self) -> Result<(), ProtoError> {
@@ -291,6 +328,8 @@ impl Conn {
                     frames_audio: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "audio"),
                     tag_errors: counter!(t::INGEST_TAG_ERRORS_TOTAL, "stream" => label.clone()),
                     jumps: counter!(t::TIMESTAMP_JUMPS_TOTAL, "stream" => label),
+                    ready: false,
+                    last_mux_error: None,
                 });
                 self.session.accept_publish()?;
             }
@@ -355,9 +394,16 @@ impl Conn {
                 if let Err(e) = muxed {
                     p.mux_errors.increment(1);
                     debug!(error = %e, "frame not muxed");
+                    p.last_mux_error = Some(e.to_string());
                 }
                 if !p.chunks.is_empty() {
-                    if let Some(source) = p.guard.stream().renditions.first() {
+                    if !p.ready && p.chunks.iter().any(|c| c.keyframe) {
+                        p.ready = true;
+                        let took = now.saturating_duration_since(self.accepted);
+                        histogram!(t::STREAM_SETUP_SECONDS).record(took.as_secs_f64());
+                        info!(stream = %stream.path, setup_ms = took.as_millis() as u64, "stream ready");
+                    }
+                    if let Some(source) = stream.renditions.first() {
                         for chunk in p.chunks.drain(..) {
                             source.ring.push(chunk);
                         }
