@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context};
+use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
 use crate::stream::Registry;
 use crate::telemetry;
 
@@ -26,6 +27,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Metrics(String),
+    #[error("{0}")]
+    Srt(#[from] srt_listener::ListenerError),
 }
 
 /// Run until a shutdown signal has been handled; returns after the drain.
@@ -52,7 +55,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 addr: s.http_addr,
                 source,
             })?;
+    let srt_socket = UdpSocket::bind(s.srt_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "srt",
+            addr: s.srt_addr,
+            source,
+        })?;
+    let srt = SrtListener::new(registry.clone(), &config.srt)?;
     let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let srt_addr = srt_socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let http_addr = http_listener
         .local_addr()
         .map(|a| a.to_string())
@@ -60,7 +75,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     info!(
         rtmp_addr,
         http_addr,
-        srt_addr = %s.srt_addr,
+        srt_addr,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
@@ -71,6 +86,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         shutdown: root.clone(),
     });
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, ctx));
+    let srt_task = tokio::spawn(srt_listener::serve(srt_socket, srt, root.clone()));
     let app = http::router(AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -120,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = rtmp_task.await;
         let _ = http_task.await;
+        let _ = srt_task.await;
     })
     .await;
     info!("stopped");

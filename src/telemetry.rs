@@ -21,10 +21,20 @@ pub const STREAMS: &str = "sluice_streams";
 pub const TS_MUX_ERRORS_TOTAL: &str = "sluice_ts_mux_errors_total";
 pub const STREAM_SETUP_SECONDS: &str = "sluice_stream_setup_seconds";
 pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
+pub const SRT_PLAYERS: &str = "sluice_srt_players";
+pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
+pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
+pub const SRT_BYTES_OUT_TOTAL: &str = "sluice_srt_bytes_out_total";
+pub const SRT_GOP_CACHE_STARTS_TOTAL: &str = "sluice_srt_gop_cache_starts_total";
+pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
+pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
+pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
+pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,srt_protocol=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -93,5 +103,35 @@ fn describe() {
     describe_counter!(
         TS_MUX_ERRORS_TOTAL,
         "Frames or codec configs the MPEG-TS muxer refused, by stream."
+    );
+    describe_gauge!(SRT_PLAYERS, "Connected SRT players.");
+    describe_counter!(SRT_PLAYERS_TOTAL, "SRT players accepted.");
+    describe_counter!(
+        SRT_REJECTS_TOTAL,
+        "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."
+    );
+    describe_counter!(
+        SRT_BYTES_OUT_TOTAL,
+        "MPEG-TS payload bytes sent to SRT players, retransmissions included."
+    );
+    describe_counter!(
+        SRT_GOP_CACHE_STARTS_TOTAL,
+        "SRT players whose first data came from the GOP cache."
+    );
+    describe_counter!(
+        SRT_LAG_SKIPS_TOTAL,
+        "Times an SRT player fell behind and skipped to the newest keyframe."
+    );
+    describe_counter!(
+        SRT_LAG_DISCONNECTS_TOTAL,
+        "SRT players closed for staying behind."
+    );
+    describe_counter!(
+        SRT_PROTOCOL_PANICS_TOTAL,
+        "Panics caught inside srt-protocol; each dropped one peer."
+    );
+    describe_counter!(
+        SRT_DROPPED_DATAGRAMS_TOTAL,
+        "Datagrams on the SRT port ignored before or at parsing, by reason."
     );
 }

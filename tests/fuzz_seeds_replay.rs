@@ -47,6 +47,11 @@ fn ts_roundtrip_seeds_round_trip() {
     assert!(replay("ts_roundtrip", sluice::ts::fuzz_roundtrip) >= 6);
 }
 
+#[test]
+fn srt_guard_seeds_replay_without_panic() {
+    assert!(replay("srt_guard", sluice::srt::guard::fuzz_check) >= 10);
+}
+
 /// The seeds must reach deep: a real ffmpeg publish seed drives the session
 /// all the way to media events.
 #[test]

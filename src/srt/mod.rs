@@ -1,4 +1,8 @@
-//! SRT egress. So far: streamid access-control parsing (`streamid`); the
-//! listener and push legs come next (see docs/srt-sans-io.md).
+//! SRT egress: streamid access-control parsing (`streamid`), a guard that
+//! pre-validates every datagram before srt-protocol parses it (`guard`),
+//! and the pull listener that serves rendition rings to SRT callers from
+//! one UDP socket and one task (`listener`). See docs/srt-sans-io.md.
 
+pub mod guard;
+pub mod listener;
 pub mod streamid;

@@ -1325,3 +1325,27 @@ impl Expect {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// SRT
+// ---------------------------------------------------------------------------
+
+impl Sluice {
+    /// The SRT listener's bound UDP address, from the `listening` line.
+    pub fn srt_addr(&self) -> SocketAddr {
+        log_field(&self.listening_line, "srt_addr")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("listening line lacks srt_addr: {}", self.listening_line))
+    }
+
+    /// `srt://127.0.0.1:PORT?streamid=STREAMID` (plus `&EXTRA` when given).
+    pub fn srt_url(&self, streamid: &str, extra: &str) -> String {
+        let mut url = format!("srt://{}?streamid={streamid}", self.srt_addr());
+        if !extra.is_empty() {
+            url.push('&');
+            url.push_str(extra);
+        }
+        url
+    }
+}

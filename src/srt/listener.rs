@@ -1,0 +1,1020 @@
+//! The SRT pull listener: one UDP socket and one task serve every SRT
+//! player, driving srt-protocol 0.4.4's sans-IO handshake (`Listen`) and
+//! connection (`DuplexConnection`) types (docs/srt-sans-io.md §4).
+//!
+//! Every datagram goes through [`guard::check`] before srt-protocol parses
+//! it, and every call into srt-protocol runs under `catch_unwind`: a panic
+//! drops only that player. Induction is stateless (a keyed SYN cookie), and
+//! the access decision is made synchronously on the Conclusion, so nothing
+//! is stored for a caller until it is accepted. Players are fed from their
+//! rendition ring only while their send buffer is short, so srt-protocol
+//! never drops data on its own; a player that stays behind is closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use srt_protocol::connection::{Connection, DuplexConnection};
+use srt_protocol::options::{KeySize, PacketCount, Passphrase};
+use srt_protocol::packet::{
+    ControlPacket, ControlTypes, CoreRejectReason, HandshakeControlInfo, HandshakeVsInfo, Packet,
+    RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
+};
+use srt_protocol::protocol::handshake::Handshake;
+use srt_protocol::protocol::pending_connection::listen::Listen;
+use srt_protocol::protocol::pending_connection::{
+    AccessControlRequest, AccessControlResponse, ConnectionResult,
+};
+use srt_protocol::settings::{ConnInitSettings, KeySettings};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::SrtConfig;
+use crate::srt::guard::{self, Verdict};
+use crate::srt::streamid::{self, code, Mode};
+use crate::stream::{Cursor, Read, Registry, StreamPath};
+use crate::telemetry;
+use crate::ts::TsChunk;
+
+/// Stop feeding a player while this many packets wait in its send buffer
+/// (sent but unacknowledged, or not sent yet).
+const FEED_CAP_PACKETS: u64 = 2048;
+/// Chunks read from the ring per pump, so one player cannot starve others.
+const FEED_BATCH: usize = 256;
+/// A player whose send buffer stays over the cap this long is closed.
+const STUCK_LIMIT: Duration = Duration::from_secs(4);
+/// A player being closed gracefully gets this long to flush before we
+/// send Shutdown ourselves and forget it.
+const CLOSE_GRACE: Duration = Duration::from_millis(1500);
+/// SYN cookies are valid for the current and the previous bucket.
+const COOKIE_BUCKET: Duration = Duration::from_secs(10);
+/// Datagrams handled per wake before timers and feeding get a turn.
+const RECV_BATCH: usize = 64;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a player went away (log field `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    PeerClosed,
+    StreamEnded,
+    TooSlow,
+    Stuck,
+    Replaced,
+    Shutdown,
+    Panic,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer closed or timed out",
+            CloseReason::StreamEnded => "stream ended",
+            CloseReason::TooSlow => "too slow (fell behind the ring)",
+            CloseReason::Stuck => "too slow (send buffer full)",
+            CloseReason::Replaced => "replaced by a new connection from the same address",
+            CloseReason::Shutdown => "server shutdown",
+            CloseReason::Panic => "srt-protocol panicked",
+        }
+    }
+}
+
+/// One connected player.
+struct Player {
+    conn: DuplexConnection,
+    cursor: Cursor<TsChunk>,
+    peer: SocketAddr,
+    stream: String,
+    rendition: String,
+    remote_sockid: SocketId,
+    local_sockid: SocketId,
+    /// Our Conclusion reply, replayed when the caller retransmits its
+    /// Conclusion (it still addresses socket id 0, so the connection
+    /// itself would ignore it).
+    conclusion_reply: Option<Packet>,
+    since: Instant,
+    /// Set while the send buffer is over the cap.
+    over_cap_since: Option<Instant>,
+    /// Set once a graceful close started; the player is forgotten at this
+    /// deadline if it has not closed by then.
+    closing: Option<(Instant, CloseReason)>,
+    next_wake: Instant,
+    bytes_out: u64,
+    skips: u64,
+}
+
+/// The listener's state; [`serve`] drives it.
+pub struct Listener {
+    registry: Arc<Registry>,
+    cfg: SrtConfig,
+    base: ConnInitSettings,
+    passphrase: Option<Passphrase>,
+    cookie_key: [u8; 32],
+    epoch: Instant,
+    players: HashMap<SocketAddr, Player>,
+    outbox: Vec<(Packet, SocketAddr)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("srt.passphrase: {0:?} (SRT needs 10 to 79 bytes)")]
+    Passphrase(srt_protocol::options::OptionsError),
+}
+
+/// Run `f`, turning a panic into `None` and counting it.
+fn caught<R>(what: &'static str, peer: SocketAddr, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            metrics::counter!(telemetry::SRT_PROTOCOL_PANICS_TOTAL).increment(1);
+            warn!(%peer, site = what, "srt-protocol panicked; dropping this peer only");
+            None
+        }
+    }
+}
+
+fn handshake_of(p: &Packet) -> Option<&HandshakeControlInfo> {
+    match p {
+        Packet::Control(ControlPacket {
+            control_type: ControlTypes::Handshake(h),
+            ..
+        }) => Some(h),
+        _ => None,
+    }
+}
+
+fn handshake_of_mut(p: &mut Packet) -> Option<&mut HandshakeControlInfo> {
+    match p {
+        Packet::Control(ControlPacket {
+            control_type: ControlTypes::Handshake(h),
+            ..
+        }) => Some(h),
+        _ => None,
+    }
+}
+
+/// An SRT access-control code (1400, 1404, ...) as a rejection reason:
+/// libsrt reports the wire value minus 1000.
+fn reject_code(code: i32) -> RejectReason {
+    RejectReason::try_from(code + 1000).unwrap_or(RejectReason::User(code + 1000))
+}
+
+/// What a caller's libsrt reports for `r` (metric label).
+fn reported_code(r: RejectReason) -> i32 {
+    i32::from(r) - 1000
+}
+
+/// Negotiate TSBPD latency the way libsrt does and patch both the
+/// connection settings and the HSRSP (docs/srt-sans-io.md §5:
+/// srt-protocol's listener takes the wrong half of the caller's HSREQ and
+/// echoes its configured values).
+fn fix_latency(
+    ours: Duration,
+    conclusion: &HandshakeControlInfo,
+    reply: &mut Option<(Packet, SocketAddr)>,
+    conn: &mut Connection,
+) {
+    let HandshakeVsInfo::V5(info) = &conclusion.info else {
+        return;
+    };
+    let Some(SrtControlPacket::HandshakeRequest(req)) = &info.ext_hs else {
+        return;
+    };
+    // srt-protocol's names: `send_latency` = upper 16 bits (the caller's
+    // receiver delay), `recv_latency` = lower 16 bits.
+    let send = ours.max(req.send_latency);
+    let recv = ours.max(req.recv_latency);
+    conn.settings.send_tsbpd_latency = send;
+    conn.settings.recv_tsbpd_latency = recv;
+    let patch = |ct: &mut ControlTypes| {
+        if let ControlTypes::Handshake(h) = ct {
+            if let HandshakeVsInfo::V5(i) = &mut h.info {
+                if let Some(SrtControlPacket::HandshakeResponse(r)) = &mut i.ext_hs {
+                    r.send_latency = recv;
+                    r.recv_latency = send;
+                }
+            }
+        }
+    };
+    if let Some((Packet::Control(cp), _)) = reply {
+        patch(&mut cp.control_type);
+    }
+    if let Handshake::Listener(ct) = &mut conn.handshake {
+        patch(ct);
+    }
+}
+
+impl Listener {
+    pub fn new(registry: Arc<Registry>, cfg: &SrtConfig) -> Result<Listener, ListenerError> {
+        let passphrase = match &cfg.passphrase {
+            Some(p) => Some(Passphrase::try_from(p.clone()).map_err(ListenerError::Passphrase)?),
+            None => None,
+        };
+        let base = ConnInitSettings {
+            send_latency: cfg.latency,
+            recv_latency: cfg.latency,
+            peer_idle_timeout: cfg.peer_idle_timeout,
+            // Room for the largest GOP-cache burst: srt-protocol drops the
+            // oldest packet when this is full (docs/srt-sans-io.md §4).
+            send_buffer_size: PacketCount(u64::from(guard::MAX_LOSS)),
+            key_settings: passphrase.clone().map(|p| KeySettings {
+                key_size: KeySize::Unspecified,
+                passphrase: p,
+            }),
+            ..ConnInitSettings::default()
+        };
+        let mut cookie_key = [0u8; 32];
+        rand::fill(&mut cookie_key);
+        Ok(Listener {
+            registry,
+            cfg: cfg.clone(),
+            base,
+            passphrase,
+            cookie_key,
+            epoch: Instant::now(),
+            players: HashMap::new(),
+            outbox: Vec::new(),
+        })
+    }
+
+    /// Connected players.
+    pub fn players(&self) -> usize {
+        self.players.len()
+    }
+
+    fn cookie(&self, addr: SocketAddr, bucket: u64) -> i32 {
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.cookie_key) else {
+            return 0;
+        };
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => mac.update(&ip.octets()),
+            std::net::IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        mac.update(&addr.port().to_be_bytes());
+        mac.update(&bucket.to_be_bytes());
+        let out = mac.finalize().into_bytes();
+        i32::from_be_bytes([out[0], out[1], out[2], out[3]])
+    }
+
+    fn bucket(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() / COOKIE_BUCKET.as_secs()
+    }
+
+    fn cookie_ok(&self, addr: SocketAddr, cookie: i32, now: Instant) -> bool {
+        let b = self.bucket(now);
+        cookie == self.cookie(addr, b) || (b > 0 && cookie == self.cookie(addr, b - 1))
+    }
+
+    /// Handle one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
+        let verdict = guard::check(data);
+        let stripped;
+        let bytes = match verdict {
+            Verdict::Drop(reason) => {
+                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => reason)
+                    .increment(1);
+                return;
+            }
+            Verdict::Pass => data,
+            Verdict::Reject(_) => {
+                stripped = guard::strip_config_extensions(data);
+                &stripped[..]
+            }
+        };
+        let packet = match caught("parse", from, || {
+            Packet::parse(&mut io::Cursor::new(bytes), from.is_ipv6())
+        }) {
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "unparsable")
+                    .increment(1);
+                return;
+            }
+            None => return,
+        };
+        let forced = match verdict {
+            Verdict::Reject(r) => Some(r),
+            _ => None,
+        };
+        if let Some(h) = handshake_of(&packet) {
+            let for_player = self
+                .players
+                .get(&from)
+                .is_some_and(|p| packet.dest_sockid() == p.local_sockid);
+            if !for_player {
+                match h.shake_type {
+                    ShakeType::Induction => self.induction(now, packet, from),
+                    ShakeType::Conclusion => self.conclusion(now, packet, from, forced),
+                    _ => {}
+                }
+                return;
+            }
+        }
+        let Some(player) = self.players.get_mut(&from) else {
+            return;
+        };
+        let ok = caught("connection input", from, || {
+            player.conn.handle_packet_input(now, Ok((packet, from)));
+        });
+        if ok.is_none() {
+            self.remove(from, CloseReason::Panic);
+            return;
+        }
+        self.pump(now, from);
+    }
+
+    /// Stateless induction: answer with our keyed cookie, store nothing.
+    fn induction(&mut self, now: Instant, packet: Packet, from: SocketAddr) {
+        let mine = self.cookie(from, self.bucket(now));
+        let base = self.base.clone();
+        let reply = caught("induction", from, || {
+            Listen::new(base, true).handle_packet(now, Ok((packet, from)))
+        });
+        if let Some(ConnectionResult::SendPacket((mut reply, to))) = reply {
+            if let Some(h) = handshake_of_mut(&mut reply) {
+                h.syn_cookie = mine;
+            }
+            self.outbox.push((reply, to));
+        }
+    }
+
+    fn conclusion(
+        &mut self,
+        now: Instant,
+        mut packet: Packet,
+        from: SocketAddr,
+        forced: Option<RejectReason>,
+    ) {
+        let Some(h) = handshake_of(&packet).cloned() else {
+            return;
+        };
+        // A retransmitted Conclusion from a player we already accepted.
+        if let Some(p) = self.players.get(&from) {
+            if p.remote_sockid == h.socket_id {
+                if let Some(reply) = &p.conclusion_reply {
+                    self.outbox.push((reply.clone(), from));
+                }
+                return;
+            }
+        }
+        if !self.cookie_ok(from, h.syn_cookie, now) {
+            metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "bad cookie")
+                .increment(1);
+            return;
+        }
+        // A fresh local socket id per connection; replay a synthetic
+        // induction so this `Listen` accepts the Conclusion with its own cookie.
+        let mut listen = Listen::new(self.base.copy_randomize(), true);
+        let induction = Packet::Control(ControlPacket {
+            timestamp: TimeStamp::MIN,
+            dest_sockid: SocketId(0),
+            control_type: ControlTypes::Handshake(HandshakeControlInfo {
+                shake_type: ShakeType::Induction,
+                ..h.clone()
+            }),
+        });
+        let request = caught("handshake", from, || {
+            let cookie = match listen.handle_packet(now, Ok((induction, from))) {
+                ConnectionResult::SendPacket((reply, _)) => handshake_of(&reply)?.syn_cookie,
+                _ => return None,
+            };
+            if let Some(c) = handshake_of_mut(&mut packet) {
+                c.syn_cookie = cookie;
+            }
+            match listen.handle_packet(now, Ok((packet, from))) {
+                ConnectionResult::RequestAccess(req) => Some(req),
+                _ => None,
+            }
+        });
+        let Some(Some(request)) = request else {
+            return;
+        };
+        let decision = self.decide(&request, &h, forced);
+        let result = caught("access response", from, || {
+            listen.handle_access_control_response(now, decision.response)
+        });
+        match result {
+            Some(ConnectionResult::Connected(mut reply, mut conn)) => {
+                let Some((ring, path, rendition)) = decision.target else {
+                    return;
+                };
+                fix_latency(self.cfg.latency, &h, &mut reply, &mut conn);
+                if self.players.contains_key(&from) {
+                    self.remove(from, CloseReason::Replaced);
+                }
+                let local_sockid = conn.settings.local_sockid;
+                let latency = conn.settings.send_tsbpd_latency;
+                let encrypted = conn.settings.cipher.is_some();
+                let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn))
+                else {
+                    return;
+                };
+                let cursor = ring.subscribe();
+                if cursor.backlog() > 0 {
+                    metrics::counter!(telemetry::SRT_GOP_CACHE_STARTS_TOTAL).increment(1);
+                }
+                let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
+                if let Some(r) = reply {
+                    self.outbox.push(r);
+                }
+                info!(
+                    peer = %from,
+                    stream = %path,
+                    rendition = %rendition,
+                    latency_ms = latency.as_millis() as u64,
+                    encrypted,
+                    "srt player connected"
+                );
+                metrics::counter!(telemetry::SRT_PLAYERS_TOTAL).increment(1);
+                self.players.insert(
+                    from,
+                    Player {
+                        conn,
+                        cursor,
+                        peer: from,
+                        stream: path,
+                        rendition,
+                        remote_sockid: h.socket_id,
+                        local_sockid,
+                        conclusion_reply,
+                        since: now,
+                        over_cap_since: None,
+                        closing: None,
+                        next_wake: now,
+                        bytes_out: 0,
+                        skips: 0,
+                    },
+                );
+                metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
+                self.pump(now, from);
+            }
+            Some(ConnectionResult::Reject(reply, why)) => {
+                let reason = match why {
+                    srt_protocol::protocol::pending_connection::ConnectionReject::Rejecting(r)
+                    | srt_protocol::protocol::pending_connection::ConnectionReject::Rejected(r) => {
+                        r
+                    }
+                };
+                let code = reported_code(reason);
+                metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
+                    .increment(1);
+                info!(peer = %from, code, streamid = %decision.streamid, reason = %decision.why, "srt caller rejected");
+                if let Some(r) = reply {
+                    self.outbox.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The access decision for one Conclusion.
+    fn decide(
+        &self,
+        req: &AccessControlRequest,
+        h: &HandshakeControlInfo,
+        forced: Option<RejectReason>,
+    ) -> Decision {
+        let sid = match &h.info {
+            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
+            HandshakeVsInfo::V4(_) => String::new(),
+        };
+        let reject = |r: RejectReason, why: String| Decision {
+            response: AccessControlResponse::Rejected(r),
+            target: None,
+            streamid: sid.clone(),
+            why,
+        };
+        if let Some(r) = forced {
+            return reject(r, "unsupported handshake option or MSS".into());
+        }
+        let HandshakeVsInfo::V5(info) = &h.info else {
+            return reject(
+                RejectReason::Core(CoreRejectReason::Version),
+                "HSv4 caller".into(),
+            );
+        };
+        // srt-protocol panics on these combinations; answer them ourselves.
+        match (&self.passphrase, &info.ext_km) {
+            (None, Some(_)) => {
+                return reject(
+                    RejectReason::Core(CoreRejectReason::Unsecure),
+                    "caller encrypts, no srt.passphrase set".into(),
+                )
+            }
+            (Some(_), None) => {
+                return reject(
+                    RejectReason::Core(CoreRejectReason::Unsecure),
+                    "passphrase required".into(),
+                )
+            }
+            (Some(_), Some(SrtControlPacket::KeyRefreshResponse(_))) => {
+                return reject(
+                    RejectReason::Core(CoreRejectReason::BadSecret),
+                    "KMRSP in a Conclusion".into(),
+                )
+            }
+            _ => {}
+        }
+        if self.registry.is_draining() {
+            return reject(reject_code(code::UNAVAILABLE), "server is draining".into());
+        }
+        let parsed = match streamid::parse(&sid) {
+            Ok(r) => r,
+            Err(e) => return reject(reject_code(e.code()), e.to_string()),
+        };
+        if parsed.mode == Mode::Publish {
+            return reject(
+                reject_code(code::BAD_MODE),
+                "publishing over SRT is not offered; use m=request".into(),
+            );
+        }
+        let stream = parsed
+            .path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+            .and_then(|p| self.registry.get(&p));
+        let Some(stream) = stream else {
+            return reject(
+                reject_code(code::NOT_FOUND),
+                format!("no live stream {}", parsed.path),
+            );
+        };
+        let Some(rendition) = stream.rendition(&parsed.rendition) else {
+            return reject(
+                reject_code(code::NOT_FOUND),
+                format!("{} has no rendition {}", parsed.path, parsed.rendition),
+            );
+        };
+        if self.players.len() >= self.cfg.max_players {
+            return reject(
+                reject_code(code::OVERLOAD),
+                format!("srt.max_players ({}) reached", self.cfg.max_players),
+            );
+        }
+        // hsv5.rs requires the accepted key size to equal the caller's.
+        let keys = self.passphrase.clone().map(|p| KeySettings {
+            key_size: req.key_size,
+            passphrase: p,
+        });
+        Decision {
+            response: AccessControlResponse::Accepted(keys),
+            target: Some((rendition.ring.clone(), parsed.path, parsed.rendition)),
+            streamid: sid.clone(),
+            why: String::new(),
+        }
+    }
+
+    /// Feed, run timers and collect output for one player.
+    fn pump(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(p) = self.players.get_mut(&addr) else {
+            return;
+        };
+        let outbox = &mut self.outbox;
+        let res = caught("connection", addr, || pump_player(p, now, outbox));
+        match res {
+            None => self.remove(addr, CloseReason::Panic),
+            Some(Some(reason)) => self.remove(addr, reason),
+            Some(None) => {}
+        }
+    }
+
+    /// Pump every player whose timer is due (or all with `all`).
+    pub fn pump_all(&mut self, now: Instant, all: bool) {
+        let due: Vec<SocketAddr> = self
+            .players
+            .iter()
+            .filter(|(_, p)| all || p.next_wake <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            self.pump(now, a);
+        }
+    }
+
+    /// Earliest instant any player needs attention.
+    pub fn next_wake(&self, now: Instant) -> Instant {
+        self.players
+            .values()
+            .map(|p| p.next_wake)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now)
+    }
+
+    /// Close every player gracefully (server shutdown).
+    pub fn close_all(&mut self, now: Instant) {
+        let addrs: Vec<SocketAddr> = self.players.keys().copied().collect();
+        for a in addrs {
+            if let Some(p) = self.players.get_mut(&a) {
+                if p.closing.is_none() {
+                    p.closing = Some((now + CLOSE_GRACE, CloseReason::Shutdown));
+                    let ok = caught("close", a, || p.conn.handle_data_input(now, None));
+                    if ok.is_none() {
+                        self.remove(a, CloseReason::Panic);
+                        continue;
+                    }
+                }
+            }
+            self.pump(now, a);
+        }
+    }
+
+    /// Forget a player, telling it so when srt-protocol did not already.
+    fn remove(&mut self, addr: SocketAddr, reason: CloseReason) {
+        let Some(p) = self.players.remove(&addr) else {
+            return;
+        };
+        let reason = match (reason, p.closing) {
+            // A graceful close that finished: report why it started.
+            (CloseReason::PeerClosed, Some((_, r))) => r,
+            _ => reason,
+        };
+        if reason != CloseReason::PeerClosed {
+            // The peer may still be listening: say goodbye (best effort).
+            self.outbox.push((
+                Packet::Control(ControlPacket {
+                    timestamp: TimeStamp::MIN,
+                    dest_sockid: p.remote_sockid,
+                    control_type: ControlTypes::Shutdown,
+                }),
+                addr,
+            ));
+        }
+        if matches!(reason, CloseReason::TooSlow | CloseReason::Stuck) {
+            metrics::counter!(telemetry::SRT_LAG_DISCONNECTS_TOTAL).increment(1);
+        }
+        let s = p.conn.statistics();
+        info!(
+            peer = %p.peer,
+            stream = %p.stream,
+            rendition = %p.rendition,
+            reason = reason.as_str(),
+            seconds = p.since.elapsed().as_secs_f64(),
+            bytes_out = p.bytes_out,
+            retransmits = s.tx_retransmit_data,
+            dropped = s.tx_dropped_data,
+            lag_skips = p.skips,
+            "srt player disconnected"
+        );
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
+    }
+
+    /// Take the datagrams to send.
+    pub fn drain_outbox(&mut self, into: &mut Vec<(Packet, SocketAddr)>) {
+        into.append(&mut self.outbox);
+    }
+}
+
+struct Decision {
+    response: AccessControlResponse,
+    target: Option<(Arc<crate::stream::Ring<TsChunk>>, String, String)>,
+    streamid: String,
+    why: String,
+}
+
+/// One player's turn: feed from the ring under the backpressure cap, run
+/// timers, collect packets. `Some(reason)`: the player must go.
+fn pump_player(
+    p: &mut Player,
+    now: Instant,
+    outbox: &mut Vec<(Packet, SocketAddr)>,
+) -> Option<CloseReason> {
+    if p.closing.is_none() {
+        let mut chunks = Vec::new();
+        let mut fed = 0;
+        loop {
+            p.conn.update_statistics(now);
+            if p.conn.statistics().tx_buffered_data >= FEED_CAP_PACKETS {
+                let since = *p.over_cap_since.get_or_insert(now);
+                if now.saturating_duration_since(since) > STUCK_LIMIT {
+                    return Some(CloseReason::Stuck);
+                }
+                break;
+            }
+            p.over_cap_since = None;
+            if fed >= FEED_BATCH {
+                break;
+            }
+            chunks.clear();
+            match p.cursor.try_read(64, &mut chunks) {
+                None => break,
+                Some(Read::Items) => {
+                    for c in chunks.drain(..) {
+                        // Origin = now: older origins fall outside the
+                        // sender's too-late window (GOP-cache chunks).
+                        p.conn.handle_data_input(now, Some((now, c.data)));
+                        fed += 1;
+                    }
+                }
+                Some(Read::Skipped { dropped }) => {
+                    p.skips += 1;
+                    metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL).increment(1);
+                    debug!(peer = %p.peer, stream = %p.stream, dropped, "srt player skipped to the newest keyframe");
+                }
+                Some(Read::TooSlow) => return Some(CloseReason::TooSlow),
+                Some(Read::Closed) => {
+                    // Flush what is buffered, then Shutdown.
+                    p.conn.handle_data_input(now, None);
+                    p.closing = Some((now + CLOSE_GRACE, CloseReason::StreamEnded));
+                    break;
+                }
+            }
+        }
+    }
+    let next = p.conn.check_timers(now);
+    while let Some((packet, to)) = p.conn.next_packet(now) {
+        if let Packet::Data(d) = &packet {
+            p.bytes_out += d.payload.len() as u64;
+            metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL).increment(d.payload.len() as u64);
+        }
+        outbox.push((packet, to));
+    }
+    while p.conn.next_data(now).is_some() {}
+    if !p.conn.is_open() {
+        return Some(CloseReason::PeerClosed);
+    }
+    p.next_wake = next;
+    if let Some((deadline, reason)) = p.closing {
+        if now >= deadline {
+            return Some(reason);
+        }
+        p.next_wake = p.next_wake.min(deadline);
+    }
+    if let Some(since) = p.over_cap_since {
+        p.next_wake = p
+            .next_wake
+            .min(since + STUCK_LIMIT + Duration::from_millis(10));
+    }
+    None
+}
+
+/// Serve SRT players on `socket` until `shutdown`; then close every player
+/// gracefully (bounded by about 1.5 s) and return.
+pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: CancellationToken) {
+    let notify = listener.registry.data_ready().clone();
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::new();
+    let mut wire = BytesMut::with_capacity(1500);
+    let mut stopping: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let wake = listener.next_wake(now);
+        let mut got = None;
+        tokio::select! {
+            _ = shutdown.cancelled(), if stopping.is_none() => {
+                let now = Instant::now();
+                stopping = Some(now + CLOSE_GRACE + Duration::from_millis(100));
+                listener.close_all(now);
+            }
+            r = socket.recv_from(&mut buf) => {
+                got = Some(r);
+            }
+            _ = notify.notified() => {
+                listener.pump_all(Instant::now(), true);
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if let Some(r) = got {
+            let mut r = r;
+            for _ in 0..RECV_BATCH {
+                match r {
+                    Ok((n, from)) => listener.handle_datagram(Instant::now(), &buf[..n], from),
+                    // ICMP port unreachable and the like surface here; the
+                    // connection's own timers deal with a dead peer.
+                    Err(e) => debug!(error = %e, "srt socket receive error"),
+                }
+                r = match socket.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    other => other,
+                };
+            }
+        }
+        listener.pump_all(Instant::now(), false);
+        listener.drain_outbox(&mut out);
+        for (packet, to) in out.drain(..) {
+            wire.clear();
+            packet.serialize(&mut wire);
+            if let Err(e) = socket.send_to(&wire, to).await {
+                debug!(peer = %to, error = %e, "srt send failed");
+            }
+        }
+        if let Some(deadline) = stopping {
+            if listener.players() == 0 || Instant::now() >= deadline {
+                let addrs: Vec<SocketAddr> = listener.players.keys().copied().collect();
+                for a in addrs {
+                    listener.remove(a, CloseReason::Shutdown);
+                }
+                listener.drain_outbox(&mut out);
+                for (packet, to) in out.drain(..) {
+                    wire.clear();
+                    packet.serialize(&mut wire);
+                    let _ = socket.send_to(&wire, to).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::stream::{ClaimPolicy, RingConfig};
+
+    fn caller() -> SocketAddr {
+        "127.0.0.1:40000".parse().unwrap()
+    }
+
+    fn ctrl(ty: u16, add: u32, sockid: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend((0x8000 | ty).to_be_bytes());
+        v.extend(0u16.to_be_bytes());
+        v.extend(add.to_be_bytes());
+        v.extend(0u32.to_be_bytes());
+        v.extend(sockid.to_be_bytes());
+        v.extend(body);
+        v
+    }
+
+    fn hs(version: i32, flags: u16, shake: i32, sockid: u32, cookie: i32, sid: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(version.to_be_bytes());
+        b.extend(0u16.to_be_bytes());
+        b.extend(flags.to_be_bytes());
+        b.extend(12345u32.to_be_bytes());
+        b.extend(1500u32.to_be_bytes());
+        b.extend(8192u32.to_be_bytes());
+        b.extend(shake.to_be_bytes());
+        b.extend(sockid.to_be_bytes());
+        b.extend(cookie.to_be_bytes());
+        b.extend([1, 0, 0, 127]);
+        b.extend([0u8; 12]);
+        if version == 5 {
+            b.extend([0, 1, 0, 3]);
+            b.extend(0x0001_0501u32.to_be_bytes());
+            b.extend(0xBFu32.to_be_bytes());
+            b.extend([0, 30, 0x03, 0xE8]); // caller receives with 30 ms, asks 1000 for us
+            let words: Vec<u8> = sid
+                .as_bytes()
+                .chunks(4)
+                .flat_map(|c| {
+                    let mut w = [0u8; 4];
+                    w[..c.len()].copy_from_slice(c);
+                    w.reverse();
+                    w
+                })
+                .collect();
+            b.extend(5u16.to_be_bytes());
+            b.extend(((words.len() / 4) as u16).to_be_bytes());
+            b.extend(words);
+        }
+        ctrl(0, 0, 0, &b)
+    }
+
+    fn listener() -> (Listener, Arc<Registry>) {
+        let registry = Registry::new();
+        let cfg = Config::default().srt;
+        (Listener::new(registry.clone(), &cfg).unwrap(), registry)
+    }
+
+    fn take(l: &mut Listener) -> Vec<(Packet, SocketAddr)> {
+        let mut v = Vec::new();
+        l.drain_outbox(&mut v);
+        v
+    }
+
+    /// Induction then Conclusion with the cookie; returns the replies.
+    fn connect(l: &mut Listener, now: Instant, sid: &str) -> Packet {
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
+        let out = take(l);
+        assert_eq!(out.len(), 1);
+        let cookie = handshake_of(&out[0].0).unwrap().syn_cookie;
+        assert_eq!(cookie, l.cookie(caller(), l.bucket(now)));
+        l.handle_datagram(now, &hs(5, 5, -1, 77, cookie, sid), caller());
+        let mut out = take(l);
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0).0
+    }
+
+    #[test]
+    fn induction_stores_nothing_and_a_guessed_cookie_gets_nothing() {
+        let (mut l, _) = listener();
+        let now = Instant::now();
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
+        assert_eq!(take(&mut l).len(), 1);
+        assert_eq!(l.players(), 0);
+        l.handle_datagram(now, &hs(5, 5, -1, 77, 12345, "live/cam1"), caller());
+        assert!(take(&mut l).is_empty());
+        assert_eq!(l.players(), 0);
+    }
+
+    #[test]
+    fn unknown_streams_are_rejected_with_1404() {
+        let (mut l, _) = listener();
+        let reply = connect(&mut l, Instant::now(), "live/cam1");
+        let shake = handshake_of(&reply).unwrap().shake_type;
+        assert_eq!(
+            shake,
+            ShakeType::Rejection(reject_code(code::NOT_FOUND)),
+            "{reply:?}"
+        );
+        assert_eq!(i32::from(shake), 2404);
+        assert_eq!(l.players(), 0);
+    }
+
+    #[test]
+    fn a_caller_is_accepted_fed_from_the_gop_cache_and_closed_when_the_stream_ends() {
+        let (mut l, registry) = listener();
+        let root = tokio_util::sync::CancellationToken::new();
+        let policy = ClaimPolicy {
+            takeover: false,
+            stale_after: Duration::from_secs(3),
+            max_jump: Duration::from_secs(10),
+            ring: RingConfig::default(),
+        };
+        let guard = registry
+            .claim(
+                StreamPath::from_rtmp("live", "cam1").unwrap(),
+                "cam1",
+                "test",
+                policy,
+                &root,
+            )
+            .unwrap();
+        let ring = guard.stream().rendition("source").unwrap().ring.clone();
+        for i in 0..10u8 {
+            ring.push(TsChunk {
+                data: bytes::Bytes::from(vec![0x47; 1316]),
+                keyframe: i == 0,
+                dts_90k: u64::from(i),
+            });
+        }
+        let now = Instant::now();
+        let reply = connect(&mut l, now, "#!::r=live/cam1,m=request");
+        let h = handshake_of(&reply).unwrap();
+        assert_eq!(h.shake_type, ShakeType::Conclusion);
+        // Latency: ours (120 ms) vs the caller's 30 ms receive / 1000 ms ask.
+        let HandshakeVsInfo::V5(info) = &h.info else {
+            panic!("not v5")
+        };
+        let Some(SrtControlPacket::HandshakeResponse(r)) = &info.ext_hs else {
+            panic!("no HSRSP")
+        };
+        assert_eq!(r.recv_latency, Duration::from_millis(120));
+        assert_eq!(r.send_latency, Duration::from_millis(1000));
+        assert_eq!(l.players(), 1);
+        // The cached GOP goes out as 10 data packets (no ACKs come back
+        // here, so count each sequence number once).
+        let mut seqs = std::collections::HashSet::new();
+        let mut t = now;
+        for _ in 0..50 {
+            t += Duration::from_millis(1);
+            l.pump_all(t, true);
+            for (p, _) in take(&mut l) {
+                if let Packet::Data(d) = p {
+                    seqs.insert(d.seq_number);
+                }
+            }
+        }
+        assert_eq!(seqs.len(), 10);
+        // Hostile control packets addressed to the player change nothing.
+        let sockid = l.players[&caller()].local_sockid.0;
+        for d in [
+            ctrl(4, 0, sockid, &[0; 4]),
+            ctrl(8, 0, sockid, &[0; 4]),
+            ctrl(3, 0, sockid, &(0x8000_0000u32 | 5).to_be_bytes()),
+        ] {
+            l.handle_datagram(t, &d, caller());
+        }
+        assert_eq!(l.players(), 1);
+        // Publisher gone: graceful close, then the player is forgotten.
+        drop(guard);
+        let mut shutdown = false;
+        for _ in 0..200 {
+            t += Duration::from_millis(10);
+            l.pump_all(t, true);
+            shutdown |= take(&mut l).iter().any(|(p, _)| {
+                matches!(
+                    p,
+                    Packet::Control(ControlPacket {
+                        control_type: ControlTypes::Shutdown,
+                        ..
+                    })
+                )
+            });
+            if l.players() == 0 {
+                break;
+            }
+        }
+        assert!(shutdown);
+        assert_eq!(l.players(), 0);
+    }
+}

@@ -1,0 +1,693 @@
+//! SRT pull through real peers: ffmpeg publishes RTMP, and libsrt callers
+//! (ffprobe/ffmpeg, srt-live-transmit, libsrt itself through Python's
+//! ctypes for the rejection codes) play it back over SRT. Hostile
+//! datagrams come from a plain UDP socket while a player is watching.
+
+mod common;
+
+use std::io::Read as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const PATH: &str = "live/cam1";
+
+/// Publish the 640x360 H.264 (B-frames, GOP 60) + AAC fixture in real time
+/// for `secs` seconds and wait until the stream is playable.
+fn publish(server: &Sluice, path: &str, secs: u32) -> ChildGuard {
+    let fixture = fixture_avc_aac(60);
+    let secs = secs.to_string();
+    let url = server.rtmp_url(path);
+    let ff = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-re",
+        "-i",
+        fixture.to_str().unwrap(),
+        "-t",
+        &secs,
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &url,
+    ]);
+    server.wait_for_stream(
+        path,
+        |s| {
+            json_str(s, "/codecs/audio") == Some("aac")
+                && json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0)
+        },
+        Duration::from_secs(20),
+    );
+    ff
+}
+
+fn command(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(require_program(program, "ffmpeg / srt-tools"));
+    cmd.args(args);
+    cmd
+}
+
+/// ffprobe's stream list (codec_name, width, height) for an SRT URL.
+fn probe_streams(url: &str) -> Vec<Value> {
+    let (status, out, err) = run_to_exit(
+        "ffprobe",
+        command(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width,height",
+                "-of",
+                "json",
+                url,
+            ],
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "ffprobe {url} failed: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ffprobe json {e}: {out}"));
+    v["streams"].as_array().cloned().unwrap_or_default()
+}
+
+fn assert_h264_aac(streams: &[Value], url: &str) {
+    let video = streams.iter().find(|s| s["codec_name"] == "h264");
+    let audio = streams.iter().find(|s| s["codec_name"] == "aac");
+    assert!(
+        video.is_some_and(|v| v["width"] == 640 && v["height"] == 360) && audio.is_some(),
+        "{url}: {streams:?}"
+    );
+}
+
+/// Connect with libsrt through Python's ctypes and report "connected" or
+/// the rejection reason libsrt saw (`srt_getrejectreason`), e.g. 1404.
+fn libsrt_connect(dir: &TempDir, addr: SocketAddr, streamid: &str, passphrase: &str) -> String {
+    const SCRIPT: &str = r#"
+import ctypes, socket, struct, sys
+lib = ctypes.CDLL("libsrt-gnutls.so.1.5")
+lib.srt_startup()
+lib.srt_setloglevel(2)
+port, sid, pw = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].encode()
+s = lib.srt_create_socket()
+lib.srt_setsockflag(s, 46, ctypes.c_char_p(sid), len(sid))
+if pw:
+    lib.srt_setsockflag(s, 26, ctypes.c_char_p(pw), len(pw))
+addr = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton("127.0.0.1") + bytes(8)
+r = lib.srt_connect(s, ctypes.c_char_p(addr), len(addr))
+print("connected" if r != -1 else "rejected %d" % lib.srt_getrejectreason(s), flush=True)
+lib.srt_close(s)
+lib.srt_cleanup()
+"#;
+    let script = dir.join("srt_connect.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let mut cmd = Command::new(require_program("python3", "python3"));
+    cmd.arg(&script)
+        .arg(addr.port().to_string())
+        .arg(streamid)
+        .arg(passphrase);
+    let (_, out, err) = run_to_exit("python3", cmd, Duration::from_secs(20));
+    let line = out.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line == "connected" || line.starts_with("rejected "),
+        "libsrt caller printed {out:?}; stderr {err}"
+    );
+    line
+}
+
+/// A player whose stdout (the TS) is counted by a thread with arrival
+/// times; killed with its process group on drop.
+struct Player {
+    child: Child,
+    arrivals: Arc<Mutex<Vec<(Instant, u64)>>>,
+    head: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Player {
+    fn srt_live_transmit(url: &str) -> Player {
+        let mut cmd = command("srt-live-transmit", &["-q", "-a:no", url, "file://con"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = cmd.spawn().expect("start srt-live-transmit");
+        let mut out = child.stdout.take().unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let head = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (arrivals.clone(), head.clone());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut total = 0u64;
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                {
+                    let mut h = h.lock().unwrap();
+                    if h.len() < 188 {
+                        let take = (188 - h.len()).min(n);
+                        h.extend_from_slice(&buf[..take]);
+                    }
+                }
+                total += n as u64;
+                a.lock().unwrap().push((Instant::now(), total));
+            }
+        });
+        Player {
+            child,
+            arrivals,
+            head,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.arrivals.lock().unwrap().last().map_or(0, |x| x.1)
+    }
+
+    fn wait_bytes(&self, n: u64, timeout: Duration) {
+        assert!(
+            poll_until(timeout, || self.bytes() >= n),
+            "player got {} bytes, wanted {n} within {timeout:?}",
+            self.bytes()
+        );
+    }
+
+    /// Longest time without data between `from` and `to`.
+    fn max_gap(&self, from: Instant, to: Instant) -> Duration {
+        let a = self.arrivals.lock().unwrap();
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for &(t, _) in a.iter().filter(|(t, _)| *t >= from && *t <= to) {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        gap.max(to.saturating_duration_since(last))
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn every_streamid_form_plays_h264_and_aac_and_srt_live_transmit_gets_ts() {
+    let server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 40);
+    // ffmpeg's `latency` is in microseconds.
+    for sid in [
+        "live/cam1",
+        "%23%21%3A%3Ar%3Dlive%2Fcam1%2Cm%3Drequest",
+        "read:live/cam1",
+    ] {
+        let url = server.srt_url(sid, "latency=20000");
+        assert_h264_aac(&probe_streams(&url), &url);
+    }
+    let player = Player::srt_live_transmit(&server.srt_url(PATH, ""));
+    player.wait_bytes(100_000, Duration::from_secs(10));
+    assert_eq!(player.head.lock().unwrap()[0], 0x47, "not MPEG-TS");
+    assert!(server.metric_or_zero("sluice_srt_players_total") >= 4.0);
+    assert!(server.metric_or_zero("sluice_srt_gop_cache_starts_total") >= 1.0);
+    assert!(server.metric_or_zero("sluice_srt_bytes_out_total") >= 100_000.0);
+    server.wait_for_stream(
+        PATH,
+        |s| {
+            s["renditions"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["name"] == "source" && r["players"] == 1))
+        },
+        Duration::from_secs(5),
+    );
+    assert!(server.log_contains("srt player connected"));
+}
+
+#[test]
+fn ffmpeg_decodes_cleanly_including_a_mid_gop_join_with_ordered_timestamps() {
+    let server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 40);
+    let url = server.srt_url(PATH, "");
+    // Three seconds of decoding: no error at all.
+    let (status, _, err) = run_to_exit(
+        "ffmpeg",
+        command(
+            "ffmpeg",
+            &[
+                "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
+            ],
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(
+        status.success() && err.trim().is_empty(),
+        "decode errors: {err}"
+    );
+    // Joins at moments spread over a GOP (2 s): the first frame decodes.
+    for delay_ms in [370u64, 1130, 1710] {
+        thread::sleep(Duration::from_millis(delay_ms));
+        let (status, _, err) = run_to_exit(
+            "ffmpeg",
+            command(
+                "ffmpeg",
+                &[
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-i",
+                    &url,
+                    "-frames:v",
+                    "1",
+                    "-f",
+                    "null",
+                    "-",
+                ],
+            ),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.success() && err.trim().is_empty(),
+            "join after {delay_ms} ms: {err}"
+        );
+    }
+    // DTS never decreases and PTS >= DTS, per stream.
+    let (status, out, err) = run_to_exit(
+        "ffprobe",
+        command(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-read_intervals",
+                "%+3",
+                "-show_entries",
+                "packet=stream_index,pts,dts",
+                "-of",
+                "csv=p=0",
+                &url,
+            ],
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "ffprobe: {err}");
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let mut n = 0;
+    for line in out.lines() {
+        let f: Vec<&str> = line.split(',').filter(|x| !x.is_empty()).collect();
+        let [idx, pts, dts] = f[..] else { continue };
+        let (Ok(pts), Ok(dts)) = (pts.parse::<i64>(), dts.parse::<i64>()) else {
+            continue;
+        };
+        assert!(pts >= dts, "stream {idx}: pts {pts} < dts {dts}");
+        let prev = last.insert(idx.to_string(), dts);
+        assert!(
+            prev.is_none_or(|p| dts >= p),
+            "stream {idx}: dts {dts} after {prev:?}"
+        );
+        n += 1;
+    }
+    assert!(n > 100, "only {n} packets:\n{out}");
+    assert_eq!(last.len(), 2, "both streams seen");
+}
+
+#[test]
+fn rejections_carry_the_srt_access_control_codes() {
+    let server = Sluice::start(None);
+    let dir = TempDir::new("srt-reject");
+    let addr = server.srt_addr();
+    // No stream at all yet.
+    assert_eq!(libsrt_connect(&dir, addr, PATH, ""), "rejected 1404");
+    let _publisher = publish(&server, PATH, 40);
+    let cases = [
+        ("live/nope", "rejected 1404"),
+        ("live/cam1/720p", "rejected 1404"),
+        ("#!::r=live/cam1,m=publish", "rejected 1405"),
+        ("publish:live/cam1", "rejected 1405"),
+        ("#!::r=live/cam1,m=bidirectional", "rejected 1405"),
+        ("live", "rejected 1400"),
+        ("#!::m=request", "rejected 1400"),
+        ("%zz", "rejected 1400"),
+        // A caller that encrypts, to a listener without a passphrase.
+        ("live/cam1", "rejected 11"),
+    ];
+    for (sid, want) in cases {
+        let pw = if want == "rejected 11" {
+            "0123456789abc"
+        } else {
+            ""
+        };
+        assert_eq!(libsrt_connect(&dir, addr, sid, pw), want, "{sid}");
+    }
+    assert_eq!(libsrt_connect(&dir, addr, PATH, ""), "connected");
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1404\"}") >= 3.0);
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1405\"}") >= 3.0);
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1400\"}") >= 3.0);
+    // ffprobe itself only says "Input/output error".
+    let (status, _, _) = run_to_exit(
+        "ffprobe",
+        command(
+            "ffprobe",
+            &["-v", "error", &server.srt_url("live/nope", "")],
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(!status.success());
+}
+
+#[test]
+fn passphrase_protected_listener() {
+    let server = Sluice::start(Some(
+        "[srt]\npassphrase = \"correcthorse\"\nmax_players = 2\n",
+    ));
+    let _publisher = publish(&server, PATH, 40);
+    for extra in [
+        "passphrase=correcthorse",
+        "passphrase=correcthorse&pbkeylen=32",
+    ] {
+        let url = server.srt_url(PATH, extra);
+        assert_h264_aac(&probe_streams(&url), &url);
+    }
+    let dir = TempDir::new("srt-pass");
+    let addr = server.srt_addr();
+    assert_eq!(
+        libsrt_connect(&dir, addr, PATH, "wronghorse!"),
+        "rejected 10"
+    );
+    assert_eq!(libsrt_connect(&dir, addr, PATH, ""), "rejected 11");
+    // max_players = 2: a third concurrent player gets 1402.
+    let a = Player::srt_live_transmit(&server.srt_url(PATH, "passphrase=correcthorse"));
+    let b = Player::srt_live_transmit(&server.srt_url(PATH, "passphrase=correcthorse"));
+    a.wait_bytes(10_000, Duration::from_secs(10));
+    b.wait_bytes(10_000, Duration::from_secs(10));
+    assert_eq!(
+        libsrt_connect(&dir, addr, PATH, "correcthorse"),
+        "rejected 1402"
+    );
+}
+
+#[test]
+fn players_are_closed_within_two_seconds_when_the_publisher_leaves() {
+    let server = Sluice::start(None);
+    let mut publisher = publish(&server, PATH, 6);
+    let url = server.srt_url(PATH, "");
+    let mut reader = spawn_ffmpeg(&["-v", "error", "-i", &url, "-f", "null", "-"]);
+    server.wait_metric(
+        "sluice_srt_players",
+        |v| v == Some(1.0),
+        Duration::from_secs(10),
+    );
+    publisher.expect_exit(Duration::from_secs(30));
+    let gone = server.wait_stream_gone(PATH, Duration::from_secs(10));
+    reader.expect_exit(Duration::from_secs(10));
+    let took = reader
+        .exit_instant()
+        .unwrap()
+        .saturating_duration_since(gone);
+    assert!(
+        took <= Duration::from_secs(2),
+        "reader exited {took:?} after the stream ended"
+    );
+    server.wait_metric(
+        "sluice_srt_players",
+        |v| v == Some(0.0),
+        Duration::from_secs(5),
+    );
+    assert!(server.log_contains("stream ended"));
+}
+
+#[test]
+fn draining_rejects_new_players_with_1503() {
+    let server = Sluice::start(Some("[server]\ndrain_timeout = \"20s\"\n"));
+    let _publisher = publish(&server, PATH, 40);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.wait_log("draining", Duration::from_secs(10));
+    let dir = TempDir::new("srt-drain");
+    assert_eq!(
+        libsrt_connect(&dir, server.srt_addr(), PATH, ""),
+        "rejected 1503"
+    );
+}
+
+// -- hostile datagrams ------------------------------------------------------
+
+fn ctrl(ty: u16, subtype: u16, add: u32, sockid: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend((0x8000 | ty).to_be_bytes());
+    v.extend(subtype.to_be_bytes());
+    v.extend(add.to_be_bytes());
+    v.extend(0u32.to_be_bytes());
+    v.extend(sockid.to_be_bytes());
+    v.extend(body);
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handshake(
+    version: i32,
+    ext_flags: u16,
+    mss: u32,
+    shake: i32,
+    sockid: u32,
+    cookie: i32,
+    exts: &[(u16, Vec<u8>)],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(version.to_be_bytes());
+    b.extend(0u16.to_be_bytes());
+    b.extend(ext_flags.to_be_bytes());
+    b.extend(12345u32.to_be_bytes());
+    b.extend(mss.to_be_bytes());
+    b.extend(8192u32.to_be_bytes());
+    b.extend(shake.to_be_bytes());
+    b.extend(sockid.to_be_bytes());
+    b.extend(cookie.to_be_bytes());
+    b.extend([1, 0, 0, 127]);
+    b.extend([0u8; 12]);
+    for (ty, body) in exts {
+        b.extend(ty.to_be_bytes());
+        b.extend(((body.len() / 4) as u16).to_be_bytes());
+        b.extend(body);
+    }
+    ctrl(0, 0, 0, 0, &b)
+}
+
+fn hsreq() -> (u16, Vec<u8>) {
+    let mut v = Vec::new();
+    v.extend(0x0001_0501u32.to_be_bytes());
+    v.extend(0xBFu32.to_be_bytes());
+    v.extend([0, 120, 0, 120]);
+    (1, v)
+}
+
+fn sid_ext(s: &str) -> (u16, Vec<u8>) {
+    let mut v = Vec::new();
+    for c in s.as_bytes().chunks(4) {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        w.reverse();
+        v.extend(w);
+    }
+    (5, v)
+}
+
+fn km(kf: u8) -> Vec<u8> {
+    let mut v = vec![0x12, 0x20, 0x29, kf];
+    v.extend(0u32.to_be_bytes());
+    v.extend([2, 0, 2, 0]);
+    v.extend([0, 0, 4, 4]);
+    v.extend([0x55; 16]);
+    v.extend([0xAA; 24]);
+    v
+}
+
+fn nak(sockid: u32, words: &[u32]) -> Vec<u8> {
+    let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    ctrl(3, 0, 0, sockid, &body)
+}
+
+/// Every datagram of docs/srt-sans-io.md §2, addressed to socket id 0 and
+/// to a guessed one.
+fn hostile_datagrams() -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    for sockid in [0u32, 1, 0x1234_5678] {
+        for sub in [0u16, 5, 6, 7, 8] {
+            v.push(ctrl(0x7FFF, sub, 0, sockid, &[]));
+            v.push(ctrl(0x7FFF, sub, 0, sockid, b"abcd"));
+        }
+        v.push(ctrl(4, 0, 0, sockid, &[0; 4]));
+        v.push(ctrl(8, 0, 0, sockid, &[0; 4]));
+        v.push(nak(sockid, &[0x8000_0000 | 110]));
+        v.push(nak(sockid, &[0x8000_0000 | 110, 100]));
+        v.push(nak(sockid, &[0x8000_0000, 0x7FFF_FFFF]));
+        v.push(ctrl(2, 0, 0xFFFF_FFFF, sockid, &[0; 16]));
+        v.push(ctrl(0x7FFF, 3, 0, sockid, &km(0)));
+    }
+    for (ext, body) in [
+        (0u16, vec![0u8; 4]),
+        (5, vec![]),
+        (6, b"elif".to_vec()),
+        (7, b":cef".to_vec()),
+        (8, vec![0, 0, 1, 0]),
+        (9, vec![0; 4]),
+    ] {
+        v.push(handshake(5, 5, 1500, -1, 7, 0, &[(ext, body), hsreq()]));
+    }
+    v.push(handshake(5, 5, 0, -1, 7, 0, &[hsreq()]));
+    v.push(handshake(5, 7, 1500, -1, 7, 0, &[hsreq(), (3, km(0))]));
+    v.push(vec![0x80; 3]);
+    v.push(vec![0x00; 200]);
+    v
+}
+
+/// Induction from `sock`, then return the listener's cookie.
+fn induce(sock: &UdpSocket, to: SocketAddr, sockid: u32) -> i32 {
+    sock.send_to(&handshake(4, 2, 1500, 1, sockid, 0, &[]), to)
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).expect("induction reply");
+    assert!(n >= 64 && buf[0] == 0x80 && buf[1] == 0);
+    i32::from_be_bytes(buf[44..48].try_into().unwrap())
+}
+
+/// The shake type of the next handshake reply.
+fn reply_shake(sock: &UdpSocket) -> i32 {
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).expect("handshake reply");
+    assert!(
+        n >= 64 && buf[0] == 0x80 && buf[1] == 0,
+        "{:02x?}",
+        &buf[..n]
+    );
+    i32::from_be_bytes(buf[36..40].try_into().unwrap())
+}
+
+#[test]
+fn hostile_datagrams_do_not_disturb_a_player() {
+    let mut server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 40);
+    let srt = server.srt_addr();
+    let player = Player::srt_live_transmit(&server.srt_url(PATH, ""));
+    player.wait_bytes(50_000, Duration::from_secs(10));
+    let start = Instant::now();
+    let before = player.bytes();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for round in 0..20 {
+        for d in hostile_datagrams() {
+            sock.send_to(&d, srt).unwrap();
+        }
+        // Handshakes with a valid cookie that srt-protocol cannot take:
+        // refused with the Core reasons (libsrt: 13, 14, 15) or 1400.
+        if round % 5 == 0 {
+            let sid = 100 + round;
+            let cookie = induce(&sock, srt, sid);
+            let mut exts = vec![hsreq(), sid_ext(PATH)];
+            exts.push((6, b"elif".to_vec()));
+            sock.send_to(&handshake(5, 5, 1500, -1, sid, cookie, &exts), srt)
+                .unwrap();
+            assert_eq!(reply_shake(&sock), 1013, "congestion");
+            let cookie = induce(&sock, srt, sid + 1);
+            let exts = [hsreq(), sid_ext(PATH), (7, b":cef".to_vec())];
+            sock.send_to(&handshake(5, 5, 1500, -1, sid + 1, cookie, &exts), srt)
+                .unwrap();
+            assert_eq!(reply_shake(&sock), 1014, "filter");
+            let cookie = induce(&sock, srt, sid + 2);
+            let exts = [hsreq(), sid_ext(PATH)];
+            sock.send_to(&handshake(5, 5, 0, -1, sid + 2, cookie, &exts), srt)
+                .unwrap();
+            assert_eq!(reply_shake(&sock), 2400, "MSS 0");
+            // A guessed cookie gets nothing.
+            sock.send_to(&handshake(5, 5, 1500, -1, sid + 3, 42, &exts), srt)
+                .unwrap();
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let end = Instant::now();
+    server.assert_alive("after hostile datagrams");
+    let gap = player.max_gap(start, end);
+    assert!(gap <= Duration::from_secs(1), "player starved for {gap:?}");
+    assert!(player.bytes() > before + 50_000, "player stalled");
+    // A new player still connects.
+    let url = server.srt_url(PATH, "");
+    assert_h264_aac(&probe_streams(&url), &url);
+    assert_eq!(
+        server.metric_or_zero("sluice_srt_protocol_panics_total"),
+        0.0
+    );
+    assert!(server.metric_or_zero("sluice_srt_dropped_datagrams_total") >= 100.0);
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"13\"}") >= 4.0);
+}
+
+#[test]
+fn twenty_players_one_stalled() {
+    let server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 50);
+    let url = server.srt_url(PATH, "");
+    let players: Vec<Player> = (0..20).map(|_| Player::srt_live_transmit(&url)).collect();
+    for p in &players {
+        p.wait_bytes(20_000, Duration::from_secs(20));
+    }
+    server.wait_for_stream(
+        PATH,
+        |s| {
+            s["renditions"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == "source" && r["players"] == 20)
+            })
+        },
+        Duration::from_secs(10),
+    );
+    players[0].signal("-STOP");
+    let start = Instant::now();
+    let before: Vec<u64> = players.iter().map(Player::bytes).collect();
+    thread::sleep(Duration::from_secs(8));
+    let end = Instant::now();
+    for (i, p) in players.iter().enumerate().skip(1) {
+        assert!(
+            p.bytes() > before[i] + 100_000,
+            "player {i} got {} bytes in 8 s",
+            p.bytes() - before[i]
+        );
+        let gap = p.max_gap(start, end);
+        assert!(
+            gap <= Duration::from_millis(1500),
+            "player {i} starved {gap:?}"
+        );
+    }
+    // The stalled one is eventually dropped (idle timeout or lag).
+    server.wait_for_stream(
+        PATH,
+        |s| {
+            s["renditions"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == "source" && r["players"] == 19)
+            })
+        },
+        Duration::from_secs(15),
+    );
+    players[0].signal("-CONT");
+}
