@@ -20,6 +20,7 @@ pub const TIMESTAMP_JUMPS_TOTAL: &str = "sluice_timestamp_jumps_total";
 pub const STREAMS: &str = "sluice_streams";
 pub const TS_MUX_ERRORS_TOTAL: &str = "sluice_ts_mux_errors_total";
 pub const STREAM_SETUP_SECONDS: &str = "sluice_stream_setup_seconds";
+pub const RELAY_LATENCY_SECONDS: &str = "sluice_relay_latency_seconds";
 pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
 pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
@@ -59,6 +60,13 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         )
         .map_err(|e| format!("bad histogram buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(RELAY_LATENCY_SECONDS.to_string()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+            ],
+        )
+        .map_err(|e| format!("bad histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
@@ -95,6 +103,10 @@ fn describe() {
     metrics::describe_histogram!(
         STREAM_SETUP_SECONDS,
         "From TCP accept to the first keyframe in the source rendition."
+    );
+    metrics::describe_histogram!(
+        RELAY_LATENCY_SECONDS,
+        "RTMP message parsed to its last SRT packet first sent, per live chunk and player."
     );
     describe_counter!(
         STREAM_SETUP_FAILURES_TOTAL,

@@ -404,7 +404,8 @@ impl Conn {
                         info!(stream = %stream.path, setup_ms = took.as_millis() as u64, "stream ready");
                     }
                     if let Some(source) = stream.renditions.first() {
-                        for chunk in p.chunks.drain(..) {
+                        for mut chunk in p.chunks.drain(..) {
+                            chunk.origin = Some(now);
                             source.ring.push(chunk);
                         }
                     }

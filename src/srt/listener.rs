@@ -10,7 +10,7 @@
 //! rendition ring only while their send buffer is short, so srt-protocol
 //! never drops data on its own; a player that stays behind is closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,7 +24,7 @@ use srt_protocol::connection::{Connection, DuplexConnection};
 use srt_protocol::options::{KeySize, PacketCount, Passphrase};
 use srt_protocol::packet::{
     ControlPacket, ControlTypes, CoreRejectReason, HandshakeControlInfo, HandshakeVsInfo, Packet,
-    RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
+    PacketLocation, RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
 };
 use srt_protocol::protocol::handshake::Handshake;
 use srt_protocol::protocol::pending_connection::listen::Listen;
@@ -108,6 +108,12 @@ struct Player {
     next_wake: Instant,
     bytes_out: u64,
     skips: u64,
+    /// The cursor reached the live edge (past the GOP-cache replay); only
+    /// then do chunks measure relay latency.
+    live: bool,
+    /// Arrival instants of chunks handed to the connection, in order, for
+    /// chunks whose last packet has not gone out yet (`None`: not measured).
+    in_flight: VecDeque<Option<Instant>>,
 }
 
 /// The listener's state; [`serve`] drives it.
@@ -450,6 +456,8 @@ impl Listener {
                         next_wake: now,
                         bytes_out: 0,
                         skips: 0,
+                        live: false,
+                        in_flight: VecDeque::new(),
                     },
                 );
                 metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
@@ -679,6 +687,9 @@ struct Decision {
     why: String,
 }
 
+/// Bound on the per-player latency bookkeeping (one entry per chunk not yet sent).
+const MAX_IN_FLIGHT: usize = 16 * 1024;
+
 /// One player's turn: feed from the ring under the backpressure cap, run
 /// timers, collect packets. `Some(reason)`: the player must go.
 fn pump_player(
@@ -704,9 +715,15 @@ fn pump_player(
             }
             chunks.clear();
             match p.cursor.try_read(64, &mut chunks) {
-                None => break,
+                None => {
+                    p.live = true;
+                    break;
+                }
                 Some(Read::Items) => {
                     for c in chunks.drain(..) {
+                        if p.in_flight.len() < MAX_IN_FLIGHT {
+                            p.in_flight.push_back(c.origin.filter(|_| p.live));
+                        }
                         // Origin = now: older origins fall outside the
                         // sender's too-late window (GOP-cache chunks).
                         p.conn.handle_data_input(now, Some((now, c.data)));
@@ -714,6 +731,7 @@ fn pump_player(
                     }
                 }
                 Some(Read::Skipped { dropped }) => {
+                    p.live = false;
                     p.skips += 1;
                     metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL).increment(1);
                     debug!(peer = %p.peer, stream = %p.stream, dropped, "srt player skipped to the newest keyframe");
@@ -733,6 +751,14 @@ fn pump_player(
         if let Packet::Data(d) = &packet {
             p.bytes_out += d.payload.len() as u64;
             metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL).increment(d.payload.len() as u64);
+            // A chunk is one SRT message; its last packet going out for the
+            // first time ends its trip through the relay.
+            if !d.retransmitted && d.message_loc.contains(PacketLocation::LAST) {
+                if let Some(Some(origin)) = p.in_flight.pop_front() {
+                    metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS)
+                        .record(now.saturating_duration_since(origin).as_secs_f64());
+                }
+            }
         }
         outbox.push((packet, to));
     }
@@ -955,6 +981,7 @@ mod tests {
                 data: bytes::Bytes::from(vec![0x47; 1316]),
                 keyframe: i == 0,
                 dts_90k: u64::from(i),
+                origin: None,
             });
         }
         let now = Instant::now();

@@ -46,6 +46,9 @@ pub struct TsChunk {
     /// DTS of the frame the chunk belongs to, 90 kHz, including
     /// [`TIMESTAMP_OFFSET_MS`]; monotonic (not wrapped at 2^33 like the PES field).
     pub dts_90k: u64,
+    /// When the frame reached the relay; the muxer leaves it `None` and the
+    /// driver stamps it, so the SRT side can measure relay-added latency.
+    pub origin: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -462,6 +465,7 @@ impl Muxer {
                 data: self.buf.split_to(n).freeze(),
                 keyframe: keyframe && first,
                 dts_90k,
+                origin: None,
             });
             first = false;
         }
