@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::rtmp::proto::Limits;
+use crate::srt::push::{parse_push_url, PushTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +99,9 @@ pub struct SrtConfig {
 pub struct AppConfig {
     /// A new publisher on a live path replaces the old one instead of being refused.
     pub takeover: bool,
+    /// SRT destinations every stream of this application is pushed to; each
+    /// must connect during setup, and a failing one ends the stream.
+    pub push: Vec<PushTarget>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +230,26 @@ impl Config {
                 let mut app = AppConfig::default();
                 if let Some(v) = s.bool("takeover")? {
                     app.takeover = v;
+                }
+                let push_key = s.key("push");
+                match s.take("push") {
+                    None => {}
+                    Some(toml::Value::Array(urls)) => {
+                        for (i, u) in urls.iter().enumerate() {
+                            let key = format!("{push_key}[{i}]");
+                            let url = u.as_str().ok_or_else(|| {
+                                invalid(&key, "expected a string srt://host:port?...")
+                            })?;
+                            app.push
+                                .push(parse_push_url(url).map_err(|m| invalid(&key, m))?);
+                        }
+                    }
+                    Some(other) => {
+                        return Err(invalid(
+                            &push_key,
+                            format!("expected a list of srt:// URLs, got a {}", other.type_str()),
+                        ))
+                    }
                 }
                 s.finish()?;
                 cfg.apps.insert(name, app);
@@ -461,6 +485,7 @@ mod tests {
             handshake_timeout = "500ms"
             [apps.live]
             takeover = true
+            push = ["srt://127.0.0.1:9100?streamid=live/x&latency=200"]
             "#,
         )
         .unwrap();
@@ -471,6 +496,7 @@ mod tests {
         assert_eq!(c.rtmp.handshake_timeout, Duration::from_millis(500));
         assert!(c.app("live").takeover);
         assert!(!c.app("other").takeover);
+        assert_eq!(c.app("live").push[0].port, 9100);
     }
 
     fn err(text: &str) -> String {
@@ -490,6 +516,8 @@ mod tests {
         assert!(err("[server]\nlog_format = \"xml\"").contains("`server.log_format`"));
         assert!(err("[rtmp]\nchunk_size = \"big\"").contains("expected an integer"));
         assert!(err("[srt]\npassphrase = \"short\"").contains("`srt.passphrase`"));
+        assert!(err("[apps.live]\npush = [\"udp://x:1\"]").contains("`apps.live.push[0]`"));
+        assert!(err("[apps.live]\npush = \"srt://x:1\"").contains("`apps.live.push`"));
         assert!(err("[srt]\nlatency = \"70s\"").contains("`srt.latency`"));
     }
 

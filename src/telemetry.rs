@@ -21,6 +21,7 @@ pub const STREAMS: &str = "sluice_streams";
 pub const TS_MUX_ERRORS_TOTAL: &str = "sluice_ts_mux_errors_total";
 pub const STREAM_SETUP_SECONDS: &str = "sluice_stream_setup_seconds";
 pub const RELAY_LATENCY_SECONDS: &str = "sluice_relay_latency_seconds";
+pub const STREAM_TEARDOWNS_TOTAL: &str = "sluice_stream_teardowns_total";
 pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
 pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
@@ -107,6 +108,10 @@ fn describe() {
     metrics::describe_histogram!(
         RELAY_LATENCY_SECONDS,
         "RTMP message parsed to its last SRT packet first sent, per live chunk and player."
+    );
+    describe_counter!(
+        STREAM_TEARDOWNS_TOTAL,
+        "Running streams torn down because a leg of their group failed, by cause."
     );
     describe_counter!(
         STREAM_SETUP_FAILURES_TOTAL,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use metrics::{counter, gauge, histogram, Counter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::amf0::Amf0Value;
 use super::proto::{Event, ProtoError, Session};
 use crate::config::Config;
+use crate::srt::push::{self, PushError};
 use crate::stream::{
     ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, RingConfig, StreamPath,
 };
@@ -80,6 +81,8 @@ enum Close {
     Shutdown,
     /// The stream did not become playable within `server.setup_timeout`.
     SetupTimeout,
+    /// A leg of the stream's group (a push destination) failed.
+    LegFailed,
     Io(std::io::Error),
     Proto(ProtoError),
 }
@@ -92,6 +95,7 @@ impl Close {
             Close::TakenOver => "taken_over",
             Close::Shutdown => "shutdown",
             Close::SetupTimeout => "setup_timeout",
+            Close::LegFailed => "leg_failed",
             Close::Io(_) => "io_error",
             Close::Proto(e) => e.reason(),
         }
@@ -111,11 +115,26 @@ struct Publishing {
     frames_audio: Counter,
     tag_errors: Counter,
     jumps: Counter,
-    /// The source rendition holds a decodable start (its first keyframe
-    /// chunk): the stream's setup is complete.
+    /// The source rendition holds a decodable start (its first keyframe chunk).
+    keyframe_seen: bool,
+    /// Setup complete: keyframe seen and every push leg connected.
     ready: bool,
+    /// SRT push legs of this stream's group.
+    legs: JoinSet<Result<(), PushError>>,
+    legs_total: usize,
+    legs_connected: usize,
+    legs_rx: mpsc::Receiver<()>,
     /// The muxer's last refusal, to explain a setup failure.
     last_mux_error: Option<String>,
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        // The guard's drop (right after this) cancels the group and closes the
+        // rings; legs then flush and close on their own within their grace
+        // period instead of being aborted mid-packet.
+        self.legs.detach_all();
+    }
 }
 
 struct Conn {
@@ -210,6 +229,23 @@ impl Conn {
                     self.fail_setup();
                     return Close::SetupTimeout;
                 }
+                ev = leg_event(&mut self.publishing, in_setup) => match ev {
+                    LegEvent::Connected => {
+                        if let Some(p) = &mut self.publishing {
+                            p.legs_connected += 1;
+                        }
+                        self.check_ready();
+                    }
+                    LegEvent::Ended(Ok(Ok(()))) => {}
+                    LegEvent::Ended(Ok(Err(e))) => {
+                        self.fail_leg(&e.to_string());
+                        return Close::LegFailed;
+                    }
+                    LegEvent::Ended(Err(e)) => {
+                        self.fail_leg(&format!("push leg task failed: {e}"));
+                        return Close::LegFailed;
+                    }
+                },
                 _ = shutdown.cancelled() => return Close::Shutdown,
             }
             if let Err(e) = self.drain_events() {
@@ -235,6 +271,13 @@ impl Conn {
         let timeout = self.ctx.config.server.setup_timeout;
         let Some(p) = &self.publishing else { return };
         let (reason, why) = match &p.last_mux_error {
+            _ if p.keyframe_seen => (
+                "push_connect",
+                format!(
+                    "{} of {} SRT push destinations connected",
+                    p.legs_connected, p.legs_total
+                ),
+            ),
             Some(e) => ("unsupported_media", e.clone()),
             None => (
                 "no_keyframe",
@@ -246,6 +289,37 @@ impl Conn {
         self.session.stop_publish(
             "NetStream.Publish.Failed",
             &format!("stream not playable within {timeout:?} of connecting (server.setup_timeout): {why}"),
+        );
+    }
+
+    /// A push leg failed while the stream ran: tear the group down.
+    fn fail_leg(&mut self, why: &str) {
+        let Some(p) = &self.publishing else { return };
+        counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => "push_leg").increment(1);
+        warn!(stream = %p.guard.stream().path, why, "push leg failed; stopping the stream");
+        self.session.stop_publish(
+            "NetStream.Publish.Failed",
+            &format!("SRT push failed: {why}"),
+        );
+    }
+
+    /// Setup is complete once the source has a keyframe and every push leg
+    /// is connected.
+    fn check_ready(&mut self) {
+        let Some(p) = &mut self.publishing else {
+            return;
+        };
+        if p.ready || !p.keyframe_seen || p.legs_connected < p.legs_total {
+            return;
+        }
+        p.ready = true;
+        let took = Instant::now().saturating_duration_since(self.accepted);
+        histogram!(t::STREAM_SETUP_SECONDS).record(took.as_secs_f64());
+        info!(
+            stream = %p.guard.stream().path,
+            setup_ms = took.as_millis() as u64,
+            push_legs = p.legs_total,
+            "stream ready"
         );
     }
 
@@ -315,6 +389,27 @@ impl Conn {
         match claim {
             Ok(guard) => {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
+                // Start the push legs now: they connect while the first
+                // keyframe is on its way (one setup group, one deadline).
+                let targets = cfg.app(&path.app).push;
+                let legs_total = targets.len();
+                let (legs_tx, legs_rx) = mpsc::channel(legs_total.max(1));
+                let mut legs = JoinSet::new();
+                if let Some(source) = guard.stream().renditions.first() {
+                    for target in targets {
+                        legs.spawn(
+                            push::run(
+                                target,
+                                cfg.srt.latency,
+                                cfg.srt.peer_idle_timeout,
+                                source.ring.clone(),
+                                legs_tx.clone(),
+                                guard.stream().cancel.clone(),
+                            )
+                            .instrument(tracing::Span::current()),
+                        );
+                    }
+                }
                 tracing::Span::current().record("stream", tracing::field::display(&path));
                 info!(stream = %path, "publish accepted");
                 let label = path.to_string();
@@ -328,7 +423,12 @@ impl Conn {
                     frames_audio: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "audio"),
                     tag_errors: counter!(t::INGEST_TAG_ERRORS_TOTAL, "stream" => label.clone()),
                     jumps: counter!(t::TIMESTAMP_JUMPS_TOTAL, "stream" => label),
+                    keyframe_seen: false,
                     ready: false,
+                    legs,
+                    legs_total,
+                    legs_connected: 0,
+                    legs_rx,
                     last_mux_error: None,
                 });
                 self.session.accept_publish()?;
@@ -397,12 +497,7 @@ impl Conn {
                     p.last_mux_error = Some(e.to_string());
                 }
                 if !p.chunks.is_empty() {
-                    if !p.ready && p.chunks.iter().any(|c| c.keyframe) {
-                        p.ready = true;
-                        let took = now.saturating_duration_since(self.accepted);
-                        histogram!(t::STREAM_SETUP_SECONDS).record(took.as_secs_f64());
-                        info!(stream = %stream.path, setup_ms = took.as_millis() as u64, "stream ready");
-                    }
+                    let first_keyframe = !p.keyframe_seen && p.chunks.iter().any(|c| c.keyframe);
                     if let Some(source) = stream.renditions.first() {
                         for mut chunk in p.chunks.drain(..) {
                             chunk.origin = Some(now);
@@ -410,6 +505,10 @@ impl Conn {
                         }
                     }
                     p.chunks.clear();
+                    if first_keyframe {
+                        p.keyframe_seen = true;
+                        self.check_ready();
+                    }
                 }
             }
             Err(e) => {
@@ -417,5 +516,24 @@ impl Conn {
                 debug!(video, error = %e, "media tag skipped");
             }
         }
+    }
+}
+
+enum LegEvent {
+    Connected,
+    Ended(Result<Result<(), PushError>, tokio::task::JoinError>),
+}
+
+/// The next push-leg event: one connected (while in setup) or one ended.
+/// Pending forever when there is nothing to wait for.
+async fn leg_event(p: &mut Option<Publishing>, want_connects: bool) -> LegEvent {
+    let Some(p) = p else {
+        return std::future::pending().await;
+    };
+    let legs_live = !p.legs.is_empty();
+    tokio::select! {
+        Some(()) = p.legs_rx.recv(), if want_connects => LegEvent::Connected,
+        Some(r) = p.legs.join_next(), if legs_live => LegEvent::Ended(r),
+        else => std::future::pending().await,
     }
 }
