@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         STREAM_TEARDOWNS_TOTAL,
-        "Running streams torn down because a leg of their group failed, by cause."
+        "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, ...)."
     );
     describe_counter!(
         STREAM_SETUP_FAILURES_TOTAL,

@@ -432,6 +432,60 @@ fn players_are_closed_within_two_seconds_when_the_publisher_leaves() {
         Duration::from_secs(5),
     );
     assert!(server.log_contains("stream ended"));
+
+    // The publisher comes back: new players play the new stream.
+    let _again = publish(&server, PATH, 10);
+    let streams = probe_streams(&url);
+    assert_h264_aac(&streams, &url);
+}
+
+/// GStreamer's `srtsrc ! tsdemux` pulls the stream and demuxes both tracks
+/// (each sink ends the pipeline after a number of buffers).
+#[test]
+fn gstreamer_srtsrc_demuxes_h264_and_aac() {
+    let server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 20);
+    let uri = format!("uri=srt://{}?streamid={PATH}", server.srt_addr());
+    let (status, out, err) = run_to_exit(
+        "gst-launch-1.0",
+        command(
+            "gst-launch-1.0",
+            &[
+                "-q",
+                "srtsrc",
+                &uri,
+                "!",
+                "tsdemux",
+                "name=d",
+                "d.",
+                "!",
+                "queue",
+                "!",
+                "h264parse",
+                "!",
+                "video/x-h264",
+                "!",
+                "fakesink",
+                "num-buffers=60",
+                "d.",
+                "!",
+                "queue",
+                "!",
+                "aacparse",
+                "!",
+                "audio/mpeg",
+                "!",
+                "fakesink",
+                "num-buffers=60",
+            ],
+        ),
+        Duration::from_secs(40),
+    );
+    assert!(
+        status.success(),
+        "gst-launch failed ({status}): {out}\n{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
 }
 
 #[test]

@@ -203,7 +203,7 @@ fn losing_the_destination_tears_the_stream_down() {
     );
     server.wait_stream_gone("live/fragile", Duration::from_secs(3));
     server.wait_metric(
-        r#"sluice_stream_teardowns_total{cause="push_leg"}"#,
+        r#"sluice_stream_teardowns_total{cause="leg_failed"}"#,
         |v| v == Some(1.0),
         Duration::from_secs(5),
     );

@@ -177,7 +177,8 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         _ => info!(reason, "rtmp connection closed"),
     }
     if let Some(p) = conn.publishing.take() {
-        info!(stream = %p.guard.stream().path, "publish ended");
+        counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => reason).increment(1);
+        info!(stream = %p.guard.stream().path, cause = reason, "publish ended");
     }
     open.decrement(1.0);
 }
@@ -295,7 +296,6 @@ impl Conn {
     /// A push leg failed while the stream ran: tear the group down.
     fn fail_leg(&mut self, why: &str) {
         let Some(p) = &self.publishing else { return };
-        counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => "push_leg").increment(1);
         warn!(stream = %p.guard.stream().path, why, "push leg failed; stopping the stream");
         self.session.stop_publish(
             "NetStream.Publish.Failed",
@@ -352,6 +352,7 @@ impl Conn {
                 } => self.on_media(video, timestamp, payload),
                 Event::Unpublish { .. } => {
                     if let Some(p) = self.publishing.take() {
+                        counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => "unpublished").increment(1);
                         info!(stream = %p.guard.stream().path, "publisher unpublished");
                     }
                 }
