@@ -114,6 +114,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let limits = Limits::default();
         Config {
             server: ServerConfig {
                 rtmp_addr: "0.0.0.0:1935".parse().expect("valid default"),
@@ -123,15 +124,16 @@ impl Default for Config {
                 drain_timeout: Duration::from_secs(30),
                 setup_timeout: Duration::from_secs(8),
             },
+            // The protocol limits have one source of truth: `Limits::default()`.
             rtmp: RtmpConfig {
                 max_connections: 1024,
-                max_message_size: 8 * 1024 * 1024,
-                max_chunk_streams: 64,
-                max_amf_depth: 32,
-                handshake_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(10),
-                chunk_size: 4096,
-                window_ack_size: 2_500_000,
+                max_message_size: limits.max_message_size,
+                max_chunk_streams: limits.max_chunk_streams,
+                max_amf_depth: limits.max_amf_depth,
+                handshake_timeout: limits.handshake_timeout,
+                idle_timeout: limits.idle_timeout,
+                chunk_size: limits.chunk_size,
+                window_ack_size: limits.window_ack_size,
                 max_timestamp_jump: Duration::from_secs(10),
                 stale_publisher_timeout: Duration::from_secs(3),
             },
