@@ -55,13 +55,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 addr: s.http_addr,
                 source,
             })?;
-    let srt_socket = UdpSocket::bind(s.srt_addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what: "srt",
-            addr: s.srt_addr,
-            source,
-        })?;
+    let srt_socket = bind_udp(s.srt_addr).map_err(|source| ServerError::Bind {
+        what: "srt",
+        addr: s.srt_addr,
+        source,
+    })?;
     let srt = SrtListener::new(registry.clone(), &config.srt)?;
     let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let srt_addr = srt_socket
@@ -141,6 +139,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     .await;
     info!("stopped");
     Ok(())
+}
+
+/// Kernel socket buffers for the SRT socket. One socket carries every
+/// player's ACKs and NAKs; with the default (~208 KiB) the kernel drops
+/// them under load (seen at 75 players), which triggers needless
+/// retransmissions.
+const SRT_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Bind the SRT UDP socket with large buffers (the kernel caps them at
+/// net.core.rmem_max/wmem_max; raise those for hundreds of players).
+fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller cap is not an error.
+    let _ = sock.set_recv_buffer_size(SRT_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SRT_SOCKET_BUFFER);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -15,10 +15,12 @@ use srt_protocol::packet::{CoreRejectReason, RejectReason, ServerRejectReason};
 /// srt-protocol walks every sequence number of a range one by one.
 pub const MAX_LOSS: u32 = 8192;
 
-/// Smallest MSS we accept: one 1316-byte TS chunk plus 44 bytes of
-/// IP/UDP/SRT headers. With less, srt-protocol splits (MSS 100) or hangs
-/// (MSS 0) on the first chunk.
-pub const MIN_MSS: u32 = 1360;
+/// Smallest MSS we accept: one 1316-byte TS chunk. libsrt announces 1500;
+/// srt-protocol's own caller (srt-rs, srt-tokio) announces 1316, and
+/// srt-protocol caps the payload at min(1316, MSS), so 1316 still carries a
+/// whole chunk per packet. With less, srt-protocol splits chunks (MSS 100)
+/// or hangs (MSS 0) on the first one.
+pub const MIN_MSS: u32 = 1316;
 
 const HEADER: usize = 16;
 const HS_BODY: usize = 48;

@@ -114,6 +114,8 @@ struct Player {
     /// Arrival instants of chunks handed to the connection, in order, for
     /// chunks whose last packet has not gone out yet (`None`: not measured).
     in_flight: VecDeque<Option<Instant>>,
+    /// At least one chunk was handed to the connection (see `pacing_primer`).
+    fed_any: bool,
 }
 
 /// The listener's state; [`serve`] drives it.
@@ -458,6 +460,7 @@ impl Listener {
                         skips: 0,
                         live: false,
                         in_flight: VecDeque::new(),
+                        fed_any: false,
                     },
                 );
                 metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
@@ -687,6 +690,19 @@ struct Decision {
     why: String,
 }
 
+/// The `now` to give srt-protocol with a connection's first data input.
+///
+/// srt-protocol's sender paces at one packet per millisecond until its
+/// first rate estimate, which it makes 100 ms after the first input
+/// (`SenderCongestionControl::on_input`). That caps the GOP-cache burst a
+/// new player needs at ~11 Mbit/s (a 100 KB keyframe took 80 ms). Dating
+/// the first input 101 ms back makes the second input produce the estimate
+/// at once (about 10 µs per packet). `now` is only used for that estimate;
+/// packet timestamps come from the origin instant, which stays `now`.
+pub(crate) fn pacing_primer(now: Instant) -> Instant {
+    now.checked_sub(Duration::from_millis(101)).unwrap_or(now)
+}
+
 /// Bound on the per-player latency bookkeeping (one entry per chunk not yet sent).
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 
@@ -726,7 +742,9 @@ fn pump_player(
                         }
                         // Origin = now: older origins fall outside the
                         // sender's too-late window (GOP-cache chunks).
-                        p.conn.handle_data_input(now, Some((now, c.data)));
+                        let input_at = if p.fed_any { now } else { pacing_primer(now) };
+                        p.fed_any = true;
+                        p.conn.handle_data_input(input_at, Some((now, c.data)));
                         fed += 1;
                     }
                 }

@@ -258,6 +258,7 @@ pub async fn run(
     let mut over_cap_since: Option<Instant> = None;
     let mut ending = false;
     let mut ending_since = Instant::now();
+    let mut fed_any = false;
     loop {
         let now = Instant::now();
         // Teardown is bounded: a destination that never confirms the
@@ -291,7 +292,15 @@ pub async fn run(
                 None => break,
                 Some(Read::Items) => {
                     for c in chunks.drain(..) {
-                        if caught(|| conn.handle_data_input(now, Some((now, c.data)))).is_none() {
+                        let input_at = if fed_any {
+                            now
+                        } else {
+                            super::listener::pacing_primer(now)
+                        };
+                        fed_any = true;
+                        if caught(|| conn.handle_data_input(input_at, Some((now, c.data))))
+                            .is_none()
+                        {
                             return Err(PushError::Panicked(name));
                         }
                     }
