@@ -27,32 +27,47 @@ fn publish_to_ffmpeg(
     tags: &[FlvTag],
     opts: PublishOptions,
 ) -> (common::rtmp_client::SendReport, Vec<FlvTag>) {
-    let dir = TempDir::new("selfcheck");
-    let out = dir.join("out.flv");
-    let port = free_port();
-    let url = format!("rtmp://127.0.0.1:{port}/live/check");
-    let mut ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-listen",
-        "1",
-        "-i",
-        &url,
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        out.to_str().unwrap(),
-    ]);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // A refused TCP connect does not consume ffmpeg's single listen, so
-    // retry until it accepts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut publisher = loop {
-        match RtmpPublisher::connect(addr, "live", opts.clone()) {
-            Ok(p) => break p,
-            Err(e) if e.contains("refused") && Instant::now() < deadline && ff.is_running() => {
-                std::thread::sleep(Duration::from_millis(50))
+    // A port picked by `free_port` can be taken by a parallel test before
+    // ffmpeg listens on it; start over on a fresh port if the handshake is
+    // reset (the peer was not our ffmpeg).
+    let mut attempts = 0;
+    let (dir, out, mut ff, mut publisher) = loop {
+        attempts += 1;
+        let dir = TempDir::new("selfcheck");
+        let out = dir.join("out.flv");
+        let port = free_port();
+        let url = format!("rtmp://127.0.0.1:{port}/live/check");
+        let mut ff = spawn_ffmpeg(&[
+            "-loglevel",
+            "error",
+            "-listen",
+            "1",
+            "-i",
+            &url,
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            out.to_str().unwrap(),
+        ]);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // A refused TCP connect does not consume ffmpeg's single listen, so
+        // retry until it accepts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let connected = loop {
+            match RtmpPublisher::connect(addr, "live", opts.clone()) {
+                Ok(p) => break Ok(p),
+                Err(e) if e.contains("refused") && Instant::now() < deadline && ff.is_running() => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match connected {
+            Ok(p) => break (dir, out, ff, p),
+            Err(e) if e.contains("reset") && attempts < 3 => {
+                ff.kill();
+                continue;
             }
             Err(e) => panic!(
                 "connect to ffmpeg failed: {e}; ffmpeg: {}",
@@ -60,6 +75,7 @@ fn publish_to_ffmpeg(
             ),
         }
     };
+    let _keep = &dir;
     let outcome = publisher.publish("check");
     assert!(outcome.is_accepted(), "ffmpeg refused: {outcome:?}");
     let report = publisher.send_tags(tags);
