@@ -66,7 +66,7 @@ pub fn check(d: &[u8]) -> Verdict {
         2 | 6 if add_info >= 0x8000_0000 => Verdict::Drop("ACK number out of range"),
         2 | 6 => Verdict::Pass,
         3 => check_loss_list(body),
-        // srt-protocol `todo!()`s on CongestionWarning and PeerError.
+        // srt-protocol reaches an unfinished `todo` macro on CongestionWarning and PeerError.
         4 => Verdict::Drop("congestion warning"),
         8 => Verdict::Drop("peer error"),
         // We never receive data, so there is nothing to drop.
