@@ -48,7 +48,10 @@ pub fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only for a terminal; journald and log files get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }
 
@@ -71,6 +74,12 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
+    // Series that dashboards expect from the first scrape, before any event.
+    metrics::gauge!(RTMP_CONNECTIONS).set(0.0);
+    metrics::gauge!(STREAMS).set(0.0);
+    metrics::gauge!(SRT_PLAYERS).set(0.0);
+    metrics::counter!(RTMP_CONNECTIONS_TOTAL).absolute(0);
+    metrics::counter!(SRT_PLAYERS_TOTAL).absolute(0);
     Ok(handle)
 }
 
