@@ -807,6 +807,32 @@ mod tests {
         }
     }
 
+    /// connect, createStream and publish "k" in one write, no waiting.
+    fn minimal_publish(c: &mut Client) -> BytesMut {
+        let mut input = c.command(
+            0,
+            &[
+                Amf0Value::string("connect"),
+                Amf0Value::Number(1.0),
+                Amf0Value::object([("app", Amf0Value::string("live"))]),
+            ],
+        );
+        let create = [
+            Amf0Value::string("createStream"),
+            Amf0Value::Number(2.0),
+            Amf0Value::Null,
+        ];
+        input.extend_from_slice(&c.command(0, &create));
+        let publish = [
+            Amf0Value::string("publish"),
+            Amf0Value::Number(3.0),
+            Amf0Value::Null,
+            Amf0Value::string("k"),
+        ];
+        input.extend_from_slice(&c.command(1, &publish));
+        input
+    }
+
     fn events(s: &mut Session) -> Vec<Event> {
         std::iter::from_fn(|| s.poll_event()).collect()
     }
@@ -978,31 +1004,7 @@ mod tests {
         let mut s = Session::new(Limits::default(), now, 1);
         let mut c = Client::new();
         handshake(&mut s, now);
-        let mut input = c.command(
-            0,
-            &[
-                Amf0Value::string("connect"),
-                Amf0Value::Number(1.0),
-                Amf0Value::object([("app", Amf0Value::string("live"))]),
-            ],
-        );
-        input.extend_from_slice(&c.command(
-            0,
-            &[
-                Amf0Value::string("createStream"),
-                Amf0Value::Number(2.0),
-                Amf0Value::Null,
-            ],
-        ));
-        input.extend_from_slice(&c.command(
-            1,
-            &[
-                Amf0Value::string("publish"),
-                Amf0Value::Number(3.0),
-                Amf0Value::Null,
-                Amf0Value::string("k"),
-            ],
-        ));
+        let mut input = minimal_publish(&mut c);
         c.enc
             .write(&mut input, 6, 40, VIDEO, 1, &[0x17, 1, 0, 0, 0]);
         s.handle_input(now, &input).unwrap();
@@ -1026,31 +1028,7 @@ mod tests {
         let mut s = Session::new(Limits::default(), now, 1);
         let mut c = Client::new();
         handshake(&mut s, now);
-        let mut input = c.command(
-            0,
-            &[
-                Amf0Value::string("connect"),
-                Amf0Value::Number(1.0),
-                Amf0Value::object([("app", Amf0Value::string("live"))]),
-            ],
-        );
-        input.extend_from_slice(&c.command(
-            0,
-            &[
-                Amf0Value::string("createStream"),
-                Amf0Value::Number(2.0),
-                Amf0Value::Null,
-            ],
-        ));
-        input.extend_from_slice(&c.command(
-            1,
-            &[
-                Amf0Value::string("publish"),
-                Amf0Value::Number(3.0),
-                Amf0Value::Null,
-                Amf0Value::string("k"),
-            ],
-        ));
+        let input = minimal_publish(&mut c);
         s.handle_input(now, &input).unwrap();
         events(&mut s);
         s.accept_connect().unwrap();
