@@ -330,17 +330,7 @@ impl Session {
             _ => 1.0,
         };
         self.pending = Pending::None;
-        let info = status("error", "NetConnection.Connect.Rejected", description);
-        self.write_command(
-            CSID_COMMAND,
-            0,
-            &[
-                Amf0Value::string("_error"),
-                Amf0Value::Number(txn),
-                Amf0Value::Null,
-                info,
-            ],
-        );
+        self.write_error(txn, "NetConnection.Connect.Rejected", description);
         self.closing = true;
     }
 
