@@ -116,6 +116,9 @@ struct Player {
     in_flight: VecDeque<Option<Instant>>,
     /// At least one chunk was handed to the connection (see `pacing_primer`).
     fed_any: bool,
+    /// Metric handles looked up once, not per packet.
+    bytes_out_metric: metrics::Counter,
+    latency_metric: metrics::Histogram,
 }
 
 /// The listener's state; [`serve`] drives it.
@@ -461,6 +464,8 @@ impl Listener {
                         live: false,
                         in_flight: VecDeque::new(),
                         fed_any: false,
+                        bytes_out_metric: metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL),
+                        latency_metric: metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS),
                     },
                 );
                 metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
@@ -768,12 +773,12 @@ fn pump_player(
     while let Some((packet, to)) = p.conn.next_packet(now) {
         if let Packet::Data(d) = &packet {
             p.bytes_out += d.payload.len() as u64;
-            metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL).increment(d.payload.len() as u64);
+            p.bytes_out_metric.increment(d.payload.len() as u64);
             // A chunk is one SRT message; its last packet going out for the
             // first time ends its trip through the relay.
             if !d.retransmitted && d.message_loc.contains(PacketLocation::LAST) {
                 if let Some(Some(origin)) = p.in_flight.pop_front() {
-                    metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS)
+                    p.latency_metric
                         .record(now.saturating_duration_since(origin).as_secs_f64());
                 }
             }
