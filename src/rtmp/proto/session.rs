@@ -345,17 +345,7 @@ impl Session {
         uc.put_u32(stream_id);
         self.write_control(USER_CONTROL, &uc);
         let description = format!("{} is now published.", self.publish_name);
-        let info = status("status", "NetStream.Publish.Start", &description);
-        self.write_command(
-            CSID_STATUS,
-            stream_id,
-            &[
-                Amf0Value::string("onStatus"),
-                Amf0Value::Number(0.0),
-                Amf0Value::Null,
-                info,
-            ],
-        );
+        self.send_on_status(stream_id, "status", "NetStream.Publish.Start", &description);
         self.process()
     }
 
@@ -381,7 +371,12 @@ impl Session {
     }
 
     fn send_status_error(&mut self, stream_id: u32, code: &str, description: &str) {
-        let info = status("error", code, description);
+        self.send_on_status(stream_id, "error", code, description);
+    }
+
+    /// `onStatus(0, null, {level, code, description})` on the media stream.
+    fn send_on_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
+        let info = status(level, code, description);
         self.write_command(
             CSID_STATUS,
             stream_id,
