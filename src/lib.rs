@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod flv;
+pub mod gpu;
 pub mod http;
 pub mod media;
 pub mod rtmp;
@@ -13,4 +14,5 @@ pub mod server;
 pub mod srt;
 pub mod stream;
 pub mod telemetry;
+pub mod transcode;
 pub mod ts;

@@ -1,0 +1,1 @@
+//! NVIDIA GPU inventory (NVML) and FFmpeg NVENC/NVDEC probes.

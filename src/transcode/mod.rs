@@ -1,0 +1,3 @@
+//! FFmpeg renditions: argument builder, encoder choice, child supervision.
+
+pub mod repack;

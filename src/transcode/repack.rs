@@ -1,0 +1,1 @@
+//! Reads FFmpeg's MPEG-TS output back into relay chunks.
