@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::rtmp::proto::Limits;
@@ -102,6 +102,91 @@ pub struct AppConfig {
     /// SRT destinations every stream of this application is pushed to; each
     /// must connect during setup, and a failing one ends the stream.
     pub push: Vec<PushTarget>,
+    /// Transcoded renditions every stream of this application gets, besides
+    /// "source". Empty: no FFmpeg runs for it.
+    pub renditions: Vec<RenditionSpec>,
+}
+
+/// Video codec of a transcoded rendition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Hevc,
+}
+
+impl VideoCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Hevc => "hevc",
+        }
+    }
+}
+
+/// What a rendition does with the source audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioMode {
+    /// Pass the source's AAC through untouched.
+    Copy,
+    /// Re-encode to AAC-LC at this bitrate.
+    Aac { bitrate_kbps: u32 },
+    /// No audio in this rendition.
+    Off,
+}
+
+/// One transcoded rendition (`[[apps.NAME.renditions]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionSpec {
+    /// Path suffix: players pull `APP/KEY/NAME`.
+    pub name: String,
+    /// Output size; when one is omitted it follows the source aspect ratio.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub video_bitrate_kbps: u32,
+    /// Frame rate cap: a faster source is reduced to this.
+    pub max_fps: Option<u32>,
+    pub codec: VideoCodec,
+    /// Keyframe interval.
+    pub gop: Duration,
+    pub audio: AudioMode,
+}
+
+/// How renditions are encoded (`transcode.encoder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderMode {
+    /// NVENC where a trial encode proves it works, libx264/libx265 otherwise.
+    Auto,
+    /// NVENC or refuse to start.
+    Nvenc,
+    /// Always libx264/libx265.
+    Software,
+}
+
+impl EncoderMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderMode::Auto => "auto",
+            EncoderMode::Nvenc => "nvenc",
+            EncoderMode::Software => "x264",
+        }
+    }
+}
+
+/// FFmpeg transcoding (`[transcode]`).
+#[derive(Debug, Clone)]
+pub struct TranscodeConfig {
+    /// FFmpeg binary: a name looked up on `PATH`, or a path.
+    pub ffmpeg: PathBuf,
+    pub encoder: EncoderMode,
+    /// FFmpeg that writes nothing on some rendition for this long has failed.
+    pub stall_timeout: Duration,
+    /// libx264/libx265 `-preset`.
+    pub x264_preset: String,
+    /// Decode (and scale, when `scale_cuda` works) on the GPU when a CUDA
+    /// decode trial succeeds.
+    pub gpu_decode: bool,
+    /// How often NVML gauges are refreshed.
+    pub gpu_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +194,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub rtmp: RtmpConfig,
     pub srt: SrtConfig,
+    pub transcode: TranscodeConfig,
     pub apps: BTreeMap<String, AppConfig>,
 }
 
@@ -142,6 +228,14 @@ impl Default for Config {
                 peer_idle_timeout: Duration::from_secs(5),
                 passphrase: None,
                 max_players: 1000,
+            },
+            transcode: TranscodeConfig {
+                ffmpeg: PathBuf::from("ffmpeg"),
+                encoder: EncoderMode::Auto,
+                stall_timeout: Duration::from_secs(5),
+                x264_preset: "veryfast".into(),
+                gpu_decode: true,
+                gpu_poll_interval: Duration::from_secs(5),
             },
             apps: BTreeMap::new(),
         }
@@ -223,6 +317,55 @@ impl Config {
             s.int("max_players", 1, 1_000_000, &mut c.max_players)?;
             s.finish()?;
         }
+        if let Some(mut s) = root.section("transcode")? {
+            let c = &mut cfg.transcode;
+            if let Some(v) = s.string("ffmpeg")? {
+                if v.trim().is_empty() {
+                    return Err(invalid(&s.key("ffmpeg"), "must not be empty"));
+                }
+                c.ffmpeg = PathBuf::from(v);
+            }
+            if let Some(v) = s.string("encoder")? {
+                c.encoder = match v.as_str() {
+                    "auto" => EncoderMode::Auto,
+                    "nvenc" => EncoderMode::Nvenc,
+                    "x264" | "software" => EncoderMode::Software,
+                    _ => {
+                        return Err(invalid(
+                            &s.key("encoder"),
+                            format!("{v:?} is not one of \"auto\", \"nvenc\", \"x264\""),
+                        ))
+                    }
+                };
+            }
+            s.duration("stall_timeout", &mut c.stall_timeout)?;
+            if let Some(v) = s.string("x264_preset")? {
+                const PRESETS: [&str; 10] = [
+                    "ultrafast",
+                    "superfast",
+                    "veryfast",
+                    "faster",
+                    "fast",
+                    "medium",
+                    "slow",
+                    "slower",
+                    "veryslow",
+                    "placebo",
+                ];
+                if !PRESETS.contains(&v.as_str()) {
+                    return Err(invalid(
+                        &s.key("x264_preset"),
+                        format!("{v:?} is not an x264 preset ({})", PRESETS.join(", ")),
+                    ));
+                }
+                c.x264_preset = v;
+            }
+            if let Some(v) = s.bool("gpu_decode")? {
+                c.gpu_decode = v;
+            }
+            s.duration("gpu_poll_interval", &mut c.gpu_poll_interval)?;
+            s.finish()?;
+        }
         if let Some(mut apps) = root.section("apps")? {
             for name in apps.keys() {
                 let Some(mut s) = apps.section(&name)? else {
@@ -253,6 +396,38 @@ impl Config {
                         ))
                     }
                 }
+                let key = s.key("renditions");
+                match s.take("renditions") {
+                    None => {}
+                    Some(toml::Value::Array(list)) => {
+                        for (i, v) in list.into_iter().enumerate() {
+                            let key = format!("{key}[{i}]");
+                            let toml::Value::Table(t) = v else {
+                                return Err(invalid(
+                                    &key,
+                                    "expected a table { name = ..., height = ... }",
+                                ));
+                            };
+                            let r = rendition(Section::new(&key, t))?;
+                            if app.renditions.iter().any(|o| o.name == r.name) {
+                                return Err(invalid(
+                                    &format!("{key}.name"),
+                                    format!("{:?} is used twice in this application", r.name),
+                                ));
+                            }
+                            app.renditions.push(r);
+                        }
+                    }
+                    Some(other) => {
+                        return Err(invalid(
+                            &key,
+                            format!(
+                                "expected a list of tables ([[{key}]]), got a {}",
+                                other.type_str()
+                            ),
+                        ))
+                    }
+                }
                 s.finish()?;
                 cfg.apps.insert(name, app);
             }
@@ -272,6 +447,12 @@ impl Config {
         if self.srt.latency > Duration::from_millis(65_535) {
             return Err(invalid("srt.latency", "must be at most 65535ms"));
         }
+        if self.transcode.stall_timeout.is_zero() {
+            return Err(invalid(
+                "transcode.stall_timeout",
+                "must be greater than zero",
+            ));
+        }
         if self.rtmp.handshake_timeout.is_zero() {
             return Err(invalid(
                 "rtmp.handshake_timeout",
@@ -279,6 +460,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether any application transcodes.
+    pub fn has_renditions(&self) -> bool {
+        self.apps.values().any(|a| !a.renditions.is_empty())
     }
 
     pub fn app(&self, name: &str) -> AppConfig {
@@ -320,6 +506,123 @@ pub fn validate_segment(s: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// One `[[apps.NAME.renditions]]` table.
+fn rendition(mut s: Section) -> Result<RenditionSpec, ConfigError> {
+    let name = s
+        .string("name")?
+        .ok_or_else(|| invalid(&s.key("name"), "is required (players pull APP/KEY/NAME)"))?;
+    validate_segment(&name).map_err(|m| invalid(&s.key("name"), m))?;
+    if name == "source" {
+        return Err(invalid(
+            &s.key("name"),
+            "\"source\" is the untranscoded stream; pick another name",
+        ));
+    }
+    fn dim(s: &mut Section, k: &str) -> Result<Option<u32>, ConfigError> {
+        let mut v = 0u32;
+        if s.table.contains_key(k) {
+            s.int(k, 16, 8192, &mut v)?;
+            if v % 2 != 0 {
+                return Err(invalid(
+                    &s.key(k),
+                    format!("{v} is odd; 4:2:0 video needs even sizes"),
+                ));
+            }
+            return Ok(Some(v));
+        }
+        Ok(None)
+    }
+    let width = dim(&mut s, "width")?;
+    let height = dim(&mut s, "height")?;
+    if width.is_none() && height.is_none() {
+        return Err(invalid(
+            &s.prefix,
+            "needs width or height (the other follows the source aspect ratio)",
+        ));
+    }
+    let video_bitrate_kbps = match s.string("video_bitrate")? {
+        Some(b) => parse_bitrate_kbps(&b).map_err(|m| invalid(&s.key("video_bitrate"), m))?,
+        None => default_bitrate_kbps(width, height),
+    };
+    let mut max_fps = None;
+    if s.table.contains_key("max_fps") {
+        let mut v = 0u32;
+        s.int("max_fps", 1, 240, &mut v)?;
+        max_fps = Some(v);
+    }
+    let codec = match s.string("codec")?.as_deref() {
+        None | Some("h264") => VideoCodec::H264,
+        Some("hevc") | Some("h265") => VideoCodec::Hevc,
+        Some(other) => {
+            return Err(invalid(
+                &s.key("codec"),
+                format!("{other:?} is not \"h264\" or \"hevc\""),
+            ))
+        }
+    };
+    let mut gop = Duration::from_secs(2);
+    s.duration("gop", &mut gop)?;
+    if gop < Duration::from_millis(250) || gop > Duration::from_secs(20) {
+        return Err(invalid(&s.key("gop"), "must be between 250ms and 20s"));
+    }
+    let audio = match s.string("audio")?.as_deref() {
+        None | Some("copy") => AudioMode::Copy,
+        Some("none") | Some("off") => AudioMode::Off,
+        Some(b) => AudioMode::Aac {
+            bitrate_kbps: parse_bitrate_kbps(b)
+                .ok()
+                .filter(|k| (16..=512).contains(k))
+                .ok_or_else(|| {
+                    invalid(
+                        &s.key("audio"),
+                        format!("{b:?}: expected \"copy\", \"none\" or an AAC bitrate from \"16k\" to \"512k\""),
+                    )
+                })?,
+        },
+    };
+    s.finish()?;
+    Ok(RenditionSpec {
+        name,
+        width,
+        height,
+        video_bitrate_kbps,
+        max_fps,
+        codec,
+        gop,
+        audio,
+    })
+}
+
+/// "2500k", "2.5M" or "800000" (bits per second) to kbit/s.
+pub fn parse_bitrate_kbps(s: &str) -> Result<u32, String> {
+    let err = || format!("expected a bitrate like \"2500k\" or \"3M\", got {s:?}");
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k') | Some('K') => (&t[..t.len() - 1], 1.0),
+        Some('M') | Some('m') => (&t[..t.len() - 1], 1000.0),
+        _ => (t, 0.001),
+    };
+    let n: f64 = num.parse().map_err(|_| err())?;
+    let kbps = (n * mult).round();
+    if !kbps.is_finite() || !(16.0..=200_000.0).contains(&kbps) {
+        return Err(format!("{s:?} is out of range; allowed 16k..200M"));
+    }
+    Ok(kbps as u32)
+}
+
+/// A sensible video bitrate for a rendition size when none is configured.
+fn default_bitrate_kbps(width: Option<u32>, height: Option<u32>) -> u32 {
+    // Judge by the shorter side a 16:9 picture of that size would have.
+    let short = height.or(width.map(|w| w * 9 / 16)).unwrap_or(720);
+    match short {
+        1080.. => 5000,
+        720.. => 2800,
+        480.. => 1200,
+        360.. => 800,
+        _ => 500,
+    }
 }
 
 /// Parse "500ms", "5s", "2m", "1h".
@@ -452,7 +755,7 @@ impl Section {
         if let Some(k) = self.table.keys().next() {
             let key = self.key(k);
             let hint = match self.prefix.as_str() {
-                "" => " (sections: [server], [rtmp], [srt], [apps.NAME])".to_string(),
+                "" => " (sections: [server], [rtmp], [srt], [transcode], [apps.NAME])".to_string(),
                 _ => String::new(),
             };
             return Err(ConfigError::UnknownKey { key, hint });
@@ -524,6 +827,78 @@ mod tests {
     }
 
     #[test]
+    fn renditions_are_read_with_defaults_and_checked() {
+        let c = Config::from_toml(
+            r#"
+            [transcode]
+            encoder = "x264"
+            [[apps.live.renditions]]
+            name = "720p"
+            height = 720
+            video_bitrate = "2.5M"
+            max_fps = 30
+            audio = "96k"
+            [[apps.live.renditions]]
+            name = "small"
+            width = 640
+            codec = "hevc"
+            gop = "1s"
+            audio = "none"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.transcode.encoder, EncoderMode::Software);
+        let r = &c.app("live").renditions;
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            RenditionSpec {
+                name: "720p".into(),
+                width: None,
+                height: Some(720),
+                video_bitrate_kbps: 2500,
+                max_fps: Some(30),
+                codec: VideoCodec::H264,
+                gop: Duration::from_secs(2),
+                audio: AudioMode::Aac { bitrate_kbps: 96 },
+            }
+        );
+        assert_eq!(r[1].codec, VideoCodec::Hevc);
+        assert_eq!(r[1].video_bitrate_kbps, 800);
+        assert_eq!(r[1].audio, AudioMode::Off);
+        assert!(c.has_renditions());
+
+        for (text, key) in [
+            ("[[apps.live.renditions]]\nheight = 720", "apps.live.renditions[0].name"),
+            ("[[apps.live.renditions]]\nname = \"source\"\nheight = 720", "apps.live.renditions[0].name"),
+            ("[[apps.live.renditions]]\nname = \"a\"", "apps.live.renditions[0]"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 721", "apps.live.renditions[0].height"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\ncodec = \"vp9\"", "apps.live.renditions[0].codec"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\nvideo_bitrate = \"fast\"", "apps.live.renditions[0].video_bitrate"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\naudio = \"loud\"", "apps.live.renditions[0].audio"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\nfps = 30", "apps.live.renditions[0].fps"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\n[[apps.live.renditions]]\nname = \"a\"\nheight = 480", "apps.live.renditions[1].name"),
+            ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
+            ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
+            ("[transcode]\nstall_timeout = \"0s\"", "transcode.stall_timeout"),
+            ("[transcode]\nx264_preset = \"warp\"", "transcode.x264_preset"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");
+        }
+    }
+
+    #[test]
+    fn bitrates_parse() {
+        assert_eq!(parse_bitrate_kbps("2500k"), Ok(2500));
+        assert_eq!(parse_bitrate_kbps("3M"), Ok(3000));
+        assert_eq!(parse_bitrate_kbps("800000"), Ok(800));
+        assert!(parse_bitrate_kbps("1k").is_err());
+        assert!(parse_bitrate_kbps("k").is_err());
+        assert!(parse_bitrate_kbps("NaNk").is_err());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
@@ -547,6 +922,8 @@ mod example_file {
         assert_eq!(format!("{:?}", c.server), format!("{:?}", d.server));
         assert_eq!(format!("{:?}", c.rtmp), format!("{:?}", d.rtmp));
         assert_eq!(format!("{:?}", c.srt), format!("{:?}", d.srt));
+        assert_eq!(format!("{:?}", c.transcode), format!("{:?}", d.transcode));
         assert!(!c.app("live").takeover);
+        assert!(c.app("live").renditions.is_empty());
     }
 }

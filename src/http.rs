@@ -15,7 +15,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
+use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
+use crate::transcode::Encoders;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -24,6 +26,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// All listeners are bound.
     pub ready: Arc<AtomicBool>,
+    /// Rendition encoders chosen at start (shown by `/readyz`).
+    pub encoders: Arc<Encoders>,
+    pub gpus: Arc<Gpus>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -33,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{app}/{key}", get(one_stream))
+        .route("/api/v1/gpus", get(gpus))
         .fallback(not_found)
         .with_state(state)
 }
@@ -64,11 +70,23 @@ async fn readyz(State(s): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ok", None)
     };
-    let mut body = json!({"status": status, "timestamp": unix_now()});
+    let mut body = json!({"status": status, "timestamp": unix_now(), "encoders": &*s.encoders});
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
     (code, Json(body)).into_response()
+}
+
+/// NVML inventory, read fresh (NVML calls block briefly).
+async fn gpus(State(s): State<AppState>) -> Response {
+    let g = s.gpus.clone();
+    match tokio::task::spawn_blocking(move || g.inventory()).await {
+        Ok(inv) => Json(inv).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("inventory failed: {e}"),
+        ),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -161,7 +179,27 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         "timestamp_jumps": stats.timestamp_jumps,
         "renditions": st.renditions.iter().map(|r| {
             let rs = r.ring.stats();
-            json!({"name": r.name, "players": rs.players, "cached_bytes": rs.bytes})
+            let mut v = json!({"name": r.name, "players": rs.players, "cached_bytes": rs.bytes});
+            match r.info() {
+                Some(i) => {
+                    v["encoder"] = json!(i.encoder);
+                    v["codec"] = json!(i.codec);
+                    v["width"] = json!(i.width);
+                    v["height"] = json!(i.height);
+                    v["fps"] = json!(i.fps);
+                    v["bitrate_bps"] = json!(i.bitrate_bps);
+                }
+                None => {
+                    // The source rendition is the publisher's stream, remuxed.
+                    v["encoder"] = json!("copy");
+                    v["codec"] = json!(stats.video_codec.map(|c| c.name()));
+                    v["width"] = json!(width.map(|w| w as u64));
+                    v["height"] = json!(height.map(|h| h as u64));
+                    v["fps"] = json!(fps.map(|f| (f * 100.0).round() / 100.0));
+                    v["bitrate_bps"] = json!(ing.bitrate_bps(now));
+                }
+            }
+            v
         }).collect::<Vec<_>>(),
     })
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Print the GPU inventory (NVML), the NVENC/NVDEC trial results and the
+    /// encoders renditions would use, as JSON, then exit.
+    #[arg(long)]
+    probe_gpu: bool,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     sluice::telemetry::init_logging(config.server.log_format);
+    if cli.probe_gpu {
+        return probe_gpu(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,4 +84,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--probe-gpu`: everything the encoder choice is based on, trials forced
+/// even when NVML sees no GPU.
+fn probe_gpu(config: &Config) -> ExitCode {
+    use sluice::config::VideoCodec;
+    use sluice::gpu::{self, Gpus};
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("sluice: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async {
+        let gpus = Gpus::init();
+        let tc = &config.transcode;
+        let g = gpus.clone();
+        let inventory = tokio::task::spawn_blocking(move || g.inventory())
+            .await
+            .unwrap_or_default();
+        let probe = gpu::run_trials(&tc.ffmpeg, gpu::TRIAL_TIMEOUT).await;
+        let chosen = sluice::transcode::resolve(
+            tc.encoder,
+            tc.gpu_decode,
+            &probe,
+            &[VideoCodec::H264, VideoCodec::Hevc],
+        );
+        let out = serde_json::json!({
+            "nvml": gpus.why_none().map_or("ok".to_string(), str::to_string),
+            "inventory": inventory,
+            "probe": probe,
+            "encoders": match &chosen {
+                Ok(e) => serde_json::to_value(e).unwrap_or_default(),
+                Err(e) => serde_json::json!({"error": e}),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        if chosen.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }

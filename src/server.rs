@@ -10,12 +10,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, EncoderMode, VideoCodec};
+use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
 use crate::stream::Registry;
 use crate::telemetry;
+use crate::transcode::{self, Encoders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -29,6 +31,54 @@ pub enum ServerError {
     Metrics(String),
     #[error("{0}")]
     Srt(#[from] srt_listener::ListenerError),
+    #[error("{0}")]
+    Transcode(String),
+}
+
+/// Read the GPUs and decide the rendition encoders (NVENC only where a
+/// trial encode works). Trials run only when some application transcodes
+/// and the mode is not software-only.
+pub async fn choose_encoders(config: &Config, gpus: &Gpus) -> Result<Encoders, String> {
+    let tc = &config.transcode;
+    if let Some(why) = gpus.why_none() {
+        info!(
+            reason = why,
+            "no NVIDIA GPU; renditions are encoded on the CPU"
+        );
+    } else {
+        let inv = gpus.inventory();
+        for g in &inv.gpus {
+            info!(
+                gpu = g.index,
+                name = g.name,
+                memory_total_bytes = g.memory_total_bytes,
+                encoder_capacity_h264 = g.encoder_capacity_h264,
+                "GPU found"
+            );
+        }
+    }
+    if !config.has_renditions() {
+        return Ok(Encoders::software(
+            tc.encoder,
+            "no application has renditions; NVENC not probed",
+        ));
+    }
+    if transcode::find_ffmpeg(&tc.ffmpeg).is_none() {
+        warn!(ffmpeg = %tc.ffmpeg.display(), "ffmpeg not found: streams of applications with renditions will fail setup until it is installed");
+    }
+    if tc.encoder == EncoderMode::Software {
+        return Ok(Encoders::software(
+            tc.encoder,
+            "transcode.encoder = \"x264\"",
+        ));
+    }
+    let probe = gpu::probe(&tc.ffmpeg, gpus).await;
+    let used: Vec<VideoCodec> = config
+        .apps
+        .values()
+        .flat_map(|a| a.renditions.iter().map(|r| r.codec))
+        .collect();
+    transcode::resolve(tc.encoder, tc.gpu_decode, &probe, &used)
 }
 
 /// Run until a shutdown signal has been handled; returns after the drain.
@@ -38,6 +88,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let registry = Registry::new();
     let root = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
+    let gpus = Arc::new(Gpus::init());
+    let encoders = Arc::new(
+        choose_encoders(&config, &gpus)
+            .await
+            .map_err(ServerError::Transcode)?,
+    );
+    transcode::report(&encoders);
+    tokio::spawn(gpu::poll_metrics(
+        gpus.clone(),
+        config.transcode.gpu_poll_interval,
+        root.clone(),
+    ));
+    let transcodes = tokio_util::task::TaskTracker::new();
 
     let s = &config.server;
     let rtmp = TcpListener::bind(s.rtmp_addr)
@@ -82,6 +145,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config: config.clone(),
         registry: registry.clone(),
         shutdown: root.clone(),
+        encoders: encoders.clone(),
+        transcodes: transcodes.clone(),
     });
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, ctx));
     let srt_task = tokio::spawn(srt_listener::serve(srt_socket, srt, root.clone()));
@@ -89,6 +154,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
+        encoders,
+        gpus,
     });
     let http_root = root.clone();
     let http_task = tokio::spawn(async move {
@@ -137,6 +204,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let _ = srt_task.await;
     })
     .await;
+    // FFmpeg gets SIGTERM, then SIGKILL after its grace, and is reaped.
+    transcodes.close();
+    if tokio::time::timeout(
+        transcode::KILL_GRACE + Duration::from_secs(1),
+        transcodes.wait(),
+    )
+    .await
+    .is_err()
+    {
+        warn!("ffmpeg supervisors still running at exit; the parent-death signal stops them");
+    }
     info!("stopped");
     Ok(())
 }

@@ -32,6 +32,21 @@ pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
+pub const TRANSCODE_ENCODER: &str = "sluice_transcode_encoder";
+pub const TRANSCODE_ENCODER_FALLBACKS_TOTAL: &str = "sluice_transcode_encoder_fallbacks_total";
+pub const TRANSCODE_FFMPEG_STARTS_TOTAL: &str = "sluice_transcode_ffmpeg_starts_total";
+pub const TRANSCODE_FFMPEG_RESTARTS_TOTAL: &str = "sluice_transcode_ffmpeg_restarts_total";
+pub const TRANSCODE_FFMPEG_EXITS_TOTAL: &str = "sluice_transcode_ffmpeg_exits_total";
+pub const TRANSCODE_FFMPEG_RUNNING: &str = "sluice_transcode_ffmpeg_running";
+pub const TRANSCODE_FAILURES_TOTAL: &str = "sluice_transcode_failures_total";
+pub const TRANSCODE_FIRST_IDR_SECONDS: &str = "sluice_transcode_first_idr_seconds";
+pub const TRANSCODE_INPUT_DROPPED_TOTAL: &str = "sluice_transcode_input_dropped_total";
+pub const TRANSCODE_FPS: &str = "sluice_transcode_fps";
+pub const TRANSCODE_SPEED: &str = "sluice_transcode_speed";
+pub const TRANSCODE_FRAMES_DROPPED_TOTAL: &str = "sluice_transcode_frames_dropped_total";
+pub const TRANSCODE_FRAMES_DUPLICATED_TOTAL: &str = "sluice_transcode_frames_duplicated_total";
+pub const TRANSCODE_OUTPUT_BYTES_TOTAL: &str = "sluice_transcode_output_bytes_total";
+pub const TRANSCODE_RENDITION_FPS: &str = "sluice_transcode_rendition_fps";
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
 pub fn init_logging(format: LogFormat) {
@@ -71,6 +86,11 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
             ],
         )
         .map_err(|e| format!("bad histogram buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(TRANSCODE_FIRST_IDR_SECONDS.to_string()),
+            &[0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+        )
+        .map_err(|e| format!("bad histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
@@ -80,6 +100,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     metrics::gauge!(SRT_PLAYERS).set(0.0);
     metrics::counter!(RTMP_CONNECTIONS_TOTAL).absolute(0);
     metrics::counter!(SRT_PLAYERS_TOTAL).absolute(0);
+    metrics::gauge!(TRANSCODE_FFMPEG_RUNNING).set(0.0);
+    metrics::counter!(TRANSCODE_FFMPEG_STARTS_TOTAL).absolute(0);
     Ok(handle)
 }
 
@@ -160,4 +182,59 @@ fn describe() {
         SRT_DROPPED_DATAGRAMS_TOTAL,
         "Datagrams on the SRT port ignored before or at parsing, by reason."
     );
+    describe_gauge!(
+        TRANSCODE_ENCODER,
+        "Encoder chosen at start for each rendition codec (1 for the chosen encoder)."
+    );
+    describe_counter!(
+        TRANSCODE_ENCODER_FALLBACKS_TOTAL,
+        "NVENC not used for a codec: at start (trial encode failed) or per stream (session refused)."
+    );
+    describe_counter!(TRANSCODE_FFMPEG_STARTS_TOTAL, "FFmpeg processes started.");
+    describe_counter!(
+        TRANSCODE_FFMPEG_RESTARTS_TOTAL,
+        "FFmpeg processes restarted within a stream, by reason."
+    );
+    describe_counter!(
+        TRANSCODE_FFMPEG_EXITS_TOTAL,
+        "FFmpeg processes ended, by exit code or signal_N."
+    );
+    describe_gauge!(TRANSCODE_FFMPEG_RUNNING, "FFmpeg processes running.");
+    describe_counter!(
+        TRANSCODE_FAILURES_TOTAL,
+        "Transcode legs failed, by reason (ffmpeg_exited, ffmpeg_stalled, ffmpeg_not_found, ...)."
+    );
+    metrics::describe_histogram!(
+        TRANSCODE_FIRST_IDR_SECONDS,
+        "From publish accepted to each rendition's first IDR read back from FFmpeg."
+    );
+    describe_counter!(
+        TRANSCODE_INPUT_DROPPED_TOTAL,
+        "Frames not given to FFmpeg because it fell a whole queue behind, by stream."
+    );
+    describe_gauge!(
+        TRANSCODE_FPS,
+        "FFmpeg's reported encoding frame rate, by stream."
+    );
+    describe_gauge!(
+        TRANSCODE_SPEED,
+        "FFmpeg's reported speed (1 = real time), by stream."
+    );
+    describe_counter!(
+        TRANSCODE_FRAMES_DROPPED_TOTAL,
+        "Frames FFmpeg dropped, by stream."
+    );
+    describe_counter!(
+        TRANSCODE_FRAMES_DUPLICATED_TOTAL,
+        "Frames FFmpeg duplicated, by stream."
+    );
+    describe_counter!(
+        TRANSCODE_OUTPUT_BYTES_TOTAL,
+        "MPEG-TS bytes read from FFmpeg, by stream and rendition."
+    );
+    describe_gauge!(
+        TRANSCODE_RENDITION_FPS,
+        "Video frames per second read back from FFmpeg, by stream and rendition."
+    );
+    crate::gpu::describe();
 }

@@ -18,12 +18,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::amf0::Amf0Value;
 use super::proto::{Event, ProtoError, Session};
-use crate::config::Config;
+use crate::config::{Config, RenditionSpec};
 use crate::srt::push::{self, PushError};
 use crate::stream::{
     ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, RingConfig, StreamPath,
 };
 use crate::telemetry as t;
+use crate::transcode::{self, Encoders};
 use crate::ts::{Muxer, TsChunk};
 
 /// What every connection task shares.
@@ -32,6 +33,10 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// The server's root token: cancelled at the end of a drain.
     pub shutdown: CancellationToken,
+    /// Encoders chosen at start for transcoded renditions.
+    pub encoders: Arc<Encoders>,
+    /// Every FFmpeg supervisor, so shutdown can wait for them to reap.
+    pub transcodes: tokio_util::task::TaskTracker,
 }
 
 /// Accept connections until `ctx.shutdown` is cancelled, then wait for the
@@ -81,8 +86,10 @@ enum Close {
     Shutdown,
     /// The stream did not become playable within `server.setup_timeout`.
     SetupTimeout,
-    /// A leg of the stream's group (a push destination) failed.
+    /// A leg of the stream's group (a push destination, FFmpeg) failed.
     LegFailed,
+    /// A leg failed before the stream became playable.
+    SetupFailed,
     Io(std::io::Error),
     Proto(ProtoError),
 }
@@ -96,6 +103,7 @@ impl Close {
             Close::Shutdown => "shutdown",
             Close::SetupTimeout => "setup_timeout",
             Close::LegFailed => "leg_failed",
+            Close::SetupFailed => "setup_failed",
             Close::Io(_) => "io_error",
             Close::Proto(e) => e.reason(),
         }
@@ -126,6 +134,18 @@ struct Publishing {
     legs_rx: mpsc::Receiver<()>,
     /// The muxer's last refusal, to explain a setup failure.
     last_mux_error: Option<String>,
+    /// Transcoded renditions of this stream (none: no FFmpeg).
+    renditions: Vec<RenditionSpec>,
+    /// Renditions whose first IDR is in their ring.
+    renditions_ready: usize,
+    /// FFmpeg, started at the first video keyframe.
+    transcode: Option<transcode::Handle>,
+    /// Latest codec configurations, the first thing FFmpeg reads.
+    video_config: Option<MediaEvent>,
+    audio_config: Option<MediaEvent>,
+    /// A leg failed inside a handler; the run loop ends the stream.
+    failure: Option<(&'static str, String)>,
+    published: Instant,
 }
 
 impl Drop for Publishing {
@@ -246,11 +266,32 @@ impl Conn {
                         self.fail_leg(&format!("push leg task failed: {e}"));
                         return Close::LegFailed;
                     }
+                    LegEvent::Transcode(transcode::Event::FirstIdr { .. }) => {
+                        if let Some(p) = &mut self.publishing {
+                            p.renditions_ready += 1;
+                        }
+                        self.check_ready();
+                    }
+                    LegEvent::Transcode(transcode::Event::Failed { reason, detail }) => {
+                        if let Some(p) = &mut self.publishing {
+                            p.failure = Some((reason, detail));
+                        }
+                    }
                 },
                 _ = shutdown.cancelled() => return Close::Shutdown,
             }
             if let Err(e) = self.drain_events() {
                 return Close::Proto(e);
+            }
+            if let Some(close) = self.take_failure() {
+                if let Some(out) = self.session.take_transmit() {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        sock.write_all(&out),
+                    )
+                    .await;
+                }
+                return close;
             }
             if let Some(out) = self.session.take_transmit() {
                 // A peer that stops reading must not pin this task forever.
@@ -267,11 +308,37 @@ impl Conn {
         }
     }
 
+    /// A leg reported a failure: before the stream was ready it is a setup
+    /// failure, afterwards a leg failure; either way every leg stops.
+    fn take_failure(&mut self) -> Option<Close> {
+        let p = self.publishing.as_mut()?;
+        let (reason, detail) = p.failure.take()?;
+        if p.ready {
+            self.fail_leg(&detail);
+            return Some(Close::LegFailed);
+        }
+        counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
+        warn!(stream = %p.guard.stream().path, reason, why = detail, "stream setup failed");
+        self.session.stop_publish(
+            "NetStream.Publish.Failed",
+            &format!("stream setup failed: {detail}"),
+        );
+        Some(Close::SetupFailed)
+    }
+
     /// The stream never became playable: tell the publisher why.
     fn fail_setup(&mut self) {
         let timeout = self.ctx.config.server.setup_timeout;
         let Some(p) = &self.publishing else { return };
         let (reason, why) = match &p.last_mux_error {
+            _ if p.keyframe_seen && p.legs_connected >= p.legs_total => (
+                "transcode_first_idr",
+                format!(
+                    "{} of {} transcoded renditions produced their first IDR",
+                    p.renditions_ready,
+                    p.renditions.len()
+                ),
+            ),
             _ if p.keyframe_seen => (
                 "push_connect",
                 format!(
@@ -296,11 +363,9 @@ impl Conn {
     /// A push leg failed while the stream ran: tear the group down.
     fn fail_leg(&mut self, why: &str) {
         let Some(p) = &self.publishing else { return };
-        warn!(stream = %p.guard.stream().path, why, "push leg failed; stopping the stream");
-        self.session.stop_publish(
-            "NetStream.Publish.Failed",
-            &format!("SRT push failed: {why}"),
-        );
+        warn!(stream = %p.guard.stream().path, why, "leg failed; stopping the stream");
+        self.session
+            .stop_publish("NetStream.Publish.Failed", &format!("stream failed: {why}"));
     }
 
     /// Setup is complete once the source has a keyframe and every push leg
@@ -309,7 +374,11 @@ impl Conn {
         let Some(p) = &mut self.publishing else {
             return;
         };
-        if p.ready || !p.keyframe_seen || p.legs_connected < p.legs_total {
+        if p.ready
+            || !p.keyframe_seen
+            || p.legs_connected < p.legs_total
+            || p.renditions_ready < p.renditions.len()
+        {
             return;
         }
         p.ready = true;
@@ -319,6 +388,7 @@ impl Conn {
             stream = %p.guard.stream().path,
             setup_ms = took.as_millis() as u64,
             push_legs = p.legs_total,
+            renditions = p.renditions.len(),
             "stream ready"
         );
     }
@@ -384,6 +454,12 @@ impl Conn {
                 stale_after: cfg.rtmp.stale_publisher_timeout,
                 max_jump: cfg.rtmp.max_timestamp_jump,
                 ring: RingConfig::default(),
+                renditions: cfg
+                    .app(&path.app)
+                    .renditions
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
             },
             &self.ctx.shutdown,
         );
@@ -431,6 +507,13 @@ impl Conn {
                     legs_connected: 0,
                     legs_rx,
                     last_mux_error: None,
+                    renditions: cfg.app(&path.app).renditions,
+                    renditions_ready: 0,
+                    transcode: None,
+                    video_config: None,
+                    audio_config: None,
+                    failure: None,
+                    published: Instant::now(),
                 });
                 self.session.accept_publish()?;
             }
@@ -470,7 +553,7 @@ impl Conn {
         let len = payload.len() as u64;
         p.bytes.increment(len);
         let now = Instant::now();
-        let stream = p.guard.stream();
+        let stream = p.guard.stream().clone();
         stream.touch(now);
         let result = stream.ingest().push(now, video, timestamp, payload);
         match result {
@@ -497,6 +580,11 @@ impl Conn {
                     debug!(error = %e, "frame not muxed");
                     p.last_mux_error = Some(e.to_string());
                 }
+                if let Some(ev) = &event {
+                    if !p.renditions.is_empty() {
+                        feed_transcode(p, ev, &self.ctx);
+                    }
+                }
                 if !p.chunks.is_empty() {
                     let first_keyframe = !p.keyframe_seen && p.chunks.iter().any(|c| c.keyframe);
                     if let Some(source) = stream.renditions.first() {
@@ -520,21 +608,85 @@ impl Conn {
     }
 }
 
+/// Give one stream event to FFmpeg, starting FFmpeg at the first video
+/// keyframe (when the codec configurations are known).
+fn feed_transcode(p: &mut Publishing, ev: &MediaEvent, ctx: &Context) {
+    use crate::media::{Codec, CodecConfig, Track};
+    match ev {
+        MediaEvent::Config(CodecConfig::Video { .. }) => p.video_config = Some(ev.clone()),
+        MediaEvent::Config(CodecConfig::Audio { .. }) => p.audio_config = Some(ev.clone()),
+        _ => {}
+    }
+    if let Some(h) = &mut p.transcode {
+        h.feed(ev);
+        return;
+    }
+    let MediaEvent::Frame(f) = ev else { return };
+    if f.track != Track::Video || !f.keyframe || p.failure.is_some() {
+        return;
+    }
+    let stream = p.guard.stream().clone();
+    let (source_fps, source_size) = {
+        let ing = stream.ingest();
+        let size = ing.stats.video.as_ref().map(|v| (v.width, v.height));
+        (ing.fps(), size)
+    };
+    let source_fps = source_fps.or_else(|| stream.metadata().and_then(|m| m.framerate));
+    let has_audio = matches!(
+        &p.audio_config,
+        Some(MediaEvent::Config(CodecConfig::Audio {
+            codec: Codec::Aac,
+            ..
+        }))
+    );
+    let configs: Vec<MediaEvent> = p
+        .video_config
+        .iter()
+        .chain(p.audio_config.iter())
+        .cloned()
+        .collect();
+    let params = transcode::Params {
+        config: ctx.config.transcode.clone(),
+        encoders: ctx.encoders.clone(),
+        renditions: p.renditions.clone(),
+        source_fps,
+        source_size,
+        has_audio,
+        published: p.published,
+    };
+    match transcode::start(params, stream, &configs, &ctx.transcodes) {
+        Ok(mut h) => {
+            h.feed(ev);
+            p.transcode = Some(h);
+        }
+        Err(e) => p.failure = Some(("transcode_unsupported_source", e.to_string())),
+    }
+}
+
 enum LegEvent {
     Connected,
     Ended(Result<Result<(), PushError>, tokio::task::JoinError>),
+    Transcode(transcode::Event),
 }
 
-/// The next push-leg event: one connected (while in setup) or one ended.
-/// Pending forever when there is nothing to wait for.
+/// The next leg event: a push leg connected (while in setup) or ended, or
+/// news from FFmpeg. Pending forever when there is nothing to wait for.
 async fn leg_event(p: &mut Option<Publishing>, want_connects: bool) -> LegEvent {
     let Some(p) = p else {
         return std::future::pending().await;
     };
     let legs_live = !p.legs.is_empty();
+    let tr = &mut p.transcode;
+    let transcode = async move {
+        match tr {
+            Some(h) => h.events.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         Some(()) = p.legs_rx.recv(), if want_connects => LegEvent::Connected,
         Some(r) = p.legs.join_next(), if legs_live => LegEvent::Ended(r),
+        Some(ev) = transcode => LegEvent::Transcode(ev),
         else => std::future::pending().await,
     }
 }

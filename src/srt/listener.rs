@@ -988,6 +988,7 @@ mod tests {
             stale_after: Duration::from_secs(3),
             max_jump: Duration::from_secs(10),
             ring: RingConfig::default(),
+            renditions: Vec::new(),
         };
         let guard = registry
             .claim(

@@ -20,6 +20,7 @@ use crate::config::validate_segment;
 pub use ingest::{Ingest, IngestStats, MediaEvent};
 pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
 
+use crate::transcode::RenditionInfo;
 use crate::ts::TsChunk;
 
 impl RingItem for TsChunk {
@@ -36,6 +37,32 @@ impl RingItem for TsChunk {
 pub struct Rendition {
     pub name: String,
     pub ring: Arc<Ring<TsChunk>>,
+    /// Encoder and live figures of a transcoded rendition (`None` for source).
+    info: Mutex<Option<RenditionInfo>>,
+}
+
+impl Rendition {
+    fn new(name: &str, ring: Arc<Ring<TsChunk>>) -> Self {
+        Rendition {
+            name: name.to_string(),
+            ring,
+            info: Mutex::new(None),
+        }
+    }
+
+    pub fn info(&self) -> Option<RenditionInfo> {
+        self.info.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_info(&self, info: RenditionInfo) {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+    }
+
+    pub fn update_info(&self, f: impl FnOnce(&mut RenditionInfo)) {
+        if let Some(i) = self.info.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(i);
+        }
+    }
 }
 
 /// A validated stream path: one application segment and one key segment.
@@ -143,7 +170,7 @@ pub enum ClaimError {
 
 /// All live streams.
 /// How a new publisher may claim a path that is live.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClaimPolicy {
     /// Replace a live publisher.
     pub takeover: bool,
@@ -155,6 +182,8 @@ pub struct ClaimPolicy {
     pub max_jump: Duration,
     /// Bounds of each rendition's ring.
     pub ring: RingConfig,
+    /// Transcoded renditions the stream will have besides "source".
+    pub renditions: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -210,10 +239,15 @@ impl Registry {
             last_media_ms: AtomicU64::new(0),
             ingest: Mutex::new(Ingest::new(policy.max_jump)),
             metadata: Mutex::new(None),
-            renditions: vec![Rendition {
-                name: "source".into(),
-                ring: Ring::with_notify(policy.ring, self.data_ready.clone()),
-            }],
+            renditions: std::iter::once("source")
+                .chain(policy.renditions.iter().map(String::as_str))
+                .map(|name| {
+                    Rendition::new(
+                        name,
+                        Ring::with_notify(policy.ring, self.data_ready.clone()),
+                    )
+                })
+                .collect(),
         });
         map.insert(path, stream.clone());
         Ok(PublishGuard {
@@ -301,6 +335,7 @@ mod tests {
             stale_after: Duration::from_secs(3600),
             max_jump: Duration::from_secs(10),
             ring: RingConfig::default(),
+            renditions: vec!["720p".into()],
         }
     }
 
@@ -359,8 +394,17 @@ mod tests {
             stale_after: Duration::ZERO,
             ..policy(false)
         };
-        let old = reg.claim(path("a"), "a", "p1", stale, &root).unwrap();
+        let old = reg
+            .claim(path("a"), "a", "p1", stale.clone(), &root)
+            .unwrap();
         let _new = reg.claim(path("a"), "a", "p2", stale, &root).unwrap();
+        let names: Vec<_> = old
+            .stream()
+            .renditions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, ["source", "720p"]);
         assert!(old.stream().cancel.is_cancelled());
         assert!(old.stream().taken_over.load(Ordering::SeqCst));
     }

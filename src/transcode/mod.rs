@@ -1,3 +1,711 @@
 //! FFmpeg renditions: argument builder, encoder choice, child supervision.
+//!
+//! One FFmpeg per stream reads FLV on stdin (fed from the RTMP connection
+//! task, never blocking it) and writes every rendition as MPEG-TS to its own
+//! pipe; each pipe is repacked into relay chunks and published into that
+//! rendition's ring, so renditions get the same GOP cache, players and push
+//! legs as the source. The supervisor is a leg of the stream's group: FFmpeg
+//! failing to start, exiting or going silent fails the stream, and the
+//! stream ending stops FFmpeg (SIGTERM, SIGKILL after 2 s, always reaped).
 
+pub mod args;
+pub mod child;
+pub mod feed;
 pub mod repack;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram, Counter};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
+use crate::gpu::{Probe, ProbeResult};
+use crate::stream::{MediaEvent, Stream};
+use crate::telemetry as t;
+use args::{Encoder, HwDecode, Job};
+use feed::{FeedItem, FeedKind, Replay};
+
+/// Grace period between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// FFmpeg input queued in memory before frames are dropped (messages).
+const FEED_QUEUE: usize = 1024;
+/// stderr lines kept to explain a failure.
+const STDERR_TAIL: usize = 8;
+
+/// The encoder picked for one codec, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Choice {
+    /// `nvenc`, `x264` or `x265`.
+    pub encoder: &'static str,
+    pub reason: String,
+    #[serde(skip)]
+    pub kind: Encoder,
+}
+
+/// The encoders every stream uses (decided at start).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Encoders {
+    pub mode: &'static str,
+    pub h264: Choice,
+    pub hevc: Choice,
+    /// `none`, `cuda` (NVDEC) or `cuda_scale` (NVDEC + scale_cuda).
+    pub decode: &'static str,
+    #[serde(skip)]
+    pub hwdec: HwDecode,
+}
+
+impl Encoders {
+    pub fn for_codec(&self, c: VideoCodec) -> &Choice {
+        match c {
+            VideoCodec::H264 => &self.h264,
+            VideoCodec::Hevc => &self.hevc,
+        }
+    }
+
+    /// Software everywhere (no GPU, or none wanted), with the reason.
+    pub fn software(mode: EncoderMode, reason: &str) -> Encoders {
+        let sw = |c: VideoCodec| Choice {
+            encoder: Encoder::Software.label(c),
+            reason: reason.to_string(),
+            kind: Encoder::Software,
+        };
+        Encoders {
+            mode: mode.name(),
+            h264: sw(VideoCodec::H264),
+            hevc: sw(VideoCodec::Hevc),
+            decode: "none",
+            hwdec: HwDecode::None,
+        }
+    }
+}
+
+/// Decide the encoders from the probe. `nvenc` demanded and unavailable for
+/// a codec some rendition uses is an error (the server must not start).
+pub fn resolve(
+    mode: EncoderMode,
+    gpu_decode: bool,
+    probe: &Probe,
+    codecs_used: &[VideoCodec],
+) -> Result<Encoders, String> {
+    if mode == EncoderMode::Software {
+        return Ok(Encoders::software(mode, "transcode.encoder = \"x264\""));
+    }
+    let pick = |codec: VideoCodec, r: &ProbeResult| -> Result<Choice, String> {
+        let nvenc = format!("{}_nvenc", codec.name());
+        match r {
+            ProbeResult::Ok => Ok(Choice {
+                encoder: Encoder::Nvenc.label(codec),
+                reason: format!("{nvenc} trial encode succeeded"),
+                kind: Encoder::Nvenc,
+            }),
+            other => {
+                let why = other.reason().unwrap_or("trial encode failed").to_string();
+                if mode == EncoderMode::Nvenc && codecs_used.contains(&codec) {
+                    return Err(format!(
+                        "transcode.encoder = \"nvenc\" but {nvenc} does not work here: {why}"
+                    ));
+                }
+                Ok(Choice {
+                    encoder: Encoder::Software.label(codec),
+                    reason: format!("{nvenc} unavailable: {why}"),
+                    kind: Encoder::Software,
+                })
+            }
+        }
+    };
+    let h264 = pick(VideoCodec::H264, &probe.h264_nvenc)?;
+    let hevc = pick(VideoCodec::Hevc, &probe.hevc_nvenc)?;
+    let hwdec = match (
+        gpu_decode,
+        probe.cuda_decode.is_ok(),
+        probe.cuda_scale.is_ok(),
+    ) {
+        (true, true, true) => HwDecode::CudaScale,
+        (true, true, false) => HwDecode::Cuda,
+        _ => HwDecode::None,
+    };
+    Ok(Encoders {
+        mode: mode.name(),
+        h264,
+        hevc,
+        decode: match hwdec {
+            HwDecode::None => "none",
+            HwDecode::Cuda => "cuda",
+            HwDecode::CudaScale => "cuda_scale",
+        },
+        hwdec,
+    })
+}
+
+/// Publish the choice as metrics and log it once.
+pub fn report(enc: &Encoders) {
+    for (codec, c) in [("h264", &enc.h264), ("hevc", &enc.hevc)] {
+        gauge!(t::TRANSCODE_ENCODER, "codec" => codec, "encoder" => c.encoder).set(1.0);
+        if c.kind == Encoder::Software && enc.mode != "x264" {
+            counter!(t::TRANSCODE_ENCODER_FALLBACKS_TOTAL, "codec" => codec, "cause" => "startup")
+                .increment(1);
+            warn!(codec, encoder = c.encoder, reason = %c.reason, "NVENC not used; encoding renditions on the CPU");
+        } else {
+            info!(codec, encoder = c.encoder, reason = %c.reason, "encoder chosen");
+        }
+    }
+    info!(decode = enc.decode, "rendition decode path");
+}
+
+/// What the supervisor tells the stream's connection task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A rendition's first IDR is in its ring.
+    FirstIdr { rendition: String },
+    /// The transcode leg failed; the stream must end.
+    Failed {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Live figures of one rendition, for the API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RenditionInfo {
+    /// `copy` (source), `nvenc`, `x264` or `x265`.
+    pub encoder: String,
+    pub codec: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_bps: u64,
+}
+
+/// Static inputs of one stream's transcode.
+pub struct Params {
+    pub config: TranscodeConfig,
+    pub encoders: Arc<Encoders>,
+    pub renditions: Vec<RenditionSpec>,
+    pub source_fps: Option<f64>,
+    pub source_size: Option<(u32, u32)>,
+    pub has_audio: bool,
+    /// When the publish was accepted: first-IDR times count from here.
+    pub published: Instant,
+}
+
+/// The connection task's end of a running transcode.
+pub struct Handle {
+    feed: mpsc::Sender<FeedItem>,
+    pub events: mpsc::Receiver<Event>,
+    /// Input frames are being dropped until the next video keyframe.
+    skipping: bool,
+    dropped: Counter,
+    pub renditions: usize,
+}
+
+impl Handle {
+    /// Queue one stream event for FFmpeg. Never blocks: when FFmpeg falls
+    /// behind by a whole queue, frames are dropped up to the next video
+    /// keyframe (the renditions skip; the source and its players don't).
+    pub fn feed(&mut self, ev: &MediaEvent) {
+        let item = match feed::tag(ev) {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            // The codec was checked before FFmpeg started; a later switch
+            // mid-stream cannot be transcoded: drop it.
+            Err(_) => {
+                self.dropped.increment(1);
+                return;
+            }
+        };
+        if self.skipping {
+            if item.kind == FeedKind::Frame {
+                self.dropped.increment(1);
+                return;
+            }
+            self.skipping = false;
+        }
+        if self.feed.try_send(item).is_err() {
+            self.skipping = true;
+            self.dropped.increment(1);
+        }
+    }
+}
+
+/// Start the transcode leg of `stream`. The first items FFmpeg gets are the
+/// FLV header and `configs`; the caller then feeds every event from the
+/// current video keyframe on. Spawning happens in the task, so a missing
+/// FFmpeg arrives as an [`Event::Failed`].
+pub fn start(
+    params: Params,
+    stream: Arc<Stream>,
+    configs: &[MediaEvent],
+    tracker: &TaskTracker,
+) -> Result<Handle, feed::FeedError> {
+    let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(16 + 2 * params.renditions.len());
+    let _ = feed_tx.try_send(feed::header(params.has_audio));
+    for c in configs {
+        if let Some(item) = feed::tag(c)? {
+            let _ = feed_tx.try_send(item);
+        }
+    }
+    let label = stream.path.to_string();
+    let renditions = params.renditions.len();
+    tracker.spawn(supervise(params, stream, feed_rx, ev_tx).instrument(tracing::Span::current()));
+    Ok(Handle {
+        feed: feed_tx,
+        events: ev_rx,
+        skipping: false,
+        dropped: counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => label),
+        renditions,
+    })
+}
+
+/// Shared between the supervisor's sub-tasks.
+struct Shared {
+    stderr_tail: Mutex<VecDeque<String>>,
+    nvenc_refused: std::sync::atomic::AtomicBool,
+    /// Milliseconds since `t0` of the last output per rendition.
+    last_output: Vec<std::sync::atomic::AtomicU64>,
+    t0: Instant,
+}
+
+impl Shared {
+    fn tail(&self) -> String {
+        let t = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_empty() {
+            return "no error output".into();
+        }
+        t.iter()
+            .rev()
+            .take(3)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+async fn supervise(
+    p: Params,
+    stream: Arc<Stream>,
+    feed_rx: mpsc::Receiver<FeedItem>,
+    events: mpsc::Sender<Event>,
+) {
+    let cancel = stream.cancel.clone();
+    let mut encoders: Vec<Encoder> = p
+        .renditions
+        .iter()
+        .map(|r| p.encoders.for_codec(r.codec).kind)
+        .collect();
+    // The stdin writer outlives FFmpeg restarts; it gets each new stdin.
+    let (stdin_tx, stdin_rx) = mpsc::channel(1);
+    let writer_cancel = cancel.child_token();
+    let writer = tokio::spawn(write_input(feed_rx, stdin_rx, writer_cancel.clone()));
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        let r = run_once(&p, &stream, &encoders, &stdin_tx, &events, &cancel).await;
+        match r {
+            RunEnd::NvencRefused(detail)
+                if attempt == 1 && p.config.encoder == EncoderMode::Auto =>
+            {
+                warn!(stream = %stream.path, detail, "GPU refused an NVENC session; restarting this stream's FFmpeg with x264");
+                for (i, r) in p.renditions.iter().enumerate() {
+                    if encoders[i] == Encoder::Nvenc {
+                        counter!(t::TRANSCODE_ENCODER_FALLBACKS_TOTAL, "codec" => r.codec.name(), "cause" => "session_refused").increment(1);
+                    }
+                }
+                counter!(t::TRANSCODE_FFMPEG_RESTARTS_TOTAL, "reason" => "nvenc_session_refused")
+                    .increment(1);
+                encoders = vec![Encoder::Software; encoders.len()];
+                continue;
+            }
+            RunEnd::NvencRefused(detail) => {
+                break Some(Event::Failed {
+                    reason: "nvenc_session_refused",
+                    detail: format!("the GPU refused an NVENC session: {detail}"),
+                })
+            }
+            RunEnd::Failed(reason, detail) => break Some(Event::Failed { reason, detail }),
+            RunEnd::Cancelled => break None,
+        }
+    };
+    if let Some(ev) = outcome {
+        if let Event::Failed { reason, .. } = &ev {
+            counter!(t::TRANSCODE_FAILURES_TOTAL, "reason" => *reason).increment(1);
+        }
+        let _ = events.send(ev).await;
+    }
+    writer_cancel.cancel();
+    let _ = writer.await;
+}
+
+enum RunEnd {
+    Cancelled,
+    NvencRefused(String),
+    Failed(&'static str, String),
+}
+
+async fn run_once(
+    p: &Params,
+    stream: &Arc<Stream>,
+    encoders: &[Encoder],
+    stdin_tx: &mpsc::Sender<tokio::process::ChildStdin>,
+    events: &mpsc::Sender<Event>,
+    cancel: &CancellationToken,
+) -> RunEnd {
+    let job = Job {
+        renditions: &p.renditions,
+        encoders,
+        hwdec: p.encoders.hwdec,
+        source_fps: p.source_fps,
+        has_audio: p.has_audio,
+        preset: &p.config.x264_preset,
+        first_fd: child::FIRST_OUTPUT_FD,
+    };
+    let argv = args::ffmpeg_args(&job);
+    let ffmpeg = &p.config.ffmpeg;
+    let mut spawned = match child::spawn(ffmpeg, &argv, p.renditions.len()) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return RunEnd::Failed(
+                "ffmpeg_not_found",
+                format!(
+                    "ffmpeg not found (transcode.ffmpeg = {:?}): install FFmpeg or set transcode.ffmpeg",
+                    ffmpeg.display().to_string()
+                ),
+            )
+        }
+        Err(e) => {
+            return RunEnd::Failed(
+                "ffmpeg_spawn",
+                format!("cannot start ffmpeg ({}): {e}", ffmpeg.display()),
+            )
+        }
+    };
+    let pid = spawned.pid;
+    let labels: Vec<&str> = p
+        .renditions
+        .iter()
+        .zip(encoders)
+        .map(|(r, e)| e.label(r.codec))
+        .collect();
+    counter!(t::TRANSCODE_FFMPEG_STARTS_TOTAL).increment(1);
+    let running = gauge!(t::TRANSCODE_FFMPEG_RUNNING);
+    running.increment(1.0);
+    info!(stream = %stream.path, pid, encoders = ?labels, renditions = p.renditions.len(), "ffmpeg started");
+    debug!(args = ?argv, "ffmpeg command line");
+    for (i, r) in p.renditions.iter().enumerate() {
+        if let Some(rend) = stream.rendition(&r.name) {
+            let size = args::output_size(r, p.source_size);
+            rend.set_info(RenditionInfo {
+                encoder: labels[i].to_string(),
+                codec: r.codec.name().to_string(),
+                width: size.map(|s| s.0),
+                height: size.map(|s| s.1),
+                fps: None,
+                bitrate_bps: 0,
+            });
+        }
+    }
+    let shared = Arc::new(Shared {
+        stderr_tail: Mutex::new(VecDeque::new()),
+        nvenc_refused: Default::default(),
+        last_output: p.renditions.iter().map(|_| Default::default()).collect(),
+        t0: Instant::now(),
+    });
+    let _ = stdin_tx.send(spawned.stdin).await;
+    let mut io = JoinSet::new();
+    let label = stream.path.to_string();
+    io.spawn(read_stderr(spawned.stderr, shared.clone(), label.clone()));
+    io.spawn(read_progress(spawned.stdout, label.clone()));
+    let first_idr_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for (i, out) in spawned.outputs.drain(..).enumerate() {
+        let r = &p.renditions[i];
+        io.spawn(read_output(
+            out,
+            i,
+            r.name.clone(),
+            stream.clone(),
+            shared.clone(),
+            events.clone(),
+            p.published,
+            first_idr_seen.clone(),
+        ));
+    }
+    let stall = p.config.stall_timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let end = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break RunEnd::Cancelled,
+            st = spawned.child.wait() => {
+                // Let stderr drain so the reason is complete.
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while io.join_next().await.is_some() {}
+                }).await;
+                let (code, how) = match &st {
+                    Ok(st) => child::describe_exit(st),
+                    Err(e) => ("unknown".to_string(), format!("could not be waited for: {e}")),
+                };
+                counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
+                let tail = shared.tail();
+                if cancel.is_cancelled() {
+                    break RunEnd::Cancelled;
+                }
+                let any_output = first_idr_seen.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                if !any_output && shared.nvenc_refused.load(std::sync::atomic::Ordering::SeqCst) {
+                    break RunEnd::NvencRefused(tail);
+                }
+                error!(stream = %stream.path, pid, how, stderr = tail, "ffmpeg ended");
+                break RunEnd::Failed("ffmpeg_exited", format!("ffmpeg {how}: {tail}"));
+            }
+            _ = tick.tick() => {
+                let now_ms = shared.t0.elapsed().as_millis() as u64;
+                let silent = shared.last_output.iter().enumerate().find(|(_, last)| {
+                    let last = last.load(std::sync::atomic::Ordering::Relaxed);
+                    now_ms.saturating_sub(last) > stall.as_millis() as u64
+                });
+                if let Some((i, _)) = silent {
+                    let name = &p.renditions[i].name;
+                    error!(stream = %stream.path, pid, rendition = %name, ?stall, "ffmpeg stalled");
+                    break RunEnd::Failed(
+                        "ffmpeg_stalled",
+                        format!("ffmpeg wrote nothing for rendition {name} in {stall:?} (transcode.stall_timeout): {}", shared.tail()),
+                    );
+                }
+            }
+        }
+    };
+    // Already collected when the wait arm ended the loop; `terminate` then
+    // only sweeps the process group.
+    let already_exited = matches!(spawned.child.try_wait(), Ok(Some(_)));
+    let st = child::terminate(&mut spawned.child, pid, KILL_GRACE).await;
+    if !already_exited {
+        if let Some(st) = st {
+            let (code, how) = child::describe_exit(&st);
+            counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
+            debug!(stream = %stream.path, pid, how, "ffmpeg stopped");
+        }
+    }
+    io.abort_all();
+    while io.join_next().await.is_some() {}
+    running.decrement(1.0);
+    end
+}
+
+/// Copy queued input into FFmpeg's current stdin; a new stdin (a restart)
+/// gets the replay first.
+async fn write_input(
+    mut feed: mpsc::Receiver<FeedItem>,
+    mut stdins: mpsc::Receiver<tokio::process::ChildStdin>,
+    cancel: CancellationToken,
+) {
+    let mut replay = Replay::default();
+    let mut stdin: Option<tokio::process::ChildStdin> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = stdins.recv() => {
+                let Some(mut s) = s else { break };
+                let mut ok = true;
+                for b in replay.bytes() {
+                    if s.write_all(&b).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                stdin = ok.then_some(s);
+            }
+            item = feed.recv() => {
+                let Some(item) = item else { break };
+                replay.note(&item);
+                if let Some(w) = &mut stdin {
+                    let wrote = tokio::select! {
+                        r = w.write_all(&item.data) => r.is_ok(),
+                        _ = cancel.cancelled() => false,
+                    };
+                    if !wrote {
+                        stdin = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// FFmpeg's stderr (`-loglevel repeat+level+warning`: "[level] message")
+/// into our log at the matching level.
+async fn read_stderr(err: tokio::process::ChildStderr, shared: Arc<Shared>, stream: String) {
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = line.trim().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        if crate::gpu::nvenc_session_refused(&line) {
+            shared
+                .nvenc_refused
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if is_probe_notice(&line) {
+            debug!(stream, ffmpeg = %line, "ffmpeg");
+            continue;
+        }
+        let is_error =
+            line.contains("[error]") || line.contains("[fatal]") || line.contains("[panic]");
+        if is_error {
+            error!(stream, ffmpeg = %line, "ffmpeg");
+        } else if line.contains("[warning]") {
+            warn!(stream, ffmpeg = %line, "ffmpeg");
+        } else {
+            info!(stream, ffmpeg = %line, "ffmpeg");
+        }
+        let mut tail = shared.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        // Keep lines short: they end up in RTMP status descriptions.
+        tail.push_back(line.chars().take(200).collect());
+    }
+}
+
+/// What FFmpeg says every time because probing is cut short on purpose
+/// (`-probesize 32 -analyzeduration 0`): not worth a warning, and not a
+/// reason for anything.
+fn is_probe_notice(line: &str) -> bool {
+    line.contains("not enough frames to estimate rate")
+        || line.contains("Could not find codec parameters for stream")
+        || line.contains("Consider increasing the value for the 'analyzeduration'")
+}
+
+/// `-progress` key=value blocks into metrics.
+async fn read_progress(out: tokio::process::ChildStdout, stream: String) {
+    let fps = gauge!(t::TRANSCODE_FPS, "stream" => stream.clone());
+    let speed = gauge!(t::TRANSCODE_SPEED, "stream" => stream.clone());
+    let dropped = counter!(t::TRANSCODE_FRAMES_DROPPED_TOTAL, "stream" => stream.clone());
+    let duplicated = counter!(t::TRANSCODE_FRAMES_DUPLICATED_TOTAL, "stream" => stream.clone());
+    let mut lines = BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "fps" => {
+                if let Ok(x) = v.parse::<f64>() {
+                    fps.set(x);
+                }
+            }
+            "speed" => {
+                if let Ok(x) = v.trim_end_matches('x').parse::<f64>() {
+                    speed.set(x);
+                }
+            }
+            "drop_frames" => {
+                if let Ok(x) = v.parse::<u64>() {
+                    dropped.absolute(x);
+                }
+            }
+            "dup_frames" => {
+                if let Ok(x) = v.parse::<u64>() {
+                    duplicated.absolute(x);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One rendition's TS pipe into its ring.
+#[allow(clippy::too_many_arguments)]
+async fn read_output(
+    mut out: tokio::net::unix::pipe::Receiver,
+    index: usize,
+    name: String,
+    stream: Arc<Stream>,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    published: Instant,
+    first_idr_seen: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Some(rend) = stream.rendition(&name) else {
+        return;
+    };
+    let label = stream.path.to_string();
+    let bytes_out = counter!(t::TRANSCODE_OUTPUT_BYTES_TOTAL, "stream" => label.clone(), "rendition" => name.clone());
+    let fps_gauge =
+        gauge!(t::TRANSCODE_RENDITION_FPS, "stream" => label.clone(), "rendition" => name.clone());
+    let mut repacker = repack::Repacker::new();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
+    let mut window = (Instant::now(), 0u64, 0u64); // (start, frames, bytes)
+    loop {
+        let n = match out.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        shared.last_output[index].store(
+            now.duration_since(shared.t0).as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        bytes_out.increment(n as u64);
+        repacker.push(&buf[..n], &mut chunks);
+        if chunks.is_empty() {
+            continue;
+        }
+        let got_idr = first && chunks.iter().any(|c| c.keyframe);
+        for c in chunks.drain(..) {
+            rend.ring.push(c);
+        }
+        if got_idr {
+            first = false;
+            first_idr_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let took = now.saturating_duration_since(published);
+            histogram!(t::TRANSCODE_FIRST_IDR_SECONDS).record(took.as_secs_f64());
+            info!(stream = %stream.path, rendition = %name, first_idr_ms = took.as_millis() as u64, "rendition ready");
+            let _ = events
+                .send(Event::FirstIdr {
+                    rendition: name.clone(),
+                })
+                .await;
+        }
+        let elapsed = now.saturating_duration_since(window.0);
+        if elapsed >= Duration::from_secs(2) {
+            let st = repacker.stats();
+            let frames = st.video_frames - window.1;
+            let fps = frames as f64 / elapsed.as_secs_f64();
+            let total = bytes_total(&repacker);
+            let bps = ((total - window.2) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            fps_gauge.set(fps);
+            rend.update_info(|i| {
+                i.fps = Some((fps * 100.0).round() / 100.0);
+                i.bitrate_bps = bps;
+            });
+            window = (now, st.video_frames, total);
+        }
+    }
+}
+
+fn bytes_total(r: &repack::Repacker) -> u64 {
+    r.stats().packets_in * 188
+}
+
+/// Whether `path` names an FFmpeg we can run: a path to a file, or a name
+/// found on `PATH`.
+pub fn find_ffmpeg(path: &Path) -> Option<PathBuf> {
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    let dirs = std::env::var_os("PATH")?;
+    std::env::split_paths(&dirs)
+        .map(|d| d.join(path))
+        .find(|p| p.is_file())
+}
