@@ -52,6 +52,11 @@ fn srt_guard_seeds_replay_without_panic() {
     assert!(replay("srt_guard", sluice::srt::guard::fuzz_check) >= 10);
 }
 
+#[test]
+fn ts_repack_seeds_replay_without_panic() {
+    assert!(replay("ts_repack", sluice::transcode::repack::fuzz_repack) >= 6);
+}
+
 /// The seeds must reach deep: a real ffmpeg publish seed drives the session
 /// all the way to media events.
 #[test]

@@ -658,6 +658,9 @@ async fn read_output(
         );
         bytes_out.increment(n as u64);
         repacker.push(&buf[..n], &mut chunks);
+        // FFmpeg writes whole PES packets (-flush_packets 1): send what we
+        // have now instead of holding a frame's tail until the next frame.
+        repacker.flush(&mut chunks);
         if chunks.is_empty() {
             continue;
         }
