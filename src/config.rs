@@ -429,6 +429,19 @@ impl Config {
                     }
                 }
                 s.finish()?;
+                for (i, t) in app.push.iter().enumerate() {
+                    if t.rendition != "source"
+                        && !app.renditions.iter().any(|r| r.name == t.rendition)
+                    {
+                        return Err(invalid(
+                            &format!("{push_key}[{i}]"),
+                            format!(
+                                "pushes rendition {:?}, which apps.{name}.renditions does not define",
+                                t.rendition
+                            ),
+                        ));
+                    }
+                }
                 cfg.apps.insert(name, app);
             }
             apps.finish()?;
@@ -880,6 +893,7 @@ mod tests {
             ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\n[[apps.live.renditions]]\nname = \"a\"\nheight = 480", "apps.live.renditions[1].name"),
             ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
             ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
+            ("[apps.live]\npush = [\"srt://h:1?rendition=720p\"]", "apps.live.push[0]"),
             ("[transcode]\nstall_timeout = \"0s\"", "transcode.stall_timeout"),
             ("[transcode]\nx264_preset = \"warp\"", "transcode.x264_preset"),
         ] {

@@ -499,3 +499,50 @@ fn an_ffmpeg_that_writes_nothing_is_a_stall_and_is_stopped() {
         .metrics_text()
         .contains(r#"sluice_transcode_ffmpeg_exits_total{code="signal_9"}"#));
 }
+
+#[test]
+fn a_push_leg_can_carry_a_rendition() {
+    require_program("srt-live-transmit", "the `srt-tools` Debian package");
+    let dir = TempDir::new("push-rendition");
+    let out = dir.join("pushed.ts");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "exec srt-live-transmit -q -a:no 'srt://:{port}?mode=listener' file://con > '{}'",
+        out.display()
+    ));
+    let mut receiver = ChildGuard::spawn("srt-live-transmit", cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    let server = Sluice::start(Some(&format!(
+        "[apps.live]\npush = [\"srt://127.0.0.1:{port}?streamid=small&rendition=small\"]\n\
+         [[apps.live.renditions]]\nname = \"small\"\nheight = 240\nvideo_bitrate = \"300k\"\n"
+    )));
+    let fixture = fixture_avc_aac(6);
+    let url = server.rtmp_url(PATH);
+    let mut ffmpeg = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-re",
+        "-i",
+        fixture.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &url,
+    ]);
+    server.wait_log_fields(&[("message", "stream ready")], Duration::from_secs(15));
+    assert!(ffmpeg.expect_exit(Duration::from_secs(30)).success());
+    assert!(
+        receiver.wait_exit(Duration::from_secs(10)).is_some(),
+        "the destination was not closed after the publisher left"
+    );
+    let (streams, packets) = probe_file(&out);
+    assert_eq!(video_size(&streams), Some((426, 240)), "{streams:?}");
+    assert!(packets.iter().find(|p| p.video).is_some_and(|p| p.key));
+    assert_decodes_cleanly(&out);
+}

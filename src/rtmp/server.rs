@@ -259,11 +259,11 @@ impl Conn {
                     }
                     LegEvent::Ended(Ok(Ok(()))) => {}
                     LegEvent::Ended(Ok(Err(e))) => {
-                        self.fail_leg(&e.to_string());
+                        self.fail_leg(Leg::Push, &e.to_string());
                         return Close::LegFailed;
                     }
                     LegEvent::Ended(Err(e)) => {
-                        self.fail_leg(&format!("push leg task failed: {e}"));
+                        self.fail_leg(Leg::Push, &format!("push leg task failed: {e}"));
                         return Close::LegFailed;
                     }
                     LegEvent::Transcode(transcode::Event::FirstIdr { .. }) => {
@@ -314,7 +314,7 @@ impl Conn {
         let p = self.publishing.as_mut()?;
         let (reason, detail) = p.failure.take()?;
         if p.ready {
-            self.fail_leg(&detail);
+            self.fail_leg(Leg::Transcode, &detail);
             return Some(Close::LegFailed);
         }
         counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
@@ -361,11 +361,21 @@ impl Conn {
     }
 
     /// A push leg failed while the stream ran: tear the group down.
-    fn fail_leg(&mut self, why: &str) {
+    fn fail_leg(&mut self, leg: Leg, why: &str) {
         let Some(p) = &self.publishing else { return };
-        warn!(stream = %p.guard.stream().path, why, "leg failed; stopping the stream");
+        let stream = &p.guard.stream().path;
+        let status = match leg {
+            Leg::Push => {
+                warn!(%stream, why, "push leg failed; stopping the stream");
+                format!("SRT push failed: {why}")
+            }
+            Leg::Transcode => {
+                warn!(%stream, why, "transcode leg failed; stopping the stream");
+                format!("transcoding failed: {why}")
+            }
+        };
         self.session
-            .stop_publish("NetStream.Publish.Failed", &format!("stream failed: {why}"));
+            .stop_publish("NetStream.Publish.Failed", &status);
     }
 
     /// Setup is complete once the source has a keyframe and every push leg
@@ -472,14 +482,14 @@ impl Conn {
                 let legs_total = targets.len();
                 let (legs_tx, legs_rx) = mpsc::channel(legs_total.max(1));
                 let mut legs = JoinSet::new();
-                if let Some(source) = guard.stream().renditions.first() {
-                    for target in targets {
+                for target in targets {
+                    if let Some(rendition) = guard.stream().rendition(&target.rendition) {
                         legs.spawn(
                             push::run(
                                 target,
                                 cfg.srt.latency,
                                 cfg.srt.peer_idle_timeout,
-                                source.ring.clone(),
+                                rendition.ring.clone(),
                                 legs_tx.clone(),
                                 guard.stream().cancel.clone(),
                             )
@@ -661,6 +671,13 @@ fn feed_transcode(p: &mut Publishing, ev: &MediaEvent, ctx: &Context) {
         }
         Err(e) => p.failure = Some(("transcode_unsupported_source", e.to_string())),
     }
+}
+
+/// Which kind of leg failed.
+#[derive(Debug, Clone, Copy)]
+enum Leg {
+    Push,
+    Transcode,
 }
 
 enum LegEvent {

@@ -50,10 +50,12 @@ pub struct PushTarget {
     pub passphrase: Option<String>,
     /// TSBPD latency; `None` uses `srt.latency`.
     pub latency: Option<Duration>,
+    /// Which rendition of the stream is pushed ("source" unless `rendition=`).
+    pub rendition: String,
 }
 
-/// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS` (latency in
-/// milliseconds, as srt-live-transmit and libsrt URIs use).
+/// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS&rendition=NAME`
+/// (latency in milliseconds, as srt-live-transmit and libsrt URIs use).
 pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
     let rest = url
         .strip_prefix("srt://")
@@ -78,6 +80,7 @@ pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
         streamid: None,
         passphrase: None,
         latency: None,
+        rendition: "source".to_string(),
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -102,11 +105,21 @@ pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
                     .ok_or_else(|| format!("{url:?}: latency {v:?} is not 0..=65535 ms"))?;
                 t.latency = Some(Duration::from_millis(ms));
             }
+            "rendition" => {
+                crate::config::validate_segment(v)
+                    .map_err(|e| format!("{url:?}: rendition {e}"))?;
+                t.rendition = v.to_string();
+            }
             other => return Err(format!("{url:?}: unsupported option {other:?}")),
         }
     }
     if let Some(sid) = &t.streamid {
         t.display.push_str(&format!("?streamid={sid}"));
+    }
+    if t.rendition != "source" {
+        let sep = if t.streamid.is_some() { '&' } else { '?' };
+        t.display
+            .push_str(&format!("{sep}rendition={}", t.rendition));
     }
     Ok(t)
 }

@@ -61,6 +61,9 @@ pub struct Encoders {
     pub decode: &'static str,
     #[serde(skip)]
     pub hwdec: HwDecode,
+    /// The GPU trials ran (a software choice is then a fallback).
+    #[serde(skip)]
+    pub probed: bool,
 }
 
 impl Encoders {
@@ -84,6 +87,7 @@ impl Encoders {
             hevc: sw(VideoCodec::Hevc),
             decode: "none",
             hwdec: HwDecode::None,
+            probed: false,
         }
     }
 }
@@ -143,6 +147,7 @@ pub fn resolve(
             HwDecode::CudaScale => "cuda_scale",
         },
         hwdec,
+        probed: true,
     })
 }
 
@@ -150,7 +155,7 @@ pub fn resolve(
 pub fn report(enc: &Encoders) {
     for (codec, c) in [("h264", &enc.h264), ("hevc", &enc.hevc)] {
         gauge!(t::TRANSCODE_ENCODER, "codec" => codec, "encoder" => c.encoder).set(1.0);
-        if c.kind == Encoder::Software && enc.mode != "x264" {
+        if c.kind == Encoder::Software && enc.probed {
             counter!(t::TRANSCODE_ENCODER_FALLBACKS_TOTAL, "codec" => codec, "cause" => "startup")
                 .increment(1);
             warn!(codec, encoder = c.encoder, reason = %c.reason, "NVENC not used; encoding renditions on the CPU");
