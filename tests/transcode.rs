@@ -546,3 +546,38 @@ fn a_push_leg_can_carry_a_rendition() {
     assert!(packets.iter().find(|p| p.video).is_some_and(|p| p.key));
     assert_decodes_cleanly(&out);
 }
+
+/// `pid` is gone (or a zombie waiting for init): no orphan keeps encoding.
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+#[test]
+fn ffmpeg_dies_with_sluice_even_when_sluice_is_sigkilled() {
+    let mut server = Sluice::start(Some(RENDITIONS));
+    let _publisher = publish_720p(&server, 30);
+    wait_renditions_ready(&server, 2.0);
+    let ffmpeg = ffmpeg_pid_from_log(&server, 0);
+    assert!(!process_gone(ffmpeg));
+    // Only sluice: FFmpeg is in its own process group.
+    let st = Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    let t = Instant::now();
+    while !process_gone(ffmpeg) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "ffmpeg {ffmpeg} outlived sluice"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
