@@ -476,12 +476,30 @@ fn an_ffmpeg_that_writes_nothing_is_a_stall_and_is_stopped() {
         fake.display()
     );
     let server = Sluice::start(Some(&config));
-    let file = flv::read_flv(&fixture_avc_aac(3));
-    let mut p = connect_and_publish(server.rtmp_addr(), PATH, PublishOptions::default());
-    let _ = p.send_tags(&file.tags);
-    assert!(p.wait_server_close(Duration::from_secs(10)).is_some());
-    let statuses = format!("{:?}", p.statuses);
-    assert!(statuses.contains("transcode.stall_timeout"), "{statuses}");
+    // A real-time publisher: input keeps coming while FFmpeg says nothing.
+    let url = server.rtmp_url(PATH);
+    let fixture = fixture_avc_aac(60);
+    let mut publisher = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-re",
+        "-i",
+        fixture.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &url,
+    ]);
+    let line = server.wait_log_fields(&[("reason", "ffmpeg_stalled")], Duration::from_secs(10));
+    assert!(
+        line.to_string().contains("transcode.stall_timeout"),
+        "{line}"
+    );
+    assert!(
+        publisher.wait_exit(Duration::from_secs(5)).is_some(),
+        "the publisher was not disconnected"
+    );
     server.wait_metric(
         r#"sluice_stream_setup_failures_total{reason="ffmpeg_stalled"}"#,
         |v| v == Some(1.0),

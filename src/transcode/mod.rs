@@ -210,6 +210,20 @@ pub struct Handle {
     skipping: bool,
     dropped: Counter,
     pub renditions: usize,
+    clock: Arc<InputClock>,
+}
+
+/// When the relay last offered FFmpeg input: a stall is FFmpeg writing
+/// nothing while input keeps coming, not a publisher pausing.
+struct InputClock {
+    t0: Instant,
+    last_offered_ms: std::sync::atomic::AtomicU64,
+}
+
+impl InputClock {
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.t0).as_millis() as u64
+    }
 }
 
 impl Handle {
@@ -217,6 +231,10 @@ impl Handle {
     /// behind by a whole queue, frames are dropped up to the next video
     /// keyframe (the renditions skip; the source and its players don't).
     pub fn feed(&mut self, ev: &MediaEvent) {
+        self.clock.last_offered_ms.store(
+            self.clock.ms(Instant::now()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let item = match feed::tag(ev) {
             Ok(Some(i)) => i,
             Ok(None) => return,
@@ -261,13 +279,21 @@ pub fn start(
     }
     let label = stream.path.to_string();
     let renditions = params.renditions.len();
-    tracker.spawn(supervise(params, stream, feed_rx, ev_tx).instrument(tracing::Span::current()));
+    let clock = Arc::new(InputClock {
+        t0: Instant::now(),
+        last_offered_ms: Default::default(),
+    });
+    tracker.spawn(
+        supervise(params, stream, feed_rx, ev_tx, clock.clone())
+            .instrument(tracing::Span::current()),
+    );
     Ok(Handle {
         feed: feed_tx,
         events: ev_rx,
         skipping: false,
         dropped: counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => label),
         renditions,
+        clock,
     })
 }
 
@@ -275,9 +301,10 @@ pub fn start(
 struct Shared {
     stderr_tail: Mutex<VecDeque<String>>,
     nvenc_refused: std::sync::atomic::AtomicBool,
-    /// Milliseconds since `t0` of the last output per rendition.
+    /// Milliseconds since `clock.t0` of the last output per rendition
+    /// (FFmpeg's start until the first).
     last_output: Vec<std::sync::atomic::AtomicU64>,
-    t0: Instant,
+    clock: Arc<InputClock>,
 }
 
 impl Shared {
@@ -301,6 +328,7 @@ async fn supervise(
     stream: Arc<Stream>,
     feed_rx: mpsc::Receiver<FeedItem>,
     events: mpsc::Sender<Event>,
+    clock: Arc<InputClock>,
 ) {
     let cancel = stream.cancel.clone();
     let mut encoders: Vec<Encoder> = p
@@ -315,7 +343,7 @@ async fn supervise(
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
-        let r = run_once(&p, &stream, &encoders, &stdin_tx, &events, &cancel).await;
+        let r = run_once(&p, &stream, &encoders, &stdin_tx, &events, &cancel, &clock).await;
         match r {
             RunEnd::NvencRefused(detail)
                 if attempt == 1 && p.config.encoder == EncoderMode::Auto =>
@@ -364,6 +392,7 @@ async fn run_once(
     stdin_tx: &mpsc::Sender<tokio::process::ChildStdin>,
     events: &mpsc::Sender<Event>,
     cancel: &CancellationToken,
+    clock: &Arc<InputClock>,
 ) -> RunEnd {
     let job = Job {
         renditions: &p.renditions,
@@ -422,8 +451,12 @@ async fn run_once(
     let shared = Arc::new(Shared {
         stderr_tail: Mutex::new(VecDeque::new()),
         nvenc_refused: Default::default(),
-        last_output: p.renditions.iter().map(|_| Default::default()).collect(),
-        t0: Instant::now(),
+        last_output: p
+            .renditions
+            .iter()
+            .map(|_| clock.ms(Instant::now()).into())
+            .collect(),
+        clock: clock.clone(),
     });
     let _ = stdin_tx.send(spawned.stdin).await;
     let mut io = JoinSet::new();
@@ -471,10 +504,13 @@ async fn run_once(
                 break RunEnd::Failed("ffmpeg_exited", format!("ffmpeg {how}: {tail}"));
             }
             _ = tick.tick() => {
-                let now_ms = shared.t0.elapsed().as_millis() as u64;
+                // Input offered for longer than `stall` after a rendition's
+                // last output: FFmpeg is stuck. A publisher that pauses
+                // offers nothing and is not FFmpeg's fault.
+                let offered = clock.last_offered_ms.load(std::sync::atomic::Ordering::Relaxed);
                 let silent = shared.last_output.iter().enumerate().find(|(_, last)| {
                     let last = last.load(std::sync::atomic::Ordering::Relaxed);
-                    now_ms.saturating_sub(last) > stall.as_millis() as u64
+                    offered.saturating_sub(last) > stall.as_millis() as u64
                 });
                 if let Some((i, _)) = silent {
                     let name = &p.renditions[i].name;
@@ -657,10 +693,7 @@ async fn read_output(
             Ok(n) => n,
         };
         let now = Instant::now();
-        shared.last_output[index].store(
-            now.duration_since(shared.t0).as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        shared.last_output[index].store(shared.clock.ms(now), std::sync::atomic::Ordering::Relaxed);
         bytes_out.increment(n as u64);
         repacker.push(&buf[..n], &mut chunks);
         // FFmpeg writes whole PES packets (-flush_packets 1): send what we
