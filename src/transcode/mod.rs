@@ -750,3 +750,187 @@ pub fn find_ffmpeg(path: &Path) -> Option<PathBuf> {
         .map(|d| d.join(path))
         .find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AudioMode, Config};
+    use crate::flv::FileReader;
+    use crate::stream::{ClaimPolicy, Registry, RingConfig, StreamPath};
+
+    /// A 2 s 320x240 H.264 (keyframe every second) + AAC FLV from ffmpeg.
+    fn flv_fixture(dir: &Path) -> Vec<u8> {
+        let out = dir.join("in.flv");
+        let st = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc2=size=320x240:rate=30")
+            .args(["-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", "2"])
+            .args(["-c:v", "libx264", "-g", "30", "-c:a", "aac", "-f", "flv"])
+            .arg(&out)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(st.success());
+        std::fs::read(out).unwrap()
+    }
+
+    fn nvenc_everywhere() -> Encoders {
+        let nv = |c: VideoCodec| Choice {
+            encoder: Encoder::Nvenc.label(c),
+            reason: "test".into(),
+            kind: Encoder::Nvenc,
+        };
+        Encoders {
+            mode: "auto",
+            h264: nv(VideoCodec::H264),
+            hevc: nv(VideoCodec::Hevc),
+            decode: "none",
+            hwdec: HwDecode::None,
+            probed: true,
+        }
+    }
+
+    /// A GPU that refuses the NVENC session: FFmpeg is restarted on x264,
+    /// replaying the header, configs and current GOP, and the rendition
+    /// still gets its first IDR.
+    #[tokio::test]
+    async fn a_refused_nvenc_session_falls_back_to_x264_with_a_replay() {
+        let dir = std::env::temp_dir().join(format!("sluice-nvenc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("ffmpeg");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *_nvenc)\n\
+             echo '[h264_nvenc @ 0x1] [error] OpenEncodeSessionEx failed: out of memory (10): (no details)' >&2\n\
+             exit 1;; esac; done\nexec ffmpeg \"$@\"\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&fake)
+            .status()
+            .unwrap();
+        let file = flv_fixture(&dir);
+
+        let registry = Registry::new();
+        let root = CancellationToken::new();
+        let guard = registry
+            .claim(
+                StreamPath::from_rtmp("live", "nv").unwrap(),
+                "nv",
+                "test",
+                ClaimPolicy {
+                    takeover: false,
+                    stale_after: Duration::from_secs(3),
+                    max_jump: Duration::from_secs(10),
+                    ring: RingConfig::default(),
+                    renditions: vec!["small".into()],
+                },
+                &root,
+            )
+            .unwrap();
+        let stream = guard.stream().clone();
+        let mut config = Config::default().transcode;
+        config.ffmpeg = fake.clone();
+        let params = Params {
+            config,
+            encoders: Arc::new(nvenc_everywhere()),
+            renditions: vec![RenditionSpec {
+                name: "small".into(),
+                width: None,
+                height: Some(120),
+                video_bitrate_kbps: 200,
+                max_fps: None,
+                codec: VideoCodec::H264,
+                gop: Duration::from_secs(1),
+                audio: AudioMode::Copy,
+            }],
+            source_fps: Some(30.0),
+            source_size: Some((320, 240)),
+            has_audio: true,
+            published: Instant::now(),
+        };
+        // Configs first, FFmpeg at the first video keyframe, then the rest.
+        let mut events = Vec::new();
+        for tag in FileReader::new(file).unwrap() {
+            let tag = tag.unwrap();
+            if tag.tag_type != 8 && tag.tag_type != 9 {
+                continue;
+            }
+            let r =
+                stream
+                    .ingest()
+                    .push(Instant::now(), tag.tag_type == 9, tag.timestamp, tag.body);
+            if let Ok((Some(ev), _)) = r {
+                events.push(ev);
+            }
+        }
+        let first_key = events
+            .iter()
+            .position(|e| {
+                matches!(e, MediaEvent::Frame(f) if f.track == crate::media::Track::Video && f.keyframe)
+            })
+            .unwrap();
+        let configs: Vec<MediaEvent> = events[..first_key]
+            .iter()
+            .filter(|e| matches!(e, MediaEvent::Config(_)))
+            .cloned()
+            .collect();
+        let tracker = TaskTracker::new();
+        let mut handle = start(params, stream.clone(), &configs, &tracker).unwrap();
+        for e in &events[first_key..] {
+            handle.feed(e);
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(20), handle.events.recv())
+            .await
+            .expect("an event within 20 s");
+        assert_eq!(
+            ev,
+            Some(Event::FirstIdr {
+                rendition: "small".into()
+            })
+        );
+        let info = stream.rendition("small").unwrap().info().unwrap();
+        assert_eq!(info.encoder, "x264");
+        assert_eq!((info.width, info.height), (Some(160), Some(120)));
+        // Teardown: the stream ends, FFmpeg is stopped and reaped.
+        drop(handle);
+        drop(guard);
+        tracker.close();
+        tokio::time::timeout(KILL_GRACE + Duration::from_secs(2), tracker.wait())
+            .await
+            .expect("the supervisor ends");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn probe_notices_are_recognised() {
+        assert!(is_probe_notice(
+            "[flv @ 0x5] [warning] Stream #0: not enough frames to estimate rate; consider increasing probesize"
+        ));
+        assert!(!is_probe_notice("[h264 @ 0x5] [error] no frame!"));
+    }
+
+    #[test]
+    fn nvenc_is_chosen_only_where_the_trial_worked() {
+        let failed = |r: &str| ProbeResult::Failed { reason: r.into() };
+        let probe = Probe {
+            h264_nvenc: ProbeResult::Ok,
+            hevc_nvenc: failed("unsupported device (2)"),
+            cuda_decode: ProbeResult::Ok,
+            cuda_scale: failed("no scale_cuda"),
+        };
+        let e = resolve(EncoderMode::Auto, true, &probe, &[VideoCodec::H264]).unwrap();
+        assert_eq!(e.h264.encoder, "nvenc");
+        assert_eq!(e.hevc.encoder, "x265");
+        assert!(e.hevc.reason.contains("unsupported device"));
+        assert_eq!(e.hwdec, HwDecode::Cuda);
+        let e = resolve(EncoderMode::Auto, false, &probe, &[]).unwrap();
+        assert_eq!(e.hwdec, HwDecode::None);
+        // Demanded NVENC for a codec that has none: refuse to start.
+        let err = resolve(EncoderMode::Nvenc, true, &probe, &[VideoCodec::Hevc]).unwrap_err();
+        assert!(err.contains("hevc_nvenc"), "{err}");
+        assert!(resolve(EncoderMode::Nvenc, true, &probe, &[VideoCodec::H264]).is_ok());
+        let sw = resolve(EncoderMode::Software, true, &probe, &[VideoCodec::H264]).unwrap();
+        assert_eq!(sw.h264.encoder, "x264");
+    }
+}
