@@ -105,6 +105,9 @@ pub struct AppConfig {
     /// Transcoded renditions every stream of this application gets, besides
     /// "source". Empty: no FFmpeg runs for it.
     pub renditions: Vec<RenditionSpec>,
+    /// Stream name → secret. Non-empty: only these streams may be
+    /// published, each with its `?key=`.
+    pub publish_keys: BTreeMap<String, crate::auth::Secret>,
 }
 
 /// Video codec of a transcoded rendition.
@@ -395,6 +398,16 @@ impl Config {
                             format!("expected a list of srt:// URLs, got a {}", other.type_str()),
                         ))
                     }
+                }
+                if let Some(mut keys) = s.section("publish_keys")? {
+                    for stream in keys.keys() {
+                        let k = keys.key(&stream);
+                        validate_segment(&stream).map_err(|m| invalid(&k, m))?;
+                        let v = keys.string(&stream)?.unwrap_or_default();
+                        let secret = crate::auth::Secret::parse(&v).map_err(|m| invalid(&k, m))?;
+                        app.publish_keys.insert(stream, secret);
+                    }
+                    keys.finish()?;
                 }
                 let key = s.key("renditions");
                 match s.take("renditions") {
@@ -893,6 +906,9 @@ mod tests {
             ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\n[[apps.live.renditions]]\nname = \"a\"\nheight = 480", "apps.live.renditions[1].name"),
             ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
             ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
+            ("[apps.live.publish_keys]\ncam1 = \"short\"", "apps.live.publish_keys.cam1"),
+            ("[apps.live.publish_keys]\ncam1 = 5", "apps.live.publish_keys.cam1"),
+            ("[apps.live.publish_keys]\n\"a b\" = \"long enough\"", "apps.live.publish_keys.a b"),
             ("[apps.live]\npush = [\"srt://h:1?rendition=720p\"]", "apps.live.push[0]"),
             ("[transcode]\nstall_timeout = \"0s\"", "transcode.stall_timeout"),
             ("[transcode]\nx264_preset = \"warp\"", "transcode.x264_preset"),

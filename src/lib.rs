@@ -4,6 +4,7 @@
 //! sans-IO: bytes in, events and bytes out, time passed in. The drivers
 //! (`rtmp::server`, `http`, `server`) are thin tokio loops around them.
 
+pub mod auth;
 pub mod config;
 pub mod flv;
 pub mod gpu;

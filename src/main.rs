@@ -31,10 +31,18 @@ struct Cli {
     /// encoders renditions would use, as JSON, then exit.
     #[arg(long)]
     probe_gpu: bool,
+    /// Print `sha256:SALT:DIGEST` for a publish key, to put in
+    /// `[apps.NAME.publish_keys]` instead of the key itself, then exit.
+    #[arg(long, value_name = "SECRET")]
+    hash_key: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(secret) = &cli.hash_key {
+        println!("{}", sluice::auth::Secret::hash(secret));
+        return ExitCode::SUCCESS;
+    }
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,

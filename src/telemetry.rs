@@ -32,6 +32,7 @@ pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
+pub const AUTH_REJECTS_TOTAL: &str = "sluice_auth_rejects_total";
 pub const TRANSCODE_ENCODER: &str = "sluice_transcode_encoder";
 pub const TRANSCODE_ENCODER_FALLBACKS_TOTAL: &str = "sluice_transcode_encoder_fallbacks_total";
 pub const TRANSCODE_FFMPEG_STARTS_TOTAL: &str = "sluice_transcode_ffmpeg_starts_total";
@@ -181,6 +182,10 @@ fn describe() {
     describe_counter!(
         SRT_DROPPED_DATAGRAMS_TOTAL,
         "Datagrams on the SRT port ignored before or at parsing, by reason."
+    );
+    describe_counter!(
+        AUTH_REJECTS_TOTAL,
+        "Requests refused by authorization, by action (publish) and reason."
     );
     describe_gauge!(
         TRANSCODE_ENCODER,

@@ -412,7 +412,12 @@ impl Conn {
                     tc_url,
                     flash_ver,
                 } => {
-                    info!(app, tc_url, flash_ver, "rtmp connect");
+                    info!(
+                        app = crate::auth::redact(&app),
+                        tc_url = tc_url.as_deref().map(crate::auth::redact),
+                        flash_ver,
+                        "rtmp connect"
+                    );
                     if self.ctx.registry.is_draining() {
                         counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_draining")
                             .increment(1);
@@ -446,7 +451,12 @@ impl Conn {
             Ok(p) => p,
             Err(why) => {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_bad_name").increment(1);
-                warn!(app = self.app, name, why, "publish refused");
+                warn!(
+                    app = crate::auth::redact(&self.app),
+                    name = crate::auth::redact(name),
+                    why,
+                    "publish refused"
+                );
                 self.session.reject_publish(
                     "NetStream.Publish.BadName",
                     &format!("bad stream name: {why}"),
@@ -455,6 +465,18 @@ impl Conn {
             }
         };
         let cfg = &self.ctx.config;
+        let keys = &cfg.app(&path.app).publish_keys;
+        if let Err(refusal) = crate::auth::check_publish(keys, &path.key, &self.app, name) {
+            counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_unauthorized").increment(1);
+            counter!(t::AUTH_REJECTS_TOTAL, "action" => "publish", "reason" => refusal.reason())
+                .increment(1);
+            warn!(stream = %path, reason = refusal.reason(), "publish refused: {refusal}");
+            self.session.reject_publish(
+                "NetStream.Publish.BadName",
+                &format!("publish refused: {refusal}"),
+            );
+            return Ok(());
+        }
         let claim = self.ctx.registry.claim(
             path.clone(),
             name,

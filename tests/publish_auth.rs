@@ -1,0 +1,141 @@
+//! Publish authorization with static stream keys (`[apps.NAME.publish_keys]`,
+//! plain or `sha256:` hashed): ffmpeg with the right key publishes and
+//! plays; wrong, missing or unknown keys get `NetStream.Publish.BadName`
+//! with the reason and are counted; other applications stay open.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::rtmp_client::{PublishOptions, PublishOutcome, RtmpPublisher};
+use common::*;
+use sluice::auth::Secret;
+
+fn refused(server: &Sluice, app: &str, name: &str) -> String {
+    let mut p = RtmpPublisher::connect(server.rtmp_addr(), app, PublishOptions::default())
+        .expect("rtmp connect");
+    match p.publish(name) {
+        PublishOutcome::Refused(st) => {
+            assert_eq!(st.code, "NetStream.Publish.BadName", "{st:?}");
+            st.description
+        }
+        other => panic!("{app}/{name}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn only_the_right_keys_publish() {
+    let hashed = Secret::hash("hashed secret 2");
+    let server = Sluice::start(Some(&format!(
+        "[apps.live.publish_keys]\ncam1 = \"plain-secret-1\"\ncam2 = \"{hashed}\"\n"
+    )));
+
+    // ffmpeg keeps the query on the stream key: rtmp://host/live/cam1?key=...
+    let fixture = fixture_avc_aac(60);
+    let url = format!("{}?key=plain-secret-1", server.rtmp_url("live/cam1"));
+    let _ff = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-re",
+        "-i",
+        fixture.to_str().unwrap(),
+        "-t",
+        "20",
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &url,
+    ]);
+    server.wait_for_stream(
+        "live/cam1",
+        |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
+        Duration::from_secs(15),
+    );
+    let play = server.srt_url("live/cam1", "");
+    let mut cmd = Command::new(require_ffmpeg());
+    cmd.args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        &play,
+        "-frames:v",
+        "5",
+        "-f",
+        "null",
+        "-",
+    ]);
+    let (st, _, err) = run_to_exit("ffmpeg", cmd, Duration::from_secs(30));
+    assert!(st.success(), "{err}");
+
+    // The hashed key, given on the application instead of the stream key.
+    let mut p = RtmpPublisher::connect(
+        server.rtmp_addr(),
+        "live?key=hashed secret 2",
+        PublishOptions::default(),
+    )
+    .unwrap();
+    assert!(p.publish("cam2").is_accepted());
+
+    let wrong = refused(&server, "live", "cam2?key=plain-secret-1");
+    assert!(wrong.contains("wrong publish key"), "{wrong}");
+    let missing = refused(&server, "live", "cam1");
+    assert!(missing.contains("missing publish key"), "{missing}");
+    let unknown = refused(&server, "live", "cam3?key=plain-secret-1");
+    assert!(unknown.contains("not allowed"), "{unknown}");
+    // A refused publisher did not disturb the live stream.
+    assert!(server.stream("live/cam1").is_some());
+    assert!(server.stream("live/cam3").is_none());
+
+    server.wait_metric(
+        r#"sluice_rtmp_publishes_total{result="rejected_unauthorized"}"#,
+        |v| v == Some(3.0),
+        Duration::from_secs(5),
+    );
+    for reason in ["wrong_key", "missing_key", "unknown_stream"] {
+        let q = format!(r#"sluice_auth_rejects_total{{action="publish",reason="{reason}"}}"#);
+        assert_eq!(server.metric(&q), Some(1.0), "{q}");
+    }
+
+    // Secrets never reach the log.
+    assert!(!server.log_contains("plain-secret-1"));
+    assert!(!server.log_contains("hashed secret 2"));
+
+    // Applications without keys stay open.
+    let mut open =
+        RtmpPublisher::connect(server.rtmp_addr(), "open", PublishOptions::default()).unwrap();
+    assert!(open.publish("anything").is_accepted());
+}
+
+#[test]
+fn hash_key_prints_a_usable_hash_and_bad_keys_stop_the_start() {
+    let (st, out, _) = run_to_exit(
+        "sluice --hash-key",
+        {
+            let mut c = sluice_command();
+            c.args(["--hash-key", "from the command line"]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(st.success());
+    let secret = Secret::parse(out.trim()).expect("a sha256: line");
+    assert!(secret.verify("from the command line"));
+
+    let dir = TempDir::new("auth-config");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[apps.live.publish_keys]\ncam1 = \"short\"\n").unwrap();
+    let (st, _, err) = run_to_exit(
+        "sluice bad config",
+        {
+            let mut c = sluice_command();
+            c.arg("--config").arg(&cfg);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(!st.success());
+    assert!(err.contains("apps.live.publish_keys.cam1"), "{err}");
+}
