@@ -231,3 +231,157 @@ mod tests {
         );
     }
 }
+
+/// Ask an HTTP webhook whether to allow a request: POST `body` as JSON to
+/// `url` (`http://host:port/path`); any 2xx allows. Everything else — a
+/// refusal, no answer within `timeout`, a connection error — denies, with
+/// the reason. Runs on its own task; it never blocks other connections.
+pub async fn ask_webhook(
+    url: &str,
+    body: &serde_json::Value,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, post_json(url, body)).await {
+        Ok(Ok(200..=299)) => Ok(()),
+        Ok(Ok(code)) => Err(format!("webhook answered {code}")),
+        Ok(Err(e)) => Err(format!("webhook unreachable: {e}")),
+        Err(_) => Err(format!("webhook did not answer within {timeout:?}")),
+    }
+}
+
+/// `http://host:port/path` → (host:port, path).
+pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} must start with http://"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if hostport.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok((hostport, path.to_string()))
+}
+
+async fn post_json(url: &str, body: &serde_json::Value) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (hostport, path) = parse_http_url(url).map_err(std::io::Error::other)?;
+    let mut sock = tokio::net::TcpStream::connect(&hostport).await?;
+    let body = body.to_string();
+    let host = hostport.trim_end_matches(":80");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sluice/{}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await?;
+    // Only the status line matters; read at most a few KiB of the answer.
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = sock.read(&mut buf[n..]).await?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+        if buf[..n].windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    match (
+        parts.next(),
+        parts.next().and_then(|c| c.parse::<u16>().ok()),
+    ) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => Ok(code),
+        _ => Err(std::io::Error::other(format!(
+            "not an HTTP answer: {:?}",
+            line.chars().take(60).collect::<String>()
+        ))),
+    }
+}
+
+/// The query parameters of `s` as a JSON object (keys other than `key`).
+pub fn query_json(s: &str) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some((_, q)) = s.split_once('?') {
+        for kv in q.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            m.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:9/auth").unwrap(),
+            ("127.0.0.1:9".into(), "/auth".into())
+        );
+        assert_eq!(
+            parse_http_url("http://auth.local").unwrap(),
+            ("auth.local:80".into(), "/".into())
+        );
+        assert!(parse_http_url("https://x/").is_err());
+        assert!(parse_http_url("http:///x").is_err());
+    }
+
+    #[tokio::test]
+    async fn answers_map_to_decisions() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                "HTTP/1.1 403 Forbidden\r\n\r\n",
+                "garbage\r\n",
+            ] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 2048];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+            // Then one that never answers.
+            let (_s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        let url = format!("http://{addr}/hook");
+        let body = serde_json::json!({"action": "publish"});
+        let t = std::time::Duration::from_millis(500);
+        assert_eq!(ask_webhook(&url, &body, t).await, Ok(()));
+        assert_eq!(
+            ask_webhook(&url, &body, t).await,
+            Err("webhook answered 403".into())
+        );
+        assert!(ask_webhook(&url, &body, t)
+            .await
+            .unwrap_err()
+            .contains("not an HTTP answer"));
+        assert!(ask_webhook(&url, &body, t)
+            .await
+            .unwrap_err()
+            .contains("did not answer"));
+        assert!(ask_webhook("http://127.0.0.1:1/x", &body, t)
+            .await
+            .unwrap_err()
+            .contains("unreachable"));
+    }
+}

@@ -95,7 +95,7 @@ pub struct SrtConfig {
 }
 
 /// Per-application settings (`[apps.NAME]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AppConfig {
     /// A new publisher on a live path replaces the old one instead of being refused.
     pub takeover: bool,
@@ -108,6 +108,22 @@ pub struct AppConfig {
     /// Stream name → secret. Non-empty: only these streams may be
     /// published, each with its `?key=`.
     pub publish_keys: BTreeMap<String, crate::auth::Secret>,
+    /// `http://...` asked (POST JSON) before every publish; 2xx allows.
+    pub publish_webhook: Option<String>,
+    pub webhook_timeout: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            takeover: false,
+            push: Vec::new(),
+            renditions: Vec::new(),
+            publish_keys: BTreeMap::new(),
+            publish_webhook: None,
+            webhook_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Video codec of a transcoded rendition.
@@ -398,6 +414,18 @@ impl Config {
                             format!("expected a list of srt:// URLs, got a {}", other.type_str()),
                         ))
                     }
+                }
+                if let Some(url) = s.string("publish_webhook")? {
+                    crate::auth::parse_http_url(&url)
+                        .map_err(|m| invalid(&s.key("publish_webhook"), m))?;
+                    app.publish_webhook = Some(url);
+                }
+                s.duration("webhook_timeout", &mut app.webhook_timeout)?;
+                if app.webhook_timeout.is_zero() {
+                    return Err(invalid(
+                        &s.key("webhook_timeout"),
+                        "must be greater than zero",
+                    ));
                 }
                 if let Some(mut keys) = s.section("publish_keys")? {
                     for stream in keys.keys() {
@@ -907,6 +935,8 @@ mod tests {
             ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
             ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
             ("[apps.live.publish_keys]\ncam1 = \"short\"", "apps.live.publish_keys.cam1"),
+            ("[apps.live]\npublish_webhook = \"https://x/\"", "apps.live.publish_webhook"),
+            ("[apps.live]\nwebhook_timeout = \"0s\"", "apps.live.webhook_timeout"),
             ("[apps.live.publish_keys]\ncam1 = 5", "apps.live.publish_keys.cam1"),
             ("[apps.live.publish_keys]\n\"a b\" = \"long enough\"", "apps.live.publish_keys.a b"),
             ("[apps.live]\npush = [\"srt://h:1?rendition=720p\"]", "apps.live.push[0]"),

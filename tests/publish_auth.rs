@@ -139,3 +139,120 @@ fn hash_key_prints_a_usable_hash_and_bad_keys_stop_the_start() {
     assert!(!st.success());
     assert!(err.contains("apps.live.publish_keys.cam1"), "{err}");
 }
+
+/// A webhook on loopback: answers 200 when the JSON body carries
+/// `"key":"good-key"`, 403 otherwise, and takes 3 s for stream `slow`.
+/// Returns its port and the bodies it received.
+fn webhook() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_string();
+                        }
+                    }
+                };
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                log.lock().unwrap().push(v.clone());
+                if v["stream"] == "slow" {
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                let answer = if v["key"] == "good-key" {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(answer.as_bytes());
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_webhook_decides_publishes_without_blocking_anyone() {
+    let (port, seen) = webhook();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let server = Sluice::start(Some(&format!(
+        "[apps.hooked]\npublish_webhook = \"http://127.0.0.1:{port}/auth\"\nwebhook_timeout = \"1s\"\n\
+         [apps.down]\npublish_webhook = \"http://127.0.0.1:{closed_port}/auth\"\n"
+    )));
+
+    let mut ok =
+        RtmpPublisher::connect(server.rtmp_addr(), "hooked", PublishOptions::default()).unwrap();
+    assert!(ok.publish("cam1?key=good-key&camera=north").is_accepted());
+    let body = seen.lock().unwrap()[0].clone();
+    assert_eq!(body["action"], "publish");
+    assert_eq!(body["protocol"], "rtmp");
+    assert_eq!(body["path"], "hooked/cam1");
+    assert_eq!(body["key"], "good-key");
+    assert_eq!(body["query"]["camera"], "north");
+    assert!(body["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+
+    let denied = refused(&server, "hooked", "cam2?key=bad-key");
+    assert!(denied.contains("webhook answered 403"), "{denied}");
+    let down = refused(&server, "down", "cam3?key=good-key");
+    assert!(down.contains("webhook unreachable"), "{down}");
+
+    // A webhook that hangs costs only its own publish: another publish is
+    // decided meanwhile, and the slow one is refused at the timeout.
+    let addr = server.rtmp_addr();
+    let slow = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let mut p = RtmpPublisher::connect(addr, "hooked", PublishOptions::default()).unwrap();
+        let outcome = p.publish("slow?key=good-key");
+        (outcome, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    let mut fast = RtmpPublisher::connect(addr, "hooked", PublishOptions::default()).unwrap();
+    assert!(fast.publish("cam4?key=good-key").is_accepted());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let (outcome, took) = slow.join().unwrap();
+    match outcome {
+        PublishOutcome::Refused(st) => {
+            assert!(st.description.contains("did not answer"), "{st:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    server.wait_metric(
+        r#"sluice_auth_rejects_total{action="publish",reason="webhook_denied"}"#,
+        |v| v == Some(3.0),
+        Duration::from_secs(5),
+    );
+}

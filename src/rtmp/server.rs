@@ -157,7 +157,15 @@ impl Drop for Publishing {
     }
 }
 
+/// A publish waiting for the webhook's answer (the session stays paused).
+struct PendingAuth {
+    path: StreamPath,
+    name: String,
+    answer: tokio::task::JoinHandle<Result<(), String>>,
+}
+
 struct Conn {
+    pending_auth: Option<PendingAuth>,
     ctx: Arc<Context>,
     peer: SocketAddr,
     session: Session,
@@ -180,6 +188,7 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         app: String::new(),
         publishing: None,
         accepted: Instant::now(),
+        pending_auth: None,
     };
     let close = conn.run(&mut sock).await;
     // Best effort: the last words (a rejection) may still be queued.
@@ -278,6 +287,18 @@ impl Conn {
                         }
                     }
                 },
+                answer = auth_answer(&mut self.pending_auth) => {
+                if let Some(pending) = self.pending_auth.take() {
+                    match answer {
+                        Ok(()) => {
+                            if let Err(e) = self.start_publish(pending.path, &pending.name) {
+                                return Close::Proto(e);
+                            }
+                        }
+                        Err(why) => self.refuse_publish(&pending.path, "webhook_denied", &why),
+                    }
+                }
+            }
                 _ = shutdown.cancelled() => return Close::Shutdown,
             }
             if let Err(e) = self.drain_events() {
@@ -464,19 +485,52 @@ impl Conn {
                 return Ok(());
             }
         };
-        let cfg = &self.ctx.config;
-        let keys = &cfg.app(&path.app).publish_keys;
-        if let Err(refusal) = crate::auth::check_publish(keys, &path.key, &self.app, name) {
-            counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_unauthorized").increment(1);
-            counter!(t::AUTH_REJECTS_TOTAL, "action" => "publish", "reason" => refusal.reason())
-                .increment(1);
-            warn!(stream = %path, reason = refusal.reason(), "publish refused: {refusal}");
-            self.session.reject_publish(
-                "NetStream.Publish.BadName",
-                &format!("publish refused: {refusal}"),
-            );
+        let app = self.ctx.config.app(&path.app);
+        if let Err(refusal) =
+            crate::auth::check_publish(&app.publish_keys, &path.key, &self.app, name)
+        {
+            self.refuse_publish(&path, refusal.reason(), &refusal.to_string());
             return Ok(());
         }
+        if let Some(url) = app.publish_webhook {
+            let body = serde_json::json!({
+                "action": "publish",
+                "protocol": "rtmp",
+                "path": path.to_string(),
+                "app": path.app,
+                "stream": path.key,
+                "key": crate::auth::query_param(name, "key")
+                    .or_else(|| crate::auth::query_param(&self.app, "key")),
+                "query": crate::auth::query_json(name),
+                "client": self.peer.to_string(),
+            });
+            let timeout = app.webhook_timeout;
+            let answer =
+                tokio::spawn(async move { crate::auth::ask_webhook(&url, &body, timeout).await });
+            self.pending_auth = Some(PendingAuth {
+                path,
+                name: name.to_string(),
+                answer,
+            });
+            return Ok(());
+        }
+        self.start_publish(path, name)
+    }
+
+    /// Refuse a publish for an authorization reason.
+    fn refuse_publish(&mut self, path: &StreamPath, reason: &'static str, why: &str) {
+        counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_unauthorized").increment(1);
+        counter!(t::AUTH_REJECTS_TOTAL, "action" => "publish", "reason" => reason).increment(1);
+        warn!(stream = %path, reason, why, "publish refused");
+        self.session.reject_publish(
+            "NetStream.Publish.BadName",
+            &format!("publish refused: {why}"),
+        );
+    }
+
+    /// Claim the path and start the stream's legs (the publish is authorized).
+    fn start_publish(&mut self, path: StreamPath, name: &str) -> Result<(), ProtoError> {
+        let cfg = &self.ctx.config;
         let claim = self.ctx.registry.claim(
             path.clone(),
             name,
@@ -637,6 +691,17 @@ impl Conn {
                 debug!(video, error = %e, "media tag skipped");
             }
         }
+    }
+}
+
+/// The webhook's answer for a pending publish; pending forever without one.
+async fn auth_answer(p: &mut Option<PendingAuth>) -> Result<(), String> {
+    match p {
+        Some(p) => match (&mut p.answer).await {
+            Ok(r) => r,
+            Err(e) => Err(format!("webhook task failed: {e}")),
+        },
+        None => std::future::pending().await,
     }
 }
 
