@@ -61,6 +61,11 @@ pub struct ServerConfig {
     /// From TCP accept until the stream must be playable (first keyframe in
     /// every rendition), or the publish fails.
     pub setup_timeout: Duration,
+    /// RTMPS (RTMP over TLS) listener; off unless set, with `tls_cert` and
+    /// `tls_key` (PEM files).
+    pub rtmps_addr: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +84,15 @@ pub struct RtmpConfig {
     /// a new publisher on the same path (an encoder reconnecting after its
     /// old TCP connection died silently).
     pub stale_publisher_timeout: Duration,
+    /// Open RTMP(S) connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Live publishes from one client IP.
+    pub max_publishes_per_ip: usize,
+    /// Live streams on this server.
+    pub max_streams: usize,
+    /// Ingest bitrate cap per stream (kbit/s, averaged over a few seconds);
+    /// a publisher above it is disconnected.
+    pub max_ingest_kbps: u32,
 }
 
 /// SRT egress (`[srt]`).
@@ -92,6 +106,12 @@ pub struct SrtConfig {
     pub passphrase: Option<String>,
     /// Most concurrent SRT players on this server; more get 1402.
     pub max_players: usize,
+    /// Most concurrent SRT players of one stream (all renditions); more get 1402.
+    pub max_players_per_stream: usize,
+    /// SRT handshake attempts (induction datagrams) accepted per client IP
+    /// per second; the rest are dropped (a rejected libsrt caller retries
+    /// every 50 ms forever).
+    pub max_handshakes_per_ip_per_second: u32,
 }
 
 /// Per-application settings (`[apps.NAME]`).
@@ -228,6 +248,9 @@ impl Default for Config {
                 log_format: LogFormat::Text,
                 drain_timeout: Duration::from_secs(30),
                 setup_timeout: Duration::from_secs(8),
+                rtmps_addr: None,
+                tls_cert: None,
+                tls_key: None,
             },
             // The protocol limits have one source of truth: `Limits::default()`.
             rtmp: RtmpConfig {
@@ -241,12 +264,18 @@ impl Default for Config {
                 window_ack_size: limits.window_ack_size,
                 max_timestamp_jump: Duration::from_secs(10),
                 stale_publisher_timeout: Duration::from_secs(3),
+                max_connections_per_ip: 32,
+                max_publishes_per_ip: 8,
+                max_streams: 1000,
+                max_ingest_kbps: 100_000,
             },
             srt: SrtConfig {
                 latency: Duration::from_millis(120),
                 peer_idle_timeout: Duration::from_secs(5),
                 passphrase: None,
                 max_players: 1000,
+                max_players_per_stream: 500,
+                max_handshakes_per_ip_per_second: 20,
             },
             transcode: TranscodeConfig {
                 ffmpeg: PathBuf::from("ffmpeg"),
@@ -297,6 +326,16 @@ impl Config {
             }
             s.duration("drain_timeout", &mut c.drain_timeout)?;
             s.duration("setup_timeout", &mut c.setup_timeout)?;
+            if let Some(a) = s.string("rtmps_addr")? {
+                c.rtmps_addr = Some(a.parse().map_err(|_| {
+                    invalid(
+                        &s.key("rtmps_addr"),
+                        format!("{a:?} is not an IP:port address (e.g. \"0.0.0.0:1936\")"),
+                    )
+                })?);
+            }
+            c.tls_cert = s.string("tls_cert")?.map(PathBuf::from);
+            c.tls_key = s.string("tls_key")?.map(PathBuf::from);
             s.finish()?;
         }
         if let Some(mut s) = root.section("rtmp")? {
@@ -317,6 +356,23 @@ impl Config {
             )?;
             s.duration("max_timestamp_jump", &mut c.max_timestamp_jump)?;
             s.duration("stale_publisher_timeout", &mut c.stale_publisher_timeout)?;
+            s.int(
+                "max_connections_per_ip",
+                1,
+                1_000_000,
+                &mut c.max_connections_per_ip,
+            )?;
+            s.int(
+                "max_publishes_per_ip",
+                1,
+                1_000_000,
+                &mut c.max_publishes_per_ip,
+            )?;
+            s.int("max_streams", 1, 1_000_000, &mut c.max_streams)?;
+            if let Some(b) = s.string("max_ingest_bitrate")? {
+                c.max_ingest_kbps =
+                    parse_bitrate_kbps(&b).map_err(|m| invalid(&s.key("max_ingest_bitrate"), m))?;
+            }
             s.finish()?;
         }
         if let Some(mut s) = root.section("srt")? {
@@ -334,6 +390,18 @@ impl Config {
                 c.passphrase = Some(p);
             }
             s.int("max_players", 1, 1_000_000, &mut c.max_players)?;
+            s.int(
+                "max_players_per_stream",
+                1,
+                1_000_000,
+                &mut c.max_players_per_stream,
+            )?;
+            s.int(
+                "max_handshakes_per_ip_per_second",
+                1,
+                1_000_000,
+                &mut c.max_handshakes_per_ip_per_second,
+            )?;
             s.finish()?;
         }
         if let Some(mut s) = root.section("transcode")? {
@@ -500,6 +568,14 @@ impl Config {
         // SRT carries latency in 16-bit milliseconds on the wire.
         if self.srt.latency > Duration::from_millis(65_535) {
             return Err(invalid("srt.latency", "must be at most 65535ms"));
+        }
+        if self.server.rtmps_addr.is_some()
+            && (self.server.tls_cert.is_none() || self.server.tls_key.is_none())
+        {
+            return Err(invalid(
+                "server.rtmps_addr",
+                "needs server.tls_cert and server.tls_key (PEM files)",
+            ));
         }
         if self.transcode.stall_timeout.is_zero() {
             return Err(invalid(
