@@ -745,3 +745,84 @@ fn twenty_players_one_stalled() {
     );
     players[0].signal("-CONT");
 }
+
+// -- limits -------------------------------------------------------------------
+
+#[test]
+fn players_per_stream_are_capped_with_1402() {
+    let server = Sluice::start(Some("[srt]\nmax_players_per_stream = 2\n"));
+    let dir = TempDir::new("srt-per-stream");
+    let _publisher = publish(&server, PATH, 40);
+    let a = Player::srt_live_transmit(&server.srt_url(PATH, ""));
+    let b = Player::srt_live_transmit(&server.srt_url(PATH, ""));
+    a.wait_bytes(20_000, Duration::from_secs(10));
+    b.wait_bytes(20_000, Duration::from_secs(10));
+    assert_eq!(
+        libsrt_connect(&dir, server.srt_addr(), PATH, ""),
+        "rejected 1402"
+    );
+    drop(b);
+    server.wait_metric(
+        "sluice_srt_players",
+        |v| v == Some(1.0),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        libsrt_connect(&dir, server.srt_addr(), PATH, ""),
+        "connected"
+    );
+    assert!(a.bytes() > 20_000);
+}
+
+#[test]
+fn a_handshake_flood_from_one_address_is_rate_limited_while_players_play() {
+    let server = Sluice::start(Some("[srt]\nmax_handshakes_per_ip_per_second = 20\n"));
+    let dir = TempDir::new("srt-flood");
+    let _publisher = publish(&server, PATH, 40);
+    let srt = server.srt_addr();
+    let player = Player::srt_live_transmit(&server.srt_url(PATH, ""));
+    player.wait_bytes(50_000, Duration::from_secs(10));
+    // The flood comes from another loopback address (127.0.0.2), so the
+    // players on 127.0.0.1 have their own budget.
+    let flood = UdpSocket::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
+    flood.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut sent = 0u32;
+    let mut replies = 0u32;
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < Duration::from_secs(2) {
+        for i in 0..50 {
+            let _ = flood.send_to(&handshake(4, 2, 1500, 1, 7000 + i, 0, &[]), srt);
+            sent += 1;
+        }
+        while flood.recv_from(&mut buf).is_ok() {
+            replies += 1;
+        }
+        thread::sleep(Duration::from_millis(5));
+        // A real caller connects in the middle of the flood.
+        if sent == 50 * 100 {
+            assert_eq!(libsrt_connect(&dir, srt, PATH, ""), "connected");
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    while flood.recv_from(&mut buf).is_ok() {
+        replies += 1;
+    }
+    let end = Instant::now();
+    assert!(sent > 1000, "sent only {sent}");
+    // At most 20 per started second (3 windows over 2 s).
+    assert!(
+        replies <= 60,
+        "{replies} induction replies to {sent} attempts"
+    );
+    assert!(replies >= 20, "the flooding address was not served at all");
+    let dropped =
+        server.metric_or_zero(r#"sluice_srt_dropped_datagrams_total{reason="handshake_rate"}"#);
+    assert!(
+        dropped >= f64::from(sent - replies) * 0.9,
+        "dropped {dropped} of {sent}"
+    );
+    let gap = player.max_gap(start, end);
+    assert!(gap <= Duration::from_secs(1), "player starved for {gap:?}");
+    assert_eq!(libsrt_connect(&dir, srt, PATH, ""), "connected");
+}

@@ -131,6 +131,41 @@ pub struct Listener {
     epoch: Instant,
     players: HashMap<SocketAddr, Player>,
     outbox: Vec<(Packet, SocketAddr)>,
+    /// Handshakes per client IP in the current second (flood limit).
+    handshakes: HandshakeLimiter,
+}
+
+/// Counts handshake attempts per client IP in one-second windows.
+/// Bounded: at most `MAX_TRACKED_IPS` entries; when that many distinct
+/// addresses arrive within one second, the excess shares one budget.
+struct HandshakeLimiter {
+    window: u64,
+    counts: HashMap<std::net::IpAddr, u32>,
+    overflow: u32,
+}
+
+/// Distinct IPs tracked per second (~40 bytes each).
+const MAX_TRACKED_IPS: usize = 65_536;
+
+impl HandshakeLimiter {
+    /// Whether one more attempt from `ip` fits in `limit` per second.
+    fn allow(&mut self, second: u64, ip: std::net::IpAddr, limit: u32) -> bool {
+        if second != self.window {
+            self.window = second;
+            self.counts.clear();
+            self.overflow = 0;
+        }
+        let n = if self.counts.len() < MAX_TRACKED_IPS || self.counts.contains_key(&ip) {
+            self.counts.entry(ip).or_insert(0)
+        } else {
+            &mut self.overflow
+        };
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +287,11 @@ impl Listener {
             epoch: Instant::now(),
             players: HashMap::new(),
             outbox: Vec::new(),
+            handshakes: HandshakeLimiter {
+                window: 0,
+                counts: HashMap::new(),
+                overflow: 0,
+            },
         })
     }
 
@@ -320,6 +360,18 @@ impl Listener {
                 .get(&from)
                 .is_some_and(|p| packet.dest_sockid() == p.local_sockid);
             if !for_player {
+                let second = now.saturating_duration_since(self.epoch).as_secs();
+                let limit = self.cfg.max_handshakes_per_ip_per_second;
+                if h.shake_type == ShakeType::Induction
+                    && !self.handshakes.allow(second, from.ip(), limit)
+                {
+                    metrics::counter!(
+                        telemetry::SRT_DROPPED_DATAGRAMS_TOTAL,
+                        "reason" => "handshake_rate"
+                    )
+                    .increment(1);
+                    return;
+                }
                 match h.shake_type {
                     ShakeType::Induction => self.induction(now, packet, from),
                     ShakeType::Conclusion => self.conclusion(now, packet, from, forced),
@@ -572,6 +624,20 @@ impl Listener {
             return reject(
                 reject_code(code::OVERLOAD),
                 format!("srt.max_players ({}) reached", self.cfg.max_players),
+            );
+        }
+        let of_stream = self
+            .players
+            .values()
+            .filter(|p| p.stream == parsed.path)
+            .count();
+        if of_stream >= self.cfg.max_players_per_stream {
+            return reject(
+                reject_code(code::OVERLOAD),
+                format!(
+                    "srt.max_players_per_stream ({}) reached for {}",
+                    self.cfg.max_players_per_stream, parsed.path
+                ),
             );
         }
         // hsv5.rs requires the accepted key size to equal the caller's.
@@ -977,6 +1043,30 @@ mod tests {
         );
         assert_eq!(i32::from(shake), 2404);
         assert_eq!(l.players(), 0);
+    }
+
+    #[test]
+    fn handshakes_are_limited_per_ip_and_per_second() {
+        let mut l = HandshakeLimiter {
+            window: 0,
+            counts: HashMap::new(),
+            overflow: 0,
+        };
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| l.allow(5, a, 3)));
+        assert!(!l.allow(5, a, 3));
+        assert!(l.allow(5, b, 3), "another IP has its own budget");
+        assert!(l.allow(6, a, 3), "a new second resets the budget");
+        // Past the tracking bound, newcomers share one budget.
+        for i in 0..MAX_TRACKED_IPS as u32 {
+            l.allow(7, std::net::IpAddr::from(i.to_be_bytes()), 1);
+        }
+        let late: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let later: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(l.allow(7, late, 1));
+        assert!(!l.allow(7, later, 1));
+        assert!(l.counts.len() <= MAX_TRACKED_IPS);
     }
 
     #[test]
