@@ -131,6 +131,12 @@ pub struct AppConfig {
     /// `http://...` asked (POST JSON) before every publish; 2xx allows.
     pub publish_webhook: Option<String>,
     pub webhook_timeout: Duration,
+    /// SRT players of this application's streams must use this passphrase
+    /// (instead of `srt.passphrase`).
+    pub read_passphrase: Option<String>,
+    /// User → secret. Non-empty: players must name a user (`u=`) and its
+    /// token (`s=` or `user_token=`) in the streamid.
+    pub read_tokens: BTreeMap<String, crate::auth::Secret>,
 }
 
 impl Default for AppConfig {
@@ -142,6 +148,8 @@ impl Default for AppConfig {
             publish_keys: BTreeMap::new(),
             publish_webhook: None,
             webhook_timeout: Duration::from_secs(2),
+            read_passphrase: None,
+            read_tokens: BTreeMap::new(),
         }
     }
 }
@@ -494,6 +502,27 @@ impl Config {
                         &s.key("webhook_timeout"),
                         "must be greater than zero",
                     ));
+                }
+                if let Some(p) = s.string("read_passphrase")? {
+                    if !(10..=79).contains(&p.chars().count()) {
+                        return Err(invalid(
+                            &s.key("read_passphrase"),
+                            "must be 10 to 79 characters long",
+                        ));
+                    }
+                    app.read_passphrase = Some(p);
+                }
+                if let Some(mut users) = s.section("read_tokens")? {
+                    for user in users.keys() {
+                        let k = users.key(&user);
+                        if user.is_empty() || user.len() > 64 || user.contains([',', '=']) {
+                            return Err(invalid(&k, "user names are 1-64 characters without ',' or '='"));
+                        }
+                        let v = users.string(&user)?.unwrap_or_default();
+                        let secret = crate::auth::Secret::parse(&v).map_err(|m| invalid(&k, m))?;
+                        app.read_tokens.insert(user, secret);
+                    }
+                    users.finish()?;
                 }
                 if let Some(mut keys) = s.section("publish_keys")? {
                     for stream in keys.keys() {
@@ -1013,6 +1042,8 @@ mod tests {
             ("[apps.live.publish_keys]\ncam1 = \"short\"", "apps.live.publish_keys.cam1"),
             ("[apps.live]\npublish_webhook = \"https://x/\"", "apps.live.publish_webhook"),
             ("[apps.live]\nwebhook_timeout = \"0s\"", "apps.live.webhook_timeout"),
+            ("[apps.live]\nread_passphrase = \"short\"", "apps.live.read_passphrase"),
+            ("[apps.live.read_tokens]\nalice = \"short\"", "apps.live.read_tokens.alice"),
             ("[apps.live.publish_keys]\ncam1 = 5", "apps.live.publish_keys.cam1"),
             ("[apps.live.publish_keys]\n\"a b\" = \"long enough\"", "apps.live.publish_keys.a b"),
             ("[apps.live]\npush = [\"srt://h:1?rendition=720p\"]", "apps.live.push[0]"),

@@ -123,7 +123,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         addr: s.srt_addr,
         source,
     })?;
-    let srt = SrtListener::new(registry.clone(), &config.srt)?;
+    let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
+    let mut read_auth = std::collections::HashMap::new();
+    for (name, app) in &config.apps {
+        read_auth.insert(name.clone(), srt_listener::ReadAuth::from_app(app)?);
+    }
+    srt.set_read_auth(read_auth);
     let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let srt_addr = srt_socket
         .local_addr()

@@ -826,3 +826,59 @@ fn a_handshake_flood_from_one_address_is_rate_limited_while_players_play() {
     assert!(gap <= Duration::from_secs(1), "player starved for {gap:?}");
     assert_eq!(libsrt_connect(&dir, srt, PATH, ""), "connected");
 }
+
+// -- read authorization -------------------------------------------------------
+
+#[test]
+fn per_application_passphrases_and_user_tokens() {
+    let server = Sluice::start(Some(
+        "[apps.live]\nread_passphrase = \"live-passphrase-1\"\n\
+         [apps.club.read_tokens]\nalice = \"alice-token-1\"\n",
+    ));
+    let dir = TempDir::new("srt-read-auth");
+    let addr = server.srt_addr();
+    let _a = publish(&server, "live/cam1", 40);
+    let _b = publish(&server, "club/cam2", 40);
+    let _c = publish(&server, "open/cam3", 40);
+    let cases = [
+        // The passphrase is chosen from the streamid: per application.
+        ("live/cam1", "live-passphrase-1", "connected"),
+        ("live/cam1", "", "rejected 11"),
+        ("live/cam1", "wrong-passphrase", "rejected 10"),
+        ("open/cam3", "", "connected"),
+        ("open/cam3", "live-passphrase-1", "rejected 11"),
+        // Tokens: u= with s= (or user_token=).
+        ("#!::r=club/cam2,u=alice,s=alice-token-1", "", "connected"),
+        (
+            "#!::u=alice,user_token=alice-token-1,r=club/cam2",
+            "",
+            "connected",
+        ),
+        ("club/cam2", "", "rejected 1401"),
+        ("#!::r=club/cam2,u=alice", "", "rejected 1401"),
+        ("#!::r=club/cam2,u=alice,s=wrong", "", "rejected 1403"),
+        (
+            "#!::r=club/cam2,u=mallory,s=alice-token-1",
+            "",
+            "rejected 1403",
+        ),
+    ];
+    for (sid, pw, want) in cases {
+        assert_eq!(libsrt_connect(&dir, addr, sid, pw), want, "{sid} / {pw:?}");
+    }
+    // ffmpeg plays with the stream's passphrase (and the token form).
+    let url = server.srt_url(PATH, "passphrase=live-passphrase-1");
+    assert_h264_aac(&probe_streams(&url), &url);
+    let url = server.srt_url("%23!::r=club/cam2,u=alice,s=alice-token-1", "");
+    assert_h264_aac(&probe_streams(&url), &url);
+    assert_eq!(
+        server.metric_or_zero(r#"sluice_auth_rejects_total{action="read",reason="wrong_token"}"#),
+        1.0
+    );
+    assert_eq!(
+        server.metric_or_zero(r#"sluice_auth_rejects_total{action="read",reason="missing_token"}"#),
+        2.0
+    );
+    // Tokens never reach the log.
+    assert!(!server.log_contains("alice-token-1"));
+}

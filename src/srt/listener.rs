@@ -133,6 +133,32 @@ pub struct Listener {
     outbox: Vec<(Packet, SocketAddr)>,
     /// Handshakes per client IP in the current second (flood limit).
     handshakes: HandshakeLimiter,
+    /// Per-application read authorization (see [`Listener::set_read_auth`]).
+    read_auth: HashMap<String, ReadAuth>,
+}
+
+/// Who may play an application's streams.
+#[derive(Debug, Clone, Default)]
+pub struct ReadAuth {
+    /// Overrides `srt.passphrase` for this application's streams.
+    pub passphrase: Option<Passphrase>,
+    /// User → token; non-empty: the streamid must carry `u=` and `s=` (or
+    /// `user_token=`).
+    pub tokens: std::collections::BTreeMap<String, crate::auth::Secret>,
+}
+
+impl ReadAuth {
+    /// From `[apps.NAME]`; the passphrase length was checked with the config.
+    pub fn from_app(app: &crate::config::AppConfig) -> Result<ReadAuth, ListenerError> {
+        let passphrase = match &app.read_passphrase {
+            Some(p) => Some(Passphrase::try_from(p.clone()).map_err(ListenerError::Passphrase)?),
+            None => None,
+        };
+        Ok(ReadAuth {
+            passphrase,
+            tokens: app.read_tokens.clone(),
+        })
+    }
 }
 
 /// Counts handshake attempts per client IP in one-second windows.
@@ -292,7 +318,25 @@ impl Listener {
                 counts: HashMap::new(),
                 overflow: 0,
             },
+            read_auth: HashMap::new(),
         })
+    }
+
+    /// Per-application read rules (passphrase, user tokens).
+    pub fn set_read_auth(&mut self, rules: HashMap<String, ReadAuth>) {
+        self.read_auth = rules;
+    }
+
+    /// The passphrase a caller asking for `sid` must use: its application's
+    /// `read_passphrase`, else `srt.passphrase`. Decided from the streamid
+    /// before the handshake completes, so streams can differ.
+    fn passphrase_for(&self, sid: &str) -> Option<Passphrase> {
+        let app = streamid::parse(sid)
+            .ok()
+            .and_then(|r| r.path.split_once('/').map(|(a, _)| a.to_string()));
+        app.and_then(|a| self.read_auth.get(&a))
+            .and_then(|r| r.passphrase.clone())
+            .or_else(|| self.passphrase.clone())
     }
 
     /// Connected players.
@@ -432,9 +476,20 @@ impl Listener {
                 .increment(1);
             return;
         }
-        // A fresh local socket id per connection; replay a synthetic
-        // induction so this `Listen` accepts the Conclusion with its own cookie.
-        let mut listen = Listen::new(self.base.copy_randomize(), true);
+        // A fresh local socket id per connection, with the passphrase of the
+        // stream asked for; replay a synthetic induction so this `Listen`
+        // accepts the Conclusion with its own cookie.
+        let sid = match &h.info {
+            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
+            HandshakeVsInfo::V4(_) => String::new(),
+        };
+        let passphrase = self.passphrase_for(&sid);
+        let mut settings = self.base.copy_randomize();
+        settings.key_settings = passphrase.clone().map(|p| KeySettings {
+            key_size: KeySize::Unspecified,
+            passphrase: p,
+        });
+        let mut listen = Listen::new(settings, true);
         let induction = Packet::Control(ControlPacket {
             timestamp: TimeStamp::MIN,
             dest_sockid: SocketId(0),
@@ -459,7 +514,7 @@ impl Listener {
         let Some(Some(request)) = request else {
             return;
         };
-        let decision = self.decide(&request, &h, forced);
+        let decision = self.decide(&request, &h, forced, passphrase);
         let result = caught("access response", from, || {
             listen.handle_access_control_response(now, decision.response)
         });
@@ -533,7 +588,7 @@ impl Listener {
                 let code = reported_code(reason);
                 metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
                     .increment(1);
-                info!(peer = %from, code, streamid = %decision.streamid, reason = %decision.why, "srt caller rejected");
+                info!(peer = %from, code, streamid = %crate::auth::redact_streamid(&decision.streamid), reason = %decision.why, "srt caller rejected");
                 if let Some(r) = reply {
                     self.outbox.push(r);
                 }
@@ -548,6 +603,7 @@ impl Listener {
         req: &AccessControlRequest,
         h: &HandshakeControlInfo,
         forced: Option<RejectReason>,
+        passphrase: Option<Passphrase>,
     ) -> Decision {
         let sid = match &h.info {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
@@ -569,7 +625,7 @@ impl Listener {
             );
         };
         // srt-protocol panics on these combinations; answer them ourselves.
-        match (&self.passphrase, &info.ext_km) {
+        match (&passphrase, &info.ext_km) {
             (None, Some(_)) => {
                 return reject(
                     RejectReason::Core(CoreRejectReason::Unsecure),
@@ -641,7 +697,12 @@ impl Listener {
             );
         }
         // hsv5.rs requires the accepted key size to equal the caller's.
-        let keys = self.passphrase.clone().map(|p| KeySettings {
+        if let Err((code, reason, why)) = self.check_token(&parsed) {
+            metrics::counter!(telemetry::AUTH_REJECTS_TOTAL, "action" => "read", "reason" => reason)
+                .increment(1);
+            return reject(reject_code(code), why);
+        }
+        let keys = passphrase.map(|p| KeySettings {
             key_size: req.key_size,
             passphrase: p,
         });
@@ -650,6 +711,40 @@ impl Listener {
             target: Some((rendition.ring.clone(), parsed.path, parsed.rendition)),
             streamid: sid.clone(),
             why: String::new(),
+        }
+    }
+
+    /// The user token rule of the stream's application: 1401 when the
+    /// streamid carries no user or token, 1403 when they do not match.
+    fn check_token(
+        &self,
+        req: &streamid::StreamRequest,
+    ) -> Result<(), (i32, &'static str, String)> {
+        let app = req.path.split_once('/').map_or("", |(a, _)| a);
+        let Some(rules) = self.read_auth.get(app).filter(|r| !r.tokens.is_empty()) else {
+            return Ok(());
+        };
+        let user = req.params.get("u");
+        let token = req.params.get("s").or_else(|| req.params.get("user_token"));
+        let (Some(user), Some(token)) = (user, token) else {
+            return Err((
+                code::UNAUTHORIZED,
+                "missing_token",
+                format!("{} needs u=USER and s=TOKEN in the streamid", req.path),
+            ));
+        };
+        match rules.tokens.get(user.as_str()) {
+            Some(secret) if secret.verify(token) => Ok(()),
+            Some(_) => Err((
+                code::FORBIDDEN,
+                "wrong_token",
+                format!("wrong token for user {user}"),
+            )),
+            None => Err((
+                code::FORBIDDEN,
+                "unknown_user",
+                format!("unknown user {user}"),
+            )),
         }
     }
 
