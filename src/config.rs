@@ -137,6 +137,9 @@ pub struct AppConfig {
     /// User → secret. Non-empty: players must name a user (`u=`) and its
     /// token (`s=` or `user_token=`) in the streamid.
     pub read_tokens: BTreeMap<String, crate::auth::Secret>,
+    /// `http://...` asked (POST JSON, action "read") before every SRT
+    /// player of this application is accepted; 2xx allows.
+    pub read_webhook: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -150,6 +153,7 @@ impl Default for AppConfig {
             webhook_timeout: Duration::from_secs(2),
             read_passphrase: None,
             read_tokens: BTreeMap::new(),
+            read_webhook: None,
         }
     }
 }
@@ -496,6 +500,11 @@ impl Config {
                         .map_err(|m| invalid(&s.key("publish_webhook"), m))?;
                     app.publish_webhook = Some(url);
                 }
+                if let Some(url) = s.string("read_webhook")? {
+                    crate::auth::parse_http_url(&url)
+                        .map_err(|m| invalid(&s.key("read_webhook"), m))?;
+                    app.read_webhook = Some(url);
+                }
                 s.duration("webhook_timeout", &mut app.webhook_timeout)?;
                 if app.webhook_timeout.is_zero() {
                     return Err(invalid(
@@ -516,7 +525,10 @@ impl Config {
                     for user in users.keys() {
                         let k = users.key(&user);
                         if user.is_empty() || user.len() > 64 || user.contains([',', '=']) {
-                            return Err(invalid(&k, "user names are 1-64 characters without ',' or '='"));
+                            return Err(invalid(
+                                &k,
+                                "user names are 1-64 characters without ',' or '='",
+                            ));
                         }
                         let v = users.string(&user)?.unwrap_or_default();
                         let secret = crate::auth::Secret::parse(&v).map_err(|m| invalid(&k, m))?;

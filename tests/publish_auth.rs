@@ -140,64 +140,20 @@ fn hash_key_prints_a_usable_hash_and_bad_keys_stop_the_start() {
     assert!(err.contains("apps.live.publish_keys.cam1"), "{err}");
 }
 
-/// A webhook on loopback: answers 200 when the JSON body carries
-/// `"key":"good-key"`, 403 otherwise, and takes 3 s for stream `slow`.
-/// Returns its port and the bodies it received.
-fn webhook() -> (
-    u16,
-    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-) {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let n = s.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break body.to_string();
-                        }
-                    }
-                };
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                log.lock().unwrap().push(v.clone());
-                if v["stream"] == "slow" {
-                    std::thread::sleep(Duration::from_secs(3));
-                }
-                let answer = if v["key"] == "good-key" {
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                } else {
-                    "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
-                };
-                let _ = s.write_all(answer.as_bytes());
-            });
-        }
-    });
-    (port, seen)
+/// The test webhook's rule: 200 for `"key":"good-key"`, else 403; 3 s
+/// late for stream `slow`.
+fn publish_rule(v: &serde_json::Value) -> (u16, Duration) {
+    let delay = if v["stream"] == "slow" {
+        Duration::from_secs(3)
+    } else {
+        Duration::ZERO
+    };
+    (if v["key"] == "good-key" { 200 } else { 403 }, delay)
 }
 
 #[test]
 fn a_webhook_decides_publishes_without_blocking_anyone() {
-    let (port, seen) = webhook();
+    let (port, seen) = webhook_server(publish_rule);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);

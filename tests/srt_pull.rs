@@ -882,3 +882,46 @@ fn per_application_passphrases_and_user_tokens() {
     // Tokens never reach the log.
     assert!(!server.log_contains("alice-token-1"));
 }
+
+/// The test read webhook: allows user `bob` with token `bob-token`, denies
+/// everyone else.
+fn read_rule(v: &serde_json::Value) -> (u16, Duration) {
+    let ok = v["user"] == "bob" && v["token"] == "bob-token";
+    (if ok { 204 } else { 403 }, Duration::from_millis(300))
+}
+
+#[test]
+fn a_read_webhook_decides_srt_players() {
+    let (port, seen) = webhook_server(read_rule);
+    let server = Sluice::start(Some(&format!(
+        "[apps.live]\nread_webhook = \"http://127.0.0.1:{port}/read\"\n"
+    )));
+    let dir = TempDir::new("srt-read-webhook");
+    let addr = server.srt_addr();
+    let _a = publish(&server, PATH, 40);
+    assert_eq!(
+        libsrt_connect(&dir, addr, "#!::r=live/cam1/source,u=bob,s=bob-token", ""),
+        "connected"
+    );
+    let body = seen.lock().unwrap()[0].clone();
+    assert_eq!(body["action"], "read");
+    assert_eq!(body["protocol"], "srt");
+    assert_eq!(body["path"], PATH);
+    assert_eq!(body["rendition"], "source");
+    assert_eq!(body["user"], "bob");
+    assert!(body["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    assert_eq!(
+        libsrt_connect(&dir, addr, "#!::r=live/cam1,u=eve,s=guess", ""),
+        "rejected 1403"
+    );
+    assert_eq!(libsrt_connect(&dir, addr, PATH, ""), "rejected 1403");
+    assert_eq!(
+        server
+            .metric_or_zero(r#"sluice_auth_rejects_total{action="read",reason="webhook_denied"}"#),
+        2.0
+    );
+    // One webhook call per connection attempt, not per retransmission.
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}

@@ -135,6 +135,7 @@ pub struct Listener {
     handshakes: HandshakeLimiter,
     /// Per-application read authorization (see [`Listener::set_read_auth`]).
     read_auth: HashMap<String, ReadAuth>,
+    pending_reads: Arc<std::sync::Mutex<PendingReads>>,
 }
 
 /// Who may play an application's streams.
@@ -145,7 +146,20 @@ pub struct ReadAuth {
     /// User → token; non-empty: the streamid must carry `u=` and `s=` (or
     /// `user_token=`).
     pub tokens: std::collections::BTreeMap<String, crate::auth::Secret>,
+    /// Asked before accepting a player, with its timeout.
+    pub webhook: Option<(String, Duration)>,
 }
+
+/// Webhook answers for callers whose Conclusion is being held: the caller
+/// retransmits it (every 250 ms in libsrt) and is answered once the
+/// webhook has.
+#[derive(Default)]
+struct PendingReads {
+    map: HashMap<(SocketAddr, u32), (Instant, Option<Result<(), String>>)>,
+}
+
+/// Callers waiting for a webhook at once; more are refused with 1402.
+const MAX_PENDING_READS: usize = 1024;
 
 impl ReadAuth {
     /// From `[apps.NAME]`; the passphrase length was checked with the config.
@@ -157,6 +171,7 @@ impl ReadAuth {
         Ok(ReadAuth {
             passphrase,
             tokens: app.read_tokens.clone(),
+            webhook: app.read_webhook.clone().map(|u| (u, app.webhook_timeout)),
         })
     }
 }
@@ -319,6 +334,7 @@ impl Listener {
                 overflow: 0,
             },
             read_auth: HashMap::new(),
+            pending_reads: Arc::default(),
         })
     }
 
@@ -514,7 +530,11 @@ impl Listener {
         let Some(Some(request)) = request else {
             return;
         };
-        let decision = self.decide(&request, &h, forced, passphrase);
+        let decision = self.decide(&request, &h, forced, passphrase, from, now);
+        if decision.defer {
+            // Waiting for the webhook: say nothing; the caller retransmits.
+            return;
+        }
         let result = caught("access response", from, || {
             listen.handle_access_control_response(now, decision.response)
         });
@@ -604,6 +624,8 @@ impl Listener {
         h: &HandshakeControlInfo,
         forced: Option<RejectReason>,
         passphrase: Option<Passphrase>,
+        from: SocketAddr,
+        now: Instant,
     ) -> Decision {
         let sid = match &h.info {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
@@ -614,6 +636,7 @@ impl Listener {
             target: None,
             streamid: sid.clone(),
             why,
+            defer: false,
         };
         if let Some(r) = forced {
             return reject(r, "unsupported handshake option or MSS".into());
@@ -702,6 +725,27 @@ impl Listener {
                 .increment(1);
             return reject(reject_code(code), why);
         }
+        match self.ask_webhook(&parsed, h, from, now) {
+            WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
+            WebhookVerdict::Waiting => {
+                return Decision {
+                    response: AccessControlResponse::Rejected(reject_code(code::UNAVAILABLE)),
+                    target: None,
+                    streamid: sid.clone(),
+                    why: String::new(),
+                    defer: true,
+                }
+            }
+            WebhookVerdict::Denied(code, why) => {
+                metrics::counter!(
+                    telemetry::AUTH_REJECTS_TOTAL,
+                    "action" => "read",
+                    "reason" => "webhook_denied"
+                )
+                .increment(1);
+                return reject(reject_code(code), why);
+            }
+        }
         let keys = passphrase.map(|p| KeySettings {
             key_size: req.key_size,
             passphrase: p,
@@ -711,7 +755,70 @@ impl Listener {
             target: Some((rendition.ring.clone(), parsed.path, parsed.rendition)),
             streamid: sid.clone(),
             why: String::new(),
+            defer: false,
         }
+    }
+
+    /// The read webhook's verdict for this caller: asked on its first
+    /// Conclusion (on a task), answered on a retransmission.
+    fn ask_webhook(
+        &self,
+        req: &streamid::StreamRequest,
+        h: &HandshakeControlInfo,
+        from: SocketAddr,
+        now: Instant,
+    ) -> WebhookVerdict {
+        let (app, stream) = req.path.split_once('/').unwrap_or((&req.path, ""));
+        let Some((url, timeout)) = self.read_auth.get(app).and_then(|r| r.webhook.clone()) else {
+            return WebhookVerdict::NotConfigured;
+        };
+        let key = (from, h.socket_id.0);
+        let mut pending = self.pending_reads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, answer)) = pending.map.get(&key) {
+            let Some(answer) = answer.clone() else {
+                return WebhookVerdict::Waiting;
+            };
+            pending.map.remove(&key);
+            return match answer {
+                Ok(()) => WebhookVerdict::Allowed,
+                Err(why) => WebhookVerdict::Denied(code::FORBIDDEN, why),
+            };
+        }
+        // Forget callers that gave up long ago.
+        pending.map.retain(|_, (since, _)| {
+            now.saturating_duration_since(*since) < Duration::from_secs(30)
+        });
+        if pending.map.len() >= MAX_PENDING_READS {
+            return WebhookVerdict::Denied(
+                code::OVERLOAD,
+                "too many players waiting for the read webhook".into(),
+            );
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return WebhookVerdict::Denied(code::UNAVAILABLE, "no runtime for the webhook".into());
+        };
+        pending.map.insert(key, (now, None));
+        let body = serde_json::json!({
+            "action": "read",
+            "protocol": "srt",
+            "path": req.path,
+            "app": app,
+            "stream": stream,
+            "rendition": req.rendition,
+            "user": req.params.get("u"),
+            "token": req.params.get("s").or_else(|| req.params.get("user_token")),
+            "query": req.params,
+            "client": from.to_string(),
+        });
+        let slot = self.pending_reads.clone();
+        rt.spawn(async move {
+            let answer = crate::auth::ask_webhook(&url, &body, timeout).await;
+            let mut pending = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = pending.map.get_mut(&key) {
+                entry.1 = Some(answer);
+            }
+        });
+        WebhookVerdict::Waiting
     }
 
     /// The user token rule of the stream's application: 1401 when the
@@ -854,6 +961,15 @@ struct Decision {
     target: Option<(Arc<crate::stream::Ring<TsChunk>>, String, String)>,
     streamid: String,
     why: String,
+    /// No answer yet (waiting for the read webhook).
+    defer: bool,
+}
+
+enum WebhookVerdict {
+    NotConfigured,
+    Waiting,
+    Allowed,
+    Denied(i32, String),
 }
 
 /// The `now` to give srt-protocol with a connection's first data input.
