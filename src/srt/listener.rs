@@ -155,8 +155,11 @@ pub struct ReadAuth {
 /// webhook has.
 #[derive(Default)]
 struct PendingReads {
-    map: HashMap<(SocketAddr, u32), (Instant, Option<Result<(), String>>)>,
+    /// (caller address, caller socket id) → (asked at, answer once known).
+    map: HashMap<(SocketAddr, u32), (Instant, Option<WebhookAnswer>)>,
 }
+
+type WebhookAnswer = Result<(), String>;
 
 /// Callers waiting for a webhook at once; more are refused with 1402.
 const MAX_PENDING_READS: usize = 1024;
