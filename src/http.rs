@@ -89,7 +89,28 @@ async fn gpus(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Process gauges read at scrape time: open file descriptors, resident
+/// memory and live tokio tasks (what the leak tests compare).
+fn process_gauges() {
+    use crate::telemetry as t;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(t::PROCESS_OPEN_FDS).set(dir.count() as f64);
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            metrics::gauge!(t::PROCESS_RESIDENT_MEMORY_BYTES).set(kib * 1024.0);
+        }
+    }
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    metrics::gauge!(t::TOKIO_ALIVE_TASKS).set(tasks as f64);
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
+    process_gauges();
     s.metrics.run_upkeep();
     (
         [(

@@ -1,7 +1,9 @@
-//! Process lifecycle: bind every listener, serve, and drain on SIGTERM or
-//! SIGINT (`/readyz` 503 at once, new publishers refused, running streams
-//! get `server.drain_timeout`, then everything is cancelled).
+//! Process lifecycle: load the TLS files, bind every listener, serve, and
+//! drain on SIGTERM or SIGINT (`/readyz` 503 at once, new publishers
+//! refused, running streams get `server.drain_timeout`, then everything is
+//! cancelled).
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +15,33 @@ use tracing::{error, info, warn};
 use crate::config::{Config, EncoderMode, VideoCodec};
 use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
-use crate::rtmp::server::{self as rtmp_server, Context};
+use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
-use crate::stream::Registry;
+use crate::stream::{Registry, StreamLimits};
 use crate::telemetry;
 use crate::transcode::{self, Encoders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot bind {what} on {addr}: {source} (set --{what}-addr or server.{what}_addr)")]
+    #[error("cannot bind {what} on {addr}: {source} ({hint})")]
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,
         source: std::io::Error,
+        /// Where the address is configured.
+        hint: &'static str,
+    },
+    #[error("cannot read {key} ({}): {source}", path.display())]
+    TlsFile {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key} ({}): {why}", path.display())]
+    Tls {
+        key: &'static str,
+        path: PathBuf,
+        why: String,
     },
     #[error("{0}")]
     Metrics(String),
@@ -81,11 +97,79 @@ pub async fn choose_encoders(config: &Config, gpus: &Gpus) -> Result<Encoders, S
     transcode::resolve(tc.encoder, tc.gpu_decode, &probe, &used)
 }
 
+/// Read `server.tls_cert` (PEM chain, leaf first) and `server.tls_key`
+/// (PEM PKCS#8, PKCS#1 or SEC1) into a TLS acceptor. Errors name the key
+/// and the file.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |k: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| ServerError::TlsFile {
+            key: k,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let bad = |k: &'static str, path: &Path, why: String| ServerError::Tls {
+        key: k,
+        path: path.to_path_buf(),
+        why,
+    };
+    let cert_pem = read("server.tls_cert", cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("server.tls_cert", cert, format!("bad PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "server.tls_cert",
+            cert,
+            "no PEM certificate (BEGIN CERTIFICATE) found".into(),
+        ));
+    }
+    let key_pem = read("server.tls_key", key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        bad(
+            "server.tls_key",
+            key,
+            format!(
+                "no usable PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY): {e}"
+            ),
+        )
+    })?;
+    // The ring provider, explicitly: no process-wide default to install.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("server.tls_cert", cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            bad(
+                "server.tls_key",
+                key,
+                format!("does not fit server.tls_cert ({}): {e}", cert.display()),
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
 /// Run until a shutdown signal has been handled; returns after the drain.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    // Bad TLS files stop the start before anything else is set up.
+    let tls = match (
+        config.server.rtmps_addr,
+        &config.server.tls_cert,
+        &config.server.tls_key,
+    ) {
+        (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        _ => None,
+    };
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
     let config = Arc::new(config);
-    let registry = Registry::new();
+    let registry = Registry::with_limits(StreamLimits {
+        max_streams: config.rtmp.max_streams,
+        max_publishes_per_ip: config.rtmp.max_publishes_per_ip,
+    });
     let root = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let gpus = Arc::new(Gpus::init());
@@ -109,7 +193,22 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             what: "rtmp",
             addr: s.rtmp_addr,
             source,
+            hint: "set --rtmp-addr or server.rtmp_addr",
         })?;
+    let rtmps = match (s.rtmps_addr, tls) {
+        (Some(addr), Some(acceptor)) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "rtmps",
+                    addr,
+                    source,
+                    hint: "set server.rtmps_addr",
+                })?;
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
     let http_listener =
         TcpListener::bind(s.http_addr)
             .await
@@ -117,11 +216,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 what: "http",
                 addr: s.http_addr,
                 source,
+                hint: "set --http-addr or server.http_addr",
             })?;
     let srt_socket = bind_udp(s.srt_addr).map_err(|source| ServerError::Bind {
         what: "srt",
         addr: s.srt_addr,
         source,
+        hint: "set --srt-addr or server.srt_addr",
     })?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
     let mut read_auth = std::collections::HashMap::new();
@@ -130,6 +231,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     srt.set_read_auth(read_auth);
     let rtmp_addr = rtmp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let rtmps_addr = rtmps
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok())
+        .map(|a| a.to_string());
     let srt_addr = srt_socket
         .local_addr()
         .map(|a| a.to_string())
@@ -138,8 +243,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // `rtmps_addr` is absent from the line when RTMPS is off.
     info!(
         rtmp_addr,
+        rtmps_addr,
         http_addr,
         srt_addr,
         version = env!("CARGO_PKG_VERSION"),
@@ -153,7 +260,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         encoders: encoders.clone(),
         transcodes: transcodes.clone(),
     });
-    let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, ctx));
+    let rtmp_task = tokio::spawn(rtmp_server::serve(Listeners { rtmp, rtmps }, ctx));
     let srt_task = tokio::spawn(srt_listener::serve(srt_socket, srt, root.clone()));
     let app = http::router(AppState {
         registry: registry.clone(),

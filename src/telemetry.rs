@@ -13,6 +13,7 @@ pub const RTMP_CONNECTIONS_TOTAL: &str = "sluice_rtmp_connections_total";
 pub const RTMP_PUBLISHES_TOTAL: &str = "sluice_rtmp_publishes_total";
 pub const RTMP_PROTOCOL_ERRORS_TOTAL: &str = "sluice_rtmp_protocol_errors_total";
 pub const RTMP_CONNECTIONS_REJECTED_TOTAL: &str = "sluice_rtmp_connections_rejected_total";
+pub const RTMPS_CONNECTIONS_TOTAL: &str = "sluice_rtmps_connections_total";
 pub const INGEST_BYTES_TOTAL: &str = "sluice_ingest_bytes_total";
 pub const INGEST_FRAMES_TOTAL: &str = "sluice_ingest_frames_total";
 pub const INGEST_TAG_ERRORS_TOTAL: &str = "sluice_ingest_tag_errors_total";
@@ -32,6 +33,9 @@ pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
+pub const PROCESS_OPEN_FDS: &str = "sluice_process_open_fds";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "sluice_process_resident_memory_bytes";
+pub const TOKIO_ALIVE_TASKS: &str = "sluice_tokio_alive_tasks";
 pub const AUTH_REJECTS_TOTAL: &str = "sluice_auth_rejects_total";
 pub const TRANSCODE_ENCODER: &str = "sluice_transcode_encoder";
 pub const TRANSCODE_ENCODER_FALLBACKS_TOTAL: &str = "sluice_transcode_encoder_fallbacks_total";
@@ -112,9 +116,16 @@ fn describe() {
     describe_counter!(RTMP_CONNECTIONS_TOTAL, "RTMP connections accepted.");
     describe_counter!(
         RTMP_CONNECTIONS_REJECTED_TOTAL,
-        "RTMP connections refused before the handshake, by reason."
+        "RTMP(S) connections refused before the RTMP handshake, by reason (max_connections, max_connections_per_ip, tls_handshake)."
     );
-    describe_counter!(RTMP_PUBLISHES_TOTAL, "RTMP publish attempts, by result.");
+    describe_counter!(
+        RTMPS_CONNECTIONS_TOTAL,
+        "RTMPS connections whose TLS handshake completed."
+    );
+    describe_counter!(
+        RTMP_PUBLISHES_TOTAL,
+        "RTMP publish attempts, by result (accepted, rejected_busy, rejected_limit, ...)."
+    );
     describe_counter!(
         RTMP_PROTOCOL_ERRORS_TOTAL,
         "RTMP connections closed for a protocol error or limit, by reason."
@@ -143,7 +154,7 @@ fn describe() {
     );
     describe_counter!(
         STREAM_TEARDOWNS_TOTAL,
-        "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, ...)."
+        "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, bitrate_limit, ...)."
     );
     describe_counter!(
         STREAM_SETUP_FAILURES_TOTAL,
@@ -183,6 +194,15 @@ fn describe() {
         SRT_DROPPED_DATAGRAMS_TOTAL,
         "Datagrams on the SRT port ignored before or at parsing, by reason."
     );
+    describe_gauge!(
+        PROCESS_OPEN_FDS,
+        "Open file descriptors of the sluice process."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        "Resident memory of the sluice process."
+    );
+    describe_gauge!(TOKIO_ALIVE_TASKS, "Live tokio tasks in sluice.");
     describe_counter!(
         AUTH_REJECTS_TOTAL,
         "Requests refused by authorization, by action (publish) and reason."

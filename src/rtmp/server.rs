@@ -1,18 +1,22 @@
-//! The tokio driver for RTMP: accepts TCP connections and moves bytes
-//! between each socket and its [`Session`]. All protocol decisions live in
-//! `proto`; this loop only reads, writes, waits for timeouts and applies the
-//! registry's answers to publish requests.
+//! The tokio driver for RTMP and RTMPS: accepts TCP connections (and, on
+//! the RTMPS listener, finishes TLS inside the connection task) and moves
+//! bytes between each stream and its [`Session`]. All protocol decisions
+//! live in `proto`; this loop only reads, writes, waits for timeouts and
+//! applies the registry's answers to publish requests. Plain and TLS
+//! connections share every line after the TLS handshake.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram, Counter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -39,15 +43,25 @@ pub struct Context {
     pub transcodes: tokio_util::task::TaskTracker,
 }
 
-/// Accept connections until `ctx.shutdown` is cancelled, then wait for the
-/// connection tasks to finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+/// The bound RTMP listener and, when `server.rtmps_addr` is set, the RTMPS
+/// one with its TLS configuration.
+pub struct Listeners {
+    pub rtmp: TcpListener,
+    pub rtmps: Option<(TcpListener, TlsAcceptor)>,
+}
+
+/// Accept connections on both listeners until `ctx.shutdown` is cancelled,
+/// then wait for the connection tasks to finish. `rtmp.max_connections`
+/// and `rtmp.max_connections_per_ip` count RTMP and RTMPS together.
+pub async fn serve(listeners: Listeners, ctx: Arc<Context>) {
     let permits = Arc::new(Semaphore::new(ctx.config.rtmp.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let mut tasks = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            r = listener.accept() => r,
+            r = listeners.rtmp.accept() => (r, None),
+            (r, acceptor) = accept_tls(&listeners.rtmps) => (r, Some(acceptor)),
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (sock, peer) = match accepted {
@@ -55,27 +69,172 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 warn!(error = %e, "rtmp accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections")
-                .increment(1);
-            warn!(%peer, limit = ctx.config.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
+        let Some(admission) = admit(&ctx, &permits, &per_ip, peer) else {
             drop(sock);
             continue;
         };
         let ctx = ctx.clone();
+        let span = info_span!("rtmp", %peer, tls = tls.is_some(), stream = tracing::field::Empty);
         tasks.spawn(
             async move {
-                let _permit = permit;
-                handle(sock, peer, ctx).await;
+                let _admission = admission;
+                connection(sock, tls, peer, ctx).await;
             }
-            .instrument(info_span!("rtmp", %peer, stream = tracing::field::Empty)),
+            .instrument(span),
         );
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The next RTMPS connection; pending forever without an RTMPS listener.
+async fn accept_tls(
+    l: &Option<(TcpListener, TlsAcceptor)>,
+) -> (std::io::Result<(TcpStream, SocketAddr)>, TlsAcceptor) {
+    match l {
+        Some((listener, acceptor)) => (listener.accept().await, acceptor.clone()),
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection's share of the connection limits, released on drop.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
+/// Apply `rtmp.max_connections` and `rtmp.max_connections_per_ip` to a
+/// new TCP connection; `None` (counted and logged) refuses it.
+fn admit(
+    ctx: &Context,
+    permits: &Arc<Semaphore>,
+    per_ip: &Arc<PerIp>,
+    peer: SocketAddr,
+) -> Option<Admission> {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+        warn!(%peer, limit = ctx.config.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
+        return None;
+    };
+    let limit = ctx.config.rtmp.max_connections_per_ip;
+    let Some(ip) = per_ip.try_acquire(peer.ip(), limit) else {
+        counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections_per_ip")
+            .increment(1);
+        warn!(%peer, limit, "rtmp connection refused: rtmp.max_connections_per_ip reached for this IP");
+        return None;
+    };
+    Some(Admission {
+        _permit: permit,
+        _ip: ip,
+    })
+}
+
+/// Open connections per client IP.
+#[derive(Debug, Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more connection from `ip`, unless it already holds `limit`.
+    /// IPv4-mapped IPv6 addresses count as their IPv4 address.
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let mut counts = self.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr) -> usize {
+        self.lock().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One connection counted in [`PerIp`]; the count drops with it, however
+/// the connection ends.
+#[derive(Debug)]
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One accepted connection: TLS first on the RTMPS listener (under
+/// `rtmp.handshake_timeout`, abandoned at shutdown), then RTMP.
+async fn connection(
+    sock: TcpStream,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+) {
+    let accepted = Instant::now();
+    let _ = sock.set_nodelay(true);
+    counter!(t::RTMP_CONNECTIONS_TOTAL).increment(1);
+    let open = gauge!(t::RTMP_CONNECTIONS);
+    open.increment(1.0);
+    match tls {
+        None => handle(sock, peer, accepted, ctx).await,
+        Some(acceptor) => {
+            let limit = ctx.config.rtmp.handshake_timeout;
+            let shutdown = ctx.shutdown.clone();
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, acceptor.accept(sock)) => match r {
+                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                    Err(_) => Err(format!(
+                        "TLS handshake not finished within {limit:?} (rtmp.handshake_timeout)"
+                    )),
+                },
+                _ = shutdown.cancelled() => Err("server shut down during the TLS handshake".to_string()),
+            };
+            match result {
+                Ok(stream) => {
+                    counter!(t::RTMPS_CONNECTIONS_TOTAL).increment(1);
+                    debug!("tls handshake done");
+                    handle(stream, peer, accepted, ctx).await;
+                }
+                Err(why) => {
+                    counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "tls_handshake")
+                        .increment(1);
+                    warn!(
+                        reason = "tls_handshake",
+                        error = why,
+                        "rtmps connection closed"
+                    );
+                }
+            }
+        }
+    }
+    open.decrement(1.0);
 }
 
 /// Why a connection ended.
@@ -90,6 +249,8 @@ enum Close {
     LegFailed,
     /// A leg failed before the stream became playable.
     SetupFailed,
+    /// The publisher sent more than `rtmp.max_ingest_bitrate`.
+    BitrateLimit,
     Io(std::io::Error),
     Proto(ProtoError),
 }
@@ -104,6 +265,7 @@ impl Close {
             Close::SetupTimeout => "setup_timeout",
             Close::LegFailed => "leg_failed",
             Close::SetupFailed => "setup_failed",
+            Close::BitrateLimit => "bitrate_limit",
             Close::Io(_) => "io_error",
             Close::Proto(e) => e.reason(),
         }
@@ -146,6 +308,10 @@ struct Publishing {
     /// A leg failed inside a handler; the run loop ends the stream.
     failure: Option<(&'static str, String)>,
     published: Instant,
+    /// When the ingest bitrate is next compared with the cap.
+    next_rate_check: Instant,
+    /// The ingest bitrate (bit/s) that broke `rtmp.max_ingest_bitrate`.
+    over_bitrate: Option<u64>,
 }
 
 impl Drop for Publishing {
@@ -175,11 +341,23 @@ struct Conn {
     accepted: Instant,
 }
 
-async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    counter!(t::RTMP_CONNECTIONS_TOTAL).increment(1);
-    let open = gauge!(t::RTMP_CONNECTIONS);
-    open.increment(1.0);
-    let _ = sock.set_nodelay(true);
+/// How often a publisher's ingest bitrate is compared with the cap.
+const RATE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// The ingest bitrate is judged only after this much publishing: the
+/// measuring window (3 s) must be full.
+const RATE_WARMUP: Duration = Duration::from_secs(3);
+
+/// Write `out` and flush it (TLS holds records until flushed).
+async fn send<S: AsyncWrite + Unpin>(sock: &mut S, out: &[u8]) -> std::io::Result<()> {
+    sock.write_all(out).await?;
+    sock.flush().await
+}
+
+/// Run RTMP on an established byte stream (TCP or TLS over TCP).
+async fn handle<S>(mut sock: S, peer: SocketAddr, accepted: Instant, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let seed = rand::random::<u64>();
     let mut conn = Conn {
         session: Session::new(ctx.config.rtmp_limits(), Instant::now(), seed),
@@ -187,15 +365,15 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         peer,
         app: String::new(),
         publishing: None,
-        accepted: Instant::now(),
+        accepted,
         pending_auth: None,
     };
     let close = conn.run(&mut sock).await;
     // Best effort: the last words (a rejection) may still be queued.
     if let Some(out) = conn.session.take_transmit() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sock.write_all(&out)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut sock, &out)).await;
     }
-    let _ = sock.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sock.shutdown()).await;
     let reason = close.reason();
     match &close {
         Close::Proto(e) => {
@@ -209,11 +387,13 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => reason).increment(1);
         info!(stream = %p.guard.stream().path, cause = reason, "publish ended");
     }
-    open.decrement(1.0);
 }
 
 impl Conn {
-    async fn run(&mut self, sock: &mut TcpStream) -> Close {
+    async fn run<S>(&mut self, sock: &mut S) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let mut buf = vec![0u8; 64 * 1024];
         let shutdown = self.ctx.shutdown.clone();
         let setup_deadline =
@@ -304,20 +484,16 @@ impl Conn {
             if let Err(e) = self.drain_events() {
                 return Close::Proto(e);
             }
-            if let Some(close) = self.take_failure() {
+            if let Some(close) = self.take_failure().or_else(|| self.take_over_limit()) {
                 if let Some(out) = self.session.take_transmit() {
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(1),
-                        sock.write_all(&out),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send(sock, &out)).await;
                 }
                 return close;
             }
             if let Some(out) = self.session.take_transmit() {
                 // A peer that stops reading must not pin this task forever.
                 let idle = self.ctx.config.rtmp.idle_timeout;
-                match tokio::time::timeout(idle, sock.write_all(&out)).await {
+                match tokio::time::timeout(idle, send(sock, &out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Close::Io(e),
                     Err(_) => return Close::Proto(ProtoError::IdleTimeout(idle)),
@@ -345,6 +521,25 @@ impl Conn {
             &format!("stream setup failed: {detail}"),
         );
         Some(Close::SetupFailed)
+    }
+
+    /// The publisher went over `rtmp.max_ingest_bitrate`: stop its stream.
+    fn take_over_limit(&mut self) -> Option<Close> {
+        let p = self.publishing.as_mut()?;
+        let bps = p.over_bitrate.take()?;
+        let cap = self.ctx.config.rtmp.max_ingest_kbps;
+        let kbps = bps / 1000;
+        warn!(
+            stream = %p.guard.stream().path,
+            ingest_kbps = kbps,
+            limit_kbps = cap,
+            "ingest bitrate over rtmp.max_ingest_bitrate; stopping the stream"
+        );
+        self.session.stop_publish(
+            "NetStream.Publish.Failed",
+            &format!("ingest bitrate {kbps} kbit/s exceeds rtmp.max_ingest_bitrate ({cap} kbit/s)"),
+        );
+        Some(Close::BitrateLimit)
     }
 
     /// The stream never became playable: tell the publisher why.
@@ -600,6 +795,8 @@ impl Conn {
                     audio_config: None,
                     failure: None,
                     published: Instant::now(),
+                    next_rate_check: Instant::now() + RATE_WARMUP,
+                    over_bitrate: None,
                 });
                 self.session.accept_publish()?;
             }
@@ -607,6 +804,9 @@ impl Conn {
                 let (result, code) = match e {
                     ClaimError::Busy(_) => ("rejected_busy", "NetStream.Publish.BadName"),
                     ClaimError::Draining => ("rejected_draining", "NetStream.Publish.Failed"),
+                    ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. } => {
+                        ("rejected_limit", "NetStream.Publish.Failed")
+                    }
                 };
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => result).increment(1);
                 warn!(stream = %path, reason = result, "publish refused: {e}");
@@ -641,7 +841,21 @@ impl Conn {
         let now = Instant::now();
         let stream = p.guard.stream().clone();
         stream.touch(now);
-        let result = stream.ingest().push(now, video, timestamp, payload);
+        // The cap is checked a few times a second, not per message.
+        let check_rate = now >= p.next_rate_check;
+        let (result, bps) = {
+            let mut ingest = stream.ingest();
+            let result = ingest.push(now, video, timestamp, payload);
+            (result, check_rate.then(|| ingest.bitrate_bps(now)))
+        };
+        if let Some(bps) = bps {
+            p.next_rate_check = now + RATE_CHECK_INTERVAL;
+            // 10 % above the cap: encoders overshoot briefly at keyframes.
+            let cap = u64::from(self.ctx.config.rtmp.max_ingest_kbps) * 1000;
+            if bps > cap + cap / 10 {
+                p.over_bitrate = Some(bps);
+            }
+        }
         match result {
             Ok((event, jump)) => {
                 if let Some(j) = jump {
@@ -792,5 +1006,34 @@ async fn leg_event(p: &mut Option<Publishing>, want_connects: bool) -> LegEvent 
         Some(r) = p.legs.join_next(), if legs_live => LegEvent::Ended(r),
         Some(ev) = transcode => LegEvent::Transcode(ev),
         else => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_slots_are_limited_and_released_on_drop() {
+        let table = Arc::new(PerIp::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = table.try_acquire(a, 2).unwrap();
+        let s2 = table.try_acquire(a, 2).unwrap();
+        assert!(table.try_acquire(a, 2).is_none());
+        // IPv4-mapped IPv6 is the same client.
+        assert!(table
+            .try_acquire("::ffff:10.0.0.1".parse().unwrap(), 2)
+            .is_none());
+        let other = table.try_acquire(b, 2).unwrap();
+        assert_eq!(table.count(a), 2);
+        drop(s1);
+        let s3 = table.try_acquire(a, 2).unwrap();
+        drop((s2, s3, other));
+        assert_eq!(table.count(a), 0);
+        assert!(table.lock().is_empty(), "no entry left behind");
+        // A zero limit refuses without leaving an entry.
+        assert!(table.try_acquire(a, 0).is_none());
+        assert!(table.lock().is_empty());
     }
 }

@@ -4,11 +4,14 @@
 //! A publish holds a [`PublishGuard`]; dropping it (publisher gone, for any
 //! reason) removes the stream at once, so a reconnecting encoder can
 //! republish immediately instead of hitting a stale "already publishing".
+//! The registry also enforces the stream-count limits in the same lock as
+//! the insert, so concurrent publishers cannot overshoot them.
 
 pub mod ingest;
 pub mod ring;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -104,6 +107,9 @@ pub struct Stream {
     pub started: Instant,
     pub started_at: SystemTime,
     pub peer: String,
+    /// The publisher's IP when `peer` is a socket address (counted against
+    /// `rtmp.max_publishes_per_ip`).
+    peer_ip: Option<IpAddr>,
     /// Cancelled when the stream must stop (takeover, shutdown).
     pub cancel: CancellationToken,
     /// Set when a takeover cancelled this stream.
@@ -166,9 +172,40 @@ pub enum ClaimError {
     Busy(String),
     #[error("server is draining; publish again on another instance")]
     Draining,
+    #[error("server already has {limit} live streams (rtmp.max_streams); try again later or use another instance")]
+    MaxStreams { limit: usize },
+    #[error("{ip} already has {limit} live publishes (rtmp.max_publishes_per_ip); stop one first")]
+    MaxPublishesPerIp { ip: IpAddr, limit: usize },
 }
 
-/// All live streams.
+impl ClaimError {
+    /// Whether a configured limit refused the claim.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. }
+        )
+    }
+}
+
+/// Server-wide limits checked when a path is claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Live streams (`rtmp.max_streams`).
+    pub max_streams: usize,
+    /// Live publishes from one IP (`rtmp.max_publishes_per_ip`).
+    pub max_publishes_per_ip: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_streams: usize::MAX,
+            max_publishes_per_ip: usize::MAX,
+        }
+    }
+}
+
 /// How a new publisher may claim a path that is live.
 #[derive(Debug, Clone)]
 pub struct ClaimPolicy {
@@ -186,18 +223,28 @@ pub struct ClaimPolicy {
     pub renditions: Vec<String>,
 }
 
+/// All live streams.
 #[derive(Debug, Default)]
 pub struct Registry {
     streams: Mutex<HashMap<StreamPath, Arc<Stream>>>,
     generation: AtomicU64,
     draining: AtomicBool,
+    limits: StreamLimits,
     /// Poked whenever any rendition ring gets data or closes.
     data_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
+    /// A registry without stream-count limits.
     pub fn new() -> Arc<Registry> {
         Arc::new(Registry::default())
+    }
+
+    pub fn with_limits(limits: StreamLimits) -> Arc<Registry> {
+        Arc::new(Registry {
+            limits,
+            ..Registry::default()
+        })
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<StreamPath, Arc<Stream>>> {
@@ -206,7 +253,10 @@ impl Registry {
 
     /// Claim `path` for a new publisher. A live publisher on the path is
     /// cancelled and replaced when the policy allows takeover or when it
-    /// has gone stale; otherwise the claim fails.
+    /// has gone stale; otherwise the claim fails. `peer` is the publisher's
+    /// `ip:port`; its IP counts against `max_publishes_per_ip` (a peer that
+    /// is not a socket address is not counted per IP). A replacement does
+    /// not add a stream, so the limits only refuse what would grow.
     pub fn claim(
         self: &Arc<Self>,
         path: StreamPath,
@@ -219,11 +269,37 @@ impl Registry {
             return Err(ClaimError::Draining);
         }
         let now = Instant::now();
+        let peer_ip = peer
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip().to_canonical());
         let mut map = self.map();
-        if let Some(old) = map.get(&path) {
+        let old = map.get(&path);
+        if let Some(old) = old {
             if !policy.takeover && old.idle_for(now) < policy.stale_after {
                 return Err(ClaimError::Busy(path.to_string()));
             }
+        }
+        let limits = self.limits;
+        if old.is_none() && map.len() >= limits.max_streams {
+            return Err(ClaimError::MaxStreams {
+                limit: limits.max_streams,
+            });
+        }
+        if let Some(ip) = peer_ip {
+            // The stream being replaced stops counting as this one starts.
+            let live = map
+                .values()
+                .filter(|s| s.peer_ip == Some(ip) && s.path != path)
+                .count();
+            if live >= limits.max_publishes_per_ip {
+                return Err(ClaimError::MaxPublishesPerIp {
+                    ip,
+                    limit: limits.max_publishes_per_ip,
+                });
+            }
+        }
+        if let Some(old) = old {
             old.taken_over.store(true, Ordering::SeqCst);
             old.cancel.cancel();
         }
@@ -234,6 +310,7 @@ impl Registry {
             started: now,
             started_at: SystemTime::now(),
             peer: peer.to_string(),
+            peer_ip,
             cancel: parent.child_token(),
             taken_over: AtomicBool::new(false),
             last_media_ms: AtomicU64::new(0),
@@ -426,6 +503,70 @@ mod tests {
         assert!(st.idle_for(later) >= Duration::from_secs(5));
         st.touch(later);
         assert_eq!(st.idle_for(later), Duration::ZERO);
+    }
+
+    #[test]
+    fn max_streams_refuses_a_new_path_but_not_a_takeover() {
+        let reg = Registry::with_limits(StreamLimits {
+            max_streams: 1,
+            ..StreamLimits::default()
+        });
+        let root = CancellationToken::new();
+        let a = reg
+            .claim(path("a"), "a", "10.0.0.1:1", policy(true), &root)
+            .unwrap();
+        let err = reg
+            .claim(path("b"), "b", "10.0.0.2:1", policy(true), &root)
+            .unwrap_err();
+        assert_eq!(err, ClaimError::MaxStreams { limit: 1 });
+        assert!(err.is_limit());
+        assert!(err.to_string().contains("rtmp.max_streams"), "{err}");
+        // Replacing the live publisher keeps the count at one.
+        let _a2 = reg
+            .claim(path("a"), "a", "10.0.0.2:1", policy(true), &root)
+            .unwrap();
+        drop(a);
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn publishes_per_ip_are_counted_from_live_streams() {
+        let reg = Registry::with_limits(StreamLimits {
+            max_publishes_per_ip: 2,
+            ..StreamLimits::default()
+        });
+        let root = CancellationToken::new();
+        let a = reg
+            .claim(path("a"), "a", "10.0.0.1:1000", policy(true), &root)
+            .unwrap();
+        let b = reg
+            .claim(path("b"), "b", "10.0.0.1:1001", policy(true), &root)
+            .unwrap();
+        let err = reg
+            .claim(path("c"), "c", "10.0.0.1:1002", policy(true), &root)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("rtmp.max_publishes_per_ip"),
+            "{err}"
+        );
+        assert!(err.is_limit());
+        // Another IP is not affected; IPv4-mapped IPv6 is the same client.
+        let _c = reg
+            .claim(path("c"), "c", "10.0.0.2:1000", policy(true), &root)
+            .unwrap();
+        assert!(reg
+            .claim(path("d"), "d", "[::ffff:10.0.0.1]:5", policy(true), &root)
+            .is_err());
+        // An encoder reconnecting to its own path replaces itself.
+        let _a2 = reg
+            .claim(path("a"), "a", "10.0.0.1:1003", policy(true), &root)
+            .unwrap();
+        // Releasing a publish frees its slot.
+        drop(a);
+        drop(b);
+        let _d = reg
+            .claim(path("d"), "d", "10.0.0.1:1004", policy(true), &root)
+            .unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod flv;
 pub mod rtmp_client;
+pub mod srt_packets;
 
 use std::collections::HashMap;
 use std::fs;
