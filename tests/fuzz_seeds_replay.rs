@@ -57,6 +57,21 @@ fn ts_repack_seeds_replay_without_panic() {
     assert!(replay("ts_repack", sluice::transcode::repack::fuzz_repack) >= 6);
 }
 
+#[test]
+fn ts_demux_seeds_replay_without_panic() {
+    assert!(replay("ts_demux", sluice::ts::demux::fuzz_demux) >= 4);
+}
+
+#[test]
+fn srt_streamid_seeds_replay_without_panic() {
+    assert!(replay("srt_streamid", sluice::srt::streamid::fuzz_streamid) >= 12);
+}
+
+#[test]
+fn srt_listener_seeds_replay_without_panic() {
+    assert!(replay("srt_listener", sluice::srt::fuzz::fuzz_listener) >= 6);
+}
+
 /// The seeds must reach deep: a real ffmpeg publish seed drives the session
 /// all the way to media events.
 #[test]
@@ -83,4 +98,41 @@ fn ffmpeg_seed_reaches_media() {
         }
     }
     assert!(media > 5, "only {media} media messages");
+}
+
+/// The listener seeds must get past the SYN cookie and the access decision:
+/// real callers (plain and encrypted) are accepted and fed, and each
+/// rejection seed gets its code.
+#[test]
+fn srt_listener_seeds_reach_players_and_rejections() {
+    use sluice::srt::fuzz::run;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/srt_listener");
+    let seed = |name: &str| run(&std::fs::read(dir.join(name)).unwrap());
+    for name in [
+        "srt-live-transmit1.5.1-caller-plays-then-closes.bin",
+        "srt-live-transmit1.5.1-caller-aes256.bin",
+        "ffmpeg5.1-libsrt1.5.1-caller-latency200.bin",
+        "ffmpeg5.1-libsrt1.5.1-caller-aes128.bin",
+        "accept-play-then-publisher-leaves.bin",
+        "accept-720p-short-form-then-shutdown.bin",
+    ] {
+        let o = seed(name);
+        assert!(o.accepted >= 1 && o.data_packets >= 3, "{name}: {o:?}");
+    }
+    assert_eq!(seed("ipv6-callers.bin").max_players, 2);
+    for (name, codes) in [
+        (
+            "rejections-codes-mss-congestion-v4.bin",
+            &[1404, 1405, 1400][..],
+        ),
+        ("max-players-1-second-caller-1402.bin", &[1402]),
+        ("draining-1503.bin", &[1503]),
+    ] {
+        let o = seed(name);
+        for c in codes {
+            assert!(o.rejected.contains(c), "{name}: no {c} in {o:?}");
+        }
+    }
+    let o = seed("srt-live-transmit1.5.1-caller-wrong-passphrase-retries.bin");
+    assert!(o.max_players == 0 && !o.rejected.is_empty(), "{o:?}");
 }

@@ -161,6 +161,61 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
     })
 }
 
+/// Fuzzing entry point: `data` as a streamid (lossy UTF-8, as a caller's
+/// bytes could arrive). Never panics; an accepted streamid is at most
+/// [`MAX_LEN`] bytes with a valid path and rendition, and writing the request
+/// back in the access-control form (and the short form, when it has no
+/// extra keys) parses to the same request.
+#[doc(hidden)]
+pub fn fuzz_streamid(data: &[u8]) {
+    let sid = String::from_utf8_lossy(data);
+    let parsed = parse(&sid);
+    let req = match parsed {
+        Ok(req) => req,
+        Err(e) => {
+            assert!(matches!(e.code(), code::BAD_REQUEST | code::BAD_MODE));
+            let _ = e.to_string();
+            if sid.len() > MAX_LEN {
+                assert_eq!(e, StreamIdError::TooLong(sid.len()));
+            }
+            return;
+        }
+    };
+    assert!(
+        sid.len() <= MAX_LEN,
+        "accepted a {}-byte streamid",
+        sid.len()
+    );
+    let full = format!("{}/{}", req.path, req.rendition);
+    assert_eq!(
+        split_path(&full),
+        Ok((req.path.clone(), req.rendition.clone()))
+    );
+    // Decoding happens once, so escaping '%' is all a rewrite needs.
+    let reparse = |s: String| {
+        let s = s.replace('%', "%25");
+        if s.len() <= MAX_LEN {
+            assert_eq!(parse(&s).as_ref(), Ok(&req), "rewritten as {s:?}");
+        }
+    };
+    let mode = match req.mode {
+        Mode::Request => "request",
+        Mode::Publish => "publish",
+    };
+    let mut canonical = format!("#!::r={full},m={mode}");
+    for (k, v) in &req.params {
+        canonical.push_str(&format!(",{k}={v}"));
+    }
+    reparse(canonical);
+    if req.params.is_empty() {
+        let short = match req.mode {
+            Mode::Request => format!("read:{full}"),
+            Mode::Publish => format!("publish:{full}"),
+        };
+        reparse(short);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

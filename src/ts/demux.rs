@@ -594,6 +594,69 @@ fn annexb_keyframe(stream_type: u8, data: &[u8]) -> bool {
     false
 }
 
+/// Split sizes the fuzz entry picks from: single bytes, around one packet, several packets.
+const FUZZ_SPLITS: [usize; 9] = [1, 3, 100, 187, 188, 189, 376, 1316, 5000];
+
+/// Fuzzing entry point. The first byte seeds the splits; the rest is TS.
+/// Never panics on input; checks bounded memory after every push, that no
+/// PES exceeds [`MAX_PES`] and its timestamps are 33-bit, and that input
+/// the demuxer accepted without complaint gives the same PES in any split.
+#[doc(hidden)]
+pub fn fuzz_demux(data: &[u8]) {
+    fn check(d: &Demuxer, out: &[Pes]) {
+        assert!(d.buf.len() < PACKET, "{} bytes buffered", d.buf.len());
+        assert!(d.pmt_pids.len() <= MAX_PROGRAMS);
+        assert!(d.sections.len() <= MAX_PROGRAMS + 1);
+        assert!(d.sections.iter().all(|s| s.buf.len() <= MAX_SECTION_BUF));
+        assert!(d.streams.len() <= MAX_STREAMS);
+        assert!(d.streams.iter().all(|s| s.buf.len() <= MAX_PES));
+        for p in out {
+            assert!(p.data.len() <= MAX_PES, "PES of {} bytes", p.data.len());
+            assert!(p.pts.is_none_or(|t| t <= super::TIMESTAMP_MASK));
+            assert!(p.dts.is_none_or(|t| t <= super::TIMESTAMP_MASK));
+            assert!(p.dts.is_none() || p.pts.is_some(), "DTS without PTS");
+        }
+    }
+    let Some((&seed, ts)) = data.split_first() else {
+        return;
+    };
+    let mut whole = Demuxer::new();
+    let mut a = Vec::new();
+    let clean = whole.push(ts, &mut a).is_ok();
+    check(&whole, &a);
+    whole.flush(&mut a);
+    check(&whole, &a);
+
+    let mut split = Demuxer::new();
+    let mut b = Vec::new();
+    let mut split_clean = true;
+    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
+    let mut rest = ts;
+    while !rest.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
+        split_clean &= split.push(&rest[..n], &mut b).is_ok();
+        check(&split, &b);
+        rest = &rest[n..];
+    }
+    split.flush(&mut b);
+    check(&split, &b);
+    // Without lost sync every packet boundary is the same in any split (a
+    // damaged stream may resynchronise differently when the look-ahead
+    // byte has not arrived yet).
+    if clean {
+        assert!(
+            split_clean,
+            "the split found errors the whole input had not"
+        );
+        assert_eq!(a, b, "the split changed the PES");
+        assert_eq!(whole.continuity_errors, split.continuity_errors);
+        assert_eq!(whole.dropped_pes, split.dropped_pes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
