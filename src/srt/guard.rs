@@ -64,6 +64,11 @@ pub fn check(d: &[u8]) -> Verdict {
         // libsrt's ACK numbers stay below 2^31; srt-protocol adds to them
         // without wrapping (a panic in builds with overflow checks).
         2 | 6 if add_info >= 0x8000_0000 => Verdict::Drop("ACK number out of range"),
+        // srt-protocol computes its retransmission timeout from the RTT and
+        // RTT variance a peer reports in full ACKs with unchecked i32
+        // arithmetic (packet/time.rs): absurd values overflow it. libsrt
+        // never reports more than seconds.
+        2 if ack_rtt_implausible(body) => Verdict::Drop("implausible ACK RTT"),
         2 | 6 => Verdict::Pass,
         3 => check_loss_list(body),
         // srt-protocol reaches an unfinished `todo` macro on CongestionWarning and PeerError.
@@ -77,6 +82,17 @@ pub fn check(d: &[u8]) -> Verdict {
         },
         _ => Verdict::Drop("unknown control type"),
     }
+}
+
+/// Most RTT or RTT variance (µs) a full ACK may report.
+const MAX_ACK_RTT_US: i32 = 10_000_000;
+
+/// A full ACK (body: last acked sequence, RTT, RTT variance, ...) whose RTT
+/// fields are negative or longer than [`MAX_ACK_RTT_US`].
+fn ack_rtt_implausible(body: &[u8]) -> bool {
+    [4, 8]
+        .iter()
+        .any(|&at| be32(body, at).is_some_and(|v| !(0..=MAX_ACK_RTT_US).contains(&(v as i32))))
 }
 
 /// KMREQ/KMRSP: at least one key must be announced (srt-protocol asserts
@@ -254,6 +270,32 @@ pub fn fuzz_check(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_with_absurd_rtt_are_dropped() {
+        let ack = |rtt: u32, var: u32| {
+            let mut d = vec![0x80, 0x02, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+            d.extend(5u32.to_be_bytes());
+            d.extend(rtt.to_be_bytes());
+            d.extend(var.to_be_bytes());
+            d.extend([0u8; 16]);
+            d
+        };
+        assert_eq!(check(&ack(20_000, 5_000)), Verdict::Pass);
+        assert_eq!(
+            check(&ack(0x7FFF_FFFF, 5_000)),
+            Verdict::Drop("implausible ACK RTT")
+        );
+        assert_eq!(
+            check(&ack(20_000, 0xFFFF_FFFF)),
+            Verdict::Drop("implausible ACK RTT")
+        );
+        // A light ACK carries no RTT.
+        let light = vec![
+            0x80, 0x02, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 5,
+        ];
+        assert_eq!(check(&light), Verdict::Pass);
+    }
 
     fn ctrl(ty: u16, subtype: u16, add: u32, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
