@@ -105,7 +105,9 @@ fn process_gauges() {
             metrics::gauge!(t::PROCESS_RESIDENT_MEMORY_BYTES).set(kib * 1024.0);
         }
     }
-    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     metrics::gauge!(t::TOKIO_ALIVE_TASKS).set(tasks as f64);
 }
 

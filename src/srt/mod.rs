@@ -5,7 +5,8 @@
 //! to configured destinations as an SRT caller (`push`). See
 //! docs/srt-sans-io.md.
 
-#[doc(hidden)] pub mod fuzz;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 pub mod listener;
 pub mod push;
