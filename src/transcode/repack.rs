@@ -261,56 +261,14 @@ fn pes_start(payload: &[u8]) -> PesStart<'_> {
     }
 }
 
-/// Whether Annex B bytes hold an H.264 IDR (nal 5) or HEVC IRAP (nal
-/// 16..=21) before any other picture's slice. The fallback for encoders
-/// that do not set random_access_indicator.
-fn annexb_random_access(stream_type: u8, es: &[u8]) -> bool {
-    let hevc = match stream_type {
-        STREAM_TYPE_H264 => false,
-        STREAM_TYPE_HEVC => true,
-        _ => return false,
-    };
-    let mut rest = es;
-    while let Some(at) = rest.windows(3).position(|w| w == [0, 0, 1]) {
-        let Some(&b) = rest.get(at + 3) else {
-            return false;
-        };
-        if hevc {
-            let ty = (b >> 1) & 0x3F;
-            if ty <= 31 {
-                return (16..=21).contains(&ty);
-            }
-        } else {
-            let ty = b & 0x1F;
-            if (1..=5).contains(&ty) {
-                return ty == 5;
-            }
-        }
-        rest = rest.get(at + 3..).unwrap_or(&[]);
-    }
-    false
-}
-
-/// CRC-32/MPEG-2 (Annex A); over a section including its CRC_32 it is 0.
-fn crc32(data: &[u8]) -> u32 {
-    data.iter().fold(0xFFFF_FFFF, |mut crc, &b| {
-        crc ^= u32::from(b) << 24;
-        for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04C1_1DB7
-            } else {
-                crc << 1
-            };
-        }
-        crc
-    })
-}
-
 /// The table body (after the 8-byte long header, before the CRC) of a
 /// complete section with this table_id that is current and intact.
 fn section_body(s: &[u8], table_id: u8) -> Option<&[u8]> {
-    let ok =
-        s.len() >= 12 && s[0] == table_id && s[1] & 0x80 != 0 && s[5] & 0x01 != 0 && crc32(s) == 0;
+    let ok = s.len() >= 12
+        && s[0] == table_id
+        && s[1] & 0x80 != 0
+        && s[5] & 0x01 != 0
+        && crate::ts::psi::crc32(s) == 0;
     ok.then(|| s.get(8..s.len() - 4)).flatten()
 }
 
@@ -464,7 +422,7 @@ impl Repacker {
                 if let Some(ts) = pes.ts {
                     self.clock.update(ts);
                 }
-                if h.random_access || annexb_random_access(es.stream_type, pes.es) {
+                if h.random_access || crate::ts::demux::annexb_keyframe(es.stream_type, pes.es) {
                     self.stats.keyframes += 1;
                     join = true;
                 }
@@ -1054,7 +1012,7 @@ mod tests {
             let idr: Vec<bool> = pes
                 .iter()
                 .filter(|p| p.pid == PID_VIDEO)
-                .map(|p| annexb_random_access(p.stream_type, &p.data))
+                .map(|p| crate::ts::demux::annexb_keyframe(p.stream_type, &p.data))
                 .collect();
             assert_eq!(flags, idr);
             assert_eq!(idr.iter().filter(|&&k| k).count(), keyframes);

@@ -567,7 +567,7 @@ fn finish_pes(s: &mut Stream, out: &mut Vec<Pes>) -> Result<(), TsError> {
 /// Whether Annex B data (14496-10 Annex B) starts an IDR (H.264 nal 5) or
 /// an IRAP picture (HEVC nal 16..=21). The scan stops at the first VCL NAL
 /// unit: every slice of a picture has the same type.
-fn annexb_keyframe(stream_type: u8, data: &[u8]) -> bool {
+pub(crate) fn annexb_keyframe(stream_type: u8, data: &[u8]) -> bool {
     let hevc = match stream_type {
         STREAM_TYPE_H264 => false,
         STREAM_TYPE_HEVC => true,

@@ -6,7 +6,7 @@
 
 pub mod demux;
 pub mod mux;
-mod psi;
+pub(crate) mod psi;
 mod roundtrip;
 
 pub use demux::{Demuxer, Pes};
