@@ -89,7 +89,12 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "sluice failed");
             eprintln!("sluice: {e}");
-            ExitCode::FAILURE
+            // Unusable TLS files are a configuration error, like a bad key.
+            use sluice::server::ServerError;
+            match e {
+                ServerError::TlsFile { .. } | ServerError::Tls { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

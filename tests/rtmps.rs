@@ -210,9 +210,10 @@ fn start_fails(dir: &TempDir, config: &str) -> (std::process::ExitStatus, String
     let mut cmd = sluice_command();
     cmd.args(ephemeral_args()).arg("--config").arg(&path);
     let (status, _, err) = run_to_exit("sluice", cmd, Duration::from_secs(20));
-    assert!(
-        !status.success(),
-        "sluice started with a bad TLS config:\n{config}"
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "sluice must refuse a bad TLS config like any config error:\n{config}\n{err}"
     );
     (status, err)
 }
