@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::telemetry::{Family, Kind};
 use nvml_wrapper::enum_wrappers::device::{EncoderType, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
@@ -41,30 +42,54 @@ pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(15);
 const REASON_MAX_CHARS: usize = 300;
 
 /// Register help text for every GPU gauge with the installed recorder.
-pub fn describe() {
-    use metrics::describe_gauge;
-    describe_gauge!(GPUS, "NVIDIA GPUs visible through NVML (0 when none).");
-    describe_gauge!(
+/// The GPU metric families (see [`crate::telemetry::FAMILIES`]).
+pub const FAMILIES: &[Family] = &[
+    Family::new(
+        GPUS,
+        Kind::Gauge,
+        "NVIDIA GPUs visible through NVML (0 when none).",
+    ),
+    Family::new(
         GPU_ENCODER_UTILIZATION_PERCENT,
-        "NVENC utilization in percent, by GPU."
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        "NVENC utilization in percent, by GPU.",
+    ),
+    Family::new(
         GPU_DECODER_UTILIZATION_PERCENT,
-        "NVDEC utilization in percent, by GPU."
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        "NVDEC utilization in percent, by GPU.",
+    ),
+    Family::new(
         GPU_UTILIZATION_PERCENT,
-        "Share of time a kernel ran on the GPU, in percent, by GPU."
-    );
-    describe_gauge!(GPU_ENCODER_SESSIONS, "Open NVENC sessions, by GPU.");
-    describe_gauge!(GPU_MEMORY_USED_BYTES, "GPU memory in use, by GPU.");
-    describe_gauge!(GPU_MEMORY_TOTAL_BYTES, "GPU memory installed, by GPU.");
-    describe_gauge!(GPU_TEMPERATURE_CELSIUS, "GPU die temperature, by GPU.");
-    describe_gauge!(
+        Kind::Gauge,
+        "Share of time a kernel ran on the GPU, in percent, by GPU.",
+    ),
+    Family::new(
+        GPU_ENCODER_SESSIONS,
+        Kind::Gauge,
+        "Open NVENC sessions, by GPU.",
+    ),
+    Family::new(
+        GPU_MEMORY_USED_BYTES,
+        Kind::Gauge,
+        "GPU memory in use, by GPU.",
+    ),
+    Family::new(
+        GPU_MEMORY_TOTAL_BYTES,
+        Kind::Gauge,
+        "GPU memory installed, by GPU.",
+    ),
+    Family::new(
+        GPU_TEMPERATURE_CELSIUS,
+        Kind::Gauge,
+        "GPU die temperature, by GPU.",
+    ),
+    Family::new(
         GPU_ENCODER_CAPACITY_PERCENT,
-        "NVENC capacity left in percent of the maximum, by GPU and codec."
-    );
-}
+        Kind::Gauge,
+        "NVENC capacity left in percent of the maximum, by GPU and codec.",
+    ),
+];
 
 // ---------------------------------------------------------------------------
 // NVML inventory

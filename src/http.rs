@@ -119,7 +119,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render(),
+        crate::telemetry::render(&s.metrics),
     )
         .into_response()
 }

@@ -75,6 +75,88 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// The Prometheus type of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family: name, type and help text.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+impl Family {
+    pub const fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Family { name, kind, help }
+    }
+}
+
+/// Every metric family sluice exports: described to the recorder at start,
+/// and rendered as `# HELP`/`# TYPE` even before its first sample (see
+/// [`render`]), so dashboards and alerts can rely on each name.
+pub const FAMILIES: &[Family] = &[
+    Family::new(RTMP_CONNECTIONS, Kind::Gauge, "Open RTMP connections."),
+    Family::new(RTMP_CONNECTIONS_TOTAL, Kind::Counter, "RTMP connections accepted."),
+    Family::new(RTMP_CONNECTIONS_REJECTED_TOTAL, Kind::Counter, "RTMP(S) connections refused before the RTMP handshake, by reason (max_connections, max_connections_per_ip, tls_handshake)."),
+    Family::new(RTMPS_CONNECTIONS_TOTAL, Kind::Counter, "RTMPS connections whose TLS handshake completed."),
+    Family::new(RTMP_PUBLISHES_TOTAL, Kind::Counter, "RTMP publish attempts, by result (accepted, rejected_busy, rejected_limit, ...)."),
+    Family::new(RTMP_PROTOCOL_ERRORS_TOTAL, Kind::Counter, "RTMP connections closed for a protocol error or limit, by reason."),
+    Family::new(INGEST_BYTES_TOTAL, Kind::Counter, "Media bytes received, by stream."),
+    Family::new(INGEST_FRAMES_TOTAL, Kind::Counter, "Media frames received, by stream and track."),
+    Family::new(INGEST_TAG_ERRORS_TOTAL, Kind::Counter, "Audio/video messages that could not be parsed, by stream."),
+    Family::new(TIMESTAMP_JUMPS_TOTAL, Kind::Counter, "Timestamp jumps larger than rtmp.max_timestamp_jump, re-based, by stream and track."),
+    Family::new(STREAMS, Kind::Gauge, "Live streams."),
+    Family::new(STREAM_SETUP_SECONDS, Kind::Histogram, "From TCP accept to the first keyframe in the source rendition."),
+    Family::new(RELAY_LATENCY_SECONDS, Kind::Histogram, "RTMP message parsed to its last SRT packet first sent, per live chunk and player."),
+    Family::new(STREAM_TEARDOWNS_TOTAL, Kind::Counter, "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, bitrate_limit, ...)."),
+    Family::new(STREAM_SETUP_FAILURES_TOTAL, Kind::Counter, "Publishes closed because the stream was not playable within server.setup_timeout, by reason."),
+    Family::new(TS_MUX_ERRORS_TOTAL, Kind::Counter, "Frames or codec configs the MPEG-TS muxer refused, by stream."),
+    Family::new(SRT_PLAYERS, Kind::Gauge, "Connected SRT players."),
+    Family::new(SRT_PLAYERS_TOTAL, Kind::Counter, "SRT players accepted."),
+    Family::new(SRT_REJECTS_TOTAL, Kind::Counter, "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."),
+    Family::new(SRT_BYTES_OUT_TOTAL, Kind::Counter, "MPEG-TS payload bytes sent to SRT players, retransmissions included."),
+    Family::new(SRT_GOP_CACHE_STARTS_TOTAL, Kind::Counter, "SRT players whose first data came from the GOP cache."),
+    Family::new(SRT_LAG_SKIPS_TOTAL, Kind::Counter, "Times an SRT player fell behind and skipped to the newest keyframe."),
+    Family::new(SRT_LAG_DISCONNECTS_TOTAL, Kind::Counter, "SRT players closed for staying behind."),
+    Family::new(SRT_PROTOCOL_PANICS_TOTAL, Kind::Counter, "Panics caught inside srt-protocol; each dropped one peer."),
+    Family::new(SRT_DROPPED_DATAGRAMS_TOTAL, Kind::Counter, "Datagrams on the SRT port ignored before or at parsing, by reason."),
+    Family::new(PROCESS_OPEN_FDS, Kind::Gauge, "Open file descriptors of the sluice process."),
+    Family::new(PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, "Resident memory of the sluice process."),
+    Family::new(TOKIO_ALIVE_TASKS, Kind::Gauge, "Live tokio tasks in sluice."),
+    Family::new(AUTH_REJECTS_TOTAL, Kind::Counter, "Requests refused by authorization, by action (publish) and reason."),
+    Family::new(TRANSCODE_ENCODER, Kind::Gauge, "Encoder chosen at start for each rendition codec (1 for the chosen encoder)."),
+    Family::new(TRANSCODE_ENCODER_FALLBACKS_TOTAL, Kind::Counter, "NVENC not used for a codec: at start (trial encode failed) or per stream (session refused)."),
+    Family::new(TRANSCODE_FFMPEG_STARTS_TOTAL, Kind::Counter, "FFmpeg processes started."),
+    Family::new(TRANSCODE_FFMPEG_RESTARTS_TOTAL, Kind::Counter, "FFmpeg processes restarted within a stream, by reason."),
+    Family::new(TRANSCODE_FFMPEG_EXITS_TOTAL, Kind::Counter, "FFmpeg processes ended, by exit code or signal_N."),
+    Family::new(TRANSCODE_FFMPEG_RUNNING, Kind::Gauge, "FFmpeg processes running."),
+    Family::new(TRANSCODE_FAILURES_TOTAL, Kind::Counter, "Transcode legs failed, by reason (ffmpeg_exited, ffmpeg_stalled, ffmpeg_not_found, ...)."),
+    Family::new(TRANSCODE_FIRST_IDR_SECONDS, Kind::Histogram, "From publish accepted to each rendition's first IDR read back from FFmpeg."),
+    Family::new(TRANSCODE_INPUT_DROPPED_TOTAL, Kind::Counter, "Frames not given to FFmpeg because it fell a whole queue behind, by stream."),
+    Family::new(TRANSCODE_FPS, Kind::Gauge, "FFmpeg's reported encoding frame rate, by stream."),
+    Family::new(TRANSCODE_SPEED, Kind::Gauge, "FFmpeg's reported speed (1 = real time), by stream."),
+    Family::new(TRANSCODE_FRAMES_DROPPED_TOTAL, Kind::Counter, "Frames FFmpeg dropped, by stream."),
+    Family::new(TRANSCODE_FRAMES_DUPLICATED_TOTAL, Kind::Counter, "Frames FFmpeg duplicated, by stream."),
+    Family::new(TRANSCODE_OUTPUT_BYTES_TOTAL, Kind::Counter, "MPEG-TS bytes read from FFmpeg, by stream and rendition."),
+    Family::new(TRANSCODE_RENDITION_FPS, Kind::Gauge, "Video frames per second read back from FFmpeg, by stream and rendition."),
+];
+
 /// Install the Prometheus recorder and describe every metric.
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
     // Histograms render as summaries unless given buckets.
@@ -105,161 +187,96 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     metrics::gauge!(SRT_PLAYERS).set(0.0);
     metrics::counter!(RTMP_CONNECTIONS_TOTAL).absolute(0);
     metrics::counter!(SRT_PLAYERS_TOTAL).absolute(0);
+    // Unlabelled counters start at 0 so the first event shows in rate().
+    for c in [
+        SRT_BYTES_OUT_TOTAL,
+        SRT_GOP_CACHE_STARTS_TOTAL,
+        SRT_LAG_SKIPS_TOTAL,
+        SRT_LAG_DISCONNECTS_TOTAL,
+        SRT_PROTOCOL_PANICS_TOTAL,
+        RTMPS_CONNECTIONS_TOTAL,
+    ] {
+        metrics::counter!(c).absolute(0);
+    }
     metrics::gauge!(TRANSCODE_FFMPEG_RUNNING).set(0.0);
     metrics::counter!(TRANSCODE_FFMPEG_STARTS_TOTAL).absolute(0);
     Ok(handle)
 }
 
+/// The Prometheus text exposition: every recorded series, then `# HELP` and
+/// `# TYPE` for each family in [`FAMILIES`] that has no sample yet (a GPU
+/// gauge on a machine without a GPU, a counter whose event never happened),
+/// which the exposition format allows and scrapers ignore.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    append_missing_families(&mut out);
+    out
+}
+
+fn append_missing_families(out: &mut String) {
+    use std::fmt::Write;
+    let present: std::collections::HashSet<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let missing: Vec<&Family> = FAMILIES
+        .iter()
+        .chain(crate::gpu::FAMILIES)
+        .filter(|f| !present.contains(f.name))
+        .collect();
+    for f in missing {
+        let _ = write!(
+            out,
+            "# HELP {} {}\n# TYPE {} {}\n\n",
+            f.name,
+            f.help,
+            f.name,
+            f.kind.as_str()
+        );
+    }
+}
+
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_gauge!(RTMP_CONNECTIONS, "Open RTMP connections.");
-    describe_counter!(RTMP_CONNECTIONS_TOTAL, "RTMP connections accepted.");
-    describe_counter!(
-        RTMP_CONNECTIONS_REJECTED_TOTAL,
-        "RTMP(S) connections refused before the RTMP handshake, by reason (max_connections, max_connections_per_ip, tls_handshake)."
-    );
-    describe_counter!(
-        RTMPS_CONNECTIONS_TOTAL,
-        "RTMPS connections whose TLS handshake completed."
-    );
-    describe_counter!(
-        RTMP_PUBLISHES_TOTAL,
-        "RTMP publish attempts, by result (accepted, rejected_busy, rejected_limit, ...)."
-    );
-    describe_counter!(
-        RTMP_PROTOCOL_ERRORS_TOTAL,
-        "RTMP connections closed for a protocol error or limit, by reason."
-    );
-    describe_counter!(INGEST_BYTES_TOTAL, "Media bytes received, by stream.");
-    describe_counter!(
-        INGEST_FRAMES_TOTAL,
-        "Media frames received, by stream and track."
-    );
-    describe_counter!(
-        INGEST_TAG_ERRORS_TOTAL,
-        "Audio/video messages that could not be parsed, by stream."
-    );
-    describe_counter!(
-        TIMESTAMP_JUMPS_TOTAL,
-        "Timestamp jumps larger than rtmp.max_timestamp_jump, re-based, by stream and track."
-    );
-    describe_gauge!(STREAMS, "Live streams.");
-    metrics::describe_histogram!(
-        STREAM_SETUP_SECONDS,
-        "From TCP accept to the first keyframe in the source rendition."
-    );
-    metrics::describe_histogram!(
-        RELAY_LATENCY_SECONDS,
-        "RTMP message parsed to its last SRT packet first sent, per live chunk and player."
-    );
-    describe_counter!(
-        STREAM_TEARDOWNS_TOTAL,
-        "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, bitrate_limit, ...)."
-    );
-    describe_counter!(
-        STREAM_SETUP_FAILURES_TOTAL,
-        "Publishes closed because the stream was not playable within server.setup_timeout, by reason."
-    );
-    describe_counter!(
-        TS_MUX_ERRORS_TOTAL,
-        "Frames or codec configs the MPEG-TS muxer refused, by stream."
-    );
-    describe_gauge!(SRT_PLAYERS, "Connected SRT players.");
-    describe_counter!(SRT_PLAYERS_TOTAL, "SRT players accepted.");
-    describe_counter!(
-        SRT_REJECTS_TOTAL,
-        "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."
-    );
-    describe_counter!(
-        SRT_BYTES_OUT_TOTAL,
-        "MPEG-TS payload bytes sent to SRT players, retransmissions included."
-    );
-    describe_counter!(
-        SRT_GOP_CACHE_STARTS_TOTAL,
-        "SRT players whose first data came from the GOP cache."
-    );
-    describe_counter!(
-        SRT_LAG_SKIPS_TOTAL,
-        "Times an SRT player fell behind and skipped to the newest keyframe."
-    );
-    describe_counter!(
-        SRT_LAG_DISCONNECTS_TOTAL,
-        "SRT players closed for staying behind."
-    );
-    describe_counter!(
-        SRT_PROTOCOL_PANICS_TOTAL,
-        "Panics caught inside srt-protocol; each dropped one peer."
-    );
-    describe_counter!(
-        SRT_DROPPED_DATAGRAMS_TOTAL,
-        "Datagrams on the SRT port ignored before or at parsing, by reason."
-    );
-    describe_gauge!(
-        PROCESS_OPEN_FDS,
-        "Open file descriptors of the sluice process."
-    );
-    describe_gauge!(
-        PROCESS_RESIDENT_MEMORY_BYTES,
-        "Resident memory of the sluice process."
-    );
-    describe_gauge!(TOKIO_ALIVE_TASKS, "Live tokio tasks in sluice.");
-    describe_counter!(
-        AUTH_REJECTS_TOTAL,
-        "Requests refused by authorization, by action (publish) and reason."
-    );
-    describe_gauge!(
-        TRANSCODE_ENCODER,
-        "Encoder chosen at start for each rendition codec (1 for the chosen encoder)."
-    );
-    describe_counter!(
-        TRANSCODE_ENCODER_FALLBACKS_TOTAL,
-        "NVENC not used for a codec: at start (trial encode failed) or per stream (session refused)."
-    );
-    describe_counter!(TRANSCODE_FFMPEG_STARTS_TOTAL, "FFmpeg processes started.");
-    describe_counter!(
-        TRANSCODE_FFMPEG_RESTARTS_TOTAL,
-        "FFmpeg processes restarted within a stream, by reason."
-    );
-    describe_counter!(
-        TRANSCODE_FFMPEG_EXITS_TOTAL,
-        "FFmpeg processes ended, by exit code or signal_N."
-    );
-    describe_gauge!(TRANSCODE_FFMPEG_RUNNING, "FFmpeg processes running.");
-    describe_counter!(
-        TRANSCODE_FAILURES_TOTAL,
-        "Transcode legs failed, by reason (ffmpeg_exited, ffmpeg_stalled, ffmpeg_not_found, ...)."
-    );
-    metrics::describe_histogram!(
-        TRANSCODE_FIRST_IDR_SECONDS,
-        "From publish accepted to each rendition's first IDR read back from FFmpeg."
-    );
-    describe_counter!(
-        TRANSCODE_INPUT_DROPPED_TOTAL,
-        "Frames not given to FFmpeg because it fell a whole queue behind, by stream."
-    );
-    describe_gauge!(
-        TRANSCODE_FPS,
-        "FFmpeg's reported encoding frame rate, by stream."
-    );
-    describe_gauge!(
-        TRANSCODE_SPEED,
-        "FFmpeg's reported speed (1 = real time), by stream."
-    );
-    describe_counter!(
-        TRANSCODE_FRAMES_DROPPED_TOTAL,
-        "Frames FFmpeg dropped, by stream."
-    );
-    describe_counter!(
-        TRANSCODE_FRAMES_DUPLICATED_TOTAL,
-        "Frames FFmpeg duplicated, by stream."
-    );
-    describe_counter!(
-        TRANSCODE_OUTPUT_BYTES_TOTAL,
-        "MPEG-TS bytes read from FFmpeg, by stream and rendition."
-    );
-    describe_gauge!(
-        TRANSCODE_RENDITION_FPS,
-        "Video frames per second read back from FFmpeg, by stream and rendition."
-    );
-    crate::gpu::describe();
+    for f in FAMILIES.iter().chain(crate::gpu::FAMILIES) {
+        match f.kind {
+            Kind::Counter => metrics::describe_counter!(f.name, f.help),
+            Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
+            Kind::Histogram => metrics::describe_histogram!(f.name, f.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_unique_and_well_named() {
+        let mut seen = std::collections::HashSet::new();
+        for f in FAMILIES.iter().chain(crate::gpu::FAMILIES) {
+            assert!(seen.insert(f.name), "{} declared twice", f.name);
+            assert!(f.name.starts_with("sluice_"), "{}", f.name);
+            assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
+            if f.kind == Kind::Counter {
+                assert!(
+                    f.name.ends_with("_total"),
+                    "counter {} lacks _total",
+                    f.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn families_without_samples_are_still_typed() {
+        let mut out = "# HELP sluice_streams Live streams.\n# TYPE sluice_streams gauge\nsluice_streams 2\n\n".to_string();
+        append_missing_families(&mut out);
+        assert_eq!(out.matches("# TYPE sluice_streams ").count(), 1);
+        assert!(out.contains("# TYPE sluice_gpu_encoder_sessions gauge\n"));
+        assert!(out.contains("# TYPE sluice_relay_latency_seconds histogram\n"));
+        assert!(out.contains("# TYPE sluice_srt_lag_skips_total counter\n"));
+        let families = out.matches("# TYPE ").count();
+        assert_eq!(families, FAMILIES.len() + crate::gpu::FAMILIES.len());
+    }
 }
