@@ -1,0 +1,792 @@
+//! `deploy/`: the files people run sluice with, checked the way CI can
+//! without a Docker engine or a cluster.
+//!
+//! - the Grafana dashboard parses and every metric it queries is in
+//!   `/metrics` of a running sluice during a publish with a rendition and
+//!   SRT players;
+//! - the Dockerfile passes hadolint, builds with the command CI runs, and
+//!   agrees with sluice's defaults (ports, health path, user);
+//! - the compose file, the Kubernetes base and the `gpu` overlay agree with
+//!   those too; every rendered manifest validates against the Kubernetes
+//!   schemas (kubernetes-validate, offline), and the ConfigMaps are configs
+//!   sluice accepts;
+//! - the systemd unit passes `systemd-analyze verify` and its offline
+//!   security review.
+//!
+//! hadolint, kubernetes-validate and PyYAML come from `deploy/tools.sh`
+//! (a virtual environment in target/deploy-tools; `.ci/run` runs it).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use sluice::config::Config;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A validator from `deploy/tools.sh`: target/deploy-tools/bin, else PATH.
+fn deploy_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("SLUICE_DEPLOY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/deploy-tools"));
+    let p = venv.join("bin").join(name);
+    if p.is_file() {
+        return p;
+    }
+    require_program(
+        name,
+        "it with `deploy/tools.sh` (a venv in target/deploy-tools)",
+    )
+}
+
+/// Runs a command to completion; panics (with its output) unless it exits 0.
+fn run_ok(what: &str, mut cmd: Command) -> (String, String) {
+    cmd.current_dir(repo());
+    let (status, out, err) = run_to_exit(what, cmd, Duration::from_secs(120));
+    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
+    (out, err)
+}
+
+/// YAML (one or more documents) as JSON values, read by PyYAML.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let mut cmd = Command::new(deploy_tool("python3"));
+    cmd.args([
+        "-c",
+        "import json, sys, yaml\n\
+         docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+         json.dump(docs, sys.stdout)",
+    ])
+    .arg(path);
+    let (out, _) = run_ok("yaml to json", cmd);
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(docs)) => docs,
+        other => panic!("{}: not a YAML stream: {other:?}", path.display()),
+    }
+}
+
+fn defaults() -> Config {
+    Config::default()
+}
+
+// ---------------------------------------------------------------------------
+// Grafana
+// ---------------------------------------------------------------------------
+
+/// Every PromQL expression in a dashboard: panel targets and variables.
+fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+                    ("query", Value::String(s)) if s.contains("sluice_") => out.push(s.clone()),
+                    _ => dashboard_queries(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| dashboard_queries(x, out)),
+        _ => {}
+    }
+}
+
+/// Metric names in a PromQL expression (sluice's all start with `sluice_`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while let Some(off) = expr[i..].find("sluice_") {
+        let start = i + off;
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        if boundary {
+            names.insert(expr[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+/// The metric family a queried name belongs to: histogram series carry
+/// `_bucket`, `_sum` and `_count` suffixes.
+fn family_of<'a>(name: &'a str, types: &BTreeMap<String, String>) -> &'a str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if types.get(base).is_some_and(|t| t == "histogram") {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+/// `# TYPE` lines of a Prometheus exposition: family name → type.
+fn exposition_types(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Names that have at least one sample line.
+fn sampled_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+const DASHBOARD_CONFIG: &str = r#"
+[transcode]
+encoder = "x264"
+
+[[apps.live.renditions]]
+name = "240p"
+height = 240
+video_bitrate = "300k"
+audio = "copy"
+"#;
+
+#[test]
+fn grafana_dashboard_queries_metrics_sluice_exports_during_a_publish() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/sluice.json"))
+        .expect("deploy/grafana/sluice.json is not JSON");
+    assert_eq!(dashboard["uid"], "sluice-relay");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id: {p}"
+        );
+        for k in ["h", "w", "x", "y"] {
+            assert!(
+                p["gridPos"][k].is_u64(),
+                "panel {} lacks gridPos.{k}",
+                p["title"]
+            );
+        }
+        if p["type"] != "row" {
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "panel {}",
+                p["title"]
+            );
+        }
+    }
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    let queried: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    assert!(
+        queried.len() >= 40,
+        "only {} metric names queried",
+        queried.len()
+    );
+
+    // A live stream with a transcoded rendition, two SRT players and one
+    // rejected player, so the families a dashboard cares about have samples.
+    let server = Sluice::start(Some(DASHBOARD_CONFIG));
+    let url = server.rtmp_url("live/cam1");
+    let _publisher = spawn_ffmpeg(&[
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=426x240:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "flv",
+        &url,
+    ]);
+    server.wait_metric(
+        "sluice_transcode_first_idr_seconds_count",
+        |v| v.is_some_and(|n| n >= 1.0),
+        Duration::from_secs(30),
+    );
+    for id in ["live/cam1", "live/cam1/240p"] {
+        let src = server.srt_url(id, "");
+        let (status, _, err) = run_to_exit(
+            "ffmpeg player",
+            {
+                let mut c = Command::new(require_ffmpeg());
+                c.args([
+                    "-loglevel",
+                    "error",
+                    "-i",
+                    &src,
+                    "-t",
+                    "2",
+                    "-f",
+                    "null",
+                    "-",
+                ]);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert!(status.success(), "player of {id}: {err}");
+    }
+    let missing = server.srt_url("live/nobody", "");
+    let mut c = Command::new(require_ffmpeg());
+    c.args([
+        "-loglevel",
+        "error",
+        "-i",
+        &missing,
+        "-t",
+        "1",
+        "-f",
+        "null",
+        "-",
+    ]);
+    let (status, _, _) = run_to_exit(
+        "ffmpeg player of a missing stream",
+        c,
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "a missing stream played");
+    server.wait_metric(
+        "sluice_srt_rejects_total",
+        |v| v >= Some(1.0),
+        Duration::from_secs(5),
+    );
+
+    let text = server.metrics_text();
+    let types = exposition_types(&text);
+    let sampled = sampled_names(&text);
+    let mut absent = Vec::new();
+    let mut typed_only = Vec::new();
+    for name in &queried {
+        let family = family_of(name, &types);
+        if !types.contains_key(family) {
+            absent.push(name.clone());
+        } else if !sampled.contains(name.as_str()) {
+            typed_only.push(name.clone());
+        }
+    }
+    assert!(
+        absent.is_empty(),
+        "the dashboard queries metrics /metrics does not export: {absent:?}"
+    );
+    // What a live stream with players and a rendition must have produced.
+    for name in [
+        "sluice_streams",
+        "sluice_ingest_bytes_total",
+        "sluice_ingest_frames_total",
+        "sluice_srt_players",
+        "sluice_srt_players_total",
+        "sluice_srt_bytes_out_total",
+        "sluice_srt_gop_cache_starts_total",
+        "sluice_srt_rejects_total",
+        "sluice_relay_latency_seconds_bucket",
+        "sluice_stream_setup_seconds_bucket",
+        "sluice_rtmp_publishes_total",
+        "sluice_transcode_encoder",
+        "sluice_transcode_ffmpeg_running",
+        "sluice_transcode_ffmpeg_starts_total",
+        "sluice_transcode_first_idr_seconds_bucket",
+        "sluice_transcode_output_bytes_total",
+        "sluice_transcode_rendition_fps",
+        "sluice_process_resident_memory_bytes",
+        "sluice_process_open_fds",
+        "sluice_tokio_alive_tasks",
+        "sluice_gpus",
+    ] {
+        assert!(queried.contains(name), "the dashboard does not show {name}");
+        assert!(
+            sampled.contains(name),
+            "{name} has no sample during a publish:\n{text}"
+        );
+    }
+    println!(
+        "dashboard: {} metric names queried; {} with samples now; typed only \
+         (no event or no GPU yet): {typed_only:?}",
+        queried.len(),
+        queried.len() - typed_only.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Docker
+// ---------------------------------------------------------------------------
+
+const DOCKERFILE: &str = "deploy/docker/Dockerfile";
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    let mut cmd = Command::new(deploy_tool("hadolint"));
+    cmd.arg(DOCKERFILE);
+    let (out, err) = run_ok("hadolint", cmd);
+    assert!(out.trim().is_empty() && err.trim().is_empty(), "{out}{err}");
+}
+
+#[test]
+fn dockerfile_builds_with_the_ci_command_and_matches_the_defaults() {
+    let dockerfile = read(DOCKERFILE);
+    let ci = read(".ci/run");
+    let build = ci
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cargo build --release --locked"))
+        .expect(".ci/run has no `cargo build --release --locked` line");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.trim() == format!("{build} \\")),
+        "the Dockerfile does not build with the command CI runs: `{build}`"
+    );
+
+    let d = defaults();
+    let expose = dockerfile
+        .lines()
+        .find(|l| l.starts_with("EXPOSE "))
+        .expect("EXPOSE");
+    for (port, proto) in [
+        (d.server.rtmp_addr.port(), "tcp"),
+        (d.server.srt_addr.port(), "udp"),
+        (d.server.http_addr.port(), "tcp"),
+    ] {
+        assert!(
+            expose.contains(&format!("{port}/{proto}")),
+            "{expose} lacks {port}/{proto}"
+        );
+    }
+    assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
+    let health = format!("http://127.0.0.1:{}/healthz", d.server.http_addr.port());
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.contains("CMD [\"curl\"") && l.contains(&health)),
+        "HEALTHCHECK does not ask {health}"
+    );
+    assert!(
+        dockerfile.contains("USER 10001:10001"),
+        "not the unprivileged user"
+    );
+    assert!(dockerfile.contains("NVIDIA_DRIVER_CAPABILITIES=video,compute,utility"));
+    // The config baked into the image is one sluice accepts.
+    assert!(dockerfile.contains("COPY deploy/sluice.example.toml /etc/sluice/sluice.toml"));
+    let c = Config::load(&repo().join("deploy/sluice.example.toml")).expect("example config");
+    c.validate().expect("example config validates");
+    // Every path the build context needs is not ignored.
+    let ignore = read("deploy/docker/Dockerfile.dockerignore");
+    for needed in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "deploy",
+        "benches",
+        "tests",
+        "fuzz",
+    ] {
+        assert!(
+            !ignore.lines().any(|l| l.trim() == needed),
+            "{needed} is excluded from the build context"
+        );
+    }
+}
+
+#[test]
+fn compose_file_publishes_the_ports_and_outlasts_the_drain() {
+    let docs = yaml_docs(&repo().join("deploy/docker/docker-compose.yml"));
+    let compose = &docs[0];
+    let d = defaults();
+    let drain = d.server.drain_timeout.as_secs();
+    for svc in ["sluice", "sluice-gpu"] {
+        let s = &compose["services"][svc];
+        let ports: Vec<&str> = s["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for (port, proto) in [
+            (d.server.rtmp_addr.port(), "tcp"),
+            (d.server.srt_addr.port(), "udp"),
+            (d.server.http_addr.port(), "tcp"),
+        ] {
+            let want = format!("{port}:{port}/{proto}");
+            assert!(
+                ports.contains(&want.as_str()),
+                "{svc}: {ports:?} lacks {want}"
+            );
+        }
+        let grace = s["stop_grace_period"].as_str().expect("stop_grace_period");
+        let grace = sluice::config::parse_duration(grace)
+            .expect("duration")
+            .as_secs();
+        assert!(
+            grace > drain,
+            "{svc}: stop_grace_period {grace}s <= drain_timeout {drain}s"
+        );
+        assert_eq!(s["read_only"], true, "{svc}");
+        let vol = s["volumes"][0].as_str().expect("volume");
+        let host = vol.split(':').next().unwrap();
+        assert!(
+            repo().join("deploy/docker").join(host).is_file(),
+            "{svc}: mounted config {host} does not exist"
+        );
+    }
+    let gpu = &compose["services"]["sluice-gpu"];
+    assert_eq!(gpu["build"]["target"], "cuda");
+    let caps = gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"].to_string();
+    for c in ["video", "compute", "utility"] {
+        assert!(caps.contains(c), "GPU device request lacks {c}: {caps}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes
+// ---------------------------------------------------------------------------
+
+/// The manifests of a kustomization, rendered by deploy/kubernetes/render.py.
+fn render(dir: &str) -> Vec<Value> {
+    let mut cmd = Command::new(deploy_tool("python3"));
+    cmd.args(["deploy/kubernetes/render.py", "--json", dir]);
+    let (out, _) = run_ok("render.py", cmd);
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(docs)) => docs,
+        other => panic!("render.py {dir}: {other:?}"),
+    }
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_prefix: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(name_prefix))
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name_prefix}*"))
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// Checks what the schemas cannot: the pieces agree with each other and
+/// with sluice. Returns the container for overlay-specific checks.
+fn check_release(dir: &str, docs: &[Value]) -> Value {
+    let deploy = find(docs, "Deployment", "sluice");
+    let pod = &deploy["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert!(labels_match(
+        &deploy["spec"]["selector"]["matchLabels"],
+        labels
+    ));
+    let spec = &pod["spec"];
+    let c = spec["containers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "sluice"))
+        .unwrap_or_else(|| panic!("{dir}: no sluice container"))
+        .clone();
+
+    // The ConfigMap the pod mounts is a config sluice accepts.
+    let cm_name = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .expect("config volume");
+    let cm = find(docs, "ConfigMap", cm_name);
+    assert_eq!(
+        cm["metadata"]["name"], cm_name,
+        "{dir}: the mounted ConfigMap is not rendered"
+    );
+    let toml = cm["data"]["sluice.toml"].as_str().expect("sluice.toml key");
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{dir}: ConfigMap: {e}"));
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{dir}: ConfigMap: {e}"));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .expect("config mount");
+    let config_path = args[args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config")
+        + 1];
+    assert_eq!(
+        config_path,
+        format!("{}/sluice.toml", mount["mountPath"].as_str().unwrap()),
+        "{dir}: --config does not point into the ConfigMap"
+    );
+
+    // Ports by name, matching the config.
+    let port = |name: &str| -> (u64, String) {
+        let p = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{dir}: no container port {name}"));
+        (
+            p["containerPort"].as_u64().unwrap(),
+            p["protocol"].as_str().unwrap().to_string(),
+        )
+    };
+    let s = &config.server;
+    assert_eq!(port("rtmp"), (u64::from(s.rtmp_addr.port()), "TCP".into()));
+    assert_eq!(port("srt"), (u64::from(s.srt_addr.port()), "UDP".into()));
+    assert_eq!(port("http"), (u64::from(s.http_addr.port()), "TCP".into()));
+
+    // Health: liveness on /healthz, readiness on /readyz (503 while draining).
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+
+    // Shutdown: preStop, then SIGTERM and the drain, all inside the grace.
+    let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .expect("preStop");
+    assert_eq!(pre_stop[0], "sleep");
+    let sleep: u64 = pre_stop[1].as_str().unwrap().parse().unwrap();
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    let drain = s.drain_timeout.as_secs();
+    assert!(
+        grace > sleep + drain,
+        "{dir}: terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain_timeout {drain}"
+    );
+
+    // Security context and resources.
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        spec["securityContext"]["runAsUser"], 10001,
+        "the image's user"
+    );
+    for k in ["requests", "limits"] {
+        for r in ["cpu", "memory"] {
+            assert!(c["resources"][k][r].is_string(), "{dir}: no {k}.{r}");
+        }
+    }
+
+    // Services reach the pod on the right named ports and protocols and
+    // keep client addresses.
+    for (svc, name, proto) in [("sluice-rtmp", "rtmp", "TCP"), ("sluice-srt", "srt", "UDP")] {
+        let svc = find(docs, "Service", svc);
+        assert!(labels_match(&svc["spec"]["selector"], labels), "{svc}");
+        let p = &svc["spec"]["ports"][0];
+        assert_eq!(p["targetPort"], name);
+        assert_eq!(p["protocol"], proto);
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    }
+    let http = find(docs, "Service", "sluice-http");
+    assert!(labels_match(&http["spec"]["selector"], labels));
+
+    // PodMonitor (a CRD: no schema offline, so checked here): same pods,
+    // a real port, the metrics path.
+    let pm = find(docs, "PodMonitor", "sluice");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(labels_match(&pm["spec"]["selector"]["matchLabels"], labels));
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["path"], "/metrics");
+    port(ep["port"].as_str().expect("endpoint port"));
+    assert!(sluice::config::parse_duration(ep["interval"].as_str().unwrap()).is_ok());
+
+    let pdb = find(docs, "PodDisruptionBudget", "sluice");
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        labels
+    ));
+    c
+}
+
+fn validate_schemas(dir: &str) {
+    let rendered = TempDir::new("sluice-k8s");
+    let mut cmd = Command::new(deploy_tool("python3"));
+    cmd.args(["deploy/kubernetes/render.py", dir]);
+    let (yaml, _) = run_ok("render.py", cmd);
+    let file = rendered.join("manifests.yaml");
+    fs::write(&file, &yaml).unwrap();
+    // The oldest and the newest Kubernetes the schemas cover that we support.
+    for version in ["1.29.0", "1.37.0"] {
+        let mut cmd = Command::new(deploy_tool("kubernetes-validate"));
+        cmd.args(["--strict", "--kubernetes-version", version])
+            .arg(&file);
+        let (out, err) = run_ok("kubernetes-validate", cmd);
+        let all = format!("{out}{err}");
+        let passed = all.matches(" passed for resource ").count();
+        let unknown: Vec<&str> = all
+            .lines()
+            .filter(|l| l.contains("Couldn't find schema"))
+            .collect();
+        assert!(
+            unknown.iter().all(|l| l.contains("kind PodMonitor")),
+            "{dir}: resources without a schema besides the PodMonitor: {unknown:?}"
+        );
+        assert_eq!(passed, 6, "{dir} on {version}: {all}");
+    }
+    // Where kubectl is installed (not on CI), kustomize itself must agree
+    // with render.py.
+    if let Ok(kubectl) = which("kubectl") {
+        let mut cmd = Command::new(kubectl);
+        cmd.args(["kustomize", dir]);
+        let (theirs, _) = run_ok("kubectl kustomize", cmd);
+        let theirs_file = rendered.join("kustomize.yaml");
+        fs::write(&theirs_file, theirs).unwrap();
+        let key = |d: &Value| format!("{}/{}", d["kind"], d["metadata"]["name"]);
+        let mut ours = yaml_docs(&file);
+        let mut theirs = yaml_docs(&theirs_file);
+        ours.sort_by_key(key);
+        theirs.sort_by_key(key);
+        assert_eq!(
+            ours, theirs,
+            "{dir}: render.py and kubectl kustomize differ"
+        );
+        println!("{dir}: render.py output equals kubectl kustomize");
+    }
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+#[test]
+fn kubernetes_base_renders_validates_and_agrees_with_sluice() {
+    let docs = render("deploy/kubernetes/base");
+    let c = check_release("base", &docs);
+    assert_eq!(c["image"], "sluice:latest");
+    assert!(c["resources"]["limits"].get("nvidia.com/gpu").is_none());
+    validate_schemas("deploy/kubernetes/base");
+}
+
+#[test]
+fn kubernetes_gpu_overlay_asks_for_a_gpu_and_configures_renditions() {
+    let docs = render("deploy/kubernetes/gpu");
+    let c = check_release("gpu", &docs);
+    assert_eq!(c["image"], "sluice:cuda", "the cuda image target");
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
+    let env = c["env"].as_array().expect("env");
+    let caps = env
+        .iter()
+        .find(|e| e["name"] == "NVIDIA_DRIVER_CAPABILITIES")
+        .expect("NVIDIA_DRIVER_CAPABILITIES");
+    assert_eq!(caps["value"], "video,compute,utility");
+    let deploy = find(&docs, "Deployment", "sluice");
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(spec["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert!(spec["tolerations"].to_string().contains("nvidia.com/gpu"));
+    let cm = find(&docs, "ConfigMap", "sluice-config");
+    let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
+    let renditions: Vec<&str> = config.apps["live"]
+        .renditions
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(renditions, ["720p", "480p"]);
+    // The overlay replaced the base ConfigMap rather than adding a second.
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "ConfigMap").count(), 1);
+    validate_schemas("deploy/kubernetes/gpu");
+}
+
+// ---------------------------------------------------------------------------
+// systemd
+// ---------------------------------------------------------------------------
+
+#[test]
+fn systemd_unit_verifies_and_passes_the_offline_security_review() {
+    let analyze = require_program("systemd-analyze", "the `systemd` Debian package");
+    let unit = read("deploy/systemd/sluice.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert!(exec.starts_with("/usr/local/bin/sluice "), "{exec}");
+    assert!(unit.contains("\nKillSignal=SIGTERM\n"));
+    let stop = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec");
+    let stop = sluice::config::parse_duration(stop).unwrap();
+    assert!(
+        stop > defaults().server.drain_timeout,
+        "TimeoutStopSec {stop:?} <= drain_timeout"
+    );
+
+    // verify needs ExecStart's binary to exist: point it at the one built.
+    let dir = TempDir::new("sluice-systemd");
+    let file = dir.join("sluice.service");
+    fs::write(&file, unit.replace("/usr/local/bin/sluice", sluice_bin())).unwrap();
+    let mut cmd = Command::new(&analyze);
+    cmd.args(["verify", "--man=no"]).arg(&file);
+    let (out, err) = run_ok("systemd-analyze verify", cmd);
+    assert!(
+        out.trim().is_empty() && err.trim().is_empty(),
+        "systemd-analyze verify complained:\n{out}{err}"
+    );
+    // Exposure 2.0 of 10 at most ("OK"); the unit scores 1.4 today.
+    let mut cmd = Command::new(&analyze);
+    cmd.args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+        .arg(&file);
+    let (out, _) = run_ok("systemd-analyze security", cmd);
+    let score = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level:\n{out}"));
+    println!("systemd: {}", score.trim_start_matches('→').trim());
+}
