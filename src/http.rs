@@ -10,14 +10,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
-use crate::transcode::Encoders;
+use crate::transcode::EncoderState;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -26,9 +27,11 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// All listeners are bound.
     pub ready: Arc<AtomicBool>,
-    /// Rendition encoders chosen at start (shown by `/readyz`).
-    pub encoders: Arc<Encoders>,
+    /// Rendition encoders in force (shown by `/readyz`, re-probed by
+    /// `POST /api/v1/encoders/probe`).
+    pub encoders: Arc<EncoderState>,
     pub gpus: Arc<Gpus>,
+    pub config: Arc<Config>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{app}/{key}", get(one_stream))
         .route("/api/v1/gpus", get(gpus))
+        .route("/api/v1/encoders", get(encoders))
+        .route("/api/v1/encoders/probe", post(reprobe))
         .fallback(not_found)
         .with_state(state)
 }
@@ -70,11 +75,46 @@ async fn readyz(State(s): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ok", None)
     };
-    let mut body = json!({"status": status, "timestamp": unix_now(), "encoders": &*s.encoders});
+    let mut body =
+        json!({"status": status, "timestamp": unix_now(), "encoders": &*s.encoders.get()});
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
     (code, Json(body)).into_response()
+}
+
+/// The rendition encoders new streams get, and why.
+async fn encoders(State(s): State<AppState>) -> Json<Value> {
+    Json(json!(&*s.encoders.get()))
+}
+
+/// Run the GPU trials again and use the result for streams that start from
+/// now on (e.g. after NVENC sessions were freed, or NVENC stopped working).
+/// One at a time; a caller that arrives during a probe waits for it and
+/// runs its own. 409 when `transcode.encoder = "nvenc"` and NVENC no
+/// longer works: the previous choice stays.
+async fn reprobe(State(s): State<AppState>) -> Response {
+    if s.registry.is_draining() {
+        let body = json!({"error": "server is shutting down"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    let _one = s.encoders.probe_guard().await;
+    let started = std::time::Instant::now();
+    let result = crate::server::choose_encoders(&s.config, &s.gpus).await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(enc) => {
+            let changed = s.encoders.replace(enc);
+            let body =
+                json!({"changed": changed, "took_ms": took_ms, "encoders": &*s.encoders.get()});
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "re-probe refused; keeping the current encoders");
+            let body = json!({"error": e, "took_ms": took_ms, "encoders": &*s.encoders.get()});
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+    }
 }
 
 /// NVML inventory, read fresh (NVML calls block briefly).

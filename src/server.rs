@@ -19,7 +19,7 @@ use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
 use crate::stream::{Registry, StreamLimits};
 use crate::telemetry;
-use crate::transcode::{self, Encoders};
+use crate::transcode::{self, EncoderState, Encoders};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -173,12 +173,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let root = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let gpus = Arc::new(Gpus::init());
-    let encoders = Arc::new(
+    let encoders = Arc::new(EncoderState::new(
         choose_encoders(&config, &gpus)
             .await
             .map_err(ServerError::Transcode)?,
-    );
-    transcode::report(&encoders);
+    ));
+    transcode::report(&encoders.get());
     tokio::spawn(gpu::poll_metrics(
         gpus.clone(),
         config.transcode.gpu_poll_interval,
@@ -268,6 +268,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         ready: ready.clone(),
         encoders,
         gpus,
+        config: config.clone(),
     });
     let http_root = root.clone();
     let http_task = tokio::spawn(async move {
@@ -289,6 +290,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 _ = tick.tick() => {
                     metrics.run_upkeep();
                     metrics::gauge!(telemetry::STREAMS).set(upkeep_registry.len() as f64);
+                    // Off the async workers: it takes the allocator's locks.
+                    let _ = tokio::task::spawn_blocking(telemetry::trim_after_bursts).await;
                 }
             }
         }

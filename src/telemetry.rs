@@ -247,6 +247,48 @@ fn describe() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Returning freed memory
+// ---------------------------------------------------------------------------
+
+/// Connections closed since the allocator was last asked to return memory.
+static CLOSED_SINCE_TRIM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many closed connections make a trim worth it.
+const TRIM_AFTER_CLOSED: usize = 256;
+
+/// Note a closed connection (RTMP, RTMPS or SRT player).
+pub fn connection_closed() {
+    CLOSED_SINCE_TRIM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// After a burst of closed connections (a flood of half-open TCP
+/// connections, a crowd of players leaving), ask glibc's malloc to give
+/// free pages back to the system. glibc keeps what was freed in its
+/// per-thread arenas, so without this the resident memory would stay at
+/// the burst's peak. Called from the 5-second upkeep tick; returns whether
+/// it trimmed.
+pub fn trim_after_bursts() -> bool {
+    use std::sync::atomic::Ordering;
+    if CLOSED_SINCE_TRIM.load(Ordering::Relaxed) < TRIM_AFTER_CLOSED {
+        return false;
+    }
+    CLOSED_SINCE_TRIM.store(0, Ordering::Relaxed);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists;
+        // it is thread-safe and has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

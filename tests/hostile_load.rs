@@ -5,10 +5,11 @@
 //! the stream over SRT for the whole run. Case after case, hostile peers
 //! hit every listener: wrong keys, wrong passphrases both ways, forged and
 //! oversized streamids, handshake floods from many source ports, thousands
-//! of half-open TCP connections, a publisher flooding far above real time.
-//! After each case sluice's file descriptors and tokio tasks are back where
-//! they were; at the end the recording has no lost frame and no TS
-//! continuity error.
+//! of half-open TCP connections, a publisher flooding far above real time,
+//! and the malformed RTMP and SRT input of the earlier issues.
+//! After each case sluice's file descriptors, tokio tasks and resident
+//! memory are back where they were; at the end the recording has no lost
+//! frame and no TS continuity error.
 
 mod common;
 
@@ -17,7 +18,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::flv;
-use common::rtmp_client::{PublishOptions, PublishOutcome, RtmpPublisher};
+use common::rtmp_client::{
+    amf_encode_all, basic_header, handshake as rtmp_handshake, s, Amf, ChunkWriter, PublishOptions,
+    PublishOutcome, RtmpPublisher, MSG_COMMAND_AMF0, MSG_SET_CHUNK_SIZE,
+};
 use common::srt_packets::*;
 use common::*;
 use sluice::ts::{Demuxer, Pes};
@@ -38,32 +42,6 @@ flood = "flood-publisher-key"
 [apps.secure]
 read_passphrase = "secure-passphrase-1"
 "#;
-
-fn usage(server: &Sluice) -> (f64, f64) {
-    let m = |q: &str| server.metric(q).unwrap_or_else(|| panic!("{q} missing"));
-    (m("sluice_process_open_fds"), m("sluice_tokio_alive_tasks"))
-}
-
-/// After a case: fds and tasks return to the baseline (a little slack for
-/// the players and publishers of the run itself).
-fn back_to(server: &Sluice, base: (f64, f64), case: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = usage(server);
-        if now.0 <= base.0 + 2.0 && now.1 <= base.1 + 2.0 {
-            println!(
-                "{case}: fds {} tasks {} (baseline {} / {})",
-                now.0, now.1, base.0, base.1
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{case}: fds/tasks {now:?} did not return to {base:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn python_libsrt(dir: &TempDir, port: u16, sid: &str, passphrase: &str, n: usize) -> String {
     const SCRIPT: &str = r#"
@@ -136,7 +114,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
         Duration::from_secs(10),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let base = usage(&server);
+    let base = server.usage();
     let srt = server.srt_addr();
     let rtmp = server.rtmp_addr();
 
@@ -153,7 +131,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
             other => panic!("attempt {i} ({name}): {other:?}"),
         }
     }
-    back_to(&server, base, "wrong publish keys");
+    server.wait_usage_back(base, "wrong publish keys");
 
     // 2. Wrong passphrases in both directions: a wrong one for a protected
     //    stream, none for it, and one for a stream that has none.
@@ -188,7 +166,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
         python_libsrt(&dir, port, "live/cam1", "secure-passphrase-1", 20),
         "rejected 11 x20"
     );
-    back_to(&server, base, "wrong passphrases");
+    server.wait_usage_back(base, "wrong passphrases");
 
     // 3. Forged and oversized streamids, as raw handshakes with a valid
     //    cookie (libsrt itself refuses to send more than 512 bytes).
@@ -218,7 +196,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
             assert!(n >= 64 && shake != -1, "streamid {sid:?} was accepted");
         }
     }
-    back_to(&server, base, "forged streamids");
+    server.wait_usage_back(base, "forged streamids");
 
     // 4. Handshake floods from many source ports.
     let socks: Vec<UdpSocket> = (0..200)
@@ -237,7 +215,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(socks);
-    back_to(&server, base, "handshake flood");
+    server.wait_usage_back(base, "handshake flood");
 
     // 5. Thousands of half-open TCP connections on the RTMP port: connected
     //    and silent, then dropped at once.
@@ -255,7 +233,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
     );
     std::thread::sleep(Duration::from_secs(1));
     drop(half_open);
-    back_to(&server, base, "half-open TCP");
+    server.wait_usage_back(base, "half-open TCP");
 
     // 6. A publisher sending as fast as the socket takes it (far above its
     //    declared real-time rate) on its own stream.
@@ -275,7 +253,86 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
     println!("flood publisher: {report:?} in {:?}", t.elapsed());
     flood.close();
     server.wait_stream_gone("live/flood", Duration::from_secs(10));
-    back_to(&server, base, "flooding publisher");
+    server.wait_usage_back(base, "flooding publisher");
+
+    // 7. The hostile inputs of the earlier issues, against the same relay:
+    //    RTMP garbage and malformed chunk streams, every hostile SRT
+    //    datagram. Each is closed or dropped; nothing is held afterwards.
+    let garbage = {
+        let mut junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        junk.resize(2048, 0xA5);
+        junk
+    };
+    let huge_header = {
+        let mut m = basic_header(0, 3);
+        m.extend_from_slice(&[0, 0, 0, 0xFF, 0xFF, 0xFF, MSG_COMMAND_AMF0, 0, 0, 0, 0]);
+        m.resize(12 + 128, 0x05);
+        m
+    };
+    let deep_amf = {
+        let mut payload = amf_encode_all(&[s("connect"), Amf::Number(1.0)]);
+        for _ in 0..30_000 {
+            payload.extend_from_slice(&[0x03, 0x00, 0x01, b'a']);
+        }
+        let mut w = ChunkWriter::default();
+        let mut wire = w.message(2, MSG_SET_CHUNK_SIZE, 0, 0, &4096u32.to_be_bytes());
+        w.chunk_size = 4096;
+        wire.extend(w.message(3, MSG_COMMAND_AMF0, 0, 0, &payload));
+        wire
+    };
+    let many_csids: Vec<u8> = (0..10_000u32)
+        .flat_map(|i| {
+            let mut c = basic_header(0, 320 + i * 6);
+            c.extend_from_slice(&[0, 0, 0, 0, 0, 200, 9, 1, 0, 0, 0]);
+            c.extend_from_slice(&[0x17; 128]);
+            c
+        })
+        .collect();
+    let chunk_size_zero =
+        ChunkWriter::default().message(2, MSG_SET_CHUNK_SIZE, 0, 0, &0u32.to_be_bytes());
+    let truncated_amf =
+        ChunkWriter::default().message(3, MSG_COMMAND_AMF0, 0, 0, &[0x02, 0x00, 0x07, b'c']);
+    let type1_first = {
+        let mut c = basic_header(1, 5);
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 4, MSG_COMMAND_AMF0, 5, 5, 5, 5]);
+        c
+    };
+    for (name, wire, after_handshake) in [
+        ("garbage before the handshake", &garbage, false),
+        ("16 MiB message header", &huge_header, true),
+        ("30 000-deep AMF0", &deep_amf, true),
+        ("10 000 chunk streams", &many_csids, true),
+        ("chunk size 0", &chunk_size_zero, true),
+        ("truncated AMF0", &truncated_amf, true),
+        ("type 1 header on a new chunk stream", &type1_first, true),
+    ] {
+        for _ in 0..5 {
+            let mut sock = raw_connect(rtmp);
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            if after_handshake {
+                rtmp_handshake(&mut sock).expect("handshake");
+            }
+            let _ = write_ignoring_close(&mut sock, wire);
+            if let Err(e) = wait_closed(&mut sock, Duration::from_secs(10)) {
+                panic!("{name}: not closed: {e}");
+            }
+        }
+        server.wait_usage_back(base, name);
+    }
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20 {
+        for d in hostile_datagrams() {
+            let _ = sock.send_to(&d, srt);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(sock);
+    server.wait_usage_back(base, "hostile SRT datagrams");
+    assert_eq!(
+        server.metric_or_zero("sluice_srt_protocol_panics_total"),
+        0.0
+    );
 
     // The real stream played through all of it.
     server.assert_alive("after the hostile cases");

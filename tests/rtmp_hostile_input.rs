@@ -3,7 +3,8 @@
 //! on another. For each attack: the hostile socket is closed by the server
 //! (EOF or reset), `sluice_rtmp_protocol_errors_total{reason}` moves, a
 //! `"rtmp connection closed"` log line carries the same reason, the server
-//! still answers `/healthz`, and the concurrent publish loses no frame.
+//! still answers `/healthz`, its fds, tasks and memory return to where they
+//! were before the attack, and the concurrent publish loses no frame.
 
 mod common;
 
@@ -50,6 +51,7 @@ fn under_attack(config: Option<&str>, reasons: &[&str], attack: impl FnOnce(&mut
         .iter()
         .map(|r| server.metric_or_zero(&errors_query(r)))
         .sum();
+    let base = server.usage();
 
     attack(&mut server);
 
@@ -88,6 +90,8 @@ fn under_attack(config: Option<&str>, reasons: &[&str], attack: impl FnOnce(&mut
     server.assert_alive("after the attack");
     let (status, body) = server.get("/healthz");
     assert_eq!(status, 200, "/healthz after the attack: {body}");
+    // What the hostile connection held is released.
+    server.wait_usage_back(base, &format!("after {reasons:?}"));
 
     // The honest publisher lost nothing.
     let report = publish.wait_report(Duration::from_secs(40));

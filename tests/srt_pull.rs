@@ -517,6 +517,7 @@ fn hostile_datagrams_do_not_disturb_a_player() {
     player.wait_bytes(50_000, Duration::from_secs(10));
     let start = Instant::now();
     let before = player.bytes();
+    let base = server.usage();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for round in 0..20 {
@@ -555,6 +556,7 @@ fn hostile_datagrams_do_not_disturb_a_player() {
     let gap = player.max_gap(start, end);
     assert!(gap <= Duration::from_secs(1), "player starved for {gap:?}");
     assert!(player.bytes() > before + 50_000, "player stalled");
+    server.wait_usage_back(base, "hostile datagrams");
     // A new player still connects.
     let url = server.srt_url(PATH, "");
     assert_h264_aac(&probe_streams(&url), &url);

@@ -316,6 +316,81 @@ fn renditions_play_over_srt_with_their_sizes_an_idr_first_audio_and_the_source_t
 }
 
 #[test]
+fn encoders_are_re_probed_on_demand_and_new_streams_use_the_result() {
+    let server = Sluice::start(Some(RENDITIONS));
+    let first = server.get_full("/api/v1/encoders");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["h264"]["encoder"], "x264", "{first}");
+    assert_eq!(first["mode"], "auto", "{first}");
+    let decided = first["decided_at"].as_u64().expect("decided_at");
+    assert!(decided > 0, "{first}");
+
+    // Two re-probes at once: both answered, one after the other.
+    let addr = server.http_addr();
+    let probes: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http_request(
+                    addr,
+                    "POST",
+                    "/api/v1/encoders/probe",
+                    Duration::from_secs(60),
+                )
+                .expect("POST /api/v1/encoders/probe")
+            })
+        })
+        .collect();
+    for p in probes {
+        let r = p.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["changed"], false, "{v}");
+        assert!(v["took_ms"].is_u64(), "{v}");
+        assert_eq!(v["encoders"]["h264"]["encoder"], "x264", "{v}");
+        assert_eq!(v["encoders"]["hevc"]["encoder"], "x265", "{v}");
+        assert!(v["encoders"]["decided_at"].as_u64() >= Some(decided), "{v}");
+        assert!(
+            v["encoders"]["h264"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("h264_nvenc")),
+            "{v}"
+        );
+    }
+    server.wait_log_fields(
+        &[("message", "re-probe: encoders unchanged")],
+        Duration::from_secs(5),
+    );
+    let get = http_request(
+        addr,
+        "GET",
+        "/api/v1/encoders/probe",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(get.status, 405, "a re-probe needs POST: {}", get.body);
+    let ready = server.get_full("/readyz").json();
+    assert_eq!(ready["encoders"]["h264"]["encoder"], "x264", "{ready}");
+    assert_eq!(
+        server.metric(r#"sluice_transcode_encoder{codec="h264",encoder="x264"}"#),
+        Some(1.0)
+    );
+
+    // A stream that starts after the re-probe transcodes with its choice.
+    let _publisher = publish_720p(&server, 6);
+    wait_renditions_ready(&server, 2.0);
+    let s = server.stream(PATH).expect("stream");
+    let mut encoders: Vec<&str> = s["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["encoder"].as_str())
+        .collect();
+    encoders.sort_unstable();
+    assert_eq!(encoders, ["copy", "x264", "x264"], "{s}");
+}
+
+#[test]
 fn killing_ffmpeg_tears_every_leg_down_and_a_republish_brings_renditions_back() {
     let server = Sluice::start(Some(RENDITIONS));
     let mut publisher = publish_720p(&server, 60);

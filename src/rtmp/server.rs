@@ -28,7 +28,7 @@ use crate::stream::{
     ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, RingConfig, StreamPath,
 };
 use crate::telemetry as t;
-use crate::transcode::{self, Encoders};
+use crate::transcode::{self, EncoderState};
 use crate::ts::{Muxer, TsChunk};
 
 /// What every connection task shares.
@@ -37,8 +37,8 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// The server's root token: cancelled at the end of a drain.
     pub shutdown: CancellationToken,
-    /// Encoders chosen at start for transcoded renditions.
-    pub encoders: Arc<Encoders>,
+    /// Encoders for transcoded renditions (new streams take the current).
+    pub encoders: Arc<EncoderState>,
     /// Every FFmpeg supervisor, so shutdown can wait for them to reap.
     pub transcodes: tokio_util::task::TaskTracker,
 }
@@ -235,6 +235,7 @@ async fn connection(
         }
     }
     open.decrement(1.0);
+    t::connection_closed();
 }
 
 /// Why a connection ended.
@@ -389,12 +390,18 @@ where
     }
 }
 
+/// Read buffer of a new connection, and the most it grows to.
+const READ_BUF_START: usize = 4 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
+
 impl Conn {
     async fn run<S>(&mut self, sock: &mut S) -> Close
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Small until the peer fills it: thousands of idle or half-open
+        // connections then hold 4 KiB each, a publisher grows to 64 KiB.
+        let mut buf = vec![0u8; READ_BUF_START];
         let shutdown = self.ctx.shutdown.clone();
         let setup_deadline =
             tokio::time::Instant::from_std(self.accepted + self.ctx.config.server.setup_timeout);
@@ -412,6 +419,9 @@ impl Conn {
                     Ok(n) => {
                         if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
                             return Close::Proto(e);
+                        }
+                        if n == buf.len() && buf.len() < READ_BUF_MAX {
+                            buf.resize(buf.len() * 2, 0);
                         }
                     }
                     Err(e) => return Close::Io(e),
@@ -958,7 +968,7 @@ fn feed_transcode(p: &mut Publishing, ev: &MediaEvent, ctx: &Context) {
         .collect();
     let params = transcode::Params {
         config: ctx.config.transcode.clone(),
-        encoders: ctx.encoders.clone(),
+        encoders: ctx.encoders.get(),
         renditions: p.renditions.clone(),
         source_fps,
         source_size,

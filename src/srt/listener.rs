@@ -918,6 +918,7 @@ impl Listener {
         let Some(p) = self.players.remove(&addr) else {
             return;
         };
+        telemetry::connection_closed();
         let reason = match (reason, p.closing) {
             // A graceful close that finished: report why it started.
             (CloseReason::PeerClosed, Some((_, r))) => r,

@@ -64,6 +64,9 @@ pub struct Encoders {
     /// The GPU trials ran (a software choice is then a fallback).
     #[serde(skip)]
     pub probed: bool,
+    /// When this choice was made (Unix seconds): at start, or by the last
+    /// re-probe.
+    pub decided_at: u64,
 }
 
 impl Encoders {
@@ -88,8 +91,23 @@ impl Encoders {
             decode: "none",
             hwdec: HwDecode::None,
             probed: false,
+            decided_at: unix_now(),
         }
     }
+
+    /// The same encoders and decode path (reasons and times aside).
+    pub fn same_choice(&self, other: &Encoders) -> bool {
+        self.h264.encoder == other.h264.encoder
+            && self.hevc.encoder == other.hevc.encoder
+            && self.decode == other.decode
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Decide the encoders from the probe. `nvenc` demanded and unavailable for
@@ -148,6 +166,7 @@ pub fn resolve(
         },
         hwdec,
         probed: true,
+        decided_at: unix_now(),
     })
 }
 
@@ -164,6 +183,81 @@ pub fn report(enc: &Encoders) {
         }
     }
     info!(decode = enc.decode, "rendition decode path");
+}
+
+/// The encoder choice in force. Every new stream takes the current one;
+/// a re-probe (`POST /api/v1/encoders/probe`) replaces it for streams that
+/// start afterwards, while running streams keep theirs.
+pub struct EncoderState {
+    current: std::sync::RwLock<Arc<Encoders>>,
+    /// One re-probe at a time: the trials start FFmpeg processes.
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl EncoderState {
+    pub fn new(enc: Encoders) -> EncoderState {
+        EncoderState {
+            current: std::sync::RwLock::new(Arc::new(enc)),
+            probing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Encoders> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Held while a re-probe runs.
+    pub async fn probe_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.probing.lock().await
+    }
+
+    /// Install the result of a re-probe; returns whether the encoders or the
+    /// decode path changed. Gauges, the fallback counter and the log follow.
+    pub fn replace(&self, new: Encoders) -> bool {
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = cur.clone();
+        let changed = !old.same_choice(&new);
+        for (codec, was, now) in [
+            ("h264", &old.h264, &new.h264),
+            ("hevc", &old.hevc, &new.hevc),
+        ] {
+            if was.encoder == now.encoder {
+                continue;
+            }
+            gauge!(t::TRANSCODE_ENCODER, "codec" => codec, "encoder" => was.encoder).set(0.0);
+            gauge!(t::TRANSCODE_ENCODER, "codec" => codec, "encoder" => now.encoder).set(1.0);
+            if was.kind == Encoder::Nvenc && now.kind == Encoder::Software {
+                counter!(t::TRANSCODE_ENCODER_FALLBACKS_TOTAL, "codec" => codec, "cause" => "reprobe")
+                    .increment(1);
+                warn!(codec, from = was.encoder, to = now.encoder, reason = %now.reason, "re-probe: NVENC no longer usable; new streams encode on the CPU");
+            } else {
+                info!(codec, from = was.encoder, to = now.encoder, reason = %now.reason, "re-probe: encoder changed for new streams");
+            }
+        }
+        if old.decode != new.decode {
+            info!(
+                from = old.decode,
+                to = new.decode,
+                "re-probe: rendition decode path changed for new streams"
+            );
+        }
+        if !changed {
+            info!(
+                h264 = new.h264.encoder,
+                hevc = new.hevc.encoder,
+                decode = new.decode,
+                "re-probe: encoders unchanged"
+            );
+        }
+        *cur = Arc::new(new);
+        changed
+    }
 }
 
 /// What the supervisor tells the stream's connection task.
@@ -773,6 +867,24 @@ mod tests {
         std::fs::read(out).unwrap()
     }
 
+    #[test]
+    fn a_re_probe_replaces_the_choice_for_new_streams_only() {
+        let state = EncoderState::new(nvenc_everywhere());
+        let running = state.get();
+        assert!(!state.replace(nvenc_everywhere()), "same encoders");
+        let sw = Encoders::software(EncoderMode::Auto, "h264_nvenc unavailable: no session");
+        assert!(state.replace(sw));
+        assert_eq!(
+            running.h264.kind,
+            Encoder::Nvenc,
+            "a running stream keeps its choice"
+        );
+        let now = state.get();
+        assert_eq!(now.h264.kind, Encoder::Software);
+        assert_eq!(now.h264.reason, "h264_nvenc unavailable: no session");
+        assert!(now.decided_at > 0);
+    }
+
     fn nvenc_everywhere() -> Encoders {
         let nv = |c: VideoCodec| Choice {
             encoder: Encoder::Nvenc.label(c),
@@ -786,6 +898,7 @@ mod tests {
             decode: "none",
             hwdec: HwDecode::None,
             probed: true,
+            decided_at: 0,
         }
     }
 

@@ -346,6 +346,24 @@ pub struct Sluice {
     dir: TempDir,
 }
 
+/// What a relay holds: see [`Sluice::usage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub fds: f64,
+    pub tasks: f64,
+    pub rss_mib: f64,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "fds {} tasks {} RSS {:.1} MiB",
+            self.fds, self.tasks, self.rss_mib
+        )
+    }
+}
+
 /// An HTTP response.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
@@ -690,6 +708,41 @@ impl Sluice {
             .collect()
     }
 
+    /// sluice's open fds, live tokio tasks and resident memory, from the
+    /// gauges `/metrics` reads at scrape time.
+    pub fn usage(&self) -> Usage {
+        let text = self.metrics_text();
+        let m = |q: &str| metric_value(&text, q).unwrap_or_else(|| panic!("{q} missing"));
+        Usage {
+            fds: m("sluice_process_open_fds"),
+            tasks: m("sluice_tokio_alive_tasks"),
+            rss_mib: m("sluice_process_resident_memory_bytes") / (1024.0 * 1024.0),
+        }
+    }
+
+    /// After a hostile case: waits (up to 15 s) until fds and tasks are back
+    /// at `base` (+2 for timers and sockets of the run in flight) and RSS is
+    /// within 16 MiB of it (the allocator keeps some of what it freed), and
+    /// prints the figures.
+    pub fn wait_usage_back(&self, base: Usage, case: &str) -> Usage {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = self.usage();
+            if now.fds <= base.fds + 2.0
+                && now.tasks <= base.tasks + 2.0
+                && now.rss_mib <= base.rss_mib + 16.0
+            {
+                println!("{case}: {now} (baseline {base})");
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: {now} did not return to the baseline {base}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits for a JSON log line whose fields equal all of `fields`.
     pub fn wait_log_fields(&self, fields: &[(&str, &str)], timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
@@ -715,12 +768,22 @@ impl Sluice {
 /// `GET path` over a fresh connection with HTTP/1.0 semantics
 /// (`Connection: close`); decodes a chunked body if the server sends one.
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
+    http_request(addr, "GET", path, Duration::from_secs(10))
+}
+
+/// One HTTP/1.0 request without a body (GET, POST, ...).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: 0\r\n\r\n"
     )?;
     s.flush()?;
     let mut raw = Vec::new();
