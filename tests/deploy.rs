@@ -510,7 +510,13 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
 /// Checks what the schemas cannot: the pieces agree with each other and
 /// with sluice. Returns the container for overlay-specific checks.
 fn check_release(dir: &str, docs: &[Value]) -> Value {
-    let deploy = find(docs, "Deployment", "sluice");
+    let deploy = docs
+        .iter()
+        .find(|d| {
+            (d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+                && d["metadata"]["name"] == "sluice"
+        })
+        .unwrap_or_else(|| panic!("{dir}: no sluice Deployment or StatefulSet"));
     let pod = &deploy["spec"]["template"];
     let labels = &pod["metadata"]["labels"];
     assert!(labels_match(
@@ -619,16 +625,6 @@ fn check_release(dir: &str, docs: &[Value]) -> Value {
         }
     }
 
-    // Services reach the pod on the right named ports and protocols and
-    // keep client addresses.
-    for (svc, name, proto) in [("sluice-rtmp", "rtmp", "TCP"), ("sluice-srt", "srt", "UDP")] {
-        let svc = find(docs, "Service", svc);
-        assert!(labels_match(&svc["spec"]["selector"], labels), "{svc}");
-        let p = &svc["spec"]["ports"][0];
-        assert_eq!(p["targetPort"], name);
-        assert_eq!(p["protocol"], proto);
-        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
-    }
     let http = find(docs, "Service", "sluice-http");
     assert!(labels_match(&http["spec"]["selector"], labels));
 
@@ -648,6 +644,32 @@ fn check_release(dir: &str, docs: &[Value]) -> Value {
         labels
     ));
     c
+}
+
+/// The RTMP (TCP) and SRT (UDP) Services `sluice-rtmp`/`sluice-srt` (or
+/// `PREFIX-rtmp`/`PREFIX-srt`): the right named ports and protocols, the
+/// client's address kept. Returns their selectors.
+fn check_public_services(docs: &[Value], prefix: &str) -> Vec<Value> {
+    [("rtmp", "TCP"), ("srt", "UDP")]
+        .iter()
+        .map(|(name, proto)| {
+            let svc = find(docs, "Service", &format!("{prefix}-{name}"));
+            let p = &svc["spec"]["ports"][0];
+            assert_eq!(p["targetPort"], *name, "{svc}");
+            assert_eq!(p["protocol"], *proto, "{svc}");
+            assert_eq!(svc["spec"]["type"], "LoadBalancer", "{svc}");
+            assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local", "{svc}");
+            svc["spec"]["selector"].clone()
+        })
+        .collect()
+}
+
+fn pod_labels(docs: &[Value]) -> Value {
+    let w = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .expect("a workload");
+    w["spec"]["template"]["metadata"]["labels"].clone()
 }
 
 fn validate_schemas(dir: &str) {
@@ -673,7 +695,11 @@ fn validate_schemas(dir: &str) {
             unknown.iter().all(|l| l.contains("kind PodMonitor")),
             "{dir}: resources without a schema besides the PodMonitor: {unknown:?}"
         );
-        assert_eq!(passed, 6, "{dir} on {version}: {all}");
+        let expected = yaml_docs(&file)
+            .iter()
+            .filter(|d| d["kind"] != "PodMonitor")
+            .count();
+        assert_eq!(passed, expected, "{dir} on {version}: {all}");
     }
     // Where kubectl is installed (not on CI), kustomize itself must agree
     // with render.py.
@@ -710,6 +736,10 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 fn kubernetes_base_renders_validates_and_agrees_with_sluice() {
     let docs = render("deploy/kubernetes/base");
     let c = check_release("base", &docs);
+    let labels = pod_labels(&docs);
+    for selector in check_public_services(&docs, "sluice") {
+        assert!(labels_match(&selector, &labels), "{selector}");
+    }
     assert_eq!(c["image"], "sluice:latest");
     assert!(c["resources"]["limits"].get("nvidia.com/gpu").is_none());
     validate_schemas("deploy/kubernetes/base");
@@ -719,6 +749,10 @@ fn kubernetes_base_renders_validates_and_agrees_with_sluice() {
 fn kubernetes_gpu_overlay_asks_for_a_gpu_and_configures_renditions() {
     let docs = render("deploy/kubernetes/gpu");
     let c = check_release("gpu", &docs);
+    let labels = pod_labels(&docs);
+    for selector in check_public_services(&docs, "sluice") {
+        assert!(labels_match(&selector, &labels), "{selector}");
+    }
     assert_eq!(c["image"], "sluice:cuda", "the cuda image target");
     assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
     let env = c["env"].as_array().expect("env");
@@ -742,6 +776,63 @@ fn kubernetes_gpu_overlay_asks_for_a_gpu_and_configures_renditions() {
     // The overlay replaced the base ConfigMap rather than adding a second.
     assert_eq!(docs.iter().filter(|d| d["kind"] == "ConfigMap").count(), 1);
     validate_schemas("deploy/kubernetes/gpu");
+}
+
+#[test]
+fn kubernetes_sharded_overlay_gives_each_pod_its_own_addresses() {
+    let docs = render("deploy/kubernetes/sharded");
+    check_release("sharded", &docs);
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Deployment"),
+        "the shared Deployment is still there"
+    );
+    for gone in ["sluice-rtmp", "sluice-srt"] {
+        assert!(
+            !docs
+                .iter()
+                .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == gone),
+            "{gone} would mix pods"
+        );
+    }
+    let sts = find(&docs, "StatefulSet", "sluice");
+    // The pod template is the base Deployment's, exactly.
+    let base = render("deploy/kubernetes/base");
+    let deployment = find(&base, "Deployment", "sluice");
+    assert_eq!(
+        sts["spec"]["template"], deployment["spec"]["template"],
+        "sharded/statefulset.yaml's pod template drifted from base/deployment.yaml"
+    );
+    let governing = find(
+        &docs,
+        "Service",
+        sts["spec"]["serviceName"].as_str().unwrap(),
+    );
+    assert_eq!(governing["spec"]["clusterIP"], "None");
+    let labels = pod_labels(&docs);
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2);
+    for i in 0..replicas {
+        for selector in check_public_services(&docs, &format!("sluice-{i}")) {
+            assert_eq!(
+                selector["statefulset.kubernetes.io/pod-name"],
+                format!("sluice-{i}")
+            );
+            assert_eq!(
+                selector["app.kubernetes.io/name"],
+                labels["app.kubernetes.io/name"]
+            );
+        }
+    }
+    let per_pod = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service" && d["spec"]["type"] == "LoadBalancer")
+        .count() as u64;
+    assert_eq!(
+        per_pod,
+        2 * replicas,
+        "one RTMP and one SRT Service per pod"
+    );
+    validate_schemas("deploy/kubernetes/sharded");
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ manifests use, with kustomize's semantics, and refuses anything else:
   configMapGenerator  files/literals, behavior create|replace|merge, and the
                       content hash suffix (same hash as kustomize), with
                       references from pod templates renamed to match
-  patches             strategic-merge patches from files (kind + name)
+  patches             strategic-merge patches from files (kind + name),
+                      `$patch: delete` removing a resource
   images              newName / newTag / digest for matching containers
 
 Where kubectl is installed, the test suite also compares this output with
@@ -203,7 +204,12 @@ def render_dir(root):
             idx = next((i for i, r in enumerate(resources) if key_of(r) == key_of(doc)), None)
             if idx is None:
                 raise RenderError(f"{kfile}: patch target {key_of(doc)} not found")
-            resources[idx] = merge(resources[idx], doc)
+            if doc.get("$patch") == "delete":
+                del resources[idx]
+            elif "$patch" in doc:
+                raise RenderError(f"{kfile}: $patch: {doc['$patch']} is not supported")
+            else:
+                resources[idx] = merge(resources[idx], doc)
     set_images(resources, k.get("images", []), kfile)
     return resources, generated
 
