@@ -268,7 +268,7 @@ mod tests {
 }
 
 /// Ask an HTTP webhook whether to allow a request: POST `body` as JSON to
-/// `url` (`http://host:port/path`); any 2xx allows. Everything else — a
+/// `url` (`http://` or `https://`); any 2xx allows. Everything else — a
 /// refusal, no answer within `timeout`, a connection error — denies, with
 /// the reason. Runs on its own task; it never blocks other connections.
 pub async fn ask_webhook(
@@ -284,42 +284,149 @@ pub async fn ask_webhook(
     }
 }
 
-/// `http://host:port/path` → (host:port, path).
-pub fn parse_http_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} must start with http://"))?;
+/// A parsed webhook address: `http://` or `https://`, host, port, path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    pub tls: bool,
+    /// Host name or IP, for the `Host` header and TLS server name.
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl WebhookUrl {
+    fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// `http[s]://host[:port][/path]`, with the port defaulting to 80 or 443.
+pub fn parse_webhook_url(url: &str) -> Result<WebhookUrl, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    if hostport.is_empty() {
+    let (host, port) = match hostport.rsplit_once(':') {
+        // An IPv6 literal without a port ("[::1]") has colons inside brackets.
+        Some((h, p)) if !p.ends_with(']') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: {p:?} is not a port"))?,
+        ),
+        _ => (hostport, if tls { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    let hostport = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
+    Ok(WebhookUrl {
+        tls,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// Trust anchors for `https://` webhooks: the system's (`/etc/ssl/certs`
+/// through rustls-native-certs) plus `server.webhook_ca`.
+static WEBHOOK_TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
+/// Build the TLS client for webhooks, once, at start: the system's roots
+/// and the PEM certificates in `extra_ca` (a private CA for an internal
+/// auth service). An unreadable or empty `extra_ca` is an error; so are no
+/// roots at all when some webhook uses https.
+pub fn init_webhook_tls(extra_ca: Option<&std::path::Path>) -> Result<(), String> {
+    let config = webhook_tls_config(extra_ca)?;
+    let _ = WEBHOOK_TLS.set(std::sync::Arc::new(config));
+    Ok(())
+}
+
+fn webhook_tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("no certificate in the file".to_string());
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("unusable CA certificate: {e}"))?;
+        }
+    } else if added == 0 {
+        tracing::debug!("no system CA certificates found; https webhooks need server.webhook_ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 async fn post_json(url: &str, body: &serde_json::Value) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (hostport, path) = parse_http_url(url).map_err(std::io::Error::other)?;
-    let mut sock = tokio::net::TcpStream::connect(&hostport).await?;
+    let u = parse_webhook_url(url).map_err(std::io::Error::other)?;
+    let sock = tokio::net::TcpStream::connect((u.host.as_str(), u.port)).await?;
+    let _ = sock.set_nodelay(true);
     let body = body.to_string();
-    let host = hostport.trim_end_matches(":80");
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sluice/{}\r\n\
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice/{}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        u.path,
+        u.host_header(),
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    sock.write_all(req.as_bytes()).await?;
+    if !u.tls {
+        return exchange(sock, req.as_bytes()).await;
+    }
+    let config = match WEBHOOK_TLS.get() {
+        Some(c) => c.clone(),
+        None => std::sync::Arc::new(webhook_tls_config(None).map_err(std::io::Error::other)?),
+    };
+    let name = rustls_pki_types::ServerName::try_from(u.host.clone()).map_err(|e| {
+        std::io::Error::other(format!("{:?} is not a TLS server name: {e}", u.host))
+    })?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, sock)
+        .await
+        .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?;
+    exchange(tls, req.as_bytes()).await
+}
+
+/// Send the request and read the status code of the answer.
+async fn exchange<S>(mut sock: S, req: &[u8]) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(req).await?;
+    sock.flush().await?;
     // Only the status line matters; read at most a few KiB of the answer.
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
@@ -366,16 +473,27 @@ mod webhook_tests {
 
     #[test]
     fn urls_parse() {
+        let u = parse_webhook_url("http://127.0.0.1:9/auth").unwrap();
         assert_eq!(
-            parse_http_url("http://127.0.0.1:9/auth").unwrap(),
-            ("127.0.0.1:9".into(), "/auth".into())
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "127.0.0.1", 9, "/auth")
         );
+        let u = parse_webhook_url("http://auth.local").unwrap();
         assert_eq!(
-            parse_http_url("http://auth.local").unwrap(),
-            ("auth.local:80".into(), "/".into())
+            (u.port, u.path.as_str(), u.host_header()),
+            (80, "/", "auth.local".to_string())
         );
-        assert!(parse_http_url("https://x/").is_err());
-        assert!(parse_http_url("http:///x").is_err());
+        let u = parse_webhook_url("https://auth.example.com/rtmp?x=1").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/rtmp?x=1"));
+        assert_eq!(u.host_header(), "auth.example.com");
+        let u = parse_webhook_url("https://[::1]:8443/h").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.host_header()),
+            ("::1", 8443, "[::1]:8443".to_string())
+        );
+        assert!(parse_webhook_url("ftp://x/").is_err());
+        assert!(parse_webhook_url("http:///x").is_err());
+        assert!(parse_webhook_url("http://x:notaport/").is_err());
     }
 
     #[tokio::test]

@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub rtmps_addr: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for `https://` webhooks, besides
+    /// the system's.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,7 @@ impl Default for Config {
                 rtmps_addr: None,
                 tls_cert: None,
                 tls_key: None,
+                webhook_ca: None,
             },
             // The protocol limits have one source of truth: `Limits::default()`.
             rtmp: RtmpConfig {
@@ -348,6 +352,7 @@ impl Config {
             }
             c.tls_cert = s.string("tls_cert")?.map(PathBuf::from);
             c.tls_key = s.string("tls_key")?.map(PathBuf::from);
+            c.webhook_ca = s.string("webhook_ca")?.map(PathBuf::from);
             s.finish()?;
         }
         if let Some(mut s) = root.section("rtmp")? {
@@ -496,12 +501,12 @@ impl Config {
                     }
                 }
                 if let Some(url) = s.string("publish_webhook")? {
-                    crate::auth::parse_http_url(&url)
+                    crate::auth::parse_webhook_url(&url)
                         .map_err(|m| invalid(&s.key("publish_webhook"), m))?;
                     app.publish_webhook = Some(url);
                 }
                 if let Some(url) = s.string("read_webhook")? {
-                    crate::auth::parse_http_url(&url)
+                    crate::auth::parse_webhook_url(&url)
                         .map_err(|m| invalid(&s.key("read_webhook"), m))?;
                     app.read_webhook = Some(url);
                 }
@@ -1052,7 +1057,7 @@ mod tests {
             ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
             ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
             ("[apps.live.publish_keys]\ncam1 = \"short\"", "apps.live.publish_keys.cam1"),
-            ("[apps.live]\npublish_webhook = \"https://x/\"", "apps.live.publish_webhook"),
+            ("[apps.live]\npublish_webhook = \"ftp://x/\"", "apps.live.publish_webhook"),
             ("[apps.live]\nwebhook_timeout = \"0s\"", "apps.live.webhook_timeout"),
             ("[apps.live]\nread_passphrase = \"short\"", "apps.live.read_passphrase"),
             ("[apps.live.read_tokens]\nalice = \"short\"", "apps.live.read_tokens.alice"),

@@ -164,6 +164,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
         _ => None,
     };
+    crate::auth::init_webhook_tls(config.server.webhook_ca.as_deref()).map_err(|why| {
+        ServerError::Tls {
+            key: "server.webhook_ca",
+            path: config.server.webhook_ca.clone().unwrap_or_default(),
+            why,
+        }
+    })?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
     let config = Arc::new(config);
     let registry = Registry::with_limits(StreamLimits {

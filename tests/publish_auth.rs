@@ -212,3 +212,85 @@ fn a_webhook_decides_publishes_without_blocking_anyone() {
         Duration::from_secs(5),
     );
 }
+
+/// A private CA and a certificate for 127.0.0.1 signed by it: the CA PEM
+/// (for `server.webhook_ca`) and the server's TLS config.
+fn private_ca(dir: &TempDir) -> (std::path::PathBuf, std::sync::Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &rcgen::Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    let ca_pem = dir.join("webhook-ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca_pem, std::sync::Arc::new(config))
+}
+
+#[test]
+fn an_https_webhook_is_trusted_through_webhook_ca_and_an_untrusted_one_denies() {
+    let dir = TempDir::new("https-webhook");
+    let (ca_pem, tls) = private_ca(&dir);
+    let (port, seen) = webhook_server_tls(publish_rule, tls.clone());
+    let (other_port, other_seen) = webhook_server_tls(publish_rule, tls);
+    let server = Sluice::start(Some(&format!(
+        "[server]\nwebhook_ca = {:?}\n\
+         [apps.hooked]\npublish_webhook = \"https://127.0.0.1:{port}/auth\"\n\
+         [apps.plain]\npublish_webhook = \"http://127.0.0.1:{other_port}/auth\"\n",
+        ca_pem.display().to_string()
+    )));
+    let mut ok =
+        RtmpPublisher::connect(server.rtmp_addr(), "hooked", PublishOptions::default()).unwrap();
+    assert!(ok.publish("cam1?key=good-key").is_accepted());
+    assert_eq!(seen.lock().unwrap()[0]["path"], "hooked/cam1");
+    let denied = refused(&server, "hooked", "cam2?key=bad-key");
+    assert!(denied.contains("webhook answered 403"), "{denied}");
+    // Plain HTTP to a TLS server: no answer it can read, so denied.
+    let plain = refused(&server, "plain", "cam3?key=good-key");
+    assert!(plain.contains("webhook"), "{plain}");
+    assert!(other_seen.lock().unwrap().is_empty());
+
+    // Without the private CA the same webhook is not trusted: denied, with
+    // the TLS reason.
+    let untrusting = Sluice::start(Some(&format!(
+        "[apps.hooked]\npublish_webhook = \"https://127.0.0.1:{port}/auth\"\n"
+    )));
+    let why = refused(&untrusting, "hooked", "cam4?key=good-key");
+    assert!(why.contains("webhook unreachable: TLS"), "{why}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the untrusted call reached the hook"
+    );
+
+    // A webhook_ca that is not a certificate stops the start, naming the key.
+    let bad = dir.join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").unwrap();
+    let mut cmd = sluice_command();
+    cmd.args(ephemeral_args());
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nwebhook_ca = {:?}\n", bad.display().to_string()),
+    )
+    .unwrap();
+    cmd.arg("--config").arg(&cfg);
+    let (status, _, err) =
+        run_to_exit("sluice with a bad webhook_ca", cmd, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("server.webhook_ca"), "{err}");
+}
