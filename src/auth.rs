@@ -310,7 +310,9 @@ impl WebhookUrl {
     }
 }
 
-/// `http[s]://host[:port][/path]`, with the port defaulting to 80 or 443.
+/// `http[s]://host[:port][/path][?query]`, with the port defaulting to 80
+/// or 443. IPv6 hosts are bracketed (`[::1]:8443`). User info, port 0,
+/// spaces and control characters are refused; a `#fragment` is dropped.
 pub fn parse_webhook_url(url: &str) -> Result<WebhookUrl, String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
         (false, r)
@@ -319,28 +321,60 @@ pub fn parse_webhook_url(url: &str) -> Result<WebhookUrl, String> {
     } else {
         return Err(format!("{url:?} must start with http:// or https://"));
     };
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+    if rest.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("{url:?} contains a space or a control character"));
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
     };
-    let (host, port) = match hostport.rsplit_once(':') {
-        // An IPv6 literal without a port ("[::1]") has colons inside brackets.
-        Some((h, p)) if !p.ends_with(']') => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: {p:?} is not a port"))?,
-        ),
-        _ => (hostport, if tls { 443 } else { 80 }),
+    if authority.contains('@') {
+        return Err(format!("{url:?}: user info in the URL is not supported"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{url:?}: unexpected {p:?} after the host"))?,
+            ),
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{url:?}: [{host}] is not an IPv6 address"));
+        }
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("{url:?}: {p:?} is not a port")),
+            Ok(n) => n,
+        },
+    };
+    let is_v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    if host.is_empty() || (!is_v6 && host.contains([':', '[', ']'])) {
+        return Err(format!("{url:?} has no usable host"));
     }
     Ok(WebhookUrl {
         tls,
         host: host.to_string(),
         port,
-        path: path.to_string(),
+        path,
     })
 }
 
@@ -353,18 +387,34 @@ static WEBHOOK_TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
 /// and the PEM certificates in `extra_ca` (a private CA for an internal
 /// auth service). An unreadable or empty `extra_ca` is an error; so are no
 /// roots at all when some webhook uses https.
-pub fn init_webhook_tls(extra_ca: Option<&std::path::Path>) -> Result<(), String> {
+pub fn init_webhook_tls(
+    extra_ca: Option<&std::path::Path>,
+    https_used: bool,
+) -> Result<(), String> {
     let config = webhook_tls_config(extra_ca)?;
-    let _ = WEBHOOK_TLS.set(std::sync::Arc::new(config));
+    if https_used && config.1 == 0 {
+        return Err(
+            "an https:// webhook is configured but there are no CA certificates to verify it \
+             (the system store is empty): install ca-certificates or set this key"
+                .to_string(),
+        );
+    }
+    let _ = WEBHOOK_TLS.set(std::sync::Arc::new(config.0));
     Ok(())
 }
 
-fn webhook_tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+/// The client config and how many trust anchors it has.
+fn webhook_tls_config(
+    extra_ca: Option<&std::path::Path>,
+) -> Result<(rustls::ClientConfig, usize), String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    for e in &native.errors {
+        tracing::warn!(error = %e, "reading the system CA certificates for https webhooks");
+    }
+    roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
@@ -378,15 +428,15 @@ fn webhook_tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::Clie
                 .add(c)
                 .map_err(|e| format!("unusable CA certificate: {e}"))?;
         }
-    } else if added == 0 {
-        tracing::debug!("no system CA certificates found; https webhooks need server.webhook_ca");
     }
+    let anchors = roots.len();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    Ok((config, anchors))
 }
 
 async fn post_json(url: &str, body: &serde_json::Value) -> std::io::Result<u16> {
@@ -407,7 +457,7 @@ async fn post_json(url: &str, body: &serde_json::Value) -> std::io::Result<u16> 
     }
     let config = match WEBHOOK_TLS.get() {
         Some(c) => c.clone(),
-        None => std::sync::Arc::new(webhook_tls_config(None).map_err(std::io::Error::other)?),
+        None => std::sync::Arc::new(webhook_tls_config(None).map_err(std::io::Error::other)?.0),
     };
     let name = rustls_pki_types::ServerName::try_from(u.host.clone()).map_err(|e| {
         std::io::Error::other(format!("{:?} is not a TLS server name: {e}", u.host))
@@ -491,9 +541,25 @@ mod webhook_tests {
             (u.host.as_str(), u.port, u.host_header()),
             ("::1", 8443, "[::1]:8443".to_string())
         );
-        assert!(parse_webhook_url("ftp://x/").is_err());
-        assert!(parse_webhook_url("http:///x").is_err());
-        assert!(parse_webhook_url("http://x:notaport/").is_err());
+        let u = parse_webhook_url("http://auth?x=1#frag").unwrap();
+        assert_eq!((u.host.as_str(), u.path.as_str()), ("auth", "/?x=1"));
+        for bad in [
+            "ftp://x/",
+            "http:///x",
+            "http://x:notaport/",
+            "http://x:0/",
+            "http://::1/",
+            "http://[::1/",
+            "http://[[::1]]/",
+            "http://[nothost]/",
+            "http://user@host/",
+            "http://user:pass@host/",
+            "http://host/a b",
+            "http://host/\r\nX: y",
+            "https://",
+        ] {
+            assert!(parse_webhook_url(bad).is_err(), "{bad} was accepted");
+        }
     }
 
     #[tokio::test]

@@ -90,21 +90,26 @@ async fn encoders(State(s): State<AppState>) -> Json<Value> {
 
 /// Run the GPU trials again and use the result for streams that start from
 /// now on (e.g. after NVENC sessions were freed, or NVENC stopped working).
-/// One at a time; a caller that arrives during a probe waits for it and
-/// runs its own. 409 when `transcode.encoder = "nvenc"` and NVENC no
-/// longer works: the previous choice stays.
+/// One at a time: a request during a probe gets 409 at once. 409 also when
+/// `transcode.encoder = "nvenc"` and NVENC no longer works: the previous
+/// choice stays.
 async fn reprobe(State(s): State<AppState>) -> Response {
     if s.registry.is_draining() {
         let body = json!({"error": "server is shutting down"});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let _one = s.encoders.probe_guard().await;
+    let Some(_one) = s.encoders.try_probe() else {
+        let body = json!({"error": "a re-probe is already running; try again when it is done"});
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    };
     let started = std::time::Instant::now();
     let result = crate::server::choose_encoders(&s.config, &s.gpus).await;
     let took_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(enc) => {
-            let changed = s.encoders.replace(enc);
+            let changed = s
+                .encoders
+                .replace(enc, crate::transcode::nvenc_sessions_in_use());
             let body =
                 json!({"changed": changed, "took_ms": took_ms, "encoders": &*s.encoders.get()});
             (StatusCode::OK, Json(body)).into_response()

@@ -62,7 +62,11 @@ pub async fn choose_encoders(config: &Config, gpus: &Gpus) -> Result<Encoders, S
             "no NVIDIA GPU; renditions are encoded on the CPU"
         );
     } else {
-        let inv = gpus.inventory();
+        // NVML calls block: not on an async worker.
+        let g = gpus.clone();
+        let inv = tokio::task::spawn_blocking(move || g.inventory())
+            .await
+            .unwrap_or_default();
         for g in &inv.gpus {
             info!(
                 gpu = g.index,
@@ -164,13 +168,23 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
         _ => None,
     };
-    crate::auth::init_webhook_tls(config.server.webhook_ca.as_deref()).map_err(|why| {
-        ServerError::Tls {
+    let https_webhook = config.apps.values().any(|a| {
+        [&a.publish_webhook, &a.read_webhook]
+            .into_iter()
+            .flatten()
+            .any(|u| u.starts_with("https://"))
+    });
+    crate::auth::init_webhook_tls(config.server.webhook_ca.as_deref(), https_webhook).map_err(
+        |why| ServerError::Tls {
             key: "server.webhook_ca",
-            path: config.server.webhook_ca.clone().unwrap_or_default(),
+            path: config
+                .server
+                .webhook_ca
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("not set")),
             why,
-        }
-    })?;
+        },
+    )?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
     let config = Arc::new(config);
     let registry = Registry::with_limits(StreamLimits {
@@ -289,6 +303,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Keep gauges and histogram summaries fresh even when nobody scrapes.
     let upkeep_root = root.clone();
     let upkeep_registry = registry.clone();
+    let started = std::time::Instant::now();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -298,7 +313,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                     metrics.run_upkeep();
                     metrics::gauge!(telemetry::STREAMS).set(upkeep_registry.len() as f64);
                     // Off the async workers: it takes the allocator's locks.
-                    let _ = tokio::task::spawn_blocking(telemetry::trim_after_bursts).await;
+                    if telemetry::burst_closed(started.elapsed().as_millis() as u64) {
+                        let _ = tokio::task::spawn_blocking(telemetry::trim).await;
+                    }
                 }
             }
         }

@@ -3,6 +3,8 @@
 //! Metric names are declared here once, with their help text, so `/metrics`
 //! documents itself and call sites cannot drift apart on spelling.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -140,8 +142,8 @@ pub const FAMILIES: &[Family] = &[
     Family::new(PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, "Resident memory of the sluice process."),
     Family::new(TOKIO_ALIVE_TASKS, Kind::Gauge, "Live tokio tasks in sluice."),
     Family::new(AUTH_REJECTS_TOTAL, Kind::Counter, "Requests refused by authorization, by action (publish) and reason."),
-    Family::new(TRANSCODE_ENCODER, Kind::Gauge, "Encoder chosen at start for each rendition codec (1 for the chosen encoder)."),
-    Family::new(TRANSCODE_ENCODER_FALLBACKS_TOTAL, Kind::Counter, "NVENC not used for a codec: at start (trial encode failed) or per stream (session refused)."),
+    Family::new(TRANSCODE_ENCODER, Kind::Gauge, "Encoder new streams use for each rendition codec: 1 in use, 0 replaced by a re-probe."),
+    Family::new(TRANSCODE_ENCODER_FALLBACKS_TOTAL, Kind::Counter, "NVENC not used for a codec: at start (trial failed), by a re-probe, or per stream (session refused)."),
     Family::new(TRANSCODE_FFMPEG_STARTS_TOTAL, Kind::Counter, "FFmpeg processes started."),
     Family::new(TRANSCODE_FFMPEG_RESTARTS_TOTAL, Kind::Counter, "FFmpeg processes restarted within a stream, by reason."),
     Family::new(TRANSCODE_FFMPEG_EXITS_TOTAL, Kind::Counter, "FFmpeg processes ended, by exit code or signal_N."),
@@ -215,6 +217,9 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn append_missing_families(out: &mut String) {
     use std::fmt::Write;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
     let present: std::collections::HashSet<&str> = out
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -251,41 +256,52 @@ fn describe() {
 // Returning freed memory
 // ---------------------------------------------------------------------------
 
-/// Connections closed since the allocator was last asked to return memory.
-static CLOSED_SINCE_TRIM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Connections closed since the last upkeep tick.
+static CLOSED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
+/// When the allocator was last asked to return memory (ms since start of
+/// the process's clock, 0 = never).
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
 
-/// How many closed connections make a trim worth it.
+/// Closed connections within one upkeep tick (5 s) that count as a burst.
 const TRIM_AFTER_CLOSED: usize = 256;
+/// At most one trim per this many milliseconds.
+const TRIM_INTERVAL_MS: u64 = 60_000;
 
 /// Note a closed connection (RTMP, RTMPS or SRT player).
 pub fn connection_closed() {
-    CLOSED_SINCE_TRIM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CLOSED_SINCE_TICK.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Called by the upkeep tick: whether the connections closed since the last
+/// tick make a burst worth a trim (see [`trim`]), at most once a minute.
+/// Cheap; resets the count.
+pub fn burst_closed(now_ms: u64) -> bool {
+    let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if !should_trim(closed, last, now_ms) {
+        return false;
+    }
+    LAST_TRIM_MS.store(now_ms.max(1), Ordering::Relaxed);
+    true
+}
+
+fn should_trim(closed_in_tick: usize, last_trim_ms: u64, now_ms: u64) -> bool {
+    closed_in_tick >= TRIM_AFTER_CLOSED
+        && (last_trim_ms == 0 || now_ms >= last_trim_ms + TRIM_INTERVAL_MS)
 }
 
 /// After a burst of closed connections (a flood of half-open TCP
 /// connections, a crowd of players leaving), ask glibc's malloc to give
 /// free pages back to the system. glibc keeps what was freed in its
 /// per-thread arenas, so without this the resident memory would stay at
-/// the burst's peak. Called from the 5-second upkeep tick; returns whether
-/// it trimmed.
-pub fn trim_after_bursts() -> bool {
-    use std::sync::atomic::Ordering;
-    if CLOSED_SINCE_TRIM.load(Ordering::Relaxed) < TRIM_AFTER_CLOSED {
-        return false;
-    }
-    CLOSED_SINCE_TRIM.store(0, Ordering::Relaxed);
+/// the burst's peak. It takes each arena's lock in turn, so it runs on a
+/// blocking thread and only after bursts (see [`burst_closed`]).
+pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks the allocator's own free lists;
-        // it is thread-safe and has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        true
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is
+    // thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -299,7 +315,12 @@ mod tests {
         for f in FAMILIES.iter().chain(crate::gpu::FAMILIES) {
             assert!(seen.insert(f.name), "{} declared twice", f.name);
             assert!(f.name.starts_with("sluice_"), "{}", f.name);
-            assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
+            // Help text is written as is: nothing the format would escape.
+            assert!(
+                !f.help.is_empty() && !f.help.contains(['\n', '\\']),
+                "{}",
+                f.name
+            );
             if f.kind == Kind::Counter {
                 assert!(
                     f.name.ends_with("_total"),
@@ -320,5 +341,18 @@ mod tests {
         assert!(out.contains("# TYPE sluice_srt_lag_skips_total counter\n"));
         let families = out.matches("# TYPE ").count();
         assert_eq!(families, FAMILIES.len() + crate::gpu::FAMILIES.len());
+    }
+
+    #[test]
+    fn trims_only_after_a_burst_and_at_most_once_a_minute() {
+        assert!(!should_trim(10, 0, 10_000), "slow churn");
+        assert!(should_trim(TRIM_AFTER_CLOSED, 0, 10_000), "first burst");
+        assert!(!should_trim(5_000, 10_000, 30_000), "again within a minute");
+        assert!(should_trim(
+            TRIM_AFTER_CLOSED,
+            10_000,
+            10_000 + TRIM_INTERVAL_MS
+        ));
+        trim();
     }
 }

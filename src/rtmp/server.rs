@@ -199,8 +199,16 @@ async fn connection(
     let accepted = Instant::now();
     let _ = sock.set_nodelay(true);
     counter!(t::RTMP_CONNECTIONS_TOTAL).increment(1);
-    let open = gauge!(t::RTMP_CONNECTIONS);
-    open.increment(1.0);
+    // Counted down on every way out, a panic included.
+    struct Open(metrics::Gauge);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+            t::connection_closed();
+        }
+    }
+    let open = Open(gauge!(t::RTMP_CONNECTIONS));
+    open.0.increment(1.0);
     match tls {
         None => handle(sock, peer, accepted, ctx).await,
         Some(acceptor) => {
@@ -234,8 +242,7 @@ async fn connection(
             }
         }
     }
-    open.decrement(1.0);
-    t::connection_closed();
+    drop(open);
 }
 
 /// Why a connection ended.

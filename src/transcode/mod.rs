@@ -185,6 +185,14 @@ pub fn report(enc: &Encoders) {
     info!(decode = enc.decode, "rendition decode path");
 }
 
+/// NVENC encodes this process's FFmpeg children are running now.
+static NVENC_SESSIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// NVENC sessions held by our own FFmpeg processes.
+pub fn nvenc_sessions_in_use() -> usize {
+    NVENC_SESSIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The encoder choice in force. Every new stream takes the current one;
 /// a re-probe (`POST /api/v1/encoders/probe`) replaces it for streams that
 /// start afterwards, while running streams keep theirs.
@@ -209,19 +217,37 @@ impl EncoderState {
             .clone()
     }
 
-    /// Held while a re-probe runs.
-    pub async fn probe_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.probing.lock().await
+    /// Held while a re-probe runs; `None` when one already is.
+    pub fn try_probe(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.probing.try_lock().ok()
     }
 
     /// Install the result of a re-probe; returns whether the encoders or the
     /// decode path changed. Gauges, the fallback counter and the log follow.
-    pub fn replace(&self, new: Encoders) -> bool {
+    ///
+    /// While our own FFmpeg processes hold NVENC sessions (`nvenc_in_use`),
+    /// a failed trial may only mean the GPU's session limit is reached, so a
+    /// codec on NVENC stays on NVENC; a stream that then cannot open a
+    /// session falls back to x264 on its own (`cause="session_refused"`).
+    pub fn replace(&self, mut new: Encoders, nvenc_in_use: usize) -> bool {
         let mut cur = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = cur.clone();
+        if nvenc_in_use > 0 {
+            for (was, now) in [(&old.h264, &mut new.h264), (&old.hevc, &mut new.hevc)] {
+                if was.kind == Encoder::Nvenc && now.kind == Encoder::Software {
+                    *now = Choice {
+                        reason: format!(
+                            "kept: the trial failed while {nvenc_in_use} NVENC encodes of ours were running ({})",
+                            now.reason
+                        ),
+                        ..was.clone()
+                    };
+                }
+            }
+        }
         let changed = !old.same_choice(&new);
         for (codec, was, now) in [
             ("h264", &old.h264, &new.h264),
@@ -527,6 +553,8 @@ async fn run_once(
     counter!(t::TRANSCODE_FFMPEG_STARTS_TOTAL).increment(1);
     let running = gauge!(t::TRANSCODE_FFMPEG_RUNNING);
     running.increment(1.0);
+    let nvenc_sessions = encoders.iter().filter(|e| **e == Encoder::Nvenc).count();
+    NVENC_SESSIONS.fetch_add(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
     info!(stream = %stream.path, pid, encoders = ?labels, renditions = p.renditions.len(), "ffmpeg started");
     debug!(args = ?argv, "ffmpeg command line");
     for (i, r) in p.renditions.iter().enumerate() {
@@ -631,6 +659,7 @@ async fn run_once(
     io.abort_all();
     while io.join_next().await.is_some() {}
     running.decrement(1.0);
+    NVENC_SESSIONS.fetch_sub(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
     end
 }
 
@@ -871,9 +900,17 @@ mod tests {
     fn a_re_probe_replaces_the_choice_for_new_streams_only() {
         let state = EncoderState::new(nvenc_everywhere());
         let running = state.get();
-        assert!(!state.replace(nvenc_everywhere()), "same encoders");
+        assert!(!state.replace(nvenc_everywhere(), 0), "same encoders");
+        // A failed trial while our own NVENC encodes run keeps NVENC.
         let sw = Encoders::software(EncoderMode::Auto, "h264_nvenc unavailable: no session");
-        assert!(state.replace(sw));
+        assert!(!state.replace(sw.clone(), 2));
+        assert_eq!(state.get().h264.kind, Encoder::Nvenc);
+        assert!(
+            state.get().h264.reason.starts_with("kept: "),
+            "{}",
+            state.get().h264.reason
+        );
+        assert!(state.replace(sw, 0));
         assert_eq!(
             running.h264.kind,
             Encoder::Nvenc,
