@@ -590,6 +590,15 @@ fn check_release(dir: &str, docs: &[Value]) -> Value {
 
     // Health: liveness on /healthz, readiness on /readyz (503 while draining).
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // HTTP comes up after the GPU trials (up to 3 x gpu::TRIAL_TIMEOUT):
+    // the startup probe must allow that before liveness counts.
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/healthz");
+    let startup = c["startupProbe"]["periodSeconds"].as_u64().unwrap()
+        * c["startupProbe"]["failureThreshold"].as_u64().unwrap();
+    assert!(
+        startup > 3 * sluice::gpu::TRIAL_TIMEOUT.as_secs(),
+        "{dir}: startup probe allows only {startup} s"
+    );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
@@ -763,8 +772,10 @@ fn kubernetes_gpu_overlay_asks_for_a_gpu_and_configures_renditions() {
     assert_eq!(caps["value"], "video,compute,utility");
     let deploy = find(&docs, "Deployment", "sluice");
     let spec = &deploy["spec"]["template"]["spec"];
-    assert_eq!(spec["nodeSelector"]["nvidia.com/gpu.present"], "true");
     assert!(spec["tolerations"].to_string().contains("nvidia.com/gpu"));
+    // One GPU per pod: the old pod must let go of it before the new starts.
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 0);
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 1);
     let cm = find(&docs, "ConfigMap", "sluice-config");
     let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
     let renditions: Vec<&str> = config.apps["live"]

@@ -38,7 +38,8 @@ KNOWN_KEYS = {
 }
 
 # Strategic-merge keys for the lists our patches touch (from the Kubernetes
-# API's patchMergeKey tags). Other lists are replaced, as kustomize does.
+# API's patchMergeKey tags), by field name; `ports` depends on the kind.
+# Other lists are replaced, as kustomize does.
 MERGE_KEYS = {
     "containers": "name",
     "initContainers": "name",
@@ -48,6 +49,7 @@ MERGE_KEYS = {
     "volumeMounts": "mountPath",
     "ports": "containerPort",
 }
+SERVICE_MERGE_KEYS = dict(MERGE_KEYS, ports="port")
 
 
 class RenderError(Exception):
@@ -63,24 +65,33 @@ def key_of(res):
     return (res.get("kind"), res.get("metadata", {}).get("name"))
 
 
-def merge(base, patch, field=None):
-    """Strategic merge of `patch` into `base` (both plain YAML values)."""
+def merge(base, patch, field=None, keys=MERGE_KEYS):
+    """Strategic merge of `patch` into `base` (both plain YAML values). A
+    null in the patch deletes the key, as in kustomize."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
-            out[k] = merge(base[k], v, k) if k in base else copy.deepcopy(v)
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = merge(base[k], v, k, keys) if k in base else copy.deepcopy(v)
         return out
-    if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
-        mk = MERGE_KEYS[field]
+    if isinstance(base, list) and isinstance(patch, list) and field in keys:
+        mk = keys[field]
+        for item in base + patch:
+            if not isinstance(item, dict) or mk not in item:
+                raise RenderError(f"list {field!r}: an item has no merge key {mk!r}: {item}")
         out = [copy.deepcopy(x) for x in base]
+        added = []
         for item in patch:
             for i, existing in enumerate(out):
-                if existing.get(mk) == item.get(mk):
-                    out[i] = merge(existing, item, None)
+                if existing[mk] == item[mk]:
+                    out[i] = merge(existing, item, None, keys)
                     break
             else:
-                out.append(copy.deepcopy(item))
-        return out
+                added.append(copy.deepcopy(item))
+        # kustomize puts the patch's new items first, in the patch's order.
+        return added + out
     return copy.deepcopy(patch)
 
 
@@ -209,7 +220,8 @@ def render_dir(root):
             elif "$patch" in doc:
                 raise RenderError(f"{kfile}: $patch: {doc['$patch']} is not supported")
             else:
-                resources[idx] = merge(resources[idx], doc)
+                keys = SERVICE_MERGE_KEYS if doc.get("kind") == "Service" else MERGE_KEYS
+                resources[idx] = merge(resources[idx], doc, None, keys)
     set_images(resources, k.get("images", []), kfile)
     return resources, generated
 
@@ -224,8 +236,11 @@ def rename_configmaps(resources, generated):
     for r in resources:
         for spec in pod_specs(r):
             for v in spec.get("volumes", []):
-                if "configMap" in v and v["configMap"].get("name") in names:
-                    v["configMap"]["name"] = names[v["configMap"]["name"]]
+                refs = [v.get("configMap", {})]
+                refs += [src.get("configMap", {}) for src in v.get("projected", {}).get("sources", [])]
+                for ref in refs:
+                    if ref.get("name") in names:
+                        ref["name"] = names[ref["name"]]
             for c in spec.get("containers", []) + spec.get("initContainers", []):
                 for ef in c.get("envFrom", []):
                     ref = ef.get("configMapRef", {})
