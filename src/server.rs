@@ -303,7 +303,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     // Keep gauges and histogram summaries fresh even when nobody scrapes.
     let upkeep_root = root.clone();
     let upkeep_registry = registry.clone();
-    let started = std::time::Instant::now();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -313,7 +312,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                     metrics.run_upkeep();
                     metrics::gauge!(telemetry::STREAMS).set(upkeep_registry.len() as f64);
                     // Off the async workers: it takes the allocator's locks.
-                    if telemetry::burst_closed(started.elapsed().as_millis() as u64) {
+                    if telemetry::burst_closed() {
                         let _ = tokio::task::spawn_blocking(telemetry::trim).await;
                     }
                 }

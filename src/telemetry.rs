@@ -3,7 +3,7 @@
 //! Metric names are declared here once, with their help text, so `/metrics`
 //! documents itself and call sites cannot drift apart on spelling.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -258,36 +258,36 @@ fn describe() {
 
 /// Connections closed since the last upkeep tick.
 static CLOSED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
-/// When the allocator was last asked to return memory (ms since start of
-/// the process's clock, 0 = never).
-static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+/// A burst was seen and has not been followed by a trim yet.
+static BURST_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Closed connections within one upkeep tick (5 s) that count as a burst.
+/// Closed connections within one upkeep tick (5 s) that make a burst.
 const TRIM_AFTER_CLOSED: usize = 256;
-/// At most one trim per this many milliseconds.
-const TRIM_INTERVAL_MS: u64 = 60_000;
 
 /// Note a closed connection (RTMP, RTMPS or SRT player).
 pub fn connection_closed() {
     CLOSED_SINCE_TICK.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Called by the upkeep tick: whether the connections closed since the last
-/// tick make a burst worth a trim (see [`trim`]), at most once a minute.
-/// Cheap; resets the count.
-pub fn burst_closed(now_ms: u64) -> bool {
+/// Called by the upkeep tick: whether a burst of closed connections has
+/// just ended, so a [`trim`] can give its memory back. A burst is a tick
+/// with at least `TRIM_AFTER_CLOSED` closes; it ends at the first quieter
+/// tick, so a burst spread over several ticks is trimmed once, after its
+/// last connection is gone. Cheap; resets the count.
+pub fn burst_closed() -> bool {
     let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
-    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
-    if !should_trim(closed, last, now_ms) {
-        return false;
-    }
-    LAST_TRIM_MS.store(now_ms.max(1), Ordering::Relaxed);
-    true
+    let (trim, pending) = burst_step(closed, BURST_PENDING.load(Ordering::Relaxed));
+    BURST_PENDING.store(pending, Ordering::Relaxed);
+    trim
 }
 
-fn should_trim(closed_in_tick: usize, last_trim_ms: u64, now_ms: u64) -> bool {
-    closed_in_tick >= TRIM_AFTER_CLOSED
-        && (last_trim_ms == 0 || now_ms >= last_trim_ms + TRIM_INTERVAL_MS)
+/// (trim now, burst still pending) after a tick with `closed` closes.
+fn burst_step(closed: usize, pending: bool) -> (bool, bool) {
+    if closed >= TRIM_AFTER_CLOSED {
+        (false, true)
+    } else {
+        (pending, false)
+    }
 }
 
 /// After a burst of closed connections (a flood of half-open TCP
@@ -344,15 +344,15 @@ mod tests {
     }
 
     #[test]
-    fn trims_only_after_a_burst_and_at_most_once_a_minute() {
-        assert!(!should_trim(10, 0, 10_000), "slow churn");
-        assert!(should_trim(TRIM_AFTER_CLOSED, 0, 10_000), "first burst");
-        assert!(!should_trim(5_000, 10_000, 30_000), "again within a minute");
-        assert!(should_trim(
-            TRIM_AFTER_CLOSED,
-            10_000,
-            10_000 + TRIM_INTERVAL_MS
-        ));
+    fn trims_once_when_a_burst_of_closed_connections_ends() {
+        assert_eq!(burst_step(10, false), (false, false), "slow churn");
+        // A burst over two ticks, then a quiet tick: one trim, at the end.
+        let (t1, p1) = burst_step(TRIM_AFTER_CLOSED, false);
+        let (t2, p2) = burst_step(5_000, p1);
+        let (t3, p3) = burst_step(3, p2);
+        let (t4, p4) = burst_step(0, p3);
+        assert_eq!((t1, t2, t3, t4), (false, false, true, false));
+        assert!(!p4);
         trim();
     }
 }

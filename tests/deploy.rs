@@ -775,7 +775,10 @@ fn kubernetes_gpu_overlay_asks_for_a_gpu_and_configures_renditions() {
     assert!(spec["tolerations"].to_string().contains("nvidia.com/gpu"));
     // One GPU per pod: the old pod must let go of it before the new starts.
     assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 0);
-    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 1);
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
     let cm = find(&docs, "ConfigMap", "sluice-config");
     let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
     let renditions: Vec<&str> = config.apps["live"]

@@ -720,12 +720,13 @@ impl Sluice {
         }
     }
 
-    /// After a hostile case: waits (up to 15 s) until fds and tasks are back
+    /// After a hostile case: waits (up to 30 s: memory is given back at the
+    /// first quiet 5-s tick after a burst) until fds and tasks are back
     /// at `base` (+2 for timers and sockets of the run in flight) and RSS is
     /// within 16 MiB of it (the allocator keeps some of what it freed), and
     /// prints the figures.
     pub fn wait_usage_back(&self, base: Usage, case: &str) -> Usage {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = self.usage();
             if now.fds <= base.fds + 2.0
