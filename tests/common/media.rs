@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -15,12 +15,52 @@ pub fn require_ffmpeg() -> PathBuf {
     require_program("ffmpeg", "the `ffmpeg` Debian package")
 }
 
+/// `ffmpeg -hide_banner -nostdin -y`, ready for more arguments.
+fn ffmpeg_command() -> Command {
+    let mut cmd = Command::new(require_ffmpeg());
+    cmd.args(["-hide_banner", "-nostdin", "-y"]);
+    cmd
+}
+
 /// Starts `ffmpeg -hide_banner -nostdin -y ARGS` as a guarded child.
 pub fn spawn_ffmpeg(args: &[&str]) -> ChildGuard {
-    let bin = require_ffmpeg();
-    let mut cmd = Command::new(bin);
-    cmd.args(["-hide_banner", "-nostdin", "-y"]).args(args);
+    let mut cmd = ffmpeg_command();
+    cmd.args(args);
     ChildGuard::spawn("ffmpeg", cmd)
+}
+
+/// How much of a fixture [`publish_fixture`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFor {
+    /// The whole file, once.
+    WholeFile,
+    /// Its first `n` seconds (`-t n`).
+    Secs(u32),
+    /// The file over and over until the publisher is killed
+    /// (`-stream_loop -1`).
+    Forever,
+}
+
+/// The ffmpeg command line that publishes the FLV `fixture` to the RTMP(S)
+/// `url` in real time (`-re`), its streams copied as they are: an encoder
+/// such as OBS, minus the encoding.
+pub fn publish_fixture_command(fixture: &Path, url: &str, length: PublishFor) -> Command {
+    let mut cmd = ffmpeg_command();
+    cmd.args(["-loglevel", "error", "-re"]);
+    if length == PublishFor::Forever {
+        cmd.args(["-stream_loop", "-1"]);
+    }
+    cmd.arg("-i").arg(fixture);
+    if let PublishFor::Secs(n) = length {
+        cmd.arg("-t").arg(n.to_string());
+    }
+    cmd.args(["-c", "copy", "-f", "flv", url]);
+    cmd
+}
+
+/// Starts [`publish_fixture_command`] as a guarded child.
+pub fn publish_fixture(fixture: &Path, url: &str, length: PublishFor) -> ChildGuard {
+    ChildGuard::spawn("ffmpeg", publish_fixture_command(fixture, url, length))
 }
 
 /// The last `frame=N` progress value ffmpeg printed (frames it encoded).
