@@ -5,6 +5,7 @@
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -98,15 +99,37 @@ impl Sluice {
     /// Starts sluice with exactly `args` (plus `--config FILE` when a config
     /// is given). The process must print its `listening` line.
     pub fn start_raw(config_toml: Option<&str>, args: Vec<String>) -> Sluice {
+        Self::launch(sluice_command(), config_toml, args, ChildGuard::spawn)
+    }
+
+    /// Starts the sluice binary `bin` (the benches' release build) on
+    /// ephemeral ports with JSON logs and `config_toml`, in our process
+    /// group (see [`ChildGuard::spawn_foreground`]).
+    pub fn start_foreground(bin: &Path, config_toml: &str) -> Sluice {
+        Self::launch(
+            Command::new(bin),
+            Some(config_toml),
+            ephemeral_args(),
+            ChildGuard::spawn_foreground,
+        )
+    }
+
+    /// Spawns `cmd ARGS` (plus `--config FILE` when a config is given) with
+    /// `spawn` and waits for its `listening` line.
+    fn launch(
+        mut cmd: Command,
+        config_toml: Option<&str>,
+        args: Vec<String>,
+        spawn: fn(&str, Command) -> ChildGuard,
+    ) -> Sluice {
         let dir = TempDir::new("server");
-        let mut cmd = sluice_command();
         if let Some(cfg) = config_toml {
             let path = dir.join("sluice.toml");
             fs::write(&path, cfg).expect("write config");
             cmd.arg("--config").arg(&path);
         }
         cmd.args(&args);
-        let mut child = ChildGuard::spawn("sluice", cmd);
+        let mut child = spawn("sluice", cmd);
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
             for line in child.stderr().lines() {

@@ -112,12 +112,15 @@ impl Captured {
     }
 }
 
-/// A child process that is killed (its whole process group) and reaped on
-/// drop. stdout and stderr are captured line by line.
+/// A child process that is killed (with its whole process group, unless
+/// spawned in the foreground) and reaped on drop. stdout and stderr are
+/// captured line by line.
 pub struct ChildGuard {
     name: String,
     child: Child,
     pid: u32,
+    /// Whether the child leads its own process group.
+    own_group: bool,
     stdout: Captured,
     stderr: Captured,
     exit: Option<(ExitStatus, Instant)>,
@@ -128,10 +131,22 @@ impl ChildGuard {
     /// stderr captured. Panics with a clear message when the program is
     /// missing.
     pub fn spawn(name: &str, mut cmd: Command) -> ChildGuard {
+        cmd.process_group(0);
+        Self::spawn_in_group(name, cmd, true)
+    }
+
+    /// Like [`ChildGuard::spawn`], but the child stays in our process group,
+    /// so a Ctrl-C at the terminal stops it too: for the benches, which run
+    /// for minutes in a terminal (a killed process runs no `Drop`). Only the
+    /// child itself is killed on drop.
+    pub fn spawn_foreground(name: &str, cmd: Command) -> ChildGuard {
+        Self::spawn_in_group(name, cmd, false)
+    }
+
+    fn spawn_in_group(name: &str, mut cmd: Command, own_group: bool) -> ChildGuard {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
@@ -142,6 +157,7 @@ impl ChildGuard {
             name: name.to_string(),
             child,
             pid,
+            own_group,
             stdout,
             stderr,
             exit: None,
@@ -214,9 +230,10 @@ impl ChildGuard {
         }
     }
 
-    /// Kills the whole process group and reaps the child.
+    /// Kills the whole process group (or only the child, when it shares
+    /// ours) and reaps the child.
     pub fn kill(&mut self) {
-        if self.exit.is_none() {
+        if self.exit.is_none() && self.own_group {
             // The leader is not reaped yet, so the group id is still ours.
             let _ = Command::new("kill")
                 .arg("-KILL")
@@ -225,6 +242,8 @@ impl ChildGuard {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        if self.exit.is_none() {
             let _ = self.child.kill();
             if let Ok(status) = self.child.wait() {
                 self.exit = Some((status, Instant::now()));

@@ -1,5 +1,5 @@
 //! A parser for the Prometheus text exposition format, enough to read one
-//! series (or the sum of several) out of sluice's `/metrics`.
+//! series (or the sum of several) or a histogram out of sluice's `/metrics`.
 
 /// One sample: name, labels, value.
 #[derive(Debug, Clone)]
@@ -104,4 +104,70 @@ pub fn metric_value(text: &str, query: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// A Prometheus histogram summed over its label sets: cumulative
+/// (le, count) pairs in ascending `le`, sum, count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    /// The histogram `name` (its `_bucket`, `_sum` and `_count` series).
+    pub fn parse(text: &str, name: &str) -> Histogram {
+        let bucket = format!("{name}_bucket");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for s in parse_prometheus(text)
+            .into_iter()
+            .filter(|s| s.name == bucket)
+        {
+            let Some((_, le)) = s.labels.iter().find(|(k, _)| k == "le") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            match buckets.iter_mut().find(|(l, _)| *l == le) {
+                Some((_, count)) => *count += s.value,
+                None => buckets.push((le, s.value)),
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Histogram {
+            buckets,
+            sum: metric_value(text, &format!("{name}_sum")).unwrap_or(0.0),
+            count: metric_value(text, &format!("{name}_count")).unwrap_or(0.0),
+        }
+    }
+
+    /// Like PromQL's histogram_quantile: linear inside the bucket.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut prev = (0.0, 0.0);
+        for &(le, c) in &self.buckets {
+            if c >= rank {
+                if le.is_infinite() {
+                    return Some(prev.0);
+                }
+                let span = c - prev.1;
+                let frac = if span > 0.0 {
+                    (rank - prev.1) / span
+                } else {
+                    1.0
+                };
+                return Some(prev.0 + (le - prev.0) * frac);
+            }
+            prev = (le, c);
+        }
+        Some(prev.0)
+    }
 }
