@@ -23,13 +23,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::harness::Sluice;
+use common::prometheus::{metric_value, Histogram};
 use common::*;
 use rand::Rng;
 use serde_json::Value;
@@ -126,16 +127,15 @@ impl Opts {
     }
 }
 
-fn stream_info(server: &Server) -> Option<Value> {
-    let (status, body) = http_get(server.http, "/api/v1/streams").ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v.as_array()?
-        .iter()
-        .find(|s| s.get("path").and_then(Value::as_str) == Some(STREAM_PATH))
-        .cloned()
+fn stream_info(server: &Sluice) -> Option<Value> {
+    Sluice::find_stream(&server.try_streams().ok()?, STREAM_PATH)
+}
+
+/// Sum of every series of `name` in the last `/metrics` scrape (0 when
+/// none); `None` when the scrape fails.
+fn scrape_sum(server: &Sluice, name: &str) -> Option<f64> {
+    let r = server.try_get_full("/metrics").ok()?;
+    Some(metric_value(&r.body, name).unwrap_or(0.0))
 }
 
 // ---------------------------------------------------------------------------
@@ -697,40 +697,19 @@ fn main() {
     let hz = clock_ticks();
     let bin = sluice_binary(opts.build);
     let flv = fixture();
-    let dir = TempDir::new("sluice-bench");
-    let mut children = Children::default();
 
-    let server = start_sluice(
-        &mut children,
+    let server = Sluice::start_foreground(
         &bin,
-        &dir.0,
         &format!("[srt]\nlatency = \"{}ms\"\n", opts.latency_ms),
     );
     eprintln!(
         "srt_relay: sluice pid {} rtmp {} srt {} http {}",
-        server.pid, server.rtmp, server.srt, server.http
+        server.pid(),
+        server.rtmp_addr(),
+        server.srt_addr(),
+        server.http_addr()
     );
-    let mut ff = Command::new("ffmpeg");
-    ff.args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-    ])
-    .arg(&flv)
-    .args(["-c", "copy", "-f", "flv"])
-    .arg(format!("rtmp://{}/{STREAM_PATH}", server.rtmp))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(
-        fs::File::create(dir.0.join("ffmpeg.log"))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null()),
-    );
-    let ff_pid = children.spawn("ffmpeg", ff);
+    let mut ff = publish_looped(&server, &flv, STREAM_PATH);
 
     // Live, and a GOP or two in the cache.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -740,16 +719,13 @@ fn main() {
         {
             break;
         }
-        if let Some(st) = children.exited(ff_pid) {
-            panic!(
-                "ffmpeg publisher exited ({st}): {}",
-                fs::read_to_string(dir.0.join("ffmpeg.log")).unwrap_or_default()
-            );
+        if let Some(st) = ff.try_exit() {
+            panic!("ffmpeg publisher exited ({st}): {}", ff.stderr().tail(40));
         }
         assert!(
             Instant::now() < deadline,
             "stream {STREAM_PATH} not live within 15 s; sluice log:\n{}",
-            server.log_tail.lock().unwrap().join("\n")
+            server.log_tail(200)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -762,7 +738,7 @@ fn main() {
         / 1e6;
 
     let latency = Duration::from_millis(opts.latency_ms);
-    let mut players = Players::start(server.srt, STREAM_PATH, latency);
+    let mut players = Players::start(server.srt_addr(), STREAM_PATH, latency);
 
     // --- a. joins at random moments of the GOP --------------------------
     let mut hs = Vec::new();
@@ -831,14 +807,12 @@ fn main() {
         }
         std::thread::sleep(Duration::from_secs_f64(opts.warmup_secs));
         let before = players.snapshot();
-        let m0 = http_get(server.http, "/metrics")
-            .map(|r| metric_sum(&r.1, "sluice_srt_bytes_out_total"))
-            .unwrap_or(0.0);
+        let m0 = scrape_sum(&server, "sluice_srt_bytes_out_total").unwrap_or(0.0);
         let t0 = Instant::now();
         let k0 = udp_rcvbuf_errors();
-        let cpu_s = CpuProbe::start(Some(server.pid));
+        let cpu_s = CpuProbe::start(Some(server.pid()));
         let cpu_b = CpuProbe::start(None);
-        let cpu_f = CpuProbe::start(Some(ff_pid));
+        let cpu_f = CpuProbe::start(Some(ff.pid()));
         std::thread::sleep(Duration::from_secs_f64(opts.step_secs));
         let sluice_cpu = cpu_s.percent(hz);
         let bench_cpu = cpu_b.percent(hz);
@@ -846,9 +820,7 @@ fn main() {
         let secs = t0.elapsed().as_secs_f64();
         let kernel_drops = udp_rcvbuf_errors().saturating_sub(k0);
         let after = players.snapshot();
-        let m1 = http_get(server.http, "/metrics")
-            .map(|r| metric_sum(&r.1, "sluice_srt_bytes_out_total"))
-            .unwrap_or(m0);
+        let m1 = scrape_sum(&server, "sluice_srt_bytes_out_total").unwrap_or(m0);
         let b0: HashMap<usize, &Snap> = before.iter().map(|s| (s.id, s)).collect();
         let mut bytes = 0u64;
         let mut delivered = 0u64;
@@ -932,18 +904,21 @@ fn main() {
     }
 
     // --- b. relay latency -----------------------------------------------
-    let metrics = http_get(server.http, "/metrics")
-        .map(|r| r.1)
+    let metrics = server
+        .try_get_full("/metrics")
+        .map(|r| r.body)
         .unwrap_or_default();
-    let hist = parse_histogram(&metrics, "sluice_relay_latency_seconds");
-    let skips = metric_sum(&metrics, "sluice_srt_lag_skips_total");
-    let lag_disc = metric_sum(&metrics, "sluice_srt_lag_disconnects_total");
-    let panics = metric_sum(&metrics, "sluice_srt_protocol_panics_total");
-    let dropped_dg = metric_sum(&metrics, "sluice_srt_dropped_datagrams_total");
-    let gop_starts = metric_sum(&metrics, "sluice_srt_gop_cache_starts_total");
+    let hist = Histogram::parse(&metrics, "sluice_relay_latency_seconds");
+    let sum = |name: &str| metric_value(&metrics, name).unwrap_or(0.0);
+    let skips = sum("sluice_srt_lag_skips_total");
+    let lag_disc = sum("sluice_srt_lag_disconnects_total");
+    let panics = sum("sluice_srt_protocol_panics_total");
+    let dropped_dg = sum("sluice_srt_dropped_datagrams_total");
+    let gop_starts = sum("sluice_srt_gop_cache_starts_total");
 
     drop(players);
-    children.kill_all();
+    drop(ff);
+    drop(server);
 
     // --- report ----------------------------------------------------------
     let cpu_model = fs::read_to_string("/proc/cpuinfo")

@@ -21,9 +21,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::harness::{log_field, Sluice};
+use common::process::{poll_until, ChildGuard};
+use common::prometheus::metric_value;
 use common::*;
 use serde_json::Value;
 
@@ -95,62 +97,35 @@ impl Opts {
     }
 }
 
-/// Publish the fixture in a loop to `path`; returns the publisher's pid.
-fn publish(children: &mut Children, server: &Server, fixture: &std::path::Path, path: &str) -> u32 {
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args([
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-    ])
-    .arg(fixture)
-    .args(["-c", "copy", "-f", "flv"])
-    .arg(format!("rtmp://{}/{path}", server.rtmp))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    children.spawn("ffmpeg publisher", cmd)
-}
-
-fn stop(children: &mut Children, pid: u32) {
-    if let Some(pos) = children.list.iter().position(|(_, c)| c.id() == pid) {
-        let (_, mut c) = children.list.remove(pos);
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-fn streams(server: &Server) -> Vec<Value> {
-    http_get(server.http, "/api/v1/streams")
+fn streams(server: &Sluice) -> Vec<Value> {
+    server
+        .try_streams()
         .ok()
-        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, f), "timed out waiting for {what}");
+}
+
+/// `/metrics` now, or nothing when the scrape fails.
+fn metrics(server: &Sluice) -> String {
+    server
+        .try_get_full("/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default()
 }
 
 /// `first_idr_ms` of every `rendition ready` line for `stream` seen so far.
-fn first_idrs(server: &Server, stream: &str) -> Vec<(String, f64)> {
-    let tail = server.log_tail.lock().unwrap();
-    tail.iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| field(v, "message").and_then(Value::as_str) == Some("rendition ready"))
-        .filter(|v| field(v, "stream").and_then(Value::as_str) == Some(stream))
+fn first_idrs(server: &Sluice, stream: &str) -> Vec<(String, f64)> {
+    server
+        .log_json_matching(&[("message", "rendition ready"), ("stream", stream)])
+        .iter()
         .filter_map(|v| {
             Some((
-                field(&v, "rendition")?.as_str()?.to_string(),
-                field(&v, "first_idr_ms")?.as_f64()?,
+                log_field(v, "rendition")?.as_str()?.to_string(),
+                log_field(v, "first_idr_ms")?.as_f64()?,
             ))
         })
         .collect()
@@ -194,9 +169,7 @@ fn main() {
     let hz = clock_ticks();
     let bin = sluice_binary(opts.build);
     let flv = fixture();
-    let dir = TempDir::new("sluice-bench-transcode");
-    let mut children = Children::default();
-    let server = start_sluice(&mut children, &bin, &dir.0, CONFIG);
+    let server = Sluice::start_foreground(&bin, CONFIG);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("transcode bench: {cores} cores, fixture 1280x720 30 fps 3 Mbit/s H.264 + AAC, x264 veryfast");
 
@@ -204,14 +177,14 @@ fn main() {
     let mut idr: HashMap<String, Vec<f64>> = HashMap::new();
     for i in 0..opts.joins {
         let path = format!("abr/j{i}");
-        let pid = publish(&mut children, &server, &flv, &path);
+        let publisher = publish_looped(&server, &flv, &path);
         wait_until("two renditions ready", Duration::from_secs(15), || {
             first_idrs(&server, &path).len() >= 2
         });
         for (r, ms) in first_idrs(&server, &path) {
             idr.entry(r).or_default().push(ms);
         }
-        stop(&mut children, pid);
+        drop(publisher);
         wait_until("stream gone", Duration::from_secs(10), || {
             !streams(&server).iter().any(|s| s["path"] == path.as_str())
         });
@@ -241,22 +214,22 @@ fn main() {
         ("abr", "720p + 480p renditions"),
     ] {
         let path = format!("{app}/cpu");
-        let pid = publish(&mut children, &server, &flv, &path);
+        let publisher = publish_looped(&server, &flv, &path);
         wait_until("stream live", Duration::from_secs(15), || {
             streams(&server).iter().any(|s| s["path"] == path.as_str())
         });
         std::thread::sleep(Duration::from_secs(3));
-        let probe = CpuProbe::start(Some(server.pid));
-        let ff0 = children_ticks(server.pid);
+        let probe = CpuProbe::start(Some(server.pid()));
+        let ff0 = children_ticks(server.pid());
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(opts.cpu_secs));
         let sluice_pct = probe.percent(hz);
-        let ff_pct = (children_ticks(server.pid).saturating_sub(ff0)) as f64
+        let ff_pct = (children_ticks(server.pid()).saturating_sub(ff0)) as f64
             / hz
             / t0.elapsed().as_secs_f64()
             * 100.0;
         relay_cpu.push((label, sluice_pct, ff_pct));
-        stop(&mut children, pid);
+        drop(publisher);
         wait_until("stream gone", Duration::from_secs(10), || {
             !streams(&server).iter().any(|s| s["path"] == path.as_str())
         });
@@ -277,34 +250,25 @@ fn main() {
     println!("  streams  min speed  min fps  input drops  sluice %  ffmpeg %  real time");
     for &n in &opts.streams {
         let paths: Vec<String> = (0..n).map(|i| format!("one/s{n}x{i}")).collect();
-        let pids: Vec<u32> = paths
+        let publishers: Vec<ChildGuard> = paths
             .iter()
-            .map(|p| publish(&mut children, &server, &flv, p))
+            .map(|p| publish_looped(&server, &flv, p))
             .collect();
         wait_until("renditions ready", Duration::from_secs(30), || {
             paths.iter().all(|p| !first_idrs(&server, p).is_empty())
         });
         std::thread::sleep(Duration::from_secs(5));
-        let m0 = http_get(server.http, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        let probe = CpuProbe::start(Some(server.pid));
-        let ff0 = children_ticks(server.pid);
+        let m0 = metrics(&server);
+        let probe = CpuProbe::start(Some(server.pid()));
+        let ff0 = children_ticks(server.pid());
         let t0 = Instant::now();
         let mut min_speed = f64::INFINITY;
         let mut min_fps = f64::INFINITY;
         while t0.elapsed().as_secs_f64() < opts.step_secs {
             std::thread::sleep(Duration::from_secs(2));
-            let m = http_get(server.http, "/metrics")
-                .map(|r| r.1)
-                .unwrap_or_default();
+            let m = metrics(&server);
             for p in &paths {
-                let speed = m
-                    .lines()
-                    .find(|l| {
-                        l.starts_with("sluice_transcode_speed{") && l.contains(&format!("\"{p}\""))
-                    })
-                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                let speed = metric_value(&m, &format!("sluice_transcode_speed{{stream=\"{p}\"}}"))
                     .unwrap_or(0.0);
                 min_speed = min_speed.min(speed);
             }
@@ -319,13 +283,12 @@ fn main() {
                 }
             }
         }
-        let m1 = http_get(server.http, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        let drops = metric_sum(&m1, "sluice_transcode_input_dropped_total")
-            - metric_sum(&m0, "sluice_transcode_input_dropped_total");
+        let m1 = metrics(&server);
+        let dropped =
+            |m: &str| metric_value(m, "sluice_transcode_input_dropped_total").unwrap_or(0.0);
+        let drops = dropped(&m1) - dropped(&m0);
         let sluice_pct = probe.percent(hz);
-        let ff_pct = (children_ticks(server.pid).saturating_sub(ff0)) as f64
+        let ff_pct = (children_ticks(server.pid()).saturating_sub(ff0)) as f64
             / hz
             / t0.elapsed().as_secs_f64()
             * 100.0;
@@ -334,9 +297,7 @@ fn main() {
             "  {n:>7}  {min_speed:>9.2}  {min_fps:>7.1}  {drops:>11.0}  {sluice_pct:>8.1}  {ff_pct:>8.1}  {}",
             if ok { "yes" } else { "no" }
         );
-        for pid in pids {
-            stop(&mut children, pid);
-        }
+        drop(publishers);
         wait_until("streams gone", Duration::from_secs(15), || {
             !streams(&server).iter().any(|s| {
                 s["path"]

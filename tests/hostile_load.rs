@@ -83,18 +83,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
     let dir = TempDir::new("hostile");
     let fixture = fixture_avc_aac(60);
     let url = format!("{}?key=real-publisher-key", server.rtmp_url("live/cam1"));
-    let _publisher = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let _publisher = publish_fixture(&fixture, &url, PublishFor::WholeFile);
     server.wait_log_fields(&[("message", "stream ready")], Duration::from_secs(15));
     let recording = dir.join("player.ts");
     let mut player = spawn_ffmpeg(&[
@@ -137,20 +126,7 @@ fn hostile_peers_cost_a_playing_stream_nothing() {
     //    stream, none for it, and one for a stream that has none.
     let _secure = {
         let url = format!("{}?key=unused", server.rtmp_url("secure/cam9"));
-        spawn_ffmpeg(&[
-            "-loglevel",
-            "error",
-            "-re",
-            "-i",
-            fixture.to_str().unwrap(),
-            "-t",
-            "30",
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            &url,
-        ])
+        publish_fixture(&fixture, &url, PublishFor::Secs(30))
     };
     server.wait_for_stream("secure/cam9", |_| true, Duration::from_secs(10));
     let port = srt.port();

@@ -95,20 +95,7 @@ fn publish_and_player_cycles_leave_nothing_behind() {
     // Players: one live stream, libsrt connects and closes in a loop.
     let fixture = fixture_avc_aac(60);
     let url = server.rtmp_url("live/cam1");
-    let _ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let _ff = publish_fixture(&fixture, &url, PublishFor::Forever);
     server.wait_for_stream(
         "live/cam1",
         |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),

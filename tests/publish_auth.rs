@@ -34,20 +34,7 @@ fn only_the_right_keys_publish() {
     // ffmpeg keeps the query on the stream key: rtmp://host/live/cam1?key=...
     let fixture = fixture_avc_aac(60);
     let url = format!("{}?key=plain-secret-1", server.rtmp_url("live/cam1"));
-    let _ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-t",
-        "20",
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let _ff = publish_fixture(&fixture, &url, PublishFor::Secs(20));
     server.wait_for_stream(
         "live/cam1",
         |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),

@@ -63,20 +63,11 @@ fn connections_per_ip_refuse_only_the_extra_connection() {
         "[rtmp]\nmax_connections_per_ip = 4\nhandshake_timeout = \"60s\"\n",
     ));
     let fixture = fixture_avc_aac(60);
-    let mut ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-t",
-        "40",
-        "-c",
-        "copy",
-        "-f",
-        "flv",
+    let mut ff = publish_fixture(
+        &fixture,
         &server.rtmp_url("live/cam1"),
-    ]);
+        PublishFor::Secs(40),
+    );
     server.wait_for_stream(
         "live/cam1",
         |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),

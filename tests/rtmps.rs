@@ -48,26 +48,6 @@ fn rtmps_addr(server: &Sluice) -> SocketAddr {
         })
 }
 
-/// `ffmpeg -re` copying the AVC+AAC fixture to `url` for `secs` seconds.
-fn ffmpeg_publish(url: &str, secs: u32) -> ChildGuard {
-    let fixture = fixture_avc_aac(60);
-    let t = secs.to_string();
-    spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-t",
-        &t,
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        url,
-    ])
-}
-
 fn video_frames(server: &Sluice, path: &str) -> u64 {
     server
         .stream(path)
@@ -89,7 +69,7 @@ fn ffmpeg_publishes_over_rtmps_hostile_tls_clients_are_closed_and_drain_applies(
 
     // Debian's ffmpeg (gnutls) does not verify the certificate by default.
     let url = format!("rtmps://{tls_addr}/live/cam1");
-    let mut ff = ffmpeg_publish(&url, 30);
+    let mut ff = publish_fixture(&fixture_avc_aac(60), &url, PublishFor::Secs(30));
     server.wait_for_stream(
         "live/cam1",
         |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
@@ -181,7 +161,11 @@ fn ffmpeg_publishes_over_rtmps_hostile_tls_clients_are_closed_and_drain_applies(
         poll_until(Duration::from_secs(2), || server.get("/readyz").0 == 503),
         "readyz not 503 after SIGTERM"
     );
-    let mut late = ffmpeg_publish(&format!("rtmps://{tls_addr}/live/late"), 5);
+    let mut late = publish_fixture(
+        &fixture_avc_aac(60),
+        &format!("rtmps://{tls_addr}/live/late"),
+        PublishFor::Secs(5),
+    );
     let status = late.expect_exit(Duration::from_secs(15));
     assert!(
         !status.success(),

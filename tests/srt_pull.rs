@@ -23,22 +23,8 @@ const PATH: &str = "live/cam1";
 /// for `secs` seconds and wait until the stream is playable.
 fn publish(server: &Sluice, path: &str, secs: u32) -> ChildGuard {
     let fixture = fixture_avc_aac(60);
-    let secs = secs.to_string();
     let url = server.rtmp_url(path);
-    let ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-t",
-        &secs,
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let ff = publish_fixture(&fixture, &url, PublishFor::Secs(secs));
     server.wait_for_stream(
         path,
         |s| {

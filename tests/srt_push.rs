@@ -37,18 +37,7 @@ fn a_push_leg_delivers_a_playable_stream_to_srt_live_transmit() {
     )));
     let fixture = fixture_avc_aac(6);
     let url = server.rtmp_url("live/pushed");
-    let mut ffmpeg = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let mut ffmpeg = publish_fixture(&fixture, &url, PublishFor::WholeFile);
     server.wait_log_fields(
         &[("message", "srt push leg connected")],
         Duration::from_secs(10),
@@ -121,18 +110,7 @@ fn with_the_destination_down_the_publish_fails_within_the_deadline() {
     let fixture = fixture_avc_aac(6);
     let url = server.rtmp_url("live/nowhere");
     let started = Instant::now();
-    let mut ffmpeg = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let mut ffmpeg = publish_fixture(&fixture, &url, PublishFor::WholeFile);
     let line = server.wait_log_fields(
         &[("message", "stream setup failed")],
         Duration::from_secs(10),
@@ -176,20 +154,7 @@ fn losing_the_destination_tears_the_stream_down() {
     )));
     let fixture = fixture_avc_aac(6);
     let url = server.rtmp_url("live/fragile");
-    let mut ffmpeg = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let mut ffmpeg = publish_fixture(&fixture, &url, PublishFor::Forever);
     server.wait_log_fields(&[("message", "stream ready")], Duration::from_secs(10));
     receiver.kill();
     let line = server.wait_log_fields(

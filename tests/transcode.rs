@@ -512,20 +512,7 @@ fn without_ffmpeg_renditions_fail_setup_with_the_reason_and_the_source_still_rel
     // An application without renditions needs no FFmpeg.
     let url = server.rtmp_url("plain/cam2");
     let fixture = fixture_avc_aac(60);
-    let _ff = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-t",
-        "20",
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let _ff = publish_fixture(&fixture, &url, PublishFor::Secs(20));
     server.wait_log_fields(&[("message", "stream ready")], Duration::from_secs(15));
     let url = server.srt_url("plain/cam2", "");
     let mut cmd = Command::new(require_ffmpeg());
@@ -567,18 +554,7 @@ fn an_ffmpeg_that_writes_nothing_is_a_stall_and_is_stopped() {
     // A real-time publisher: input keeps coming while FFmpeg says nothing.
     let url = server.rtmp_url(PATH);
     let fixture = fixture_avc_aac(60);
-    let mut publisher = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let mut publisher = publish_fixture(&fixture, &url, PublishFor::WholeFile);
     let line = server.wait_log_fields(&[("reason", "ffmpeg_stalled")], Duration::from_secs(10));
     assert!(
         line.to_string().contains("transcode.stall_timeout"),
@@ -629,18 +605,7 @@ fn a_push_leg_can_carry_a_rendition() {
     )));
     let fixture = fixture_avc_aac(6);
     let url = server.rtmp_url(PATH);
-    let mut ffmpeg = spawn_ffmpeg(&[
-        "-loglevel",
-        "error",
-        "-re",
-        "-i",
-        fixture.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        &url,
-    ]);
+    let mut ffmpeg = publish_fixture(&fixture, &url, PublishFor::WholeFile);
     server.wait_log_fields(&[("message", "stream ready")], Duration::from_secs(15));
     assert!(ffmpeg.expect_exit(Duration::from_secs(30)).success());
     assert!(
