@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::rtmp::proto::Limits;
 use crate::srt::push::{parse_push_url, PushTarget};
+use crate::stream::path::validate_segment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -659,29 +660,6 @@ impl Config {
             window_ack_size: r.window_ack_size,
         }
     }
-}
-
-/// A path segment (application or stream key): what sluice accepts in
-/// `APP/KEY`, so paths are safe in URLs, metrics labels and SRT streamids.
-pub fn validate_segment(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 128 {
-        return Err(format!("is {} bytes long; at most 128 allowed", s.len()));
-    }
-    if s == "." || s == ".." {
-        return Err(format!("{s:?} is not a valid name"));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
-    {
-        return Err(format!(
-            "{s:?} contains {c:?}; use letters, digits, '-', '_', '.', '~'"
-        ));
-    }
-    Ok(())
 }
 
 /// One `[[apps.NAME.renditions]]` table.

@@ -106,7 +106,7 @@ pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
                 t.latency = Some(Duration::from_millis(ms));
             }
             "rendition" => {
-                crate::config::validate_segment(v)
+                crate::stream::path::validate_segment(v)
                     .map_err(|e| format!("{url:?}: rendition {e}"))?;
                 t.rendition = v.to_string();
             }

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
 use crate::gpu::{Probe, ProbeResult};
-use crate::stream::{MediaEvent, Stream};
+use crate::stream::{MediaEvent, RenditionInfo, Stream};
 use crate::telemetry as t;
 use args::{Encoder, HwDecode, Job};
 use feed::{FeedItem, FeedKind, Replay};
@@ -296,18 +296,6 @@ pub enum Event {
         reason: &'static str,
         detail: String,
     },
-}
-
-/// Live figures of one rendition, for the API.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RenditionInfo {
-    /// `copy` (source), `nvenc`, `x264` or `x265`.
-    pub encoder: String,
-    pub codec: String,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub fps: Option<f64>,
-    pub bitrate_bps: u64,
 }
 
 /// Static inputs of one stream's transcode.
