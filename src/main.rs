@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sluice::config::{Config, LogFormat};
+use sluice::config::Config;
+use sluice::telemetry::LogFormat;
 
 /// Low-latency live ingest relay: RTMP in, MPEG-TS over SRT out.
 #[derive(Debug, Parser)]
