@@ -12,14 +12,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, EncoderMode, VideoCodec};
+use crate::config::Config;
 use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
 use crate::stream::{Registry, StreamLimits};
 use crate::telemetry;
-use crate::transcode::{self, EncoderState, Encoders};
+use crate::transcode::{self, EncoderState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -49,56 +49,6 @@ pub enum ServerError {
     Srt(#[from] srt_listener::ListenerError),
     #[error("{0}")]
     Transcode(String),
-}
-
-/// Read the GPUs and decide the rendition encoders (NVENC only where a
-/// trial encode works). Trials run only when some application transcodes
-/// and the mode is not software-only.
-pub async fn choose_encoders(config: &Config, gpus: &Gpus) -> Result<Encoders, String> {
-    let tc = &config.transcode;
-    if let Some(why) = gpus.why_none() {
-        info!(
-            reason = why,
-            "no NVIDIA GPU; renditions are encoded on the CPU"
-        );
-    } else {
-        // NVML calls block: not on an async worker.
-        let g = gpus.clone();
-        let inv = tokio::task::spawn_blocking(move || g.inventory())
-            .await
-            .unwrap_or_default();
-        for g in &inv.gpus {
-            info!(
-                gpu = g.index,
-                name = g.name,
-                memory_total_bytes = g.memory_total_bytes,
-                encoder_capacity_h264 = g.encoder_capacity_h264,
-                "GPU found"
-            );
-        }
-    }
-    if !config.has_renditions() {
-        return Ok(Encoders::software(
-            tc.encoder,
-            "no application has renditions; NVENC not probed",
-        ));
-    }
-    if transcode::find_ffmpeg(&tc.ffmpeg).is_none() {
-        warn!(ffmpeg = %tc.ffmpeg.display(), "ffmpeg not found: streams of applications with renditions will fail setup until it is installed");
-    }
-    if tc.encoder == EncoderMode::Software {
-        return Ok(Encoders::software(
-            tc.encoder,
-            "transcode.encoder = \"x264\"",
-        ));
-    }
-    let probe = gpu::probe(&tc.ffmpeg, gpus).await;
-    let used: Vec<VideoCodec> = config
-        .apps
-        .values()
-        .flat_map(|a| a.renditions.iter().map(|r| r.codec))
-        .collect();
-    transcode::resolve(tc.encoder, tc.gpu_decode, &probe, &used)
 }
 
 /// Read `server.tls_cert` (PEM chain, leaf first) and `server.tls_key`
@@ -186,6 +136,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         },
     )?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
+    let codecs: Vec<_> = config
+        .apps
+        .values()
+        .flat_map(|a| a.renditions.iter().map(|r| r.codec))
+        .collect();
     let config = Arc::new(config);
     let registry = Registry::with_limits(StreamLimits {
         max_streams: config.rtmp.max_streams,
@@ -195,7 +150,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let ready = Arc::new(AtomicBool::new(false));
     let gpus = Arc::new(Gpus::init());
     let encoders = Arc::new(EncoderState::new(
-        choose_encoders(&config, &gpus)
+        transcode::choose_encoders(&config.transcode, &codecs, &gpus)
             .await
             .map_err(ServerError::Transcode)?,
     ));
@@ -289,7 +244,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         ready: ready.clone(),
         encoders,
         gpus,
-        config: config.clone(),
+        transcode: config.transcode.clone(),
+        codecs,
     });
     let http_root = root.clone();
     let http_task = tokio::spawn(async move {

@@ -10,8 +10,11 @@
 
 pub mod args;
 pub mod child;
+mod choose;
 pub mod feed;
 pub mod repack;
+
+pub use choose::choose_encoders;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
