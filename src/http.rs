@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
-use crate::config::{TranscodeConfig, VideoCodec};
 use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
+use crate::transcode::config::{TranscodeConfig, VideoCodec};
 use crate::transcode::EncoderState;
 
 /// What the HTTP handlers read.

@@ -7,6 +7,7 @@
 //! The registry also enforces the stream-count limits in the same lock as
 //! the insert, so concurrent publishers cannot overshoot them.
 
+pub mod config;
 pub mod ingest;
 pub mod path;
 pub mod ring;

@@ -4,8 +4,8 @@
 
 use tracing::{info, warn};
 
+use super::config::{EncoderMode, TranscodeConfig, VideoCodec};
 use super::Encoders;
-use crate::config::{EncoderMode, TranscodeConfig, VideoCodec};
 use crate::gpu::{self, Gpus};
 
 /// Read the GPUs and decide the rendition encoders (NVENC only where a

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod child;
 mod choose;
+pub mod config;
 pub mod feed;
 pub mod repack;
 
@@ -30,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
 use crate::gpu::{Probe, ProbeResult};
 use crate::stream::{MediaEvent, RenditionInfo, Stream};
 use crate::telemetry as t;
 use args::{Encoder, HwDecode, Job};
+use config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
 use feed::{FeedItem, FeedKind, Replay};
 
 /// Grace period between SIGTERM and SIGKILL.
@@ -867,8 +868,8 @@ pub fn find_ffmpeg(path: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::AudioMode;
     use super::*;
-    use crate::config::{AudioMode, Config};
     use crate::flv::FileReader;
     use crate::stream::{ClaimPolicy, Registry, RingConfig, StreamPath};
 
@@ -970,10 +971,11 @@ mod tests {
             )
             .unwrap();
         let stream = guard.stream().clone();
-        let mut config = Config::default().transcode;
-        config.ffmpeg = fake.clone();
         let params = Params {
-            config,
+            config: TranscodeConfig {
+                ffmpeg: fake.clone(),
+                ..TranscodeConfig::default()
+            },
             encoders: Arc::new(nvenc_everywhere()),
             renditions: vec![RenditionSpec {
                 name: "small".into(),

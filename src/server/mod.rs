@@ -1,7 +1,12 @@
 //! Process lifecycle: load the TLS files, bind every listener, serve, and
 //! drain on SIGTERM or SIGINT (`/readyz` 503 at once, new publishers
 //! refused, running streams get `server.drain_timeout`, then everything is
-//! cancelled).
+//! cancelled). The top-level [`Config`] lives here, above every section it
+//! holds; each part of the server gets only the sections it reads.
+
+pub mod config;
+
+pub use config::{Config, ServerConfig};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +17,6 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
 use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
@@ -136,12 +140,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         },
     )?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
-    let codecs: Vec<_> = config
-        .apps
-        .values()
-        .flat_map(|a| a.renditions.iter().map(|r| r.codec))
-        .collect();
-    let config = Arc::new(config);
+    let codecs = config.apps.rendition_codecs();
     let registry = Registry::with_limits(StreamLimits {
         max_streams: config.rtmp.max_streams,
         max_publishes_per_ip: config.rtmp.max_publishes_per_ip,
@@ -202,7 +201,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     })?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
     let mut read_auth = std::collections::HashMap::new();
-    for (name, app) in &config.apps {
+    for (name, app) in config.apps.iter() {
         read_auth.insert(name.clone(), srt_listener::ReadAuth::from_app(app)?);
     }
     srt.set_read_auth(read_auth);
@@ -230,7 +229,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let ctx = Arc::new(Context {
-        config: config.clone(),
+        rtmp: config.rtmp.clone(),
+        srt: config.srt.clone(),
+        apps: config.apps.clone(),
+        setup_timeout: config.server.setup_timeout,
+        transcode: config.transcode.clone(),
         registry: registry.clone(),
         shutdown: root.clone(),
         encoders: encoders.clone(),
