@@ -88,6 +88,14 @@ impl Secret {
     }
 }
 
+/// In a config file a secret is a string, read with [`Secret::parse`].
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        Secret::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The value of `name` in the query part (`...?a=1&key=x`) of `s`.
 pub fn query_param<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     let (_, q) = s.split_once('?')?;

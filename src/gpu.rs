@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::telemetry::{Family, Kind};
+use crate::telemetry::{
+    GPUS, GPU_DECODER_UTILIZATION_PERCENT, GPU_ENCODER_CAPACITY_PERCENT, GPU_ENCODER_SESSIONS,
+    GPU_ENCODER_UTILIZATION_PERCENT, GPU_MEMORY_TOTAL_BYTES, GPU_MEMORY_USED_BYTES,
+    GPU_TEMPERATURE_CELSIUS, GPU_UTILIZATION_PERCENT,
+};
 use nvml_wrapper::enum_wrappers::device::{EncoderType, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
@@ -23,73 +27,12 @@ use tokio_util::sync::CancellationToken;
 /// The library `Nvml::init()` loads (nvml-wrapper 0.13, Linux).
 const NVML_LIB: &str = "libnvidia-ml.so.1";
 
-/// Count of GPUs NVML reports (0 when NVML is unavailable).
-pub const GPUS: &str = "sluice_gpus";
-pub const GPU_ENCODER_UTILIZATION_PERCENT: &str = "sluice_gpu_encoder_utilization_percent";
-pub const GPU_DECODER_UTILIZATION_PERCENT: &str = "sluice_gpu_decoder_utilization_percent";
-pub const GPU_UTILIZATION_PERCENT: &str = "sluice_gpu_utilization_percent";
-pub const GPU_ENCODER_SESSIONS: &str = "sluice_gpu_encoder_sessions";
-pub const GPU_MEMORY_USED_BYTES: &str = "sluice_gpu_memory_used_bytes";
-pub const GPU_MEMORY_TOTAL_BYTES: &str = "sluice_gpu_memory_total_bytes";
-pub const GPU_TEMPERATURE_CELSIUS: &str = "sluice_gpu_temperature_celsius";
-pub const GPU_ENCODER_CAPACITY_PERCENT: &str = "sluice_gpu_encoder_capacity_percent";
-
 /// How long one FFmpeg trial may take before it is killed. A wedged driver
 /// must not hang startup.
 pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest failure reason kept from FFmpeg's stderr, in characters.
 const REASON_MAX_CHARS: usize = 300;
-
-/// Register help text for every GPU gauge with the installed recorder.
-/// The GPU metric families (see [`crate::telemetry::FAMILIES`]).
-pub const FAMILIES: &[Family] = &[
-    Family::new(
-        GPUS,
-        Kind::Gauge,
-        "NVIDIA GPUs visible through NVML (0 when none).",
-    ),
-    Family::new(
-        GPU_ENCODER_UTILIZATION_PERCENT,
-        Kind::Gauge,
-        "NVENC utilization in percent, by GPU.",
-    ),
-    Family::new(
-        GPU_DECODER_UTILIZATION_PERCENT,
-        Kind::Gauge,
-        "NVDEC utilization in percent, by GPU.",
-    ),
-    Family::new(
-        GPU_UTILIZATION_PERCENT,
-        Kind::Gauge,
-        "Share of time a kernel ran on the GPU, in percent, by GPU.",
-    ),
-    Family::new(
-        GPU_ENCODER_SESSIONS,
-        Kind::Gauge,
-        "Open NVENC sessions, by GPU.",
-    ),
-    Family::new(
-        GPU_MEMORY_USED_BYTES,
-        Kind::Gauge,
-        "GPU memory in use, by GPU.",
-    ),
-    Family::new(
-        GPU_MEMORY_TOTAL_BYTES,
-        Kind::Gauge,
-        "GPU memory installed, by GPU.",
-    ),
-    Family::new(
-        GPU_TEMPERATURE_CELSIUS,
-        Kind::Gauge,
-        "GPU die temperature, by GPU.",
-    ),
-    Family::new(
-        GPU_ENCODER_CAPACITY_PERCENT,
-        Kind::Gauge,
-        "NVENC capacity left in percent of the maximum, by GPU and codec.",
-    ),
-];
 
 // ---------------------------------------------------------------------------
 // NVML inventory

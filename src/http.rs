@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
-use crate::config::Config;
 use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
+use crate::transcode::config::{TranscodeConfig, VideoCodec};
 use crate::transcode::EncoderState;
 
 /// What the HTTP handlers read.
@@ -31,7 +31,10 @@ pub struct AppState {
     /// `POST /api/v1/encoders/probe`).
     pub encoders: Arc<EncoderState>,
     pub gpus: Arc<Gpus>,
-    pub config: Arc<Config>,
+    /// What a re-probe decides with: `[transcode]` and the codecs the
+    /// configured renditions use.
+    pub transcode: TranscodeConfig,
+    pub codecs: Vec<VideoCodec>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -103,7 +106,7 @@ async fn reprobe(State(s): State<AppState>) -> Response {
         return (StatusCode::CONFLICT, Json(body)).into_response();
     };
     let started = std::time::Instant::now();
-    let result = crate::server::choose_encoders(&s.config, &s.gpus).await;
+    let result = crate::transcode::choose_encoders(&s.transcode, &s.codecs, &s.gpus).await;
     let took_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(enc) => {

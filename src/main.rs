@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sluice::config::{Config, LogFormat};
+use sluice::server::Config;
+use sluice::telemetry::LogFormat;
 
 /// Low-latency live ingest relay: RTMP in, MPEG-TS over SRT out.
 #[derive(Debug, Parser)]
@@ -102,8 +103,8 @@ fn main() -> ExitCode {
 /// `--probe-gpu`: everything the encoder choice is based on, trials forced
 /// even when NVML sees no GPU.
 fn probe_gpu(config: &Config) -> ExitCode {
-    use sluice::config::VideoCodec;
     use sluice::gpu::{self, Gpus};
+    use sluice::transcode::config::VideoCodec;
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

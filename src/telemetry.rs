@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 pub const RTMP_CONNECTIONS: &str = "sluice_rtmp_connections";
 pub const RTMP_CONNECTIONS_TOTAL: &str = "sluice_rtmp_connections_total";
 pub const RTMP_PUBLISHES_TOTAL: &str = "sluice_rtmp_publishes_total";
@@ -54,6 +52,35 @@ pub const TRANSCODE_FRAMES_DROPPED_TOTAL: &str = "sluice_transcode_frames_droppe
 pub const TRANSCODE_FRAMES_DUPLICATED_TOTAL: &str = "sluice_transcode_frames_duplicated_total";
 pub const TRANSCODE_OUTPUT_BYTES_TOTAL: &str = "sluice_transcode_output_bytes_total";
 pub const TRANSCODE_RENDITION_FPS: &str = "sluice_transcode_rendition_fps";
+
+/// Count of GPUs NVML reports (0 when NVML is unavailable).
+pub const GPUS: &str = "sluice_gpus";
+pub const GPU_ENCODER_UTILIZATION_PERCENT: &str = "sluice_gpu_encoder_utilization_percent";
+pub const GPU_DECODER_UTILIZATION_PERCENT: &str = "sluice_gpu_decoder_utilization_percent";
+pub const GPU_UTILIZATION_PERCENT: &str = "sluice_gpu_utilization_percent";
+pub const GPU_ENCODER_SESSIONS: &str = "sluice_gpu_encoder_sessions";
+pub const GPU_MEMORY_USED_BYTES: &str = "sluice_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL_BYTES: &str = "sluice_gpu_memory_total_bytes";
+pub const GPU_TEMPERATURE_CELSIUS: &str = "sluice_gpu_temperature_celsius";
+pub const GPU_ENCODER_CAPACITY_PERCENT: &str = "sluice_gpu_encoder_capacity_percent";
+
+/// Log output format (`server.log_format`, `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected \"text\" or \"json\", got {other:?}")),
+        }
+    }
+}
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
 pub fn init_logging(format: LogFormat) {
@@ -157,6 +184,15 @@ pub const FAMILIES: &[Family] = &[
     Family::new(TRANSCODE_FRAMES_DUPLICATED_TOTAL, Kind::Counter, "Frames FFmpeg duplicated, by stream."),
     Family::new(TRANSCODE_OUTPUT_BYTES_TOTAL, Kind::Counter, "MPEG-TS bytes read from FFmpeg, by stream and rendition."),
     Family::new(TRANSCODE_RENDITION_FPS, Kind::Gauge, "Video frames per second read back from FFmpeg, by stream and rendition."),
+    Family::new(GPUS, Kind::Gauge, "NVIDIA GPUs visible through NVML (0 when none)."),
+    Family::new(GPU_ENCODER_UTILIZATION_PERCENT, Kind::Gauge, "NVENC utilization in percent, by GPU."),
+    Family::new(GPU_DECODER_UTILIZATION_PERCENT, Kind::Gauge, "NVDEC utilization in percent, by GPU."),
+    Family::new(GPU_UTILIZATION_PERCENT, Kind::Gauge, "Share of time a kernel ran on the GPU, in percent, by GPU."),
+    Family::new(GPU_ENCODER_SESSIONS, Kind::Gauge, "Open NVENC sessions, by GPU."),
+    Family::new(GPU_MEMORY_USED_BYTES, Kind::Gauge, "GPU memory in use, by GPU."),
+    Family::new(GPU_MEMORY_TOTAL_BYTES, Kind::Gauge, "GPU memory installed, by GPU."),
+    Family::new(GPU_TEMPERATURE_CELSIUS, Kind::Gauge, "GPU die temperature, by GPU."),
+    Family::new(GPU_ENCODER_CAPACITY_PERCENT, Kind::Gauge, "NVENC capacity left in percent of the maximum, by GPU and codec."),
 ];
 
 /// Install the Prometheus recorder and describe every metric.
@@ -227,7 +263,6 @@ fn append_missing_families(out: &mut String) {
         .collect();
     let missing: Vec<&Family> = FAMILIES
         .iter()
-        .chain(crate::gpu::FAMILIES)
         .filter(|f| !present.contains(f.name))
         .collect();
     for f in missing {
@@ -243,7 +278,7 @@ fn append_missing_families(out: &mut String) {
 }
 
 fn describe() {
-    for f in FAMILIES.iter().chain(crate::gpu::FAMILIES) {
+    for f in FAMILIES {
         match f.kind {
             Kind::Counter => metrics::describe_counter!(f.name, f.help),
             Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
@@ -312,7 +347,7 @@ mod tests {
     #[test]
     fn families_are_unique_and_well_named() {
         let mut seen = std::collections::HashSet::new();
-        for f in FAMILIES.iter().chain(crate::gpu::FAMILIES) {
+        for f in FAMILIES {
             assert!(seen.insert(f.name), "{} declared twice", f.name);
             assert!(f.name.starts_with("sluice_"), "{}", f.name);
             // Help text is written as is: nothing the format would escape.
@@ -340,7 +375,7 @@ mod tests {
         assert!(out.contains("# TYPE sluice_relay_latency_seconds histogram\n"));
         assert!(out.contains("# TYPE sluice_srt_lag_skips_total counter\n"));
         let families = out.matches("# TYPE ").count();
-        assert_eq!(families, FAMILIES.len() + crate::gpu::FAMILIES.len());
+        assert_eq!(families, FAMILIES.len());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use sluice::config::Config;
+use sluice::server::Config;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

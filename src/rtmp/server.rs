@@ -21,19 +21,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::amf0::Amf0Value;
+use super::config::RtmpConfig;
 use super::proto::{Event, ProtoError, Session};
-use crate::config::{Config, RenditionSpec};
+use crate::srt::config::SrtConfig;
 use crate::srt::push::{self, PushError};
+use crate::stream::config::Apps;
 use crate::stream::{
     ClaimError, ClaimPolicy, MediaEvent, Metadata, PublishGuard, Registry, RingConfig, StreamPath,
 };
 use crate::telemetry as t;
+use crate::transcode::config::{RenditionSpec, TranscodeConfig};
 use crate::transcode::{self, EncoderState};
 use crate::ts::{Muxer, TsChunk};
 
 /// What every connection task shares.
 pub struct Context {
-    pub config: Arc<Config>,
+    pub rtmp: RtmpConfig,
+    /// Push legs' latency and idle timeout.
+    pub srt: SrtConfig,
+    pub apps: Apps,
+    /// `server.setup_timeout`.
+    pub setup_timeout: Duration,
+    pub transcode: TranscodeConfig,
     pub registry: Arc<Registry>,
     /// The server's root token: cancelled at the end of a drain.
     pub shutdown: CancellationToken,
@@ -54,7 +63,7 @@ pub struct Listeners {
 /// then wait for the connection tasks to finish. `rtmp.max_connections`
 /// and `rtmp.max_connections_per_ip` count RTMP and RTMPS together.
 pub async fn serve(listeners: Listeners, ctx: Arc<Context>) {
-    let permits = Arc::new(Semaphore::new(ctx.config.rtmp.max_connections));
+    let permits = Arc::new(Semaphore::new(ctx.rtmp.max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = JoinSet::new();
     loop {
@@ -116,10 +125,10 @@ fn admit(
 ) -> Option<Admission> {
     let Ok(permit) = permits.clone().try_acquire_owned() else {
         counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
-        warn!(%peer, limit = ctx.config.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
+        warn!(%peer, limit = ctx.rtmp.max_connections, "rtmp connection refused: rtmp.max_connections reached");
         return None;
     };
-    let limit = ctx.config.rtmp.max_connections_per_ip;
+    let limit = ctx.rtmp.max_connections_per_ip;
     let Some(ip) = per_ip.try_acquire(peer.ip(), limit) else {
         counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "max_connections_per_ip")
             .increment(1);
@@ -212,7 +221,7 @@ async fn connection(
     match tls {
         None => handle(sock, peer, accepted, ctx).await,
         Some(acceptor) => {
-            let limit = ctx.config.rtmp.handshake_timeout;
+            let limit = ctx.rtmp.handshake_timeout;
             let shutdown = ctx.shutdown.clone();
             let result = tokio::select! {
                 r = tokio::time::timeout(limit, acceptor.accept(sock)) => match r {
@@ -368,7 +377,7 @@ where
 {
     let seed = rand::random::<u64>();
     let mut conn = Conn {
-        session: Session::new(ctx.config.rtmp_limits(), Instant::now(), seed),
+        session: Session::new(ctx.rtmp.limits(), Instant::now(), seed),
         ctx,
         peer,
         app: String::new(),
@@ -410,8 +419,7 @@ impl Conn {
         // connections then hold 4 KiB each, a publisher grows to 64 KiB.
         let mut buf = vec![0u8; READ_BUF_START];
         let shutdown = self.ctx.shutdown.clone();
-        let setup_deadline =
-            tokio::time::Instant::from_std(self.accepted + self.ctx.config.server.setup_timeout);
+        let setup_deadline = tokio::time::Instant::from_std(self.accepted + self.ctx.setup_timeout);
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
             let in_setup = self.publishing.as_ref().is_some_and(|p| !p.ready);
@@ -509,7 +517,7 @@ impl Conn {
             }
             if let Some(out) = self.session.take_transmit() {
                 // A peer that stops reading must not pin this task forever.
-                let idle = self.ctx.config.rtmp.idle_timeout;
+                let idle = self.ctx.rtmp.idle_timeout;
                 match tokio::time::timeout(idle, send(sock, &out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Close::Io(e),
@@ -544,7 +552,7 @@ impl Conn {
     fn take_over_limit(&mut self) -> Option<Close> {
         let p = self.publishing.as_mut()?;
         let bps = p.over_bitrate.take()?;
-        let cap = self.ctx.config.rtmp.max_ingest_kbps;
+        let cap = self.ctx.rtmp.max_ingest_kbps;
         let kbps = bps / 1000;
         warn!(
             stream = %p.guard.stream().path,
@@ -561,7 +569,7 @@ impl Conn {
 
     /// The stream never became playable: tell the publisher why.
     fn fail_setup(&mut self) {
-        let timeout = self.ctx.config.server.setup_timeout;
+        let timeout = self.ctx.setup_timeout;
         let Some(p) = &self.publishing else { return };
         let (reason, why) = match &p.last_mux_error {
             _ if p.keyframe_seen && p.legs_connected >= p.legs_total => (
@@ -697,7 +705,7 @@ impl Conn {
                 return Ok(());
             }
         };
-        let app = self.ctx.config.app(&path.app);
+        let app = self.ctx.apps.app(&path.app);
         if let Err(refusal) =
             crate::auth::check_publish(&app.publish_keys, &path.key, &self.app, name)
         {
@@ -742,17 +750,18 @@ impl Conn {
 
     /// Claim the path and start the stream's legs (the publish is authorized).
     fn start_publish(&mut self, path: StreamPath, name: &str) -> Result<(), ProtoError> {
-        let cfg = &self.ctx.config;
+        let cfg = &self.ctx;
         let claim = self.ctx.registry.claim(
             path.clone(),
             name,
             &self.peer.to_string(),
             ClaimPolicy {
-                takeover: cfg.app(&path.app).takeover,
+                takeover: cfg.apps.app(&path.app).takeover,
                 stale_after: cfg.rtmp.stale_publisher_timeout,
                 max_jump: cfg.rtmp.max_timestamp_jump,
                 ring: RingConfig::default(),
                 renditions: cfg
+                    .apps
                     .app(&path.app)
                     .renditions
                     .iter()
@@ -766,7 +775,7 @@ impl Conn {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
                 // Start the push legs now: they connect while the first
                 // keyframe is on its way (one setup group, one deadline).
-                let targets = cfg.app(&path.app).push;
+                let targets = cfg.apps.app(&path.app).push;
                 let legs_total = targets.len();
                 let (legs_tx, legs_rx) = mpsc::channel(legs_total.max(1));
                 let mut legs = JoinSet::new();
@@ -805,7 +814,7 @@ impl Conn {
                     legs_connected: 0,
                     legs_rx,
                     last_mux_error: None,
-                    renditions: cfg.app(&path.app).renditions,
+                    renditions: cfg.apps.app(&path.app).renditions,
                     renditions_ready: 0,
                     transcode: None,
                     video_config: None,
@@ -868,7 +877,7 @@ impl Conn {
         if let Some(bps) = bps {
             p.next_rate_check = now + RATE_CHECK_INTERVAL;
             // 10 % above the cap: encoders overshoot briefly at keyframes.
-            let cap = u64::from(self.ctx.config.rtmp.max_ingest_kbps) * 1000;
+            let cap = u64::from(self.ctx.rtmp.max_ingest_kbps) * 1000;
             if bps > cap + cap / 10 {
                 p.over_bitrate = Some(bps);
             }
@@ -878,7 +887,7 @@ impl Conn {
                 if let Some(j) = jump {
                     p.jumps.increment(1);
                     warn!(track = ?j.track, jump_ms = j.jump_ms,
-                        limit_ms = self.ctx.config.rtmp.max_timestamp_jump.as_millis() as u64,
+                        limit_ms = self.ctx.rtmp.max_timestamp_jump.as_millis() as u64,
                         "timestamp jumped; timeline re-based");
                 }
                 let muxed = match &event {
@@ -974,7 +983,7 @@ fn feed_transcode(p: &mut Publishing, ev: &MediaEvent, ctx: &Context) {
         .cloned()
         .collect();
     let params = transcode::Params {
-        config: ctx.config.transcode.clone(),
+        config: ctx.transcode.clone(),
         encoders: ctx.encoders.get(),
         renditions: p.renditions.clone(),
         source_fps,

@@ -34,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use srt_protocol::packet::{ControlPacket, ControlTypes, Packet, ShakeType};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::srt::config::SrtConfig;
 use crate::srt::listener::Listener;
 use crate::stream::{ClaimPolicy, PublishGuard, Registry, RingConfig, StreamPath};
 use crate::ts::TsChunk;
@@ -126,7 +126,7 @@ fn put32(d: &mut [u8], at: usize, v: u32) {
 
 impl Harness {
     fn new(config: u8) -> Harness {
-        let mut cfg = Config::default().srt;
+        let mut cfg = SrtConfig::default();
         if config & 1 != 0 {
             cfg.passphrase = Some(PASSPHRASE.to_string());
         }

@@ -36,7 +36,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::SrtConfig;
+use crate::srt::config::SrtConfig;
 use crate::srt::guard::{self, Verdict};
 use crate::srt::streamid::{self, code, Mode};
 use crate::stream::{Cursor, Read, Registry, StreamPath};
@@ -166,7 +166,7 @@ const MAX_PENDING_READS: usize = 1024;
 
 impl ReadAuth {
     /// From `[apps.NAME]`; the passphrase length was checked with the config.
-    pub fn from_app(app: &crate::config::AppConfig) -> Result<ReadAuth, ListenerError> {
+    pub fn from_app(app: &crate::stream::config::AppConfig) -> Result<ReadAuth, ListenerError> {
         let passphrase = match &app.read_passphrase {
             Some(p) => Some(Passphrase::try_from(p.clone()).map_err(ListenerError::Passphrase)?),
             None => None,
@@ -1156,7 +1156,6 @@ pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: Cancella
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::stream::{ClaimPolicy, RingConfig};
 
     fn caller() -> SocketAddr {
@@ -1211,7 +1210,7 @@ mod tests {
 
     fn listener() -> (Listener, Arc<Registry>) {
         let registry = Registry::new();
-        let cfg = Config::default().srt;
+        let cfg = SrtConfig::default();
         (Listener::new(registry.clone(), &cfg).unwrap(), registry)
     }
 

@@ -1,10 +1,12 @@
-//! SRT egress: streamid access-control parsing (`streamid`), a guard that
+//! SRT egress: the `[srt]` section and push targets (`config`), streamid
+//! access-control parsing (`streamid`), a guard that
 //! pre-validates every datagram before srt-protocol parses it (`guard`),
 //! the pull listener that serves rendition rings to SRT callers from one UDP
 //! socket and one task (`listener`), and push legs that stream a rendition
 //! to configured destinations as an SRT caller (`push`). See
 //! docs/srt-sans-io.md.
 
+pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod guard;

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::config::PushTarget;
 use super::guard::{self, Verdict};
 use crate::stream::{Read, Ring};
 use crate::ts::TsChunk;
@@ -38,91 +39,6 @@ const STUCK_LIMIT: Duration = Duration::from_secs(4);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Handshake retransmission interval.
 const HANDSHAKE_TICK: Duration = Duration::from_millis(100);
-
-/// One configured destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushTarget {
-    /// The URL as configured, passphrase removed (for logs and errors).
-    pub display: String,
-    pub host: String,
-    pub port: u16,
-    pub streamid: Option<String>,
-    pub passphrase: Option<String>,
-    /// TSBPD latency; `None` uses `srt.latency`.
-    pub latency: Option<Duration>,
-    /// Which rendition of the stream is pushed ("source" unless `rendition=`).
-    pub rendition: String,
-}
-
-/// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS&rendition=NAME`
-/// (latency in milliseconds, as srt-live-transmit and libsrt URIs use).
-pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
-    let rest = url
-        .strip_prefix("srt://")
-        .ok_or_else(|| format!("{url:?} must start with srt://"))?;
-    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} needs host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("{url:?} has an empty host"));
-    }
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{url:?} has a bad port {port:?}"))?;
-    let mut t = PushTarget {
-        display: format!("srt://{hostport}"),
-        host: host.to_string(),
-        port,
-        streamid: None,
-        passphrase: None,
-        latency: None,
-        rendition: "source".to_string(),
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "streamid" => {
-                if v.len() > super::streamid::MAX_LEN {
-                    return Err(format!("{url:?}: streamid longer than 512 bytes"));
-                }
-                t.streamid = Some(v.to_string());
-            }
-            "passphrase" => {
-                if !(10..=79).contains(&v.len()) {
-                    return Err(format!("{url:?}: passphrase must be 10 to 79 characters"));
-                }
-                t.passphrase = Some(v.to_string());
-            }
-            "latency" => {
-                let ms: u64 = v
-                    .parse()
-                    .ok()
-                    .filter(|ms| *ms <= 65_535)
-                    .ok_or_else(|| format!("{url:?}: latency {v:?} is not 0..=65535 ms"))?;
-                t.latency = Some(Duration::from_millis(ms));
-            }
-            "rendition" => {
-                crate::config::validate_segment(v)
-                    .map_err(|e| format!("{url:?}: rendition {e}"))?;
-                t.rendition = v.to_string();
-            }
-            other => return Err(format!("{url:?}: unsupported option {other:?}")),
-        }
-    }
-    if let Some(sid) = &t.streamid {
-        t.display.push_str(&format!("?streamid={sid}"));
-    }
-    if t.rendition != "source" {
-        let sep = if t.streamid.is_some() { '&' } else { '?' };
-        t.display
-            .push_str(&format!("{sep}rendition={}", t.rendition));
-    }
-    Ok(t)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -384,34 +300,6 @@ pub async fn run(
                     None => return Err(PushError::Panicked(name)),
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn push_urls_parse_and_errors_name_the_problem() {
-        let t = parse_push_url("srt://127.0.0.1:9999?streamid=live/x&latency=200").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 9999));
-        assert_eq!(t.streamid.as_deref(), Some("live/x"));
-        assert_eq!(t.latency, Some(Duration::from_millis(200)));
-        assert_eq!(t.display, "srt://127.0.0.1:9999?streamid=live/x");
-        let t = parse_push_url("srt://[::1]:9000?passphrase=0123456789abc").unwrap();
-        assert_eq!(t.host, "::1");
-        assert!(!t.display.contains("0123456789"));
-        for bad in [
-            "udp://h:1",
-            "srt://h",
-            "srt://h:0",
-            "srt://:9000",
-            "srt://h:1?latency=abc",
-            "srt://h:1?passphrase=short",
-            "srt://h:1?mode=listener",
-        ] {
-            assert!(parse_push_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -99,7 +99,7 @@ fn split_path(raw: &str) -> Result<(String, String), StreamIdError> {
         }
     };
     for seg in [app, key, rendition] {
-        crate::config::validate_segment(seg)
+        crate::stream::path::validate_segment(seg)
             .map_err(|e| StreamIdError::BadPath(raw.to_string(), format!("segment {e}")))?;
     }
     Ok((format!("{app}/{key}"), rendition.to_string()))

@@ -7,7 +7,9 @@
 //! The registry also enforces the stream-count limits in the same lock as
 //! the insert, so concurrent publishers cannot overshoot them.
 
+pub mod config;
 pub mod ingest;
+pub mod path;
 pub mod ring;
 
 use std::collections::HashMap;
@@ -16,14 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::validate_segment;
-
 pub use ingest::{Ingest, IngestStats, MediaEvent};
+pub use path::StreamPath;
 pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
 
-use crate::transcode::RenditionInfo;
 use crate::ts::TsChunk;
 
 impl RingItem for TsChunk {
@@ -33,6 +34,18 @@ impl RingItem for TsChunk {
     fn is_keyframe(&self) -> bool {
         self.keyframe
     }
+}
+
+/// Live figures of one rendition, for the API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RenditionInfo {
+    /// `copy` (source), `nvenc`, `x264` or `x265`.
+    pub encoder: String,
+    pub codec: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_bps: u64,
 }
 
 /// One output of a stream ("source" is the native remux) and its ring.
@@ -65,35 +78,6 @@ impl Rendition {
         if let Some(i) = self.info.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             f(i);
         }
-    }
-}
-
-/// A validated stream path: one application segment and one key segment.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StreamPath {
-    pub app: String,
-    pub key: String,
-}
-
-impl StreamPath {
-    /// Build the path from RTMP's `app` (connect) and publishing name.
-    /// Query strings (`key?token=...`) and a trailing `/` are not part of
-    /// the path; they are kept by the caller for auth.
-    pub fn from_rtmp(app: &str, name: &str) -> Result<StreamPath, String> {
-        let app = app.split('?').next().unwrap_or("").trim_end_matches('/');
-        let key = name.split('?').next().unwrap_or("");
-        validate_segment(app).map_err(|e| format!("application name {e}"))?;
-        validate_segment(key).map_err(|e| format!("stream key {e}"))?;
-        Ok(StreamPath {
-            app: app.to_string(),
-            key: key.to_string(),
-        })
-    }
-}
-
-impl std::fmt::Display for StreamPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.app, self.key)
     }
 }
 
@@ -414,16 +398,6 @@ mod tests {
             ring: RingConfig::default(),
             renditions: vec!["720p".into()],
         }
-    }
-
-    #[test]
-    fn paths_strip_queries_and_refuse_bad_names() {
-        let p = StreamPath::from_rtmp("live/", "cam1?token=abc").unwrap();
-        assert_eq!(p.to_string(), "live/cam1");
-        assert!(StreamPath::from_rtmp("live", "").is_err());
-        assert!(StreamPath::from_rtmp("live", "a/b").is_err());
-        assert!(StreamPath::from_rtmp("", "cam").is_err());
-        assert!(StreamPath::from_rtmp("live", "..").is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //!   works with `-copyts` timestamps that do not start at 0); `-g` is the
 //!   same interval in frames, scene-cut keyframes are off, no B-frames.
 
-use crate::config::{AudioMode, RenditionSpec, VideoCodec};
+use super::config::{AudioMode, RenditionSpec, VideoCodec};
 
 /// The encoder of one rendition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,12 @@
 
 pub mod args;
 pub mod child;
+mod choose;
+pub mod config;
 pub mod feed;
 pub mod repack;
+
+pub use choose::choose_encoders;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -27,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
 use crate::gpu::{Probe, ProbeResult};
-use crate::stream::{MediaEvent, Stream};
+use crate::stream::{MediaEvent, RenditionInfo, Stream};
 use crate::telemetry as t;
 use args::{Encoder, HwDecode, Job};
+use config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
 use feed::{FeedItem, FeedKind, Replay};
 
 /// Grace period between SIGTERM and SIGKILL.
@@ -296,18 +300,6 @@ pub enum Event {
         reason: &'static str,
         detail: String,
     },
-}
-
-/// Live figures of one rendition, for the API.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RenditionInfo {
-    /// `copy` (source), `nvenc`, `x264` or `x265`.
-    pub encoder: String,
-    pub codec: String,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub fps: Option<f64>,
-    pub bitrate_bps: u64,
 }
 
 /// Static inputs of one stream's transcode.
@@ -876,8 +868,8 @@ pub fn find_ffmpeg(path: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::AudioMode;
     use super::*;
-    use crate::config::{AudioMode, Config};
     use crate::flv::FileReader;
     use crate::stream::{ClaimPolicy, Registry, RingConfig, StreamPath};
 
@@ -979,10 +971,11 @@ mod tests {
             )
             .unwrap();
         let stream = guard.stream().clone();
-        let mut config = Config::default().transcode;
-        config.ffmpeg = fake.clone();
         let params = Params {
-            config,
+            config: TranscodeConfig {
+                ffmpeg: fake.clone(),
+                ..TranscodeConfig::default()
+            },
             encoders: Arc::new(nvenc_everywhere()),
             renditions: vec![RenditionSpec {
                 name: "small".into(),

@@ -1,7 +1,12 @@
 //! Process lifecycle: load the TLS files, bind every listener, serve, and
 //! drain on SIGTERM or SIGINT (`/readyz` 503 at once, new publishers
 //! refused, running streams get `server.drain_timeout`, then everything is
-//! cancelled).
+//! cancelled). The top-level [`Config`] lives here, above every section it
+//! holds; each part of the server gets only the sections it reads.
+
+pub mod config;
+
+pub use config::{Config, ServerConfig};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +17,13 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, EncoderMode, VideoCodec};
 use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
 use crate::stream::{Registry, StreamLimits};
 use crate::telemetry;
-use crate::transcode::{self, EncoderState, Encoders};
+use crate::transcode::{self, EncoderState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -49,56 +53,6 @@ pub enum ServerError {
     Srt(#[from] srt_listener::ListenerError),
     #[error("{0}")]
     Transcode(String),
-}
-
-/// Read the GPUs and decide the rendition encoders (NVENC only where a
-/// trial encode works). Trials run only when some application transcodes
-/// and the mode is not software-only.
-pub async fn choose_encoders(config: &Config, gpus: &Gpus) -> Result<Encoders, String> {
-    let tc = &config.transcode;
-    if let Some(why) = gpus.why_none() {
-        info!(
-            reason = why,
-            "no NVIDIA GPU; renditions are encoded on the CPU"
-        );
-    } else {
-        // NVML calls block: not on an async worker.
-        let g = gpus.clone();
-        let inv = tokio::task::spawn_blocking(move || g.inventory())
-            .await
-            .unwrap_or_default();
-        for g in &inv.gpus {
-            info!(
-                gpu = g.index,
-                name = g.name,
-                memory_total_bytes = g.memory_total_bytes,
-                encoder_capacity_h264 = g.encoder_capacity_h264,
-                "GPU found"
-            );
-        }
-    }
-    if !config.has_renditions() {
-        return Ok(Encoders::software(
-            tc.encoder,
-            "no application has renditions; NVENC not probed",
-        ));
-    }
-    if transcode::find_ffmpeg(&tc.ffmpeg).is_none() {
-        warn!(ffmpeg = %tc.ffmpeg.display(), "ffmpeg not found: streams of applications with renditions will fail setup until it is installed");
-    }
-    if tc.encoder == EncoderMode::Software {
-        return Ok(Encoders::software(
-            tc.encoder,
-            "transcode.encoder = \"x264\"",
-        ));
-    }
-    let probe = gpu::probe(&tc.ffmpeg, gpus).await;
-    let used: Vec<VideoCodec> = config
-        .apps
-        .values()
-        .flat_map(|a| a.renditions.iter().map(|r| r.codec))
-        .collect();
-    transcode::resolve(tc.encoder, tc.gpu_decode, &probe, &used)
 }
 
 /// Read `server.tls_cert` (PEM chain, leaf first) and `server.tls_key`
@@ -186,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         },
     )?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
-    let config = Arc::new(config);
+    let codecs = config.apps.rendition_codecs();
     let registry = Registry::with_limits(StreamLimits {
         max_streams: config.rtmp.max_streams,
         max_publishes_per_ip: config.rtmp.max_publishes_per_ip,
@@ -195,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let ready = Arc::new(AtomicBool::new(false));
     let gpus = Arc::new(Gpus::init());
     let encoders = Arc::new(EncoderState::new(
-        choose_encoders(&config, &gpus)
+        transcode::choose_encoders(&config.transcode, &codecs, &gpus)
             .await
             .map_err(ServerError::Transcode)?,
     ));
@@ -247,7 +201,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     })?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
     let mut read_auth = std::collections::HashMap::new();
-    for (name, app) in &config.apps {
+    for (name, app) in config.apps.iter() {
         read_auth.insert(name.clone(), srt_listener::ReadAuth::from_app(app)?);
     }
     srt.set_read_auth(read_auth);
@@ -275,7 +229,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let ctx = Arc::new(Context {
-        config: config.clone(),
+        rtmp: config.rtmp.clone(),
+        srt: config.srt.clone(),
+        apps: config.apps.clone(),
+        setup_timeout: config.server.setup_timeout,
+        transcode: config.transcode.clone(),
         registry: registry.clone(),
         shutdown: root.clone(),
         encoders: encoders.clone(),
@@ -289,7 +247,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         ready: ready.clone(),
         encoders,
         gpus,
-        config: config.clone(),
+        transcode: config.transcode.clone(),
+        codecs,
     });
     let http_root = root.clone();
     let http_task = tokio::spawn(async move {

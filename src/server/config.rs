@@ -1,0 +1,332 @@
+//! The whole configuration: `[server]` and every owner's section, read from
+//! one TOML file. Built-in defaults, then the file, then flags (`main`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::Deserializer;
+use serde::Deserialize;
+
+use crate::config::{self, ConfigError};
+use crate::rtmp::config::RtmpConfig;
+use crate::srt::config::SrtConfig;
+use crate::stream::config::{AppConfig, Apps};
+use crate::telemetry::LogFormat;
+use crate::transcode::config::TranscodeConfig;
+
+/// Listed after an unknown top-level key.
+const SECTIONS: &str = " (sections: [server], [rtmp], [srt], [transcode], [apps.NAME])";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub rtmp: RtmpConfig,
+    pub srt: SrtConfig,
+    pub transcode: TranscodeConfig,
+    pub apps: Apps,
+}
+
+/// Listeners, TLS files and the process lifecycle (`[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(deserialize_with = "config::addr")]
+    pub rtmp_addr: SocketAddr,
+    #[serde(deserialize_with = "config::addr")]
+    pub srt_addr: SocketAddr,
+    #[serde(deserialize_with = "config::addr")]
+    pub http_addr: SocketAddr,
+    #[serde(deserialize_with = "config::parsed")]
+    pub log_format: LogFormat,
+    #[serde(deserialize_with = "config::duration")]
+    pub drain_timeout: Duration,
+    /// From TCP accept until the stream must be playable (first keyframe in
+    /// every rendition), or the publish fails.
+    #[serde(deserialize_with = "config::duration")]
+    pub setup_timeout: Duration,
+    /// RTMPS (RTMP over TLS) listener; off unless set, with `tls_cert` and
+    /// `tls_key` (PEM files).
+    #[serde(deserialize_with = "rtmps_addr")]
+    pub rtmps_addr: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for `https://` webhooks, besides
+    /// the system's.
+    pub webhook_ca: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            rtmp_addr: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            srt_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            log_format: LogFormat::Text,
+            drain_timeout: Duration::from_secs(30),
+            setup_timeout: Duration::from_secs(8),
+            rtmps_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            webhook_ca: None,
+        }
+    }
+}
+
+fn rtmps_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let a = String::deserialize(d)?;
+    a.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{a:?} is not an IP:port address (e.g. \"0.0.0.0:1936\")"
+        ))
+    })
+}
+
+impl ServerConfig {
+    /// Rules across keys; errors name keys relative to `[server]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rtmps_addr.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(ConfigError::invalid(
+                "rtmps_addr",
+                "needs server.tls_cert and server.tls_key (PEM files)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = config::from_toml(text, SECTIONS)?;
+        cfg.apps.resolve().map_err(|e| e.under("apps"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rules across keys, checked again after flags override the file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate().map_err(|e| e.under("server"))?;
+        self.rtmp.validate().map_err(|e| e.under("rtmp"))?;
+        self.srt.validate().map_err(|e| e.under("srt"))?;
+        self.transcode
+            .validate()
+            .map_err(|e| e.under("transcode"))?;
+        Ok(())
+    }
+
+    /// Whether any application transcodes.
+    pub fn has_renditions(&self) -> bool {
+        self.apps.has_renditions()
+    }
+
+    /// The settings of application `name` (the defaults when it has no section).
+    pub fn app(&self, name: &str) -> AppConfig {
+        self.apps.app(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transcode::config::{AudioMode, EncoderMode, RenditionSpec, VideoCodec};
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.rtmp_addr.port(), 1935);
+        assert_eq!(c.server.srt_addr.port(), 9000);
+        assert_eq!(c.server.http_addr.port(), 8080);
+        assert_eq!(c.rtmp.max_chunk_streams, 64);
+    }
+
+    #[test]
+    fn full_file_is_read() {
+        let c = Config::from_toml(
+            r#"
+            [server]
+            rtmp_addr = "127.0.0.1:1936"
+            log_format = "json"
+            drain_timeout = "2m"
+            [rtmp]
+            max_message_size = 1048576
+            handshake_timeout = "500ms"
+            [apps.live]
+            takeover = true
+            push = ["srt://127.0.0.1:9100?streamid=live/x&latency=200"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.rtmp_addr.port(), 1936);
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(120));
+        assert_eq!(c.rtmp.max_message_size, 1 << 20);
+        assert_eq!(c.rtmp.handshake_timeout, Duration::from_millis(500));
+        assert!(c.app("live").takeover);
+        assert!(!c.app("other").takeover);
+        assert_eq!(c.app("live").push[0].port, 9100);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[rtmp]\nmax_chunk_stream = 3").contains("`rtmp.max_chunk_stream`"));
+        assert!(err("[server]\nrtmp_addr = \"nope\"").contains("`server.rtmp_addr`"));
+        assert!(err("[rtmp]\nmax_chunk_streams = 0").contains("`rtmp.max_chunk_streams`"));
+        assert!(err("[rtmp]\nidle_timeout = \"soon\"").contains("`rtmp.idle_timeout`"));
+        assert!(err("[rtmp]\nidle_timeout = \"0s\"").contains("`rtmp.idle_timeout`"));
+        assert!(err("bogus = 1").contains("`bogus`"));
+        assert!(err("[apps.live]\ntakover = true").contains("`apps.live.takover`"));
+        assert!(err("[apps.\"a b\"]\ntakeover = true").contains("`apps.a b`"));
+        assert!(err("[server]\nlog_format = \"xml\"").contains("`server.log_format`"));
+        assert!(err("[rtmp]\nchunk_size = \"big\"").contains("expected an integer"));
+        assert!(err("[srt]\npassphrase = \"short\"").contains("`srt.passphrase`"));
+        assert!(err("[apps.live]\npush = [\"udp://x:1\"]").contains("`apps.live.push[0]`"));
+        assert!(err("[apps.live]\npush = \"srt://x:1\"").contains("`apps.live.push`"));
+        assert!(err("[srt]\nlatency = \"70s\"").contains("`srt.latency`"));
+    }
+
+    #[test]
+    fn messages_keep_their_wording() {
+        assert_eq!(
+            err("[rtmp]\nmax_chunk_streams = 0"),
+            "config key `rtmp.max_chunk_streams`: 0 is out of range; allowed 2..=65599"
+        );
+        assert_eq!(
+            err("[transcoding]\nenabled = true"),
+            "unknown config key `transcoding` (sections: [server], [rtmp], [srt], [transcode], [apps.NAME])"
+        );
+        assert_eq!(err("[rtmp]\nx = 1"), "unknown config key `rtmp.x`");
+        assert_eq!(
+            err("[server]\nrtmp_addr = \"nope\""),
+            "config key `server.rtmp_addr`: \"nope\" is not an IP:port address (e.g. \"0.0.0.0:1935\")"
+        );
+        assert_eq!(
+            err("[server]\nrtmps_addr = \"0.0.0.0:1936\""),
+            "config key `server.rtmps_addr`: needs server.tls_cert and server.tls_key (PEM files)"
+        );
+        assert_eq!(
+            err("[server]\nlog_format = \"xml\""),
+            "config key `server.log_format`: expected \"text\" or \"json\", got \"xml\""
+        );
+        assert!(err("[rtmp\n").starts_with("config file <inline> is not valid TOML: "));
+    }
+
+    #[test]
+    fn renditions_are_read_with_defaults_and_checked() {
+        let c = Config::from_toml(
+            r#"
+            [transcode]
+            encoder = "x264"
+            [[apps.live.renditions]]
+            name = "720p"
+            height = 720
+            video_bitrate = "2.5M"
+            max_fps = 30
+            audio = "96k"
+            [[apps.live.renditions]]
+            name = "small"
+            width = 640
+            codec = "hevc"
+            gop = "1s"
+            audio = "none"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.transcode.encoder, EncoderMode::Software);
+        let r = &c.app("live").renditions;
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            RenditionSpec {
+                name: "720p".into(),
+                width: None,
+                height: Some(720),
+                video_bitrate_kbps: 2500,
+                max_fps: Some(30),
+                codec: VideoCodec::H264,
+                gop: Duration::from_secs(2),
+                audio: AudioMode::Aac { bitrate_kbps: 96 },
+            }
+        );
+        assert_eq!(r[1].codec, VideoCodec::Hevc);
+        assert_eq!(r[1].video_bitrate_kbps, 800);
+        assert_eq!(r[1].audio, AudioMode::Off);
+        assert!(c.has_renditions());
+
+        for (text, key) in [
+            ("[[apps.live.renditions]]\nheight = 720", "apps.live.renditions[0].name"),
+            ("[[apps.live.renditions]]\nname = \"source\"\nheight = 720", "apps.live.renditions[0].name"),
+            ("[[apps.live.renditions]]\nname = \"a\"", "apps.live.renditions[0]"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 721", "apps.live.renditions[0].height"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\ncodec = \"vp9\"", "apps.live.renditions[0].codec"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\nvideo_bitrate = \"fast\"", "apps.live.renditions[0].video_bitrate"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\naudio = \"loud\"", "apps.live.renditions[0].audio"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\nfps = 30", "apps.live.renditions[0].fps"),
+            ("[[apps.live.renditions]]\nname = \"a\"\nheight = 720\n[[apps.live.renditions]]\nname = \"a\"\nheight = 480", "apps.live.renditions[1].name"),
+            ("[apps.live]\nrenditions = \"720p\"", "apps.live.renditions"),
+            ("[transcode]\nencoder = \"quicksync\"", "transcode.encoder"),
+            ("[apps.live.publish_keys]\ncam1 = \"short\"", "apps.live.publish_keys.cam1"),
+            ("[apps.live]\npublish_webhook = \"ftp://x/\"", "apps.live.publish_webhook"),
+            ("[apps.live]\nwebhook_timeout = \"0s\"", "apps.live.webhook_timeout"),
+            ("[apps.live]\nread_passphrase = \"short\"", "apps.live.read_passphrase"),
+            ("[apps.live.read_tokens]\nalice = \"short\"", "apps.live.read_tokens.alice"),
+            ("[apps.live.publish_keys]\ncam1 = 5", "apps.live.publish_keys.cam1"),
+            ("[apps.live.publish_keys]\n\"a b\" = \"long enough\"", "apps.live.publish_keys.a b"),
+            ("[apps.live]\npush = [\"srt://h:1?rendition=720p\"]", "apps.live.push[0]"),
+            ("[transcode]\nstall_timeout = \"0s\"", "transcode.stall_timeout"),
+            ("[transcode]\nx264_preset = \"warp\"", "transcode.x264_preset"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");
+        }
+    }
+
+    /// deploy/sluice.example.toml documents the defaults; keep it true.
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../../deploy/sluice.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{:?}", c.server), format!("{:?}", d.server));
+        assert_eq!(format!("{:?}", c.rtmp), format!("{:?}", d.rtmp));
+        assert_eq!(format!("{:?}", c.srt), format!("{:?}", d.srt));
+        assert_eq!(format!("{:?}", c.transcode), format!("{:?}", d.transcode));
+        assert!(!c.app("live").takeover);
+        assert!(c.app("live").renditions.is_empty());
+    }
+
+    /// README's "Configuration" and "Transcoded renditions" examples load.
+    #[test]
+    fn readme_examples_load() {
+        let readme = include_str!("../../README.md");
+        for title in ["## Configuration\n", "## Transcoded renditions\n"] {
+            let section = readme.split(title).nth(1).expect(title);
+            let block = section
+                .split("```toml\n")
+                .nth(1)
+                .and_then(|b| b.split("```").next())
+                .expect("a toml block");
+            if let Err(e) = Config::from_toml(block) {
+                panic!("README {title:?} example: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `[srt]` (the SRT listener's settings) and SRT push targets
+//! (`srt://host:port?...`), each parsing and checking itself. Pure data.
+
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::config::{self, ConfigError};
+use crate::stream::path::validate_segment;
+
+/// SRT egress (`[srt]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SrtConfig {
+    /// TSBPD latency we offer; the larger of ours and the caller's wins.
+    #[serde(deserialize_with = "config::duration")]
+    pub latency: Duration,
+    /// A player silent this long is dropped.
+    #[serde(deserialize_with = "config::duration")]
+    pub peer_idle_timeout: Duration,
+    /// Callers must use this passphrase (10–79 characters) when set.
+    #[serde(deserialize_with = "passphrase")]
+    pub passphrase: Option<String>,
+    /// Most concurrent SRT players on this server; more get 1402.
+    #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
+    pub max_players: usize,
+    /// Most concurrent SRT players of one stream (all renditions); more get 1402.
+    #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
+    pub max_players_per_stream: usize,
+    /// SRT handshake attempts (induction datagrams) accepted per client IP
+    /// per second; the rest are dropped (a rejected libsrt caller retries
+    /// every 50 ms forever).
+    #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
+    pub max_handshakes_per_ip_per_second: u32,
+}
+
+impl Default for SrtConfig {
+    fn default() -> Self {
+        SrtConfig {
+            latency: Duration::from_millis(120),
+            peer_idle_timeout: Duration::from_secs(5),
+            passphrase: None,
+            max_players: 1000,
+            max_players_per_stream: 500,
+            max_handshakes_per_ip_per_second: 20,
+        }
+    }
+}
+
+impl SrtConfig {
+    /// Rules across keys; errors name keys relative to `[srt]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // SRT carries latency in 16-bit milliseconds on the wire.
+        if self.latency > Duration::from_millis(65_535) {
+            return Err(ConfigError::invalid("latency", "must be at most 65535ms"));
+        }
+        Ok(())
+    }
+}
+
+/// An SRT passphrase: 10 to 79 characters (SRTO_PASSPHRASE).
+pub fn passphrase<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let p = String::deserialize(d)?;
+    if !(10..=79).contains(&p.chars().count()) {
+        return Err(de::Error::custom("must be 10 to 79 characters long"));
+    }
+    Ok(Some(p))
+}
+
+/// One configured destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    /// The URL as configured, passphrase removed (for logs and errors).
+    pub display: String,
+    pub host: String,
+    pub port: u16,
+    pub streamid: Option<String>,
+    pub passphrase: Option<String>,
+    /// TSBPD latency; `None` uses `srt.latency`.
+    pub latency: Option<Duration>,
+    /// Which rendition of the stream is pushed ("source" unless `rendition=`).
+    pub rendition: String,
+}
+
+/// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS&rendition=NAME`
+/// (latency in milliseconds, as srt-live-transmit and libsrt URIs use).
+pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
+    let rest = url
+        .strip_prefix("srt://")
+        .ok_or_else(|| format!("{url:?} must start with srt://"))?;
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} needs host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has an empty host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{url:?} has a bad port {port:?}"))?;
+    let mut t = PushTarget {
+        display: format!("srt://{hostport}"),
+        host: host.to_string(),
+        port,
+        streamid: None,
+        passphrase: None,
+        latency: None,
+        rendition: "source".to_string(),
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "streamid" => {
+                if v.len() > super::streamid::MAX_LEN {
+                    return Err(format!("{url:?}: streamid longer than 512 bytes"));
+                }
+                t.streamid = Some(v.to_string());
+            }
+            "passphrase" => {
+                if !(10..=79).contains(&v.len()) {
+                    return Err(format!("{url:?}: passphrase must be 10 to 79 characters"));
+                }
+                t.passphrase = Some(v.to_string());
+            }
+            "latency" => {
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms <= 65_535)
+                    .ok_or_else(|| format!("{url:?}: latency {v:?} is not 0..=65535 ms"))?;
+                t.latency = Some(Duration::from_millis(ms));
+            }
+            "rendition" => {
+                validate_segment(v).map_err(|e| format!("{url:?}: rendition {e}"))?;
+                t.rendition = v.to_string();
+            }
+            other => return Err(format!("{url:?}: unsupported option {other:?}")),
+        }
+    }
+    if let Some(sid) = &t.streamid {
+        t.display.push_str(&format!("?streamid={sid}"));
+    }
+    if t.rendition != "source" {
+        let sep = if t.streamid.is_some() { '&' } else { '?' };
+        t.display
+            .push_str(&format!("{sep}rendition={}", t.rendition));
+    }
+    Ok(t)
+}
+
+/// A push target in a config file is its URL string.
+impl<'de> Deserialize<'de> for PushTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PushTarget;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string srt://host:port?...")
+            }
+            fn visit_str<E: de::Error>(self, url: &str) -> Result<PushTarget, E> {
+                parse_push_url(url).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn srt(text: &str) -> Result<SrtConfig, ConfigError> {
+        let c: SrtConfig = config::section_from_toml("srt", text)?;
+        c.validate().map_err(|e| e.under("srt"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn srt_section_is_read_and_checked() {
+        let c = srt("latency = \"200ms\"\npassphrase = \"0123456789\"").unwrap();
+        assert_eq!(c.latency, Duration::from_millis(200));
+        assert_eq!(c.passphrase.as_deref(), Some("0123456789"));
+        assert_eq!(
+            format!("{:?}", srt("").unwrap()),
+            format!("{:?}", SrtConfig::default())
+        );
+        for (text, key) in [
+            ("passphrase = \"short\"", "`srt.passphrase`"),
+            ("latency = \"70s\"", "`srt.latency`"),
+            ("max_players = 0", "`srt.max_players`"),
+            ("max_player = 1", "`srt.max_player`"),
+        ] {
+            let e = srt(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");
+        }
+    }
+
+    #[test]
+    fn push_urls_parse_and_errors_name_the_problem() {
+        let t = parse_push_url("srt://127.0.0.1:9999?streamid=live/x&latency=200").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 9999));
+        assert_eq!(t.streamid.as_deref(), Some("live/x"));
+        assert_eq!(t.latency, Some(Duration::from_millis(200)));
+        assert_eq!(t.display, "srt://127.0.0.1:9999?streamid=live/x");
+        let t = parse_push_url("srt://[::1]:9000?passphrase=0123456789abc").unwrap();
+        assert_eq!(t.host, "::1");
+        assert!(!t.display.contains("0123456789"));
+        for bad in [
+            "udp://h:1",
+            "srt://h",
+            "srt://h:0",
+            "srt://:9000",
+            "srt://h:1?latency=abc",
+            "srt://h:1?passphrase=short",
+            "srt://h:1?mode=listener",
+        ] {
+            assert!(parse_push_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! `[apps.NAME]`: what every stream of an application gets (takeover, push
+//! targets, renditions) and who may publish and play it. Assembled from the
+//! owners' types: `auth` secrets and webhook URLs, `srt` push targets and
+//! passphrases, `transcode` renditions. Pure data.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::path::validate_segment;
+use crate::auth::Secret;
+use crate::config::{self, ConfigError};
+use crate::srt::config::{passphrase, PushTarget};
+use crate::transcode::config::{rendition_rules, RenditionSpec, VideoCodec};
+
+/// Per-application settings (`[apps.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// A new publisher on a live path replaces the old one instead of being refused.
+    pub takeover: bool,
+    /// SRT destinations every stream of this application is pushed to; each
+    /// must connect during setup, and a failing one ends the stream.
+    pub push: Vec<PushTarget>,
+    /// Transcoded renditions every stream of this application gets, besides
+    /// "source". Empty: no FFmpeg runs for it.
+    pub renditions: Vec<RenditionSpec>,
+    /// Stream name → secret. Non-empty: only these streams may be
+    /// published, each with its `?key=`.
+    pub publish_keys: BTreeMap<String, Secret>,
+    /// `http://...` asked (POST JSON) before every publish; 2xx allows.
+    #[serde(deserialize_with = "webhook")]
+    pub publish_webhook: Option<String>,
+    #[serde(deserialize_with = "config::duration")]
+    pub webhook_timeout: Duration,
+    /// SRT players of this application's streams must use this passphrase
+    /// (instead of `srt.passphrase`).
+    #[serde(deserialize_with = "passphrase")]
+    pub read_passphrase: Option<String>,
+    /// User → secret. Non-empty: players must name a user (`u=`) and its
+    /// token (`s=` or `user_token=`) in the streamid.
+    pub read_tokens: BTreeMap<String, Secret>,
+    /// `http://...` asked (POST JSON, action "read") before every SRT
+    /// player of this application is accepted; 2xx allows.
+    #[serde(deserialize_with = "webhook")]
+    pub read_webhook: Option<String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            takeover: false,
+            push: Vec::new(),
+            renditions: Vec::new(),
+            publish_keys: BTreeMap::new(),
+            publish_webhook: None,
+            webhook_timeout: Duration::from_secs(2),
+            read_passphrase: None,
+            read_tokens: BTreeMap::new(),
+            read_webhook: None,
+        }
+    }
+}
+
+fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    crate::auth::parse_webhook_url(&url).map_err(de::Error::custom)?;
+    Ok(Some(url))
+}
+
+impl AppConfig {
+    /// Rules across keys, after the table was read: names of streams and
+    /// users, the rendition table (which also fills in size-based
+    /// bitrates), and pushes of renditions that exist. `name` is the
+    /// application's; errors name keys relative to `[apps.NAME]`.
+    pub fn resolve(&mut self, name: &str) -> Result<(), ConfigError> {
+        if self.webhook_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "webhook_timeout",
+                "must be greater than zero",
+            ));
+        }
+        for user in self.read_tokens.keys() {
+            if user.is_empty() || user.len() > 64 || user.contains([',', '=']) {
+                return Err(ConfigError::invalid(
+                    format!("read_tokens.{user}"),
+                    "user names are 1-64 characters without ',' or '='",
+                ));
+            }
+        }
+        for stream in self.publish_keys.keys() {
+            validate_segment(stream)
+                .map_err(|m| ConfigError::invalid(format!("publish_keys.{stream}"), m))?;
+        }
+        rendition_rules(&mut self.renditions).map_err(|e| e.under("renditions"))?;
+        for (i, t) in self.push.iter().enumerate() {
+            if t.rendition != "source" && !self.renditions.iter().any(|r| r.name == t.rendition) {
+                return Err(ConfigError::invalid(
+                    format!("push[{i}]"),
+                    format!(
+                        "pushes rendition {:?}, which apps.{name}.renditions does not define",
+                        t.rendition
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every `[apps.NAME]`, by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Apps(BTreeMap<String, AppConfig>);
+
+impl Apps {
+    /// Check every application (see [`AppConfig::resolve`]); errors name
+    /// keys relative to `[apps]`.
+    pub fn resolve(&mut self) -> Result<(), ConfigError> {
+        for (name, app) in &mut self.0 {
+            validate_segment(name).map_err(|m| ConfigError::invalid(name.as_str(), m))?;
+            app.resolve(name).map_err(|e| e.under(name))?;
+        }
+        Ok(())
+    }
+
+    /// The settings of application `name` (the defaults when it has no
+    /// section).
+    pub fn app(&self, name: &str) -> AppConfig {
+        self.0.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Whether any application transcodes.
+    pub fn has_renditions(&self) -> bool {
+        self.0.values().any(|a| !a.renditions.is_empty())
+    }
+
+    /// The codec of every configured rendition (what the encoder choice
+    /// must cover); empty when nothing transcodes.
+    pub fn rendition_codecs(&self) -> Vec<VideoCodec> {
+        self.0
+            .values()
+            .flat_map(|a| a.renditions.iter().map(|r| r.codec))
+            .collect()
+    }
+}
+
+impl Deref for Apps {
+    type Target = BTreeMap<String, AppConfig>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl FromIterator<(String, AppConfig)> for Apps {
+    fn from_iter<I: IntoIterator<Item = (String, AppConfig)>>(iter: I) -> Self {
+        Apps(iter.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps(text: &str) -> Result<Apps, ConfigError> {
+        let mut a: Apps = config::section_from_toml("apps", text)?;
+        a.resolve().map_err(|e| e.under("apps"))?;
+        Ok(a)
+    }
+
+    fn err(text: &str) -> String {
+        apps(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn apps_are_read() {
+        let a = apps(
+            r#"
+            [live]
+            takeover = true
+            push = ["srt://127.0.0.1:9100?streamid=live/x&latency=200"]
+            webhook_timeout = "500ms"
+            [live.publish_keys]
+            cam1 = "long enough"
+            [[live.renditions]]
+            name = "720p"
+            height = 720
+            "#,
+        )
+        .unwrap();
+        assert!(a.app("live").takeover);
+        assert!(!a.app("other").takeover);
+        assert_eq!(a.app("other").webhook_timeout, Duration::from_secs(2));
+        assert_eq!(a.app("live").push[0].port, 9100);
+        assert_eq!(a.app("live").webhook_timeout, Duration::from_millis(500));
+        assert!(a.app("live").publish_keys["cam1"].verify("long enough"));
+        assert_eq!(a.app("live").renditions[0].video_bitrate_kbps, 2800);
+        assert!(a.has_renditions());
+        assert_eq!(a.rendition_codecs(), vec![VideoCodec::H264]);
+        assert!(!apps("[live]").unwrap().has_renditions());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("[live]\ntakover = true", "`apps.live.takover`"),
+            ("[live]\ntakeover = \"yes\"", "`apps.live.takeover`"),
+            ("[\"a b\"]\ntakeover = true", "`apps.a b`"),
+            ("[live]\npush = [\"udp://x:1\"]", "`apps.live.push[0]`"),
+            ("[live]\npush = [5]", "`apps.live.push[0]`"),
+            ("[live]\npush = \"srt://x:1\"", "`apps.live.push`"),
+            (
+                "[live]\npush = [\"srt://h:1?rendition=720p\"]",
+                "`apps.live.push[0]`",
+            ),
+            ("[live]\nrenditions = \"720p\"", "`apps.live.renditions`"),
+            (
+                "[[live.renditions]]\nname = \"a\"",
+                "`apps.live.renditions[0]`",
+            ),
+            (
+                "[live.publish_keys]\ncam1 = \"short\"",
+                "`apps.live.publish_keys.cam1`",
+            ),
+            (
+                "[live.publish_keys]\ncam1 = 5",
+                "`apps.live.publish_keys.cam1`",
+            ),
+            (
+                "[live.publish_keys]\n\"a b\" = \"long enough\"",
+                "`apps.live.publish_keys.a b`",
+            ),
+            (
+                "[live]\npublish_webhook = \"ftp://x/\"",
+                "`apps.live.publish_webhook`",
+            ),
+            (
+                "[live]\nread_webhook = \"ftp://x/\"",
+                "`apps.live.read_webhook`",
+            ),
+            (
+                "[live]\nwebhook_timeout = \"0s\"",
+                "`apps.live.webhook_timeout`",
+            ),
+            (
+                "[live]\nread_passphrase = \"short\"",
+                "`apps.live.read_passphrase`",
+            ),
+            (
+                "[live.read_tokens]\nalice = \"short\"",
+                "`apps.live.read_tokens.alice`",
+            ),
+            (
+                "[live.read_tokens]\n\"a=b\" = \"long enough\"",
+                "`apps.live.read_tokens.a=b`",
+            ),
+            ("live = 5", "`apps.live`"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");
+        }
+    }
+}
