@@ -213,8 +213,9 @@ fn error(code: StatusCode, message: &str) -> Response {
 /// One stream as the API shows it.
 pub fn describe(st: &Stream, now: Instant) -> Value {
     let meta = st.metadata().unwrap_or_default();
-    let ing = st.ingest();
-    let stats = &ing.stats;
+    let snap = st.stats();
+    let stats = &snap.stats;
+    let bitrate = snap.bitrate_at(now);
     let has_video = stats.video_codec.is_some();
     let width = stats
         .video
@@ -226,7 +227,7 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         .as_ref()
         .map(|v| v.height as f64)
         .or(meta.height.filter(|_| has_video));
-    let fps = ing.fps().or(meta.framerate.filter(|_| has_video));
+    let fps = snap.fps.or(meta.framerate.filter(|_| has_video));
     json!({
         "path": st.path.to_string(),
         "app": st.path.app,
@@ -243,7 +244,7 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         "fps": fps.map(|f| (f * 100.0).round() / 100.0),
         "video": stats.video.as_ref().map(|v| json!({"profile": v.profile, "level": v.level})),
         "audio": stats.audio.as_ref().map(|a| json!({"sample_rate": a.sample_rate, "channels": a.channels})),
-        "ingest_bitrate_bps": ing.bitrate_bps(now),
+        "ingest_bitrate_bps": bitrate,
         "frames_in": {"video": stats.frames_video, "audio": stats.frames_audio},
         "keyframes_in": stats.keyframes,
         "bytes_in": stats.bytes_in,
@@ -267,7 +268,7 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
                     v["width"] = json!(width.map(|w| w as u64));
                     v["height"] = json!(height.map(|h| h as u64));
                     v["fps"] = json!(fps.map(|f| (f * 100.0).round() / 100.0));
-                    v["bitrate_bps"] = json!(ing.bitrate_bps(now));
+                    v["bitrate_bps"] = json!(bitrate);
                 }
             }
             v

@@ -91,6 +91,16 @@ impl Frame {
     }
 }
 
+/// What an ingest produces, whatever its protocol: codec configuration
+/// (replayed to late joiners and muxers), frames, and the end of a track's
+/// sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    Config(CodecConfig),
+    Frame(Frame),
+    EndOfSequence(Track),
+}
+
 /// Video parameters read from a sequence parameter set (or equivalent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoParams {

@@ -162,7 +162,6 @@ impl Harness {
         let policy = ClaimPolicy {
             takeover: true,
             stale_after: Duration::from_secs(3),
-            max_jump: Duration::from_secs(10),
             ring: RingConfig::default(),
             renditions: vec!["720p".to_string()],
         };

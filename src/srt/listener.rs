@@ -10,7 +10,7 @@
 //! rendition ring only while their send buffer is short, so srt-protocol
 //! never drops data on its own; a player that stays behind is closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,12 +24,12 @@ use srt_protocol::connection::{Connection, DuplexConnection};
 use srt_protocol::options::{KeySize, PacketCount, Passphrase};
 use srt_protocol::packet::{
     ControlPacket, ControlTypes, CoreRejectReason, HandshakeControlInfo, HandshakeVsInfo, Packet,
-    PacketLocation, RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
+    RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
 };
 use srt_protocol::protocol::handshake::Handshake;
 use srt_protocol::protocol::pending_connection::listen::Listen;
 use srt_protocol::protocol::pending_connection::{
-    AccessControlRequest, AccessControlResponse, ConnectionResult,
+    AccessControlRequest, AccessControlResponse, ConnectionReject, ConnectionResult,
 };
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use tokio::net::UdpSocket;
@@ -38,18 +38,14 @@ use tracing::{debug, info, warn};
 
 use crate::srt::config::SrtConfig;
 use crate::srt::guard::{self, Verdict};
+use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
-use crate::stream::{Cursor, Read, Registry, StreamPath};
+use crate::stream::{Registry, StreamPath};
 use crate::telemetry;
 use crate::ts::TsChunk;
 
-/// Stop feeding a player while this many packets wait in its send buffer
-/// (sent but unacknowledged, or not sent yet).
-const FEED_CAP_PACKETS: u64 = 2048;
-/// Chunks read from the ring per pump, so one player cannot starve others.
+/// Chunks fed per pump, so one player cannot starve others.
 const FEED_BATCH: usize = 256;
-/// A player whose send buffer stays over the cap this long is closed.
-const STUCK_LIMIT: Duration = Duration::from_secs(4);
 /// A player being closed gracefully gets this long to flush before we
 /// send Shutdown ourselves and forget it.
 const CLOSE_GRACE: Duration = Duration::from_millis(1500);
@@ -88,8 +84,7 @@ impl CloseReason {
 
 /// One connected player.
 struct Player {
-    conn: DuplexConnection,
-    cursor: Cursor<TsChunk>,
+    sender: Sender,
     peer: SocketAddr,
     stream: String,
     rendition: String,
@@ -100,25 +95,17 @@ struct Player {
     /// itself would ignore it).
     conclusion_reply: Option<Packet>,
     since: Instant,
-    /// Set while the send buffer is over the cap.
-    over_cap_since: Option<Instant>,
-    /// Set once a graceful close started; the player is forgotten at this
-    /// deadline if it has not closed by then.
-    closing: Option<(Instant, CloseReason)>,
-    next_wake: Instant,
-    bytes_out: u64,
-    skips: u64,
-    /// The cursor reached the live edge (past the GOP-cache replay); only
-    /// then do chunks measure relay latency.
-    live: bool,
-    /// Arrival instants of chunks handed to the connection, in order, for
-    /// chunks whose last packet has not gone out yet (`None`: not measured).
-    in_flight: VecDeque<Option<Instant>>,
-    /// At least one chunk was handed to the connection (see `pacing_primer`).
-    fed_any: bool,
-    /// Metric handles looked up once, not per packet.
-    bytes_out_metric: metrics::Counter,
-    latency_metric: metrics::Histogram,
+}
+
+/// Why a player's sender is done, as the log says it.
+fn close_reason(end: End) -> CloseReason {
+    match end {
+        End::PeerClosed => CloseReason::PeerClosed,
+        End::StreamEnded { .. } => CloseReason::StreamEnded,
+        End::Closed { .. } => CloseReason::Shutdown,
+        End::TooSlow => CloseReason::TooSlow,
+        End::Stuck => CloseReason::Stuck,
+    }
 }
 
 /// The listener's state; [`serve`] drives it.
@@ -301,6 +288,36 @@ fn fix_latency(
     }
 }
 
+/// Handshake options we refuse before srt-protocol sees them (it panics
+/// on some of these combinations).
+fn handshake_acceptable(
+    h: &HandshakeControlInfo,
+    forced: Option<RejectReason>,
+    passphrase: Option<&Passphrase>,
+) -> Result<(), (RejectReason, String)> {
+    if let Some(r) = forced {
+        return Err((r, "unsupported handshake option or MSS".into()));
+    }
+    let HandshakeVsInfo::V5(info) = &h.info else {
+        return Err((
+            RejectReason::Core(CoreRejectReason::Version),
+            "HSv4 caller".into(),
+        ));
+    };
+    let (reason, why) = match (passphrase, &info.ext_km) {
+        (None, Some(_)) => (
+            CoreRejectReason::Unsecure,
+            "caller encrypts, no srt.passphrase set",
+        ),
+        (Some(_), None) => (CoreRejectReason::Unsecure, "passphrase required"),
+        (Some(_), Some(SrtControlPacket::KeyRefreshResponse(_))) => {
+            (CoreRejectReason::BadSecret, "KMRSP in a Conclusion")
+        }
+        _ => return Ok(()),
+    };
+    Err((RejectReason::Core(reason), why.into()))
+}
+
 impl Listener {
     pub fn new(registry: Arc<Registry>, cfg: &SrtConfig) -> Result<Listener, ListenerError> {
         let passphrase = match &cfg.passphrase {
@@ -447,7 +464,7 @@ impl Listener {
             return;
         };
         let ok = caught("connection input", from, || {
-            player.conn.handle_packet_input(now, Ok((packet, from)));
+            player.sender.handle_packet(now, packet, from);
         });
         if ok.is_none() {
             self.remove(from, CloseReason::Panic);
@@ -474,7 +491,7 @@ impl Listener {
     fn conclusion(
         &mut self,
         now: Instant,
-        mut packet: Packet,
+        packet: Packet,
         from: SocketAddr,
         forced: Option<RejectReason>,
     ) {
@@ -495,16 +512,58 @@ impl Listener {
                 .increment(1);
             return;
         }
-        // A fresh local socket id per connection, with the passphrase of the
-        // stream asked for; replay a synthetic induction so this `Listen`
-        // accepts the Conclusion with its own cookie.
         let sid = match &h.info {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
             HandshakeVsInfo::V4(_) => String::new(),
         };
         let passphrase = self.passphrase_for(&sid);
+        let Some((mut listen, request)) =
+            self.access_request(now, packet, &h, passphrase.clone(), from)
+        else {
+            return;
+        };
+        let decision = self.decide(&request, &h, forced, passphrase, from, now);
+        if decision.defer {
+            // Waiting for the webhook: say nothing; the caller retransmits.
+            return;
+        }
+        let result = caught("access response", from, || {
+            listen.handle_access_control_response(now, decision.response)
+        });
+        match result {
+            Some(ConnectionResult::Connected(reply, conn)) => {
+                if let Some(target) = decision.target {
+                    self.accept(now, from, &h, reply, conn, target);
+                }
+            }
+            Some(ConnectionResult::Reject(reply, why)) => {
+                let (ConnectionReject::Rejecting(reason) | ConnectionReject::Rejected(reason)) =
+                    why;
+                let code = reported_code(reason);
+                metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
+                    .increment(1);
+                info!(peer = %from, code, streamid = %crate::auth::redact_streamid(&decision.streamid), reason = %decision.why, "srt caller rejected");
+                if let Some(r) = reply {
+                    self.outbox.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A fresh `Listen` (a new local socket id, the passphrase of the
+    /// stream asked for) brought to the access decision: a synthetic
+    /// induction first, so it accepts the Conclusion with its own cookie.
+    fn access_request(
+        &self,
+        now: Instant,
+        mut packet: Packet,
+        h: &HandshakeControlInfo,
+        passphrase: Option<Passphrase>,
+        from: SocketAddr,
+    ) -> Option<(Listen, AccessControlRequest)> {
         let mut settings = self.base.copy_randomize();
-        settings.key_settings = passphrase.clone().map(|p| KeySettings {
+        settings.key_settings = passphrase.map(|p| KeySettings {
             key_size: KeySize::Unspecified,
             passphrase: p,
         });
@@ -530,94 +589,72 @@ impl Listener {
                 _ => None,
             }
         });
-        let Some(Some(request)) = request else {
+        Some((listen, request??))
+    }
+
+    /// A caller accepted: its player starts on the ring's newest keyframe.
+    fn accept(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        h: &HandshakeControlInfo,
+        mut reply: Option<(Packet, SocketAddr)>,
+        mut conn: Connection,
+        (ring, path, rendition): (Arc<crate::stream::Ring<TsChunk>>, String, String),
+    ) {
+        fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
+        if self.players.contains_key(&from) {
+            self.remove(from, CloseReason::Replaced);
+        }
+        let local_sockid = conn.settings.local_sockid;
+        let latency = conn.settings.send_tsbpd_latency;
+        let encrypted = conn.settings.cipher.is_some();
+        let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
             return;
         };
-        let decision = self.decide(&request, &h, forced, passphrase, from, now);
-        if decision.defer {
-            // Waiting for the webhook: say nothing; the caller retransmits.
-            return;
+        let cursor = ring.subscribe();
+        if cursor.backlog() > 0 {
+            metrics::counter!(telemetry::SRT_GOP_CACHE_STARTS_TOTAL).increment(1);
         }
-        let result = caught("access response", from, || {
-            listen.handle_access_control_response(now, decision.response)
-        });
-        match result {
-            Some(ConnectionResult::Connected(mut reply, mut conn)) => {
-                let Some((ring, path, rendition)) = decision.target else {
-                    return;
-                };
-                fix_latency(self.cfg.latency, &h, &mut reply, &mut conn);
-                if self.players.contains_key(&from) {
-                    self.remove(from, CloseReason::Replaced);
-                }
-                let local_sockid = conn.settings.local_sockid;
-                let latency = conn.settings.send_tsbpd_latency;
-                let encrypted = conn.settings.cipher.is_some();
-                let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn))
-                else {
-                    return;
-                };
-                let cursor = ring.subscribe();
-                if cursor.backlog() > 0 {
-                    metrics::counter!(telemetry::SRT_GOP_CACHE_STARTS_TOTAL).increment(1);
-                }
-                let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
-                if let Some(r) = reply {
-                    self.outbox.push(r);
-                }
-                info!(
-                    peer = %from,
-                    stream = %path,
-                    rendition = %rendition,
-                    latency_ms = latency.as_millis() as u64,
-                    encrypted,
-                    "srt player connected"
-                );
-                metrics::counter!(telemetry::SRT_PLAYERS_TOTAL).increment(1);
-                self.players.insert(
-                    from,
-                    Player {
-                        conn,
-                        cursor,
-                        peer: from,
-                        stream: path,
-                        rendition,
-                        remote_sockid: h.socket_id,
-                        local_sockid,
-                        conclusion_reply,
-                        since: now,
-                        over_cap_since: None,
-                        closing: None,
-                        next_wake: now,
-                        bytes_out: 0,
-                        skips: 0,
-                        live: false,
-                        in_flight: VecDeque::new(),
-                        fed_any: false,
-                        bytes_out_metric: metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL),
-                        latency_metric: metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS),
-                    },
-                );
-                metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
-                self.pump(now, from);
-            }
-            Some(ConnectionResult::Reject(reply, why)) => {
-                let reason = match why {
-                    srt_protocol::protocol::pending_connection::ConnectionReject::Rejecting(r)
-                    | srt_protocol::protocol::pending_connection::ConnectionReject::Rejected(r) => {
-                        r
-                    }
-                };
-                let code = reported_code(reason);
-                metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
-                    .increment(1);
-                info!(peer = %from, code, streamid = %crate::auth::redact_streamid(&decision.streamid), reason = %decision.why, "srt caller rejected");
-                if let Some(r) = reply {
-                    self.outbox.push(r);
-                }
-            }
-            _ => {}
+        let sender = Sender::new(
+            conn,
+            cursor,
+            FEED_BATCH,
+            CLOSE_GRACE,
+            SenderMetrics {
+                bytes_out: metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL),
+                latency: metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS),
+                lag_skips: metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL),
+            },
+            from.to_string(),
+            now,
+        );
+        let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
+        if let Some(r) = reply {
+            self.outbox.push(r);
         }
+        info!(
+            peer = %from,
+            stream = %path,
+            rendition = %rendition,
+            latency_ms = latency.as_millis() as u64,
+            encrypted,
+            "srt player connected"
+        );
+        metrics::counter!(telemetry::SRT_PLAYERS_TOTAL).increment(1);
+        let player = Player {
+            sender,
+            peer: from,
+            stream: path,
+            rendition,
+            remote_sockid: h.socket_id,
+            local_sockid,
+            conclusion_reply,
+            since: now,
+        };
+        self.players.insert(from, player);
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
+        self.pump(now, from);
     }
 
     /// The access decision for one Conclusion.
@@ -634,109 +671,39 @@ impl Listener {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
             HandshakeVsInfo::V4(_) => String::new(),
         };
-        let reject = |r: RejectReason, why: String| Decision {
+        let reject = |(r, why): (RejectReason, String)| Decision {
             response: AccessControlResponse::Rejected(r),
             target: None,
             streamid: sid.clone(),
             why,
             defer: false,
         };
-        if let Some(r) = forced {
-            return reject(r, "unsupported handshake option or MSS".into());
-        }
-        let HandshakeVsInfo::V5(info) = &h.info else {
-            return reject(
-                RejectReason::Core(CoreRejectReason::Version),
-                "HSv4 caller".into(),
-            );
-        };
-        // srt-protocol panics on these combinations; answer them ourselves.
-        match (&passphrase, &info.ext_km) {
-            (None, Some(_)) => {
-                return reject(
-                    RejectReason::Core(CoreRejectReason::Unsecure),
-                    "caller encrypts, no srt.passphrase set".into(),
-                )
-            }
-            (Some(_), None) => {
-                return reject(
-                    RejectReason::Core(CoreRejectReason::Unsecure),
-                    "passphrase required".into(),
-                )
-            }
-            (Some(_), Some(SrtControlPacket::KeyRefreshResponse(_))) => {
-                return reject(
-                    RejectReason::Core(CoreRejectReason::BadSecret),
-                    "KMRSP in a Conclusion".into(),
-                )
-            }
-            _ => {}
+        if let Err(refused) = handshake_acceptable(h, forced, passphrase.as_ref()) {
+            return reject(refused);
         }
         if self.registry.is_draining() {
-            return reject(reject_code(code::UNAVAILABLE), "server is draining".into());
+            return reject((reject_code(code::UNAVAILABLE), "server is draining".into()));
         }
         let parsed = match streamid::parse(&sid) {
             Ok(r) => r,
-            Err(e) => return reject(reject_code(e.code()), e.to_string()),
+            Err(e) => return reject((reject_code(e.code()), e.to_string())),
         };
-        if parsed.mode == Mode::Publish {
-            return reject(
-                reject_code(code::BAD_MODE),
-                "publishing over SRT is not offered; use m=request".into(),
-            );
-        }
-        let stream = parsed
-            .path
-            .split_once('/')
-            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
-            .and_then(|p| self.registry.get(&p));
-        let Some(stream) = stream else {
-            return reject(
-                reject_code(code::NOT_FOUND),
-                format!("no live stream {}", parsed.path),
-            );
+        let ring = match self.target(&parsed) {
+            Ok(ring) => ring,
+            Err(refused) => return reject(refused),
         };
-        let Some(rendition) = stream.rendition(&parsed.rendition) else {
-            return reject(
-                reject_code(code::NOT_FOUND),
-                format!("{} has no rendition {}", parsed.path, parsed.rendition),
-            );
-        };
-        if self.players.len() >= self.cfg.max_players {
-            return reject(
-                reject_code(code::OVERLOAD),
-                format!("srt.max_players ({}) reached", self.cfg.max_players),
-            );
-        }
-        let of_stream = self
-            .players
-            .values()
-            .filter(|p| p.stream == parsed.path)
-            .count();
-        if of_stream >= self.cfg.max_players_per_stream {
-            return reject(
-                reject_code(code::OVERLOAD),
-                format!(
-                    "srt.max_players_per_stream ({}) reached for {}",
-                    self.cfg.max_players_per_stream, parsed.path
-                ),
-            );
-        }
         // hsv5.rs requires the accepted key size to equal the caller's.
         if let Err((code, reason, why)) = self.check_token(&parsed) {
             metrics::counter!(telemetry::AUTH_REJECTS_TOTAL, "action" => "read", "reason" => reason)
                 .increment(1);
-            return reject(reject_code(code), why);
+            return reject((reject_code(code), why));
         }
         match self.ask_webhook(&parsed, h, from, now) {
             WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
             WebhookVerdict::Waiting => {
                 return Decision {
-                    response: AccessControlResponse::Rejected(reject_code(code::UNAVAILABLE)),
-                    target: None,
-                    streamid: sid.clone(),
-                    why: String::new(),
                     defer: true,
+                    ..reject((reject_code(code::UNAVAILABLE), String::new()))
                 }
             }
             WebhookVerdict::Denied(code, why) => {
@@ -746,7 +713,7 @@ impl Listener {
                     "reason" => "webhook_denied"
                 )
                 .increment(1);
-                return reject(reject_code(code), why);
+                return reject((reject_code(code), why));
             }
         }
         let keys = passphrase.map(|p| KeySettings {
@@ -755,11 +722,63 @@ impl Listener {
         });
         Decision {
             response: AccessControlResponse::Accepted(keys),
-            target: Some((rendition.ring.clone(), parsed.path, parsed.rendition)),
+            target: Some((ring, parsed.path, parsed.rendition)),
             streamid: sid.clone(),
             why: String::new(),
             defer: false,
         }
+    }
+
+    /// The ring a request plays, if the stream and rendition are live and
+    /// the player limits allow one more.
+    fn target(
+        &self,
+        parsed: &streamid::StreamRequest,
+    ) -> Result<Arc<crate::stream::Ring<TsChunk>>, (RejectReason, String)> {
+        if parsed.mode == Mode::Publish {
+            return Err((
+                reject_code(code::BAD_MODE),
+                "publishing over SRT is not offered; use m=request".into(),
+            ));
+        }
+        let stream = parsed
+            .path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+            .and_then(|p| self.registry.get(&p));
+        let Some(stream) = stream else {
+            return Err((
+                reject_code(code::NOT_FOUND),
+                format!("no live stream {}", parsed.path),
+            ));
+        };
+        let Some(rendition) = stream.rendition(&parsed.rendition) else {
+            return Err((
+                reject_code(code::NOT_FOUND),
+                format!("{} has no rendition {}", parsed.path, parsed.rendition),
+            ));
+        };
+        if self.players.len() >= self.cfg.max_players {
+            return Err((
+                reject_code(code::OVERLOAD),
+                format!("srt.max_players ({}) reached", self.cfg.max_players),
+            ));
+        }
+        let of_stream = self
+            .players
+            .values()
+            .filter(|p| p.stream == parsed.path)
+            .count();
+        if of_stream >= self.cfg.max_players_per_stream {
+            return Err((
+                reject_code(code::OVERLOAD),
+                format!(
+                    "srt.max_players_per_stream ({}) reached for {}",
+                    self.cfg.max_players_per_stream, parsed.path
+                ),
+            ));
+        }
+        Ok(rendition.ring.clone())
     }
 
     /// The read webhook's verdict for this caller: asked on its first
@@ -864,10 +883,10 @@ impl Listener {
             return;
         };
         let outbox = &mut self.outbox;
-        let res = caught("connection", addr, || pump_player(p, now, outbox));
+        let res = caught("connection", addr, || p.sender.pump(now, outbox));
         match res {
             None => self.remove(addr, CloseReason::Panic),
-            Some(Some(reason)) => self.remove(addr, reason),
+            Some(Some(end)) => self.remove(addr, close_reason(end)),
             Some(None) => {}
         }
     }
@@ -877,7 +896,7 @@ impl Listener {
         let due: Vec<SocketAddr> = self
             .players
             .iter()
-            .filter(|(_, p)| all || p.next_wake <= now)
+            .filter(|(_, p)| all || p.sender.next_wake() <= now)
             .map(|(a, _)| *a)
             .collect();
         for a in due {
@@ -889,7 +908,7 @@ impl Listener {
     pub fn next_wake(&self, now: Instant) -> Instant {
         self.players
             .values()
-            .map(|p| p.next_wake)
+            .map(|p| p.sender.next_wake())
             .min()
             .unwrap_or(now + Duration::from_secs(1))
             .max(now)
@@ -900,13 +919,9 @@ impl Listener {
         let addrs: Vec<SocketAddr> = self.players.keys().copied().collect();
         for a in addrs {
             if let Some(p) = self.players.get_mut(&a) {
-                if p.closing.is_none() {
-                    p.closing = Some((now + CLOSE_GRACE, CloseReason::Shutdown));
-                    let ok = caught("close", a, || p.conn.handle_data_input(now, None));
-                    if ok.is_none() {
-                        self.remove(a, CloseReason::Panic);
-                        continue;
-                    }
+                if caught("close", a, || p.sender.close(now)).is_none() {
+                    self.remove(a, CloseReason::Panic);
+                    continue;
                 }
             }
             self.pump(now, a);
@@ -919,11 +934,6 @@ impl Listener {
             return;
         };
         telemetry::connection_closed();
-        let reason = match (reason, p.closing) {
-            // A graceful close that finished: report why it started.
-            (CloseReason::PeerClosed, Some((_, r))) => r,
-            _ => reason,
-        };
         if reason != CloseReason::PeerClosed {
             // The peer may still be listening: say goodbye (best effort).
             self.outbox.push((
@@ -938,17 +948,17 @@ impl Listener {
         if matches!(reason, CloseReason::TooSlow | CloseReason::Stuck) {
             metrics::counter!(telemetry::SRT_LAG_DISCONNECTS_TOTAL).increment(1);
         }
-        let s = p.conn.statistics();
+        let s = p.sender.statistics();
         info!(
             peer = %p.peer,
             stream = %p.stream,
             rendition = %p.rendition,
             reason = reason.as_str(),
             seconds = p.since.elapsed().as_secs_f64(),
-            bytes_out = p.bytes_out,
+            bytes_out = p.sender.bytes_out(),
             retransmits = s.tx_retransmit_data,
             dropped = s.tx_dropped_data,
-            lag_skips = p.skips,
+            lag_skips = p.sender.lag_skips(),
             "srt player disconnected"
         );
         metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
@@ -974,115 +984,6 @@ enum WebhookVerdict {
     Waiting,
     Allowed,
     Denied(i32, String),
-}
-
-/// The `now` to give srt-protocol with a connection's first data input.
-///
-/// srt-protocol's sender paces at one packet per millisecond until its
-/// first rate estimate, which it makes 100 ms after the first input
-/// (`SenderCongestionControl::on_input`). That caps the GOP-cache burst a
-/// new player needs at ~11 Mbit/s (a 100 KB keyframe took 80 ms). Dating
-/// the first input 101 ms back makes the second input produce the estimate
-/// at once (about 10 µs per packet). `now` is only used for that estimate;
-/// packet timestamps come from the origin instant, which stays `now`.
-pub(crate) fn pacing_primer(now: Instant) -> Instant {
-    now.checked_sub(Duration::from_millis(101)).unwrap_or(now)
-}
-
-/// Bound on the per-player latency bookkeeping (one entry per chunk not yet sent).
-const MAX_IN_FLIGHT: usize = 16 * 1024;
-
-/// One player's turn: feed from the ring under the backpressure cap, run
-/// timers, collect packets. `Some(reason)`: the player must go.
-fn pump_player(
-    p: &mut Player,
-    now: Instant,
-    outbox: &mut Vec<(Packet, SocketAddr)>,
-) -> Option<CloseReason> {
-    if p.closing.is_none() {
-        let mut chunks = Vec::new();
-        let mut fed = 0;
-        loop {
-            p.conn.update_statistics(now);
-            if p.conn.statistics().tx_buffered_data >= FEED_CAP_PACKETS {
-                let since = *p.over_cap_since.get_or_insert(now);
-                if now.saturating_duration_since(since) > STUCK_LIMIT {
-                    return Some(CloseReason::Stuck);
-                }
-                break;
-            }
-            p.over_cap_since = None;
-            if fed >= FEED_BATCH {
-                break;
-            }
-            chunks.clear();
-            match p.cursor.try_read(64, &mut chunks) {
-                None => {
-                    p.live = true;
-                    break;
-                }
-                Some(Read::Items) => {
-                    for c in chunks.drain(..) {
-                        if p.in_flight.len() < MAX_IN_FLIGHT {
-                            p.in_flight.push_back(c.origin.filter(|_| p.live));
-                        }
-                        // Origin = now: older origins fall outside the
-                        // sender's too-late window (GOP-cache chunks).
-                        let input_at = if p.fed_any { now } else { pacing_primer(now) };
-                        p.fed_any = true;
-                        p.conn.handle_data_input(input_at, Some((now, c.data)));
-                        fed += 1;
-                    }
-                }
-                Some(Read::Skipped { dropped }) => {
-                    p.live = false;
-                    p.skips += 1;
-                    metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL).increment(1);
-                    debug!(peer = %p.peer, stream = %p.stream, dropped, "srt player skipped to the newest keyframe");
-                }
-                Some(Read::TooSlow) => return Some(CloseReason::TooSlow),
-                Some(Read::Closed) => {
-                    // Flush what is buffered, then Shutdown.
-                    p.conn.handle_data_input(now, None);
-                    p.closing = Some((now + CLOSE_GRACE, CloseReason::StreamEnded));
-                    break;
-                }
-            }
-        }
-    }
-    let next = p.conn.check_timers(now);
-    while let Some((packet, to)) = p.conn.next_packet(now) {
-        if let Packet::Data(d) = &packet {
-            p.bytes_out += d.payload.len() as u64;
-            p.bytes_out_metric.increment(d.payload.len() as u64);
-            // A chunk is one SRT message; its last packet going out for the
-            // first time ends its trip through the relay.
-            if !d.retransmitted && d.message_loc.contains(PacketLocation::LAST) {
-                if let Some(Some(origin)) = p.in_flight.pop_front() {
-                    p.latency_metric
-                        .record(now.saturating_duration_since(origin).as_secs_f64());
-                }
-            }
-        }
-        outbox.push((packet, to));
-    }
-    while p.conn.next_data(now).is_some() {}
-    if !p.conn.is_open() {
-        return Some(CloseReason::PeerClosed);
-    }
-    p.next_wake = next;
-    if let Some((deadline, reason)) = p.closing {
-        if now >= deadline {
-            return Some(reason);
-        }
-        p.next_wake = p.next_wake.min(deadline);
-    }
-    if let Some(since) = p.over_cap_since {
-        p.next_wake = p
-            .next_wake
-            .min(since + STUCK_LIMIT + Duration::from_millis(10));
-    }
-    None
 }
 
 /// Serve SRT players on `socket` until `shutdown`; then close every player
@@ -1290,7 +1191,6 @@ mod tests {
         let policy = ClaimPolicy {
             takeover: false,
             stale_after: Duration::from_secs(3),
-            max_jump: Duration::from_secs(10),
             ring: RingConfig::default(),
             renditions: Vec::new(),
         };

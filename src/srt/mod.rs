@@ -1,9 +1,8 @@
 //! SRT egress: the `[srt]` section and push targets (`config`), streamid
-//! access-control parsing (`streamid`), a guard that
-//! pre-validates every datagram before srt-protocol parses it (`guard`),
-//! the pull listener that serves rendition rings to SRT callers from one UDP
-//! socket and one task (`listener`), and push legs that stream a rendition
-//! to configured destinations as an SRT caller (`push`). See
+//! access control (`streamid`), a guard that pre-validates every datagram
+//! (`guard`), the sender core that feeds a connection from a ring
+//! (`sender`), the pull listener serving players from one UDP socket
+//! (`listener`) and push legs to destinations (`push`). See
 //! docs/srt-sans-io.md.
 
 pub mod config;
@@ -12,4 +11,5 @@ pub mod fuzz;
 pub mod guard;
 pub mod listener;
 pub mod push;
+pub mod sender;
 pub mod streamid;

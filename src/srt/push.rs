@@ -1,44 +1,36 @@
 //! SRT push legs: sluice as an SRT caller streaming a rendition to a
-//! configured destination (`srt://host:port?streamid=..&passphrase=..&latency=..`).
-//!
-//! A leg is a leg of its stream's cancellation group: it must connect during
-//! setup, and if it fails later the whole stream is torn down. It drives
-//! srt-protocol's sans-IO caller (`Connect`, then `DuplexConnection`) from
-//! its own UDP socket; every call into srt-protocol is panic-isolated and,
-//! once connected, inbound control packets pass the same guard as the
-//! listener's.
+//! configured destination. The handshake is srt-protocol's sans-IO caller;
+//! once connected, the shared sender core (`sender`) feeds the connection
+//! from the rendition's ring. Every call into srt-protocol is
+//! panic-isolated and inbound packets pass the listener's guard.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use srt_protocol::connection::DuplexConnection;
+use srt_protocol::connection::{Connection, DuplexConnection};
 use srt_protocol::options::{KeySize, PacketCount, Passphrase};
 use srt_protocol::packet::{Packet, SeqNumber, SocketId};
 use srt_protocol::protocol::pending_connection::connect::Connect;
 use srt_protocol::protocol::pending_connection::{ConnectionReject, ConnectionResult};
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::config::PushTarget;
 use super::guard::{self, Verdict};
-use crate::stream::{Read, Ring};
-use crate::ts::TsChunk;
+use super::sender::{End, Sender, SenderMetrics};
+use crate::stream::leg::{LegContext, LegFailure};
 
-/// Largest number of packets buffered towards a destination before we stop
-/// feeding it (srt-protocol would otherwise drop the oldest itself).
-const FEED_CAP_PACKETS: u64 = 2048;
-/// A destination that keeps us over the cap this long has failed.
-const STUCK_LIMIT: Duration = Duration::from_secs(4);
 /// How long a closing leg waits for the destination to confirm.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Handshake retransmission interval.
 const HANDSHAKE_TICK: Duration = Duration::from_millis(100);
+/// A push leg feeds everything the ring has in one turn (it is alone on
+/// its socket).
+const FEED_BATCH: usize = usize::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -56,56 +48,127 @@ pub enum PushError {
     TooSlow(String),
     #[error("{0}: srt-protocol panicked handling this destination")]
     Panicked(String),
+    #[error("{0}: the stream has no rendition {1:?}")]
+    NoRendition(String, String),
+}
+
+impl PushError {
+    /// Short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PushError::Io(..) => "push_io",
+            PushError::Rejected(..) => "push_rejected",
+            PushError::Settings(..) => "push_settings",
+            PushError::Closed(..) => "push_closed",
+            PushError::Stuck(..) => "push_stuck",
+            PushError::TooSlow(..) => "push_too_slow",
+            PushError::Panicked(..) => "push_panicked",
+            PushError::NoRendition(..) => "push_no_rendition",
+        }
+    }
 }
 
 fn caught<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
 }
 
-fn serialize(p: &Packet, buf: &mut BytesMut) {
-    buf.clear();
-    p.serialize(buf);
-}
-
-/// Run one push leg until the stream ends (`Ok`), the leg fails (`Err`), or
-/// `cancel` fires (`Ok`). One `()` goes to `connected` once the handshake is done.
-pub async fn run(
+/// The SRT push leg of a stream: connects (during setup), then streams its
+/// rendition until the stream ends (`Ok`) or the destination fails.
+pub async fn run_leg(
     target: PushTarget,
     default_latency: Duration,
     peer_idle_timeout: Duration,
-    ring: Arc<Ring<TsChunk>>,
-    connected: mpsc::Sender<()>,
-    cancel: CancellationToken,
+    ctx: LegContext,
+) -> Result<(), LegFailure> {
+    run(target, default_latency, peer_idle_timeout, ctx)
+        .await
+        .map_err(|e| LegFailure {
+            reason: e.reason(),
+            detail: e.to_string(),
+        })
+}
+
+async fn run(
+    target: PushTarget,
+    default_latency: Duration,
+    peer_idle_timeout: Duration,
+    ctx: LegContext,
 ) -> Result<(), PushError> {
     let name = target.display.clone();
+    let ring = match ctx.stream.rendition(&target.rendition) {
+        Some(r) => r.ring.clone(),
+        None => return Err(PushError::NoRendition(name, target.rendition.clone())),
+    };
+    let (sock, remote) = bind(&name, &target).await?;
+    let latency = target.latency.unwrap_or(default_latency);
+    let Some(connection) = handshake(
+        &sock,
+        remote,
+        &target,
+        latency,
+        peer_idle_timeout,
+        &ctx.cancel,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    info!(destination = %name, ?latency, "srt push leg connected");
+    ctx.events.connected();
+    let now = Instant::now();
+    let Some(conn) = caught(|| DuplexConnection::new(connection)) else {
+        return Err(PushError::Panicked(name));
+    };
+    let sender = Sender::new(
+        conn,
+        ring.subscribe(),
+        FEED_BATCH,
+        CLOSE_GRACE,
+        SenderMetrics::noop(),
+        name.clone(),
+        now,
+    );
+    stream(sock, remote, sender, name, ctx.cancel).await
+}
+
+/// Resolve the destination and open a connected UDP socket to it.
+async fn bind(name: &str, target: &PushTarget) -> Result<(UdpSocket, SocketAddr), PushError> {
+    let io = |e| PushError::Io(name.to_string(), e);
     let remote: SocketAddr = (target.host.as_str(), target.port)
         .to_socket_addrs()
-        .map_err(|e| PushError::Io(name.clone(), e))?
+        .map_err(io)?
         .next()
         .ok_or_else(|| {
-            PushError::Io(
-                name.clone(),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-            )
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
         })?;
     let bind: SocketAddr = if remote.is_ipv4() {
-        "0.0.0.0:0"
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::]:0"
-    }
-    .parse()
-    .map_err(|e| PushError::Settings(name.clone(), format!("{e}")))?;
-    let sock = UdpSocket::bind(bind)
-        .await
-        .map_err(|e| PushError::Io(name.clone(), e))?;
-    sock.connect(remote)
-        .await
-        .map_err(|e| PushError::Io(name.clone(), e))?;
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await.map_err(io)?;
+    sock.connect(remote).await.map_err(io)?;
+    Ok((sock, remote))
+}
+
+/// Retransmit the caller handshake every tick until connected, rejected or
+/// cancelled (the stream's setup deadline cancels us: `Ok(None)`).
+async fn handshake(
+    sock: &UdpSocket,
+    remote: SocketAddr,
+    target: &PushTarget,
+    latency: Duration,
+    peer_idle_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Option<Connection>, PushError> {
+    let name = &target.display;
     let local_ip = sock
         .local_addr()
         .map(|a| a.ip())
         .map_err(|e| PushError::Io(name.clone(), e))?;
-    let latency = target.latency.unwrap_or(default_latency);
     let key_settings = match &target.passphrase {
         Some(p) => Some(KeySettings {
             key_size: KeySize::AES128,
@@ -132,13 +195,10 @@ pub async fn run(
     );
     let mut buf = vec![0u8; 2048];
     let mut out = BytesMut::with_capacity(1500);
-
-    // Handshake: retransmit every tick until connected, rejected or cancelled
-    // (the stream's setup deadline cancels us).
     let mut tick = tokio::time::interval(HANDSHAKE_TICK);
-    let connection = loop {
+    loop {
         let result = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return Ok(None),
             _ = tick.tick() => caught(|| connect.handle_tick(Instant::now())),
             r = sock.recv(&mut buf) => match r {
                 Ok(n) => match guard::parse_caught(&buf[..n], remote.is_ipv6()) {
@@ -150,139 +210,79 @@ pub async fn run(
                 Err(_) => continue,
             },
         };
-        match result.ok_or_else(|| PushError::Panicked(name.clone()))? {
-            ConnectionResult::SendPacket((p, _)) => {
-                serialize(&p, &mut out);
-                let _ = sock.send(&out).await;
-            }
+        let reply = match result.ok_or_else(|| PushError::Panicked(name.clone()))? {
+            ConnectionResult::SendPacket((p, _)) => Some(p),
             ConnectionResult::Connected(reply, conn) => {
-                if let Some((p, _)) = reply {
-                    serialize(&p, &mut out);
-                    let _ = sock.send(&out).await;
-                }
-                break conn;
+                send(sock, &mut out, reply.map(|(p, _)| p)).await;
+                return Ok(Some(conn));
             }
             ConnectionResult::Reject(reply, why) => {
-                if let Some((p, _)) = reply {
-                    serialize(&p, &mut out);
-                    let _ = sock.send(&out).await;
-                }
-                let why = match why {
-                    ConnectionReject::Rejected(r) | ConnectionReject::Rejecting(r) => {
-                        format!("{r}")
-                    }
-                };
-                return Err(PushError::Rejected(name, why));
+                send(sock, &mut out, reply.map(|(p, _)| p)).await;
+                let (ConnectionReject::Rejected(r) | ConnectionReject::Rejecting(r)) = why;
+                return Err(PushError::Rejected(name.clone(), format!("{r}")));
             }
-            ConnectionResult::Failure(e) => return Err(PushError::Io(name, e)),
-            _ => {}
-        }
-    };
-    let mut conn = DuplexConnection::new(connection);
-    info!(destination = %name, ?latency, "srt push leg connected");
-    let _ = connected.try_send(());
+            ConnectionResult::Failure(e) => return Err(PushError::Io(name.clone(), e)),
+            _ => None,
+        };
+        send(sock, &mut out, reply).await;
+    }
+}
 
-    let mut cursor = ring.subscribe();
-    let mut chunks = Vec::new();
-    let mut over_cap_since: Option<Instant> = None;
-    let mut ending = false;
-    let mut ending_since = Instant::now();
-    let mut fed_any = false;
+/// Best effort: a lost datagram is SRT's business.
+async fn send(sock: &UdpSocket, out: &mut BytesMut, p: Option<Packet>) {
+    if let Some(p) = p {
+        out.clear();
+        p.serialize(out);
+        let _ = sock.send(out).await;
+    }
+}
+
+/// Feed the destination until the stream ends or the leg fails; the clock
+/// is read once per turn.
+async fn stream(
+    sock: UdpSocket,
+    remote: SocketAddr,
+    mut sender: Sender,
+    name: String,
+    cancel: CancellationToken,
+) -> Result<(), PushError> {
+    let mut buf = vec![0u8; 2048];
+    let mut wire = BytesMut::with_capacity(1500);
+    let mut packets = Vec::new();
     loop {
         let now = Instant::now();
-        // Teardown is bounded: a destination that never confirms the
-        // shutdown is left after the grace period.
-        if ending && now.saturating_duration_since(ending_since) > CLOSE_GRACE {
-            info!(destination = %name, "srt push leg closed (no shutdown confirmation)");
-            return Ok(());
-        }
-        // Feed under the cap.
-        let mut stream_ended = false;
-        loop {
-            if ending {
-                break;
-            }
-            let Some(buffered) = caught(|| {
-                conn.update_statistics(now);
-                conn.statistics().tx_buffered_data
-            }) else {
-                return Err(PushError::Panicked(name));
-            };
-            if buffered >= FEED_CAP_PACKETS {
-                let since = *over_cap_since.get_or_insert(now);
-                if now.saturating_duration_since(since) > STUCK_LIMIT {
-                    return Err(PushError::Stuck(name, STUCK_LIMIT));
-                }
-                break;
-            }
-            over_cap_since = None;
-            chunks.clear();
-            match cursor.try_read(64, &mut chunks) {
-                None => break,
-                Some(Read::Items) => {
-                    for c in chunks.drain(..) {
-                        let input_at = if fed_any {
-                            now
-                        } else {
-                            super::listener::pacing_primer(now)
-                        };
-                        fed_any = true;
-                        if caught(|| conn.handle_data_input(input_at, Some((now, c.data))))
-                            .is_none()
-                        {
-                            return Err(PushError::Panicked(name));
-                        }
-                    }
-                }
-                Some(Read::Skipped { dropped }) => {
-                    debug!(destination = %name, dropped, "push leg skipped to the newest keyframe");
-                }
-                Some(Read::TooSlow) => return Err(PushError::TooSlow(name)),
-                Some(Read::Closed) => {
-                    stream_ended = true;
-                    break;
-                }
-            }
-        }
-        if stream_ended {
-            // Flush, then Shutdown; give the destination a moment to ack.
-            let _ = caught(|| conn.handle_data_input(now, None));
-            ending = true;
-            ending_since = now;
-        }
-        // Timers and output.
-        let Some((next, packets)) = caught(|| {
-            let next = conn.check_timers(now);
-            let mut packets = Vec::new();
-            while let Some((p, _)) = conn.next_packet(now) {
-                packets.push(p);
-            }
-            while conn.next_data(now).is_some() {}
-            (next, packets)
-        }) else {
+        let Some(end) = caught(|| sender.pump(now, &mut packets)) else {
             return Err(PushError::Panicked(name));
         };
-        for p in packets {
-            serialize(&p, &mut out);
-            let _ = sock.send(&out).await;
+        for (p, _) in packets.drain(..) {
+            send(&sock, &mut wire, Some(p)).await;
         }
-        if !conn.is_open() {
-            if ending {
-                info!(destination = %name, "srt push leg closed");
+        match end {
+            None => {}
+            Some(End::StreamEnded { confirmed } | End::Closed { confirmed }) => {
+                let how = if confirmed {
+                    ""
+                } else {
+                    " (no shutdown confirmation)"
+                };
+                info!(destination = %name, "srt push leg closed{how}");
                 return Ok(());
             }
-            return Err(PushError::Closed(name));
+            Some(End::PeerClosed) => return Err(PushError::Closed(name)),
+            Some(End::Stuck) => return Err(PushError::Stuck(name, super::sender::STUCK_LIMIT)),
+            Some(End::TooSlow) => return Err(PushError::TooSlow(name)),
         }
-        let wake = tokio::time::Instant::from_std(next.max(now + Duration::from_micros(500)));
+        let wake = sender.next_wake().max(now + Duration::from_micros(500));
+        let wait_data = !sender.is_closing() && !sender.is_over_cap();
         tokio::select! {
-            _ = cancel.cancelled(), if !ending => {
-                let _ = caught(|| conn.handle_data_input(Instant::now(), None));
-                ending = true;
-                ending_since = Instant::now();
+            _ = cancel.cancelled(), if !sender.is_closing() => {
+                if caught(|| sender.close(Instant::now())).is_none() {
+                    return Err(PushError::Panicked(name));
+                }
             }
-            // Woken by new data (or the stream's end); the loop above reads it.
-            _ = cursor.read(0, &mut chunks), if !ending && over_cap_since.is_none() => {}
-            _ = tokio::time::sleep_until(wake) => {}
+            // Woken by new data (or the stream's end); the pump reads it.
+            _ = sender.data_ready(), if wait_data => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             r = sock.recv(&mut buf) => {
                 let Ok(n) = r else { continue };
                 let data = &buf[..n];
@@ -292,7 +292,7 @@ pub async fn run(
                 match guard::parse_caught(data, remote.is_ipv6()) {
                     Some(Ok(p)) => {
                         let now = Instant::now();
-                        if caught(|| conn.handle_packet_input(now, Ok((p, remote)))).is_none() {
+                        if caught(|| sender.handle_packet(now, p, remote)).is_none() {
                             return Err(PushError::Panicked(name));
                         }
                     }

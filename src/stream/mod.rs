@@ -1,16 +1,15 @@
-//! Live streams by path (`APP/KEY`): the registry that enforces one
-//! publisher per path, and the per-stream state the API reads.
-//!
-//! A publish holds a [`PublishGuard`]; dropping it (publisher gone, for any
-//! reason) removes the stream at once, so a reconnecting encoder can
-//! republish immediately instead of hitting a stale "already publishing".
-//! The registry also enforces the stream-count limits in the same lock as
-//! the insert, so concurrent publishers cannot overshoot them.
+//! Live streams by path (`APP/KEY`): the registry (one publisher per
+//! path, stream limits), each stream's shared state and rendition rings,
+//! and the stream group that runs a stream's lifecycle (`group`, its
+//! driver `driver`, the `leg` interface). See docs/stream-group.md.
 
 pub mod config;
-pub mod ingest;
+pub mod driver;
+pub mod group;
+pub mod leg;
 pub mod path;
 pub mod ring;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,9 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use ingest::{Ingest, IngestStats, MediaEvent};
+pub use crate::media::MediaEvent;
 pub use path::StreamPath;
 pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
+pub use stats::{IngestStats, StatsSnapshot};
 
 use crate::ts::TsChunk;
 
@@ -100,7 +100,8 @@ pub struct Stream {
     pub taken_over: AtomicBool,
     /// Milliseconds after `started` when media last arrived.
     last_media_ms: AtomicU64,
-    ingest: Mutex<Ingest>,
+    /// The ingest's figures as its group last published them.
+    stats: Mutex<StatsSnapshot>,
     metadata: Mutex<Option<Metadata>>,
     /// Fixed when the stream is created; "source" first.
     pub renditions: Vec<Rendition>,
@@ -133,9 +134,19 @@ impl Stream {
         now.saturating_duration_since(last)
     }
 
-    pub fn ingest(&self) -> MutexGuard<'_, Ingest> {
+    /// Whether a takeover (rather than shutdown) cancelled this stream.
+    pub fn was_taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::SeqCst)
+    }
+
+    /// The ingest's figures (codecs, counts, fps, bitrate) as last published.
+    pub fn stats(&self) -> StatsSnapshot {
         // A poisoned lock only means a panic elsewhere; the data is plain counters.
-        self.ingest.lock().unwrap_or_else(|e| e.into_inner())
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_stats(&self, s: StatsSnapshot) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
     pub fn set_metadata(&self, m: Metadata) {
@@ -199,8 +210,6 @@ pub struct ClaimPolicy {
     /// most likely lost the connection without the TCP close reaching us,
     /// and is now reconnecting.
     pub stale_after: Duration,
-    /// Timestamp jump policy for the new stream's timeline.
-    pub max_jump: Duration,
     /// Bounds of each rendition's ring.
     pub ring: RingConfig,
     /// Transcoded renditions the stream will have besides "source".
@@ -298,7 +307,7 @@ impl Registry {
             cancel: parent.child_token(),
             taken_over: AtomicBool::new(false),
             last_media_ms: AtomicU64::new(0),
-            ingest: Mutex::new(Ingest::new(policy.max_jump)),
+            stats: Mutex::new(StatsSnapshot::new(now)),
             metadata: Mutex::new(None),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))
@@ -394,7 +403,6 @@ mod tests {
         ClaimPolicy {
             takeover,
             stale_after: Duration::from_secs(3600),
-            max_jump: Duration::from_secs(10),
             ring: RingConfig::default(),
             renditions: vec!["720p".into()],
         }

@@ -1,12 +1,10 @@
 //! FFmpeg renditions: argument builder, encoder choice, child supervision.
 //!
-//! One FFmpeg per stream reads FLV on stdin (fed from the RTMP connection
-//! task, never blocking it) and writes every rendition as MPEG-TS to its own
-//! pipe; each pipe is repacked into relay chunks and published into that
-//! rendition's ring, so renditions get the same GOP cache, players and push
-//! legs as the source. The supervisor is a leg of the stream's group: FFmpeg
-//! failing to start, exiting or going silent fails the stream, and the
-//! stream ending stops FFmpeg (SIGTERM, SIGKILL after 2 s, always reaped).
+//! One FFmpeg per stream, a leg of its stream group, reads the group's
+//! media as FLV on stdin and writes every rendition as MPEG-TS to its own
+//! pipe, repacked into that rendition's ring; FFmpeg failing, exiting or
+//! going silent fails the leg, and the stream ending stops FFmpeg (SIGTERM,
+//! SIGKILL after 2 s, always reaped).
 
 pub mod args;
 pub mod child;
@@ -22,26 +20,25 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram, Counter};
+use metrics::{counter, gauge, histogram};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::gpu::{Probe, ProbeResult};
-use crate::stream::{MediaEvent, RenditionInfo, Stream};
+use crate::media::MediaEvent;
+use crate::stream::leg::{LegContext, LegEvents, LegFailure, Offered};
+use crate::stream::{RenditionInfo, Stream};
 use crate::telemetry as t;
 use args::{Encoder, HwDecode, Job};
 use config::{EncoderMode, RenditionSpec, TranscodeConfig, VideoCodec};
-use feed::{FeedItem, FeedKind, Replay};
+use feed::{FeedItem, Replay};
 
 /// Grace period between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
-/// FFmpeg input queued in memory before frames are dropped (messages).
-const FEED_QUEUE: usize = 1024;
 /// stderr lines kept to explain a failure.
 const STDERR_TAIL: usize = 8;
 
@@ -290,123 +287,68 @@ impl EncoderState {
     }
 }
 
-/// What the supervisor tells the stream's connection task.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A rendition's first IDR is in its ring.
-    FirstIdr { rendition: String },
-    /// The transcode leg failed; the stream must end.
-    Failed {
-        reason: &'static str,
-        detail: String,
-    },
-}
-
-/// Static inputs of one stream's transcode.
+/// What one stream's transcode is configured with.
 pub struct Params {
     pub config: TranscodeConfig,
     pub encoders: Arc<Encoders>,
     pub renditions: Vec<RenditionSpec>,
-    pub source_fps: Option<f64>,
-    pub source_size: Option<(u32, u32)>,
-    pub has_audio: bool,
+}
+
+/// A run's inputs: the configuration and what is known of the source.
+struct Job0 {
+    p: Params,
+    source_fps: Option<f64>,
+    source_size: Option<(u32, u32)>,
+    has_audio: bool,
     /// When the publish was accepted: first-IDR times count from here.
-    pub published: Instant,
+    published: Instant,
 }
 
-/// The connection task's end of a running transcode.
-pub struct Handle {
-    feed: mpsc::Sender<FeedItem>,
-    pub events: mpsc::Receiver<Event>,
-    /// Input frames are being dropped until the next video keyframe.
-    skipping: bool,
-    dropped: Counter,
-    pub renditions: usize,
-    clock: Arc<InputClock>,
-}
-
-/// When the relay last offered FFmpeg input: a stall is FFmpeg writing
-/// nothing while input keeps coming, not a publisher pausing.
-struct InputClock {
-    t0: Instant,
-    last_offered_ms: std::sync::atomic::AtomicU64,
-}
-
-impl InputClock {
-    fn ms(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.t0).as_millis() as u64
-    }
-}
-
-impl Handle {
-    /// Queue one stream event for FFmpeg. Never blocks: when FFmpeg falls
-    /// behind by a whole queue, frames are dropped up to the next video
-    /// keyframe (the renditions skip; the source and its players don't).
-    pub fn feed(&mut self, ev: &MediaEvent) {
-        self.clock.last_offered_ms.store(
-            self.clock.ms(Instant::now()),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let item = match feed::tag(ev) {
-            Ok(Some(i)) => i,
-            Ok(None) => return,
-            // The codec was checked before FFmpeg started; a later switch
-            // mid-stream cannot be transcoded: drop it.
-            Err(_) => {
-                self.dropped.increment(1);
-                return;
+/// The transcode leg of a stream: runs FFmpeg (restarted once on x264 if
+/// the GPU refuses an NVENC session) until the stream ends (`Ok`) or
+/// FFmpeg fails (`Err`). FFmpeg first reads the FLV header and the codec
+/// configurations the group started the leg with.
+pub async fn run_leg(params: Params, ctx: LegContext) -> Result<(), LegFailure> {
+    let Some(media) = ctx.media else {
+        return Err(LegFailure {
+            reason: "transcode_no_input",
+            detail: "the transcode leg was started without media".into(),
+        });
+    };
+    let src = &media.source;
+    let mut initial = vec![feed::header(src.aac_audio)];
+    for c in &src.configs {
+        match feed::tag(c) {
+            Ok(Some(item)) => initial.push(item),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(LegFailure {
+                    reason: "transcode_unsupported_source",
+                    detail: e.to_string(),
+                })
             }
-        };
-        if self.skipping {
-            if item.kind == FeedKind::Frame {
-                self.dropped.increment(1);
-                return;
-            }
-            self.skipping = false;
-        }
-        if self.feed.try_send(item).is_err() {
-            self.skipping = true;
-            self.dropped.increment(1);
         }
     }
+    let job = Job0 {
+        p: params,
+        source_fps: src.fps,
+        source_size: src.size,
+        has_audio: src.aac_audio,
+        published: ctx.stream.started,
+    };
+    let input = Input {
+        initial,
+        events: media.events,
+        offered: media.offered,
+    };
+    supervise(job, ctx.stream, input, ctx.events, ctx.cancel).await
 }
 
-/// Start the transcode leg of `stream`. The first items FFmpeg gets are the
-/// FLV header and `configs`; the caller then feeds every event from the
-/// current video keyframe on. Spawning happens in the task, so a missing
-/// FFmpeg arrives as an [`Event::Failed`].
-pub fn start(
-    params: Params,
-    stream: Arc<Stream>,
-    configs: &[MediaEvent],
-    tracker: &TaskTracker,
-) -> Result<Handle, feed::FeedError> {
-    let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
-    let (ev_tx, ev_rx) = mpsc::channel(16 + 2 * params.renditions.len());
-    let _ = feed_tx.try_send(feed::header(params.has_audio));
-    for c in configs {
-        if let Some(item) = feed::tag(c)? {
-            let _ = feed_tx.try_send(item);
-        }
-    }
-    let label = stream.path.to_string();
-    let renditions = params.renditions.len();
-    let clock = Arc::new(InputClock {
-        t0: Instant::now(),
-        last_offered_ms: Default::default(),
-    });
-    tracker.spawn(
-        supervise(params, stream, feed_rx, ev_tx, clock.clone())
-            .instrument(tracing::Span::current()),
-    );
-    Ok(Handle {
-        feed: feed_tx,
-        events: ev_rx,
-        skipping: false,
-        dropped: counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => label),
-        renditions,
-        clock,
-    })
+/// FFmpeg's input: what it reads first, then the group's media.
+struct Input {
+    initial: Vec<FeedItem>,
+    events: mpsc::Receiver<MediaEvent>,
+    offered: Arc<Offered>,
 }
 
 /// Shared between the supervisor's sub-tasks.
@@ -416,7 +358,7 @@ struct Shared {
     /// Milliseconds since `clock.t0` of the last output per rendition
     /// (FFmpeg's start until the first).
     last_output: Vec<std::sync::atomic::AtomicU64>,
-    clock: Arc<InputClock>,
+    clock: Arc<Offered>,
 }
 
 impl Shared {
@@ -436,13 +378,13 @@ impl Shared {
 }
 
 async fn supervise(
-    p: Params,
+    job: Job0,
     stream: Arc<Stream>,
-    feed_rx: mpsc::Receiver<FeedItem>,
-    events: mpsc::Sender<Event>,
-    clock: Arc<InputClock>,
-) {
-    let cancel = stream.cancel.clone();
+    input: Input,
+    legs: LegEvents,
+    cancel: CancellationToken,
+) -> Result<(), LegFailure> {
+    let p = &job.p;
     let mut encoders: Vec<Encoder> = p
         .renditions
         .iter()
@@ -451,12 +393,21 @@ async fn supervise(
     // The stdin writer outlives FFmpeg restarts; it gets each new stdin.
     let (stdin_tx, stdin_rx) = mpsc::channel(1);
     let writer_cancel = cancel.child_token();
-    let writer = tokio::spawn(write_input(feed_rx, stdin_rx, writer_cancel.clone()));
+    let clock = input.offered.clone();
+    let dropped = counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => stream.path.to_string());
+    let writer = tokio::spawn(write_input(input, stdin_rx, dropped, writer_cancel.clone()));
+    let run = Run {
+        job: &job,
+        stream: &stream,
+        stdin: &stdin_tx,
+        legs: &legs,
+        cancel: &cancel,
+        clock: &clock,
+    };
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
-        let r = run_once(&p, &stream, &encoders, &stdin_tx, &events, &cancel, &clock).await;
-        match r {
+        match run.once(&encoders).await {
             RunEnd::NvencRefused(detail)
                 if attempt == 1 && p.config.encoder == EncoderMode::Auto =>
             {
@@ -472,23 +423,21 @@ async fn supervise(
                 continue;
             }
             RunEnd::NvencRefused(detail) => {
-                break Some(Event::Failed {
+                break Err(LegFailure {
                     reason: "nvenc_session_refused",
                     detail: format!("the GPU refused an NVENC session: {detail}"),
                 })
             }
-            RunEnd::Failed(reason, detail) => break Some(Event::Failed { reason, detail }),
-            RunEnd::Cancelled => break None,
+            RunEnd::Failed(reason, detail) => break Err(LegFailure { reason, detail }),
+            RunEnd::Cancelled => break Ok(()),
         }
     };
-    if let Some(ev) = outcome {
-        if let Event::Failed { reason, .. } = &ev {
-            counter!(t::TRANSCODE_FAILURES_TOTAL, "reason" => *reason).increment(1);
-        }
-        let _ = events.send(ev).await;
+    if let Err(f) = &outcome {
+        counter!(t::TRANSCODE_FAILURES_TOTAL, "reason" => f.reason).increment(1);
     }
     writer_cancel.cancel();
     let _ = writer.await;
+    outcome
 }
 
 enum RunEnd {
@@ -497,172 +446,227 @@ enum RunEnd {
     Failed(&'static str, String),
 }
 
-async fn run_once(
-    p: &Params,
-    stream: &Arc<Stream>,
-    encoders: &[Encoder],
-    stdin_tx: &mpsc::Sender<tokio::process::ChildStdin>,
-    events: &mpsc::Sender<Event>,
-    cancel: &CancellationToken,
-    clock: &Arc<InputClock>,
-) -> RunEnd {
-    let job = Job {
-        renditions: &p.renditions,
-        encoders,
-        hwdec: p.encoders.hwdec,
-        source_fps: p.source_fps,
-        has_audio: p.has_audio,
-        preset: &p.config.x264_preset,
-        first_fd: child::FIRST_OUTPUT_FD,
-    };
-    let argv = args::ffmpeg_args(&job);
-    let ffmpeg = &p.config.ffmpeg;
-    let mut spawned = match child::spawn(ffmpeg, &argv, p.renditions.len()) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return RunEnd::Failed(
-                "ffmpeg_not_found",
-                format!(
-                    "ffmpeg not found (transcode.ffmpeg = {:?}): install FFmpeg or set transcode.ffmpeg",
-                    ffmpeg.display().to_string()
-                ),
-            )
-        }
-        Err(e) => {
-            return RunEnd::Failed(
-                "ffmpeg_spawn",
-                format!("cannot start ffmpeg ({}): {e}", ffmpeg.display()),
-            )
-        }
-    };
-    let pid = spawned.pid;
-    let labels: Vec<&str> = p
-        .renditions
-        .iter()
-        .zip(encoders)
-        .map(|(r, e)| e.label(r.codec))
-        .collect();
-    counter!(t::TRANSCODE_FFMPEG_STARTS_TOTAL).increment(1);
-    let running = gauge!(t::TRANSCODE_FFMPEG_RUNNING);
-    running.increment(1.0);
-    let nvenc_sessions = encoders.iter().filter(|e| **e == Encoder::Nvenc).count();
-    NVENC_SESSIONS.fetch_add(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
-    info!(stream = %stream.path, pid, encoders = ?labels, renditions = p.renditions.len(), "ffmpeg started");
-    debug!(args = ?argv, "ffmpeg command line");
-    for (i, r) in p.renditions.iter().enumerate() {
-        if let Some(rend) = stream.rendition(&r.name) {
-            let size = args::output_size(r, p.source_size);
-            rend.set_info(RenditionInfo {
-                encoder: labels[i].to_string(),
-                codec: r.codec.name().to_string(),
-                width: size.map(|s| s.0),
-                height: size.map(|s| s.1),
-                fps: None,
-                bitrate_bps: 0,
-            });
-        }
-    }
-    let shared = Arc::new(Shared {
-        stderr_tail: Mutex::new(VecDeque::new()),
-        nvenc_refused: Default::default(),
-        last_output: p
-            .renditions
-            .iter()
-            .map(|_| clock.ms(Instant::now()).into())
-            .collect(),
-        clock: clock.clone(),
-    });
-    let _ = stdin_tx.send(spawned.stdin).await;
-    let mut io = JoinSet::new();
-    let label = stream.path.to_string();
-    io.spawn(read_stderr(spawned.stderr, shared.clone(), label.clone()));
-    io.spawn(read_progress(spawned.stdout, label.clone()));
-    let first_idr_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for (i, out) in spawned.outputs.drain(..).enumerate() {
-        let r = &p.renditions[i];
-        io.spawn(read_output(
-            out,
-            i,
-            r.name.clone(),
-            stream.clone(),
-            shared.clone(),
-            events.clone(),
-            p.published,
-            first_idr_seen.clone(),
-        ));
-    }
-    let stall = p.config.stall_timeout;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let end = loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break RunEnd::Cancelled,
-            st = spawned.child.wait() => {
-                // Let stderr drain so the reason is complete.
-                let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                    while io.join_next().await.is_some() {}
-                }).await;
-                let (code, how) = match &st {
-                    Ok(st) => child::describe_exit(st),
-                    Err(e) => ("unknown".to_string(), format!("could not be waited for: {e}")),
-                };
-                counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
-                let tail = shared.tail();
-                if cancel.is_cancelled() {
-                    break RunEnd::Cancelled;
-                }
-                let any_output = first_idr_seen.load(std::sync::atomic::Ordering::SeqCst) > 0;
-                if !any_output && shared.nvenc_refused.load(std::sync::atomic::Ordering::SeqCst) {
-                    break RunEnd::NvencRefused(tail);
-                }
-                error!(stream = %stream.path, pid, how, stderr = tail, "ffmpeg ended");
-                break RunEnd::Failed("ffmpeg_exited", format!("ffmpeg {how}: {tail}"));
-            }
-            _ = tick.tick() => {
-                // Input offered for longer than `stall` after a rendition's
-                // last output: FFmpeg is stuck. A publisher that pauses
-                // offers nothing and is not FFmpeg's fault.
-                let offered = clock.last_offered_ms.load(std::sync::atomic::Ordering::Relaxed);
-                let silent = shared.last_output.iter().enumerate().find(|(_, last)| {
-                    let last = last.load(std::sync::atomic::Ordering::Relaxed);
-                    offered.saturating_sub(last) > stall.as_millis() as u64
-                });
-                if let Some((i, _)) = silent {
-                    let name = &p.renditions[i].name;
-                    error!(stream = %stream.path, pid, rendition = %name, ?stall, "ffmpeg stalled");
-                    break RunEnd::Failed(
-                        "ffmpeg_stalled",
-                        format!("ffmpeg wrote nothing for rendition {name} in {stall:?} (transcode.stall_timeout): {}", shared.tail()),
-                    );
-                }
-            }
-        }
-    };
-    // Already collected when the wait arm ended the loop; `terminate` then
-    // only sweeps the process group.
-    let already_exited = matches!(spawned.child.try_wait(), Ok(Some(_)));
-    let st = child::terminate(&mut spawned.child, pid, KILL_GRACE).await;
-    if !already_exited {
-        if let Some(st) = st {
-            let (code, how) = child::describe_exit(&st);
-            counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
-            debug!(stream = %stream.path, pid, how, "ffmpeg stopped");
-        }
-    }
-    io.abort_all();
-    while io.join_next().await.is_some() {}
-    running.decrement(1.0);
-    NVENC_SESSIONS.fetch_sub(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
-    end
+/// What one FFmpeg run needs; `once` may be called again on a restart.
+struct Run<'a> {
+    job: &'a Job0,
+    stream: &'a Arc<Stream>,
+    stdin: &'a mpsc::Sender<tokio::process::ChildStdin>,
+    legs: &'a LegEvents,
+    cancel: &'a CancellationToken,
+    clock: &'a Arc<Offered>,
 }
 
-/// Copy queued input into FFmpeg's current stdin; a new stdin (a restart)
-/// gets the replay first.
+/// A started FFmpeg and what watches it.
+struct Running {
+    child: tokio::process::Child,
+    pid: i32,
+    shared: Arc<Shared>,
+    io: JoinSet<()>,
+    first_idr_seen: Arc<std::sync::atomic::AtomicUsize>,
+    nvenc_sessions: usize,
+    running: metrics::Gauge,
+}
+
+impl Run<'_> {
+    /// Start FFmpeg with `encoders`, watch it until the stream ends or it
+    /// fails, then stop and reap it.
+    async fn once(&self, encoders: &[Encoder]) -> RunEnd {
+        let mut r = match self.spawn(encoders).await {
+            Ok(r) => r,
+            Err(end) => return end,
+        };
+        let end = self.watch(&mut r).await;
+        // Already collected when the wait arm ended the watch; `terminate`
+        // then only sweeps the process group.
+        let already_exited = matches!(r.child.try_wait(), Ok(Some(_)));
+        let st = child::terminate(&mut r.child, r.pid, KILL_GRACE).await;
+        if !already_exited {
+            if let Some(st) = st {
+                let (code, how) = child::describe_exit(&st);
+                counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
+                debug!(stream = %self.stream.path, pid = r.pid, how, "ffmpeg stopped");
+            }
+        }
+        r.io.abort_all();
+        while r.io.join_next().await.is_some() {}
+        r.running.decrement(1.0);
+        NVENC_SESSIONS.fetch_sub(r.nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
+        end
+    }
+
+    async fn spawn(&self, encoders: &[Encoder]) -> Result<Running, RunEnd> {
+        let (j, stream) = (self.job, self.stream);
+        let p = &j.p;
+        let job = Job {
+            renditions: &p.renditions,
+            encoders,
+            hwdec: p.encoders.hwdec,
+            source_fps: j.source_fps,
+            has_audio: j.has_audio,
+            preset: &p.config.x264_preset,
+            first_fd: child::FIRST_OUTPUT_FD,
+        };
+        let argv = args::ffmpeg_args(&job);
+        let ffmpeg = &p.config.ffmpeg;
+        let spawned = match child::spawn(ffmpeg, &argv, p.renditions.len()) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RunEnd::Failed(
+                    "ffmpeg_not_found",
+                    format!(
+                        "ffmpeg not found (transcode.ffmpeg = {:?}): install FFmpeg or set transcode.ffmpeg",
+                        ffmpeg.display().to_string()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(RunEnd::Failed(
+                    "ffmpeg_spawn",
+                    format!("cannot start ffmpeg ({}): {e}", ffmpeg.display()),
+                ))
+            }
+        };
+        let child::Spawned {
+            child,
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            outputs,
+        } = spawned;
+        let labels: Vec<&str> = p
+            .renditions
+            .iter()
+            .zip(encoders)
+            .map(|(r, e)| e.label(r.codec))
+            .collect();
+        counter!(t::TRANSCODE_FFMPEG_STARTS_TOTAL).increment(1);
+        let running = gauge!(t::TRANSCODE_FFMPEG_RUNNING);
+        running.increment(1.0);
+        let nvenc_sessions = encoders.iter().filter(|e| **e == Encoder::Nvenc).count();
+        NVENC_SESSIONS.fetch_add(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
+        info!(stream = %stream.path, pid, encoders = ?labels, renditions = p.renditions.len(), "ffmpeg started");
+        debug!(args = ?argv, "ffmpeg command line");
+        for (i, r) in p.renditions.iter().enumerate() {
+            if let Some(rend) = stream.rendition(&r.name) {
+                let size = args::output_size(r, j.source_size);
+                rend.set_info(RenditionInfo {
+                    encoder: labels[i].to_string(),
+                    codec: r.codec.name().to_string(),
+                    width: size.map(|s| s.0),
+                    height: size.map(|s| s.1),
+                    fps: None,
+                    bitrate_bps: 0,
+                });
+            }
+        }
+        let now_ms = self.clock.ms(Instant::now());
+        let shared = Arc::new(Shared {
+            stderr_tail: Mutex::new(VecDeque::new()),
+            nvenc_refused: Default::default(),
+            last_output: p.renditions.iter().map(|_| now_ms.into()).collect(),
+            clock: self.clock.clone(),
+        });
+        let _ = self.stdin.send(stdin).await;
+        let mut io = JoinSet::new();
+        let label = stream.path.to_string();
+        io.spawn(read_stderr(stderr, shared.clone(), label.clone()));
+        io.spawn(read_progress(stdout, label));
+        let first_idr_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for (i, out) in outputs.into_iter().enumerate() {
+            io.spawn(read_output(
+                out,
+                Output {
+                    index: i,
+                    name: p.renditions[i].name.clone(),
+                    stream: stream.clone(),
+                    shared: shared.clone(),
+                    legs: self.legs.clone(),
+                    published: j.published,
+                    first_idr_seen: first_idr_seen.clone(),
+                },
+            ));
+        }
+        Ok(Running {
+            child,
+            pid,
+            shared,
+            io,
+            first_idr_seen,
+            nvenc_sessions,
+            running,
+        })
+    }
+
+    /// Until the stream ends, FFmpeg exits or it stalls.
+    async fn watch(&self, r: &mut Running) -> RunEnd {
+        let stall = self.job.p.config.stall_timeout;
+        let (stream, pid) = (&self.stream.path, r.pid);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return RunEnd::Cancelled,
+                st = r.child.wait() => {
+                    // Let stderr drain so the reason is complete.
+                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                        while r.io.join_next().await.is_some() {}
+                    }).await;
+                    let (code, how) = match &st {
+                        Ok(st) => child::describe_exit(st),
+                        Err(e) => ("unknown".to_string(), format!("could not be waited for: {e}")),
+                    };
+                    counter!(t::TRANSCODE_FFMPEG_EXITS_TOTAL, "code" => code).increment(1);
+                    let tail = r.shared.tail();
+                    if self.cancel.is_cancelled() {
+                        return RunEnd::Cancelled;
+                    }
+                    let any_output = r.first_idr_seen.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                    if !any_output && r.shared.nvenc_refused.load(std::sync::atomic::Ordering::SeqCst) {
+                        return RunEnd::NvencRefused(tail);
+                    }
+                    error!(%stream, pid, how, stderr = tail, "ffmpeg ended");
+                    return RunEnd::Failed("ffmpeg_exited", format!("ffmpeg {how}: {tail}"));
+                }
+                _ = tick.tick() => {
+                    // Input offered for longer than `stall` after a rendition's
+                    // last output: FFmpeg is stuck. A publisher that pauses
+                    // offers nothing and is not FFmpeg's fault.
+                    let offered = self.clock.last_ms();
+                    let silent = r.shared.last_output.iter().position(|last| {
+                        let last = last.load(std::sync::atomic::Ordering::Relaxed);
+                        offered.saturating_sub(last) > stall.as_millis() as u64
+                    });
+                    if let Some(i) = silent {
+                        let name = &self.job.p.renditions[i].name;
+                        error!(%stream, pid, rendition = %name, ?stall, "ffmpeg stalled");
+                        return RunEnd::Failed(
+                            "ffmpeg_stalled",
+                            format!("ffmpeg wrote nothing for rendition {name} in {stall:?} (transcode.stall_timeout): {}", r.shared.tail()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copy FFmpeg's input into its current stdin, converted to FLV tags; a
+/// new stdin (a restart) gets the replay first.
 async fn write_input(
-    mut feed: mpsc::Receiver<FeedItem>,
+    input: Input,
     mut stdins: mpsc::Receiver<tokio::process::ChildStdin>,
+    dropped: metrics::Counter,
     cancel: CancellationToken,
 ) {
+    let Input {
+        initial,
+        mut events,
+        ..
+    } = input;
     let mut replay = Replay::default();
+    for item in &initial {
+        replay.note(item);
+    }
     let mut stdin: Option<tokio::process::ChildStdin> = None;
     loop {
         tokio::select! {
@@ -678,8 +682,18 @@ async fn write_input(
                 }
                 stdin = ok.then_some(s);
             }
-            item = feed.recv() => {
-                let Some(item) = item else { break };
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                let item = match feed::tag(&ev) {
+                    Ok(Some(i)) => i,
+                    Ok(None) => continue,
+                    // The codec was checked when the leg started; a later
+                    // switch mid-stream cannot be transcoded: drop it.
+                    Err(_) => {
+                        dropped.increment(1);
+                        continue;
+                    }
+                };
                 replay.note(&item);
                 if let Some(w) = &mut stdin {
                     let wrote = tokio::select! {
@@ -778,18 +792,28 @@ async fn read_progress(out: tokio::process::ChildStdout, stream: String) {
     }
 }
 
-/// One rendition's TS pipe into its ring.
-#[allow(clippy::too_many_arguments)]
-async fn read_output(
-    mut out: tokio::net::unix::pipe::Receiver,
+/// Where one rendition's output goes.
+struct Output {
     index: usize,
     name: String,
     stream: Arc<Stream>,
     shared: Arc<Shared>,
-    events: mpsc::Sender<Event>,
+    legs: LegEvents,
     published: Instant,
     first_idr_seen: Arc<std::sync::atomic::AtomicUsize>,
-) {
+}
+
+/// One rendition's TS pipe into its ring.
+async fn read_output(mut out: tokio::net::unix::pipe::Receiver, o: Output) {
+    let Output {
+        index,
+        name,
+        stream,
+        shared,
+        legs,
+        published,
+        first_idr_seen,
+    } = o;
     let Some(rend) = stream.rendition(&name) else {
         return;
     };
@@ -827,11 +851,7 @@ async fn read_output(
             let took = now.saturating_duration_since(published);
             histogram!(t::TRANSCODE_FIRST_IDR_SECONDS).record(took.as_secs_f64());
             info!(stream = %stream.path, rendition = %name, first_idr_ms = took.as_millis() as u64, "rendition ready");
-            let _ = events
-                .send(Event::FirstIdr {
-                    rendition: name.clone(),
-                })
-                .await;
+            legs.rendition_ready();
         }
         let elapsed = now.saturating_duration_since(window.0);
         if elapsed >= Duration::from_secs(2) {
@@ -963,7 +983,6 @@ mod tests {
                 ClaimPolicy {
                     takeover: false,
                     stale_after: Duration::from_secs(3),
-                    max_jump: Duration::from_secs(10),
                     ring: RingConfig::default(),
                     renditions: vec!["small".into()],
                 },
@@ -987,23 +1006,16 @@ mod tests {
                 gop: Duration::from_secs(1),
                 audio: AudioMode::Copy,
             }],
-            source_fps: Some(30.0),
-            source_size: Some((320, 240)),
-            has_audio: true,
-            published: Instant::now(),
         };
         // Configs first, FFmpeg at the first video keyframe, then the rest.
+        let mut ingest = crate::rtmp::ingest::FlvIngest::new(Duration::from_secs(10));
         let mut events = Vec::new();
         for tag in FileReader::new(file).unwrap() {
             let tag = tag.unwrap();
             if tag.tag_type != 8 && tag.tag_type != 9 {
                 continue;
             }
-            let r =
-                stream
-                    .ingest()
-                    .push(Instant::now(), tag.tag_type == 9, tag.timestamp, tag.body);
-            if let Ok((Some(ev), _)) = r {
+            if let Ok((Some(ev), _)) = ingest.push(tag.tag_type == 9, tag.timestamp, tag.body) {
                 events.push(ev);
             }
         }
@@ -1018,30 +1030,40 @@ mod tests {
             .filter(|e| matches!(e, MediaEvent::Config(_)))
             .cloned()
             .collect();
-        let tracker = TaskTracker::new();
-        let mut handle = start(params, stream.clone(), &configs, &tracker).unwrap();
+        let source = crate::stream::leg::SourceInfo {
+            configs,
+            fps: Some(30.0),
+            size: Some((320, 240)),
+            aac_audio: true,
+        };
+        let (mut feed, media) =
+            crate::stream::leg::MediaFeed::new(Instant::now(), source, metrics::Counter::noop());
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let id = crate::stream::leg::LegId(0);
+        let ctx = LegContext {
+            id,
+            stream: stream.clone(),
+            cancel: stream.cancel.clone(),
+            events: LegEvents::new(id, ev_tx),
+            media: Some(media),
+        };
+        let leg = tokio::spawn(run_leg(params, ctx));
         for e in &events[first_key..] {
-            handle.feed(e);
+            feed.offer(Instant::now(), e.clone());
         }
-        let ev = tokio::time::timeout(Duration::from_secs(20), handle.events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(20), ev_rx.recv())
             .await
             .expect("an event within 20 s");
-        assert_eq!(
-            ev,
-            Some(Event::FirstIdr {
-                rendition: "small".into()
-            })
-        );
+        assert_eq!(ev, Some((id, crate::stream::leg::LegEvent::RenditionReady)));
         let info = stream.rendition("small").unwrap().info().unwrap();
         assert_eq!(info.encoder, "x264");
         assert_eq!((info.width, info.height), (Some(160), Some(120)));
         // Teardown: the stream ends, FFmpeg is stopped and reaped.
-        drop(handle);
         drop(guard);
-        tracker.close();
-        tokio::time::timeout(KILL_GRACE + Duration::from_secs(2), tracker.wait())
+        let ended = tokio::time::timeout(KILL_GRACE + Duration::from_secs(2), leg)
             .await
-            .expect("the supervisor ends");
+            .expect("the leg ends");
+        assert_eq!(ended.unwrap(), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,156 @@
+//! What an RTMP publish asks of the server, decided without I/O: the path
+//! and its authorization (publish keys, or the webhook's question), the
+//! refusal a claim error becomes, and how a stream group's verdict reads
+//! as an `onStatus`. The connection driver (`server`) executes them.
+
+use std::net::SocketAddr;
+
+use crate::auth;
+use crate::stream::config::AppConfig;
+use crate::stream::group::StatusKind;
+use crate::stream::{ClaimError, StreamPath};
+
+/// What to do with a `publish` command.
+#[derive(Debug)]
+pub enum Decision {
+    /// Start the stream.
+    Allow(StreamPath),
+    /// Refuse with `NetStream.Publish.BadName`: `result` is the
+    /// `sluice_rtmp_publishes_total` label, `reason` the auth reject
+    /// label (if an authorization refused it).
+    Refuse {
+        path: Option<StreamPath>,
+        result: &'static str,
+        reason: Option<&'static str>,
+        why: String,
+    },
+    /// Ask the application's webhook first (POST `body`).
+    AskWebhook {
+        path: StreamPath,
+        url: String,
+        body: serde_json::Value,
+        timeout: std::time::Duration,
+    },
+}
+
+/// Decide a publish of `name` (the publishing name with its query) on
+/// connection `app` (as sent in `connect`, query included).
+pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> Decision {
+    let path = match StreamPath::from_rtmp(app_raw, name) {
+        Ok(p) => p,
+        Err(why) => {
+            return Decision::Refuse {
+                path: None,
+                result: "rejected_bad_name",
+                reason: None,
+                why: format!("bad stream name: {why}"),
+            }
+        }
+    };
+    if let Err(refusal) = auth::check_publish(&app.publish_keys, &path.key, app_raw, name) {
+        return Decision::Refuse {
+            path: Some(path),
+            result: "rejected_unauthorized",
+            reason: Some(refusal.reason()),
+            why: format!("publish refused: {refusal}"),
+        };
+    }
+    let Some(url) = app.publish_webhook.clone() else {
+        return Decision::Allow(path);
+    };
+    let body = serde_json::json!({
+        "action": "publish",
+        "protocol": "rtmp",
+        "path": path.to_string(),
+        "app": path.app,
+        "stream": path.key,
+        "key": auth::query_param(name, "key").or_else(|| auth::query_param(app_raw, "key")),
+        "query": auth::query_json(name),
+        "client": peer.to_string(),
+    });
+    Decision::AskWebhook {
+        path,
+        url,
+        body,
+        timeout: app.webhook_timeout,
+    }
+}
+
+/// The `onStatus` code and `sluice_rtmp_publishes_total` label a refused
+/// claim gets.
+pub fn claim_refusal(e: &ClaimError) -> (&'static str, &'static str) {
+    match e {
+        ClaimError::Busy(_) => ("rejected_busy", "NetStream.Publish.BadName"),
+        ClaimError::Draining => ("rejected_draining", "NetStream.Publish.Failed"),
+        ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. } => {
+            ("rejected_limit", "NetStream.Publish.Failed")
+        }
+    }
+}
+
+/// The `onStatus` code that tells a publisher how its stream group ended it.
+pub fn status_code(kind: StatusKind) -> &'static str {
+    match kind {
+        StatusKind::Failed => "NetStream.Publish.Failed",
+        StatusKind::TakenOver => "NetStream.Publish.BadName",
+        StatusKind::Stopped => "NetStream.Unpublish.Success",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+
+    fn peer() -> SocketAddr {
+        "10.0.0.1:5000".parse().unwrap()
+    }
+
+    #[test]
+    fn open_apps_allow_and_bad_names_are_refused() {
+        let app = AppConfig::default();
+        assert!(
+            matches!(decide("live", "cam1", peer(), &app), Decision::Allow(p) if p.to_string() == "live/cam1")
+        );
+        let Decision::Refuse { result, why, .. } = decide("live", "a/b", peer(), &app) else {
+            panic!()
+        };
+        assert_eq!(result, "rejected_bad_name");
+        assert!(why.starts_with("bad stream name"), "{why}");
+    }
+
+    #[test]
+    fn keys_are_checked_before_the_webhook_is_asked() {
+        let mut app = AppConfig::default();
+        app.publish_keys
+            .insert("cam1".into(), Secret::parse("s3cret-key").unwrap());
+        app.publish_webhook = Some("http://127.0.0.1:1/hook".into());
+        let Decision::Refuse { reason, .. } = decide("live", "cam1?key=wrong", peer(), &app) else {
+            panic!()
+        };
+        assert!(reason.is_some());
+        let Decision::AskWebhook { body, .. } = decide("live", "cam1?key=s3cret-key", peer(), &app)
+        else {
+            panic!()
+        };
+        assert_eq!(body["path"], "live/cam1");
+        assert_eq!(body["key"], "s3cret-key");
+        assert_eq!(body["client"], "10.0.0.1:5000");
+    }
+
+    #[test]
+    fn group_verdicts_map_to_rtmp_codes() {
+        assert_eq!(
+            status_code(StatusKind::TakenOver),
+            "NetStream.Publish.BadName"
+        );
+        assert_eq!(
+            status_code(StatusKind::Stopped),
+            "NetStream.Unpublish.Success"
+        );
+        assert_eq!(
+            claim_refusal(&ClaimError::Draining),
+            ("rejected_draining", "NetStream.Publish.Failed")
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! One SRT sender: feeds a connected srt-protocol `DuplexConnection` from a
+//! rendition ring's cursor, under a send-buffer cap, and collects the
+//! packets to send. Pull players (`listener`) and push legs (`push`) both
+//! run one; their drivers own the sockets, read the clock once per turn and
+//! pass it in. Sans-IO and synchronous; callers isolate panics.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use srt_protocol::connection::DuplexConnection;
+use srt_protocol::packet::{Packet, PacketLocation};
+use tracing::debug;
+
+use crate::stream::{Cursor, Read};
+use crate::ts::TsChunk;
+
+/// Stop feeding while this many packets wait in the send buffer (sent but
+/// unacknowledged, or not sent yet); srt-protocol would otherwise drop the
+/// oldest itself.
+pub const FEED_CAP_PACKETS: u64 = 2048;
+/// A peer whose send buffer stays over the cap this long does not keep up.
+pub const STUCK_LIMIT: Duration = Duration::from_secs(4);
+/// Chunks read from the ring per turn, so one peer cannot starve others.
+const READ_BATCH: usize = 64;
+/// Bound on the latency bookkeeping (one entry per chunk not yet sent).
+const MAX_IN_FLIGHT: usize = 16 * 1024;
+
+/// Why a sender is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed the connection or timed out.
+    PeerClosed,
+    /// The stream ended and what was buffered was flushed; `confirmed`:
+    /// the peer acknowledged the close (else the grace period ran out).
+    StreamEnded { confirmed: bool },
+    /// [`Sender::close`] finished.
+    Closed { confirmed: bool },
+    /// The peer fell out of the ring too often.
+    TooSlow,
+    /// The send buffer stayed over the cap for [`STUCK_LIMIT`].
+    Stuck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    StreamEnded,
+    Requested,
+}
+
+/// Metric handles a sender records into (looked up once, not per packet).
+#[derive(Debug, Clone)]
+pub struct SenderMetrics {
+    pub bytes_out: metrics::Counter,
+    /// Ring arrival → last packet of the chunk on the wire, live chunks only.
+    pub latency: metrics::Histogram,
+    pub lag_skips: metrics::Counter,
+}
+
+impl SenderMetrics {
+    pub fn noop() -> Self {
+        SenderMetrics {
+            bytes_out: metrics::Counter::noop(),
+            latency: metrics::Histogram::noop(),
+            lag_skips: metrics::Counter::noop(),
+        }
+    }
+}
+
+/// The `now` to give srt-protocol with a connection's first data input.
+///
+/// srt-protocol's sender paces at one packet per millisecond until its
+/// first rate estimate, which it makes 100 ms after the first input
+/// (`SenderCongestionControl::on_input`). That caps the GOP-cache burst a
+/// new player needs at ~11 Mbit/s (a 100 KB keyframe took 80 ms). Dating
+/// the first input 101 ms back makes the second input produce the estimate
+/// at once (about 10 µs per packet). `now` is only used for that estimate;
+/// packet timestamps come from the origin instant, which stays `now`.
+fn pacing_primer(now: Instant) -> Instant {
+    now.checked_sub(Duration::from_millis(101)).unwrap_or(now)
+}
+
+/// One connection fed from one ring.
+#[derive(Debug)]
+pub struct Sender {
+    conn: DuplexConnection,
+    cursor: Cursor<TsChunk>,
+    /// Most chunks fed per [`Sender::pump`].
+    batch: usize,
+    close_grace: Duration,
+    metrics: SenderMetrics,
+    /// For debug logs: the peer or destination.
+    label: String,
+    /// Set while the send buffer is over the cap.
+    over_cap_since: Option<Instant>,
+    /// A graceful close started; given up at the deadline.
+    closing: Option<(Instant, Closing)>,
+    next_wake: Instant,
+    /// At least one chunk was handed to the connection (see `pacing_primer`).
+    fed_any: bool,
+    /// The cursor reached the live edge (past the GOP-cache replay); only
+    /// then do chunks measure relay latency.
+    live: bool,
+    /// Ring arrival of chunks handed to the connection whose last packet
+    /// has not gone out yet (`None`: not measured).
+    in_flight: VecDeque<Option<Instant>>,
+    bytes_out: u64,
+    skips: u64,
+}
+
+impl Sender {
+    /// `batch`: most chunks fed per turn; `close_grace`: how long a
+    /// graceful close waits for the peer's confirmation.
+    pub fn new(
+        conn: DuplexConnection,
+        cursor: Cursor<TsChunk>,
+        batch: usize,
+        close_grace: Duration,
+        metrics: SenderMetrics,
+        label: String,
+        now: Instant,
+    ) -> Sender {
+        Sender {
+            conn,
+            cursor,
+            batch,
+            close_grace,
+            metrics,
+            label,
+            over_cap_since: None,
+            closing: None,
+            next_wake: now,
+            fed_any: false,
+            live: false,
+            in_flight: VecDeque::new(),
+            bytes_out: 0,
+            skips: 0,
+        }
+    }
+
+    /// A packet from the peer (already guarded and parsed).
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet, from: SocketAddr) {
+        self.conn.handle_packet_input(now, Ok((packet, from)));
+    }
+
+    /// Flush what is buffered, then shut down; [`Sender::pump`] reports
+    /// [`End::Closed`] once the peer confirms or the grace period passed.
+    pub fn close(&mut self, now: Instant) {
+        if self.closing.is_none() {
+            self.conn.handle_data_input(now, None);
+            self.closing = Some((now + self.close_grace, Closing::Requested));
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// One turn: feed from the ring under the cap, run timers, append the
+    /// packets to send to `out`. `Some(end)`: the sender is done.
+    pub fn pump(&mut self, now: Instant, out: &mut Vec<(Packet, SocketAddr)>) -> Option<End> {
+        if self.closing.is_none() {
+            if let Some(end) = self.feed(now) {
+                return Some(end);
+            }
+        }
+        let next = self.conn.check_timers(now);
+        while let Some((packet, to)) = self.conn.next_packet(now) {
+            if let Packet::Data(d) = &packet {
+                let n = d.payload.len() as u64;
+                self.bytes_out += n;
+                self.metrics.bytes_out.increment(n);
+                // A chunk is one SRT message; its last packet going out for
+                // the first time ends its trip through the relay.
+                if !d.retransmitted && d.message_loc.contains(PacketLocation::LAST) {
+                    if let Some(Some(origin)) = self.in_flight.pop_front() {
+                        let took = now.saturating_duration_since(origin);
+                        self.metrics.latency.record(took.as_secs_f64());
+                    }
+                }
+            }
+            out.push((packet, to));
+        }
+        while self.conn.next_data(now).is_some() {}
+        if !self.conn.is_open() {
+            return Some(match self.closing {
+                None => End::PeerClosed,
+                Some((_, Closing::StreamEnded)) => End::StreamEnded { confirmed: true },
+                Some((_, Closing::Requested)) => End::Closed { confirmed: true },
+            });
+        }
+        self.next_wake = next;
+        if let Some((deadline, why)) = self.closing {
+            if now >= deadline {
+                return Some(match why {
+                    Closing::StreamEnded => End::StreamEnded { confirmed: false },
+                    Closing::Requested => End::Closed { confirmed: false },
+                });
+            }
+            self.next_wake = self.next_wake.min(deadline);
+        }
+        if let Some(since) = self.over_cap_since {
+            let check = since + STUCK_LIMIT + Duration::from_millis(10);
+            self.next_wake = self.next_wake.min(check);
+        }
+        None
+    }
+
+    /// Hand chunks to the connection while its send buffer has room.
+    fn feed(&mut self, now: Instant) -> Option<End> {
+        let mut chunks = Vec::new();
+        let mut fed = 0;
+        loop {
+            self.conn.update_statistics(now);
+            if self.conn.statistics().tx_buffered_data >= FEED_CAP_PACKETS {
+                let since = *self.over_cap_since.get_or_insert(now);
+                if now.saturating_duration_since(since) > STUCK_LIMIT {
+                    return Some(End::Stuck);
+                }
+                return None;
+            }
+            self.over_cap_since = None;
+            if fed >= self.batch {
+                return None;
+            }
+            chunks.clear();
+            match self.cursor.try_read(READ_BATCH, &mut chunks) {
+                None => {
+                    self.live = true;
+                    return None;
+                }
+                Some(Read::Items) => {
+                    for c in chunks.drain(..) {
+                        if self.in_flight.len() < MAX_IN_FLIGHT {
+                            self.in_flight.push_back(c.origin.filter(|_| self.live));
+                        }
+                        // Origin = now: older origins fall outside the
+                        // sender's too-late window (GOP-cache chunks).
+                        let input_at = if self.fed_any {
+                            now
+                        } else {
+                            pacing_primer(now)
+                        };
+                        self.fed_any = true;
+                        self.conn.handle_data_input(input_at, Some((now, c.data)));
+                        fed += 1;
+                    }
+                }
+                Some(Read::Skipped { dropped }) => {
+                    self.live = false;
+                    self.skips += 1;
+                    self.metrics.lag_skips.increment(1);
+                    debug!(peer = %self.label, dropped, "srt sender skipped to the newest keyframe");
+                }
+                Some(Read::TooSlow) => return Some(End::TooSlow),
+                Some(Read::Closed) => {
+                    // Flush what is buffered, then Shutdown.
+                    self.conn.handle_data_input(now, None);
+                    self.closing = Some((now + self.close_grace, Closing::StreamEnded));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// When the sender next needs a turn (without new data or packets).
+    pub fn next_wake(&self) -> Instant {
+        self.next_wake
+    }
+
+    /// Wait until the ring has data past this sender's position (or closed).
+    pub async fn data_ready(&mut self) {
+        let mut none = Vec::new();
+        self.cursor.read(0, &mut none).await;
+    }
+
+    /// Whether feeding waits for the peer (over the cap) rather than data.
+    pub fn is_over_cap(&self) -> bool {
+        self.over_cap_since.is_some()
+    }
+
+    pub fn statistics(&self) -> &srt_protocol::statistics::SocketStatistics {
+        self.conn.statistics()
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    pub fn lag_skips(&self) -> u64 {
+        self.skips
+    }
+}
