@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::media::{self, aac, av1, h264, hevc, opus, Codec, CodecConfig, MediaError};
+use crate::media::{aac, av1, h264, hevc, opus, Codec, CodecConfig, MediaError};
 
 /// FLV tag type of an audio tag.
 pub const TAG_AUDIO: u8 = 8;
@@ -753,6 +753,7 @@ impl FileWriter {
 /// 2 FLV file, 3 raw parameter-set parsers); the rest is the input. Configs
 /// found are run through the SPS parsers and tags are rebuilt and re-parsed.
 /// Must never panic.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_tag(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
@@ -782,7 +783,7 @@ pub fn fuzz_tag(data: &[u8]) {
             let _ = av1::parse_sequence_header_obu(rest);
             let _ = aac::parse_audio_specific_config(rest);
             let _ = opus::parse_opus_head(rest);
-            let mut timeline = media::Timeline::new(10_000);
+            let mut timeline = crate::media::Timeline::new(10_000);
             for chunk in rest.chunks_exact(4) {
                 if let Ok(raw) = <[u8; 4]>::try_from(chunk) {
                     let _ = timeline.unwrap(u32::from_be_bytes(raw));
@@ -792,6 +793,7 @@ pub fn fuzz_tag(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 fn fuzz_video(body: Bytes) {
     let Ok(tag) = parse_video(body) else {
         return;
@@ -820,6 +822,7 @@ fn fuzz_video(body: Bytes) {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 fn fuzz_audio(body: Bytes) {
     let Ok(tag) = parse_audio(body) else {
         return;

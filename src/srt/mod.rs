@@ -5,6 +5,7 @@
 //! to configured destinations as an SRT caller (`push`). See
 //! docs/srt-sans-io.md.
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod guard;

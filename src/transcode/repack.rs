@@ -659,6 +659,7 @@ impl Repacker {
 }
 
 /// Split sizes the fuzz entry picks from: single bytes, around one packet, whole chunks.
+#[cfg(feature = "fuzzing")]
 const FUZZ_SPLITS: [usize; 10] = [1, 2, 7, 100, 187, 188, 189, 376, 1316, 5000];
 
 /// Fuzzing entry point. The first byte seeds the splits; the rest is TS.
@@ -666,6 +667,7 @@ const FUZZ_SPLITS: [usize; 10] = [1, 2, 7, 100, 187, 188, 189, 376, 1316, 5000];
 /// the chunk rules: whole packets, 1 to 7 of them; the first chunk and
 /// every keyframe chunk start PAT, PMT, PES start; PAT/PMT continuity
 /// counters step by one; every packet in is accounted for; bounded memory.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_repack(data: &[u8]) {
     let Some((&seed, ts)) = data.split_first() else {
@@ -711,6 +713,7 @@ pub fn fuzz_repack(data: &[u8]) {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl Repacker {
     fn check_bounds(&self) {
         assert!(
@@ -727,11 +730,13 @@ impl Repacker {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn packet_pid(p: &[u8]) -> u16 {
     u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])
 }
 
 /// The chunk rules of the module docs, asserted over a whole output.
+#[cfg(any(test, feature = "fuzzing"))]
 fn check_chunks(chunks: &[TsChunk]) {
     let mut psi_pids = vec![PID_PAT];
     let mut last_dts = 0;

@@ -595,12 +595,14 @@ pub(crate) fn annexb_keyframe(stream_type: u8, data: &[u8]) -> bool {
 }
 
 /// Split sizes the fuzz entry picks from: single bytes, around one packet, several packets.
+#[cfg(feature = "fuzzing")]
 const FUZZ_SPLITS: [usize; 9] = [1, 3, 100, 187, 188, 189, 376, 1316, 5000];
 
 /// Fuzzing entry point. The first byte seeds the splits; the rest is TS.
 /// Never panics on input; checks bounded memory after every push, that no
 /// PES exceeds [`MAX_PES`] and its timestamps are 33-bit, and that input
 /// the demuxer accepted without complaint gives the same PES in any split.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_demux(data: &[u8]) {
     fn check(d: &Demuxer, out: &[Pes]) {

@@ -7,6 +7,7 @@
 pub mod demux;
 pub mod mux;
 pub(crate) mod psi;
+#[cfg(feature = "fuzzing")]
 mod roundtrip;
 
 pub use demux::{Demuxer, Pes};
@@ -131,6 +132,7 @@ pub(crate) fn decode_timestamp(b: [u8; 5]) -> u64 {
 /// `data`, muxes them, demuxes the result and asserts every frame comes back
 /// with the same payload and timestamps; also feeds `data` raw to the
 /// demuxer. Panics only on a bug.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
     let _ = roundtrip::run(data);
