@@ -532,108 +532,29 @@ impl Session {
         let cmd_obj = it.next().unwrap_or(Amf0Value::Null);
         let args: Vec<Amf0Value> = it.collect();
         match name.as_str() {
-            "connect" => self.on_connect(txn, &cmd_obj),
-            _ if !self.connected => Err(ProtoError::Violation(format!(
-                "command {name:?} before connect"
-            ))),
-            "createStream" => {
-                if self.next_stream_id > MAX_STREAMS {
-                    self.write_error(txn, "NetConnection.Call.Failed", "too many streams");
-                } else {
-                    let id = self.next_stream_id;
-                    self.next_stream_id += 1;
-                    self.write_result(txn, Amf0Value::Number(id as f64));
-                }
-                Ok(())
+            "connect" => return self.on_connect(txn, &cmd_obj),
+            _ if !self.connected => {
+                return Err(ProtoError::Violation(format!(
+                    "command {name:?} before connect"
+                )))
             }
-            "releaseStream" => {
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "FCPublish" => {
-                let key = args.first().and_then(Amf0Value::as_str).unwrap_or("");
-                let info = status("status", "NetStream.Publish.Start", key);
-                self.write_command(
-                    CSID_COMMAND,
-                    0,
-                    &[
-                        Amf0Value::string("onFCPublish"),
-                        Amf0Value::Number(0.0),
-                        Amf0Value::Null,
-                        info,
-                    ],
-                );
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "publish" => {
-                let name = args
-                    .first()
-                    .and_then(Amf0Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let publish_type = args
-                    .get(1)
-                    .and_then(Amf0Value::as_str)
-                    .unwrap_or("live")
-                    .to_string();
-                if stream_id == 0 || stream_id >= self.next_stream_id {
-                    self.send_status_error(
-                        stream_id,
-                        "NetStream.Publish.Failed",
-                        "publish on a stream that was not created (send createStream first)",
-                    );
-                    self.closing = true;
-                    return Ok(());
-                }
-                if self.publishing.is_some() {
-                    self.send_status_error(
-                        stream_id,
-                        "NetStream.Publish.BadName",
-                        "this connection is already publishing",
-                    );
-                    return Ok(());
-                }
-                self.publish_name = name.clone();
-                self.pending = Pending::Publish { stream_id };
-                self.events.push_back(Event::Publish {
-                    stream_id,
-                    name,
-                    publish_type,
-                });
-                Ok(())
-            }
+            "createStream" => self.on_create_stream(txn),
+            "FCPublish" => self.on_fc_publish(txn, &args),
+            "publish" => self.on_publish(stream_id, &args),
             "FCUnpublish" => {
                 self.write_result(txn, Amf0Value::Undefined);
                 self.end_publish();
-                Ok(())
             }
-            "deleteStream" | "closeStream" => {
-                // deleteStream names the stream id in its argument;
-                // closeStream is sent on the stream itself.
-                let target = args
-                    .first()
-                    .and_then(Amf0Value::as_f64)
-                    .map(|v| v as u32)
-                    .unwrap_or(stream_id);
-                if self.publishing == Some(target) || (target == 0 && self.publishing.is_some()) {
-                    self.end_publish();
-                }
-                Ok(())
+            "deleteStream" | "closeStream" => self.on_delete_stream(stream_id, &args),
+            "play" | "play2" => self.send_status_error(
+                stream_id,
+                "NetStream.Play.Failed",
+                "sluice does not serve RTMP playback; pull the stream over SRT",
+            ),
+            "releaseStream" | "_checkbw" | "getStreamLength" => {
+                self.write_result(txn, Amf0Value::Undefined)
             }
-            "play" | "play2" => {
-                self.send_status_error(
-                    stream_id,
-                    "NetStream.Play.Failed",
-                    "sluice does not serve RTMP playback; pull the stream over SRT",
-                );
-                Ok(())
-            }
-            "_checkbw" | "getStreamLength" => {
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "_result" | "_error" | "onBWDone" | "@setDataFrame" => Ok(()),
+            "_result" | "_error" | "onBWDone" | "@setDataFrame" => {}
             _ => {
                 if txn > 0.0 {
                     self.write_error(
@@ -642,8 +563,87 @@ impl Session {
                         &format!("unknown command {name:?}"),
                     );
                 }
-                Ok(())
             }
+        }
+        Ok(())
+    }
+
+    fn on_create_stream(&mut self, txn: f64) {
+        if self.next_stream_id > MAX_STREAMS {
+            self.write_error(txn, "NetConnection.Call.Failed", "too many streams");
+        } else {
+            let id = self.next_stream_id;
+            self.next_stream_id += 1;
+            self.write_result(txn, Amf0Value::Number(id as f64));
+        }
+    }
+
+    /// `FCPublish(key)`: encoders wait for `onFCPublish` before publishing.
+    fn on_fc_publish(&mut self, txn: f64, args: &[Amf0Value]) {
+        let key = args.first().and_then(Amf0Value::as_str).unwrap_or("");
+        let info = status("status", "NetStream.Publish.Start", key);
+        self.write_command(
+            CSID_COMMAND,
+            0,
+            &[
+                Amf0Value::string("onFCPublish"),
+                Amf0Value::Number(0.0),
+                Amf0Value::Null,
+                info,
+            ],
+        );
+        self.write_result(txn, Amf0Value::Undefined);
+    }
+
+    /// `publish(name, type)` on a created stream: held as pending until the
+    /// application accepts or rejects it.
+    fn on_publish(&mut self, stream_id: u32, args: &[Amf0Value]) {
+        let name = args
+            .first()
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let publish_type = args
+            .get(1)
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("live")
+            .to_string();
+        if stream_id == 0 || stream_id >= self.next_stream_id {
+            self.send_status_error(
+                stream_id,
+                "NetStream.Publish.Failed",
+                "publish on a stream that was not created (send createStream first)",
+            );
+            self.closing = true;
+            return;
+        }
+        if self.publishing.is_some() {
+            self.send_status_error(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "this connection is already publishing",
+            );
+            return;
+        }
+        self.publish_name = name.clone();
+        self.pending = Pending::Publish { stream_id };
+        self.events.push_back(Event::Publish {
+            stream_id,
+            name,
+            publish_type,
+        });
+    }
+
+    fn on_delete_stream(&mut self, stream_id: u32, args: &[Amf0Value]) {
+        // deleteStream names the stream id in its argument;
+        // closeStream is sent on the stream itself.
+        let target = args
+            .first()
+            .and_then(Amf0Value::as_f64)
+            .map(|v| v as u32)
+            .unwrap_or(stream_id);
+        if self.publishing == Some(target) || (target == 0 && self.publishing.is_some()) {
+            self.end_publish();
         }
     }
 
