@@ -226,29 +226,9 @@ impl ChunkDecoder {
                 fmt: h.fmt,
             });
         }
-        let mut pos = h.header_len;
-        let mut extended = None;
-        if h.fmt < 3 {
-            if h.field == EXTENDED {
-                if buf.len() < pos + 4 {
-                    return Ok(None);
-                }
-                extended = Some(be32(&buf[pos..pos + 4]));
-                pos += 4;
-            }
-        } else if let Some(ext) = prev_ext {
-            // Type 3 repeats the extended timestamp (5.3.1.3), but some
-            // encoders omit it: consume it only when it is really there.
-            if buf.len() < pos + 4 {
-                return Ok(None);
-            }
-            if be32(&buf[pos..pos + 4]) == ext {
-                pos += 4;
-                extended = Some(ext);
-            } else {
-                extended = Some(ext);
-            }
-        }
+        let Some((pos, extended)) = extended_timestamp(buf, &h, prev_ext) else {
+            return Ok(None);
+        };
         let continuation = h.fmt == 3 && in_progress;
         let (length, partial_len) = match (&prev, continuation) {
             (Some(cs), true) => (cs.length, cs.partial.len()),
@@ -270,54 +250,10 @@ impl ChunkDecoder {
         let cs = self.get_or_create(h.csid)?;
         let before = cs.partial.len();
         if !continuation {
-            let raw = extended.unwrap_or(h.field);
-            match h.fmt {
-                0 => {
-                    cs.timestamp = raw;
-                    cs.delta = raw;
-                }
-                1 | 2 => {
-                    cs.delta = raw;
-                    cs.timestamp = cs.timestamp.wrapping_add(raw);
-                }
-                _ => cs.timestamp = cs.timestamp.wrapping_add(cs.delta),
-            }
-            if h.fmt < 3 {
-                cs.extended = extended;
-            }
-            if let Some(l) = h.length {
-                cs.length = l;
-            }
-            if let Some(t) = h.type_id {
-                cs.type_id = t;
-            }
-            if let Some(s) = h.stream_id {
-                cs.stream_id = s;
-            }
-            // A new header while a message was half-assembled abandons it.
-            cs.partial.clear();
-            cs.in_progress = true;
+            cs.start_message(&h, extended);
         }
         buf.advance(pos);
-        let payload = if partial_len == 0 && take == length as usize {
-            // Single-chunk message: hand out the input bytes without copying.
-            Some(buf.split_to(take).freeze())
-        } else {
-            if cs.partial.capacity() == 0 && (length as usize) <= RESERVE_WHOLE {
-                cs.partial.reserve(length as usize);
-            }
-            cs.partial.extend_from_slice(&buf[..take]);
-            buf.advance(take);
-            if cs.partial.len() < length as usize {
-                None
-            } else {
-                // Hand the exactly-sized buffer over whole: freezing it allocates nothing.
-                Some(std::mem::take(&mut cs.partial).freeze())
-            }
-        };
-        if payload.is_some() {
-            cs.in_progress = false;
-        }
+        let payload = cs.append(buf, take, length as usize, partial_len);
         let after = cs.partial.len();
         let (type_id, stream_id, timestamp) = (cs.type_id, cs.stream_id, cs.timestamp);
         self.buffered = self.buffered + after - before;
@@ -336,6 +272,101 @@ impl ChunkDecoder {
             payload,
         })))
     }
+}
+
+impl ChunkStream {
+    /// A chunk that starts a message (any header but a type 3 continuing
+    /// one): apply its header fields and timestamp (RTMP spec 5.3.1.2).
+    #[inline]
+    fn start_message(&mut self, h: &Header, extended: Option<u32>) {
+        let raw = extended.unwrap_or(h.field);
+        match h.fmt {
+            0 => {
+                self.timestamp = raw;
+                self.delta = raw;
+            }
+            1 | 2 => {
+                self.delta = raw;
+                self.timestamp = self.timestamp.wrapping_add(raw);
+            }
+            _ => self.timestamp = self.timestamp.wrapping_add(self.delta),
+        }
+        if h.fmt < 3 {
+            self.extended = extended;
+        }
+        if let Some(l) = h.length {
+            self.length = l;
+        }
+        if let Some(t) = h.type_id {
+            self.type_id = t;
+        }
+        if let Some(s) = h.stream_id {
+            self.stream_id = s;
+        }
+        // A new header while a message was half-assembled abandons it.
+        self.partial.clear();
+        self.in_progress = true;
+    }
+
+    /// Moves the chunk's `take` payload bytes out of `buf` (whose header is
+    /// already consumed); returns the message payload once all `length`
+    /// bytes are in. `partial_len` bytes were assembled before this chunk.
+    #[inline]
+    fn append(
+        &mut self,
+        buf: &mut BytesMut,
+        take: usize,
+        length: usize,
+        partial_len: usize,
+    ) -> Option<Bytes> {
+        let payload = if partial_len == 0 && take == length {
+            // Single-chunk message: hand out the input bytes without copying.
+            Some(buf.split_to(take).freeze())
+        } else {
+            if self.partial.capacity() == 0 && length <= RESERVE_WHOLE {
+                self.partial.reserve(length);
+            }
+            self.partial.extend_from_slice(&buf[..take]);
+            buf.advance(take);
+            if self.partial.len() < length {
+                None
+            } else {
+                // Hand the exactly-sized buffer over whole: freezing it allocates nothing.
+                Some(std::mem::take(&mut self.partial).freeze())
+            }
+        };
+        if payload.is_some() {
+            self.in_progress = false;
+        }
+        payload
+    }
+}
+
+/// Reads the extended timestamp that follows the message header, if any:
+/// returns where the payload starts and the raw 32-bit value, or `None`
+/// when the input ends first.
+#[inline]
+fn extended_timestamp(
+    buf: &[u8],
+    h: &Header,
+    prev_ext: Option<u32>,
+) -> Option<(usize, Option<u32>)> {
+    let mut pos = h.header_len;
+    let mut extended = None;
+    if h.fmt < 3 {
+        if h.field == EXTENDED {
+            extended = Some(be32(buf.get(pos..pos + 4)?));
+            pos += 4;
+        }
+    } else if let Some(ext) = prev_ext {
+        // Type 3 repeats the extended timestamp (5.3.1.3), but some
+        // encoders omit it: consume it only when it is really there.
+        if be32(buf.get(pos..pos + 4)?) == ext {
+            pos += 4;
+        }
+        extended = Some(ext);
+    }
+    Some((pos, extended))
 }
 
 /// Parse the basic and message header (without the extended timestamp).
