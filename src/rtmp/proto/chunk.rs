@@ -1,11 +1,8 @@
-//! RTMP chunk stream (RTMP spec 5.3): reassembles messages from chunks and
-//! splits outbound messages into chunks.
-//!
-//! Each chunk stream id (csid) keeps its own header state and partial
-//! payload, so messages on different csids may interleave. Every size taken
-//! from the wire is checked against limits before anything is buffered; a
-//! chunk is parsed only once it is complete in the input, so state never
-//! changes on a partial read.
+//! RTMP chunk stream (RTMP spec 5.3): reassembles messages from chunks, per
+//! chunk stream id, and splits outbound messages into chunks. Sizes from the
+//! wire are checked before anything is buffered and a chunk is parsed only
+//! once it is whole; errors say where the chunk is ([`ChunkContext`]). Why
+//! it is built this way: docs/rtmp.md.
 
 use std::collections::HashMap;
 
