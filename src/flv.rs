@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::media::{self, aac, av1, h264, hevc, opus, Codec, CodecConfig, MediaError};
+use crate::media::{aac, av1, h264, hevc, opus, Codec, CodecConfig, Excerpt, MediaError};
 
 /// FLV tag type of an audio tag.
 pub const TAG_AUDIO: u8 = 8;
@@ -91,6 +91,80 @@ pub enum FlvError {
     TagTooLarge { len: usize },
     #[error("composition time {0} ms does not fit the signed 24-bit field")]
     CtsOutOfRange(i32),
+    /// A tag body that could not be parsed: what was wrong (`problem`) and
+    /// where ([`TagContext`]).
+    #[error("{}", in_tag(problem, at))]
+    InTag {
+        problem: Box<FlvError>,
+        at: TagContext,
+    },
+}
+
+impl FlvError {
+    /// What was wrong, without where: the error itself, or an
+    /// [`FlvError::InTag`]'s problem.
+    pub fn problem(&self) -> &FlvError {
+        match self {
+            FlvError::InTag { problem, .. } => problem,
+            other => other,
+        }
+    }
+
+    /// Where in a tag body the error was found, for tag parse errors.
+    pub fn context(&self) -> Option<&TagContext> {
+        match self {
+            FlvError::InTag { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Where in an audio or video tag body a parse error was found: enough to
+/// find the tag in a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagContext {
+    /// [`TAG_VIDEO`] or [`TAG_AUDIO`].
+    pub tag_type: u8,
+    /// The codec the tag header named, once parsing got that far.
+    pub codec: Option<Codec>,
+    /// Byte offset of the problem in the tag body.
+    pub offset: usize,
+    /// The tag body's first bytes.
+    pub excerpt: Excerpt,
+}
+
+impl std::fmt::Display for TagContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tag_type {
+            TAG_VIDEO => f.write_str("video tag")?,
+            TAG_AUDIO => f.write_str("audio tag")?,
+            other => write!(f, "tag type {other}")?,
+        }
+        if let Some(codec) = self.codec {
+            write!(f, " ({codec})")?;
+        }
+        write!(f, " at byte {}{}", self.offset, self.excerpt.after_colon())
+    }
+}
+
+/// `problem, in <where>`; a truncation's offset is said once, by the context.
+fn in_tag<'a>(problem: &'a FlvError, at: &'a TagContext) -> impl std::fmt::Display + 'a {
+    struct InTag<'a>(&'a FlvError, &'a TagContext);
+    impl std::fmt::Display for InTag<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                FlvError::Truncated {
+                    what, need, have, ..
+                } => write!(
+                    f,
+                    "{what}: truncated, need {need} bytes, have {have}, in {}",
+                    self.1
+                ),
+                problem => write!(f, "{problem}, in {}", self.1),
+            }
+        }
+    }
+    InTag(problem, at)
 }
 
 /// Checks that `body` holds `n` bytes at `offset`.
@@ -161,69 +235,121 @@ fn keyframe_for(frame_type: u8) -> Result<bool, FlvError> {
     }
 }
 
-/// Skips the E-RTMP v2 ModEx prelude: while the packet type is ModEx (7),
-/// read modExDataSize (UI8 + 1, or UI16 + 1 when the UI8 form says 256),
-/// the data, and a byte of modExType (high nibble) | next packet type (low
-/// nibble). The only defined modifier is a sub-millisecond timestamp offset,
-/// which a millisecond timeline cannot use. Each round consumes at least two
-/// bytes, so the loop ends with the input.
-fn skip_mod_ex(body: &[u8], mut pos: usize, mut packet_type: u8) -> Result<(usize, u8), FlvError> {
-    while packet_type == 7 {
-        let mut size = usize::from(byte_at(body, pos, "E-RTMP ModEx data size")?) + 1;
-        pos += 1;
-        if size == 256 {
-            let s = array_at::<2>(body, pos, "E-RTMP ModEx data size (16-bit)")?;
-            size = usize::from(u16::from_be_bytes(s)) + 1;
-            pos += 2;
+/// A tag body being parsed: errors found in it say where ([`TagContext`]).
+struct TagParse<'a> {
+    body: &'a Bytes,
+    tag_type: u8,
+    /// The codec, once the header named it.
+    codec: Option<Codec>,
+}
+
+impl TagParse<'_> {
+    /// `problem` at byte `offset` of the body. Copies the excerpt: call it
+    /// only to return the error.
+    #[cold]
+    #[inline(never)]
+    fn error(&self, offset: usize, problem: FlvError) -> FlvError {
+        FlvError::InTag {
+            problem: Box::new(problem),
+            at: TagContext {
+                tag_type: self.tag_type,
+                codec: self.codec,
+                offset,
+                excerpt: Excerpt::new(self.body),
+            },
         }
-        need(body, pos, size, "E-RTMP ModEx data")?;
-        pos += size;
-        packet_type = byte_at(body, pos, "E-RTMP ModEx type")? & 0x0F;
-        pos += 1;
     }
-    Ok((pos, packet_type))
+
+    fn need(&self, offset: usize, n: usize, what: &'static str) -> Result<(), FlvError> {
+        need(self.body, offset, n, what).map_err(|e| self.error(offset, e))
+    }
+
+    fn byte(&self, offset: usize, what: &'static str) -> Result<u8, FlvError> {
+        byte_at(self.body, offset, what).map_err(|e| self.error(offset, e))
+    }
+
+    fn array<const N: usize>(
+        &self,
+        offset: usize,
+        what: &'static str,
+    ) -> Result<[u8; N], FlvError> {
+        array_at::<N>(self.body, offset, what).map_err(|e| self.error(offset, e))
+    }
+
+    /// The frame type's keyframe flag (byte 0), as an error in this tag.
+    fn keyframe(&self, frame_type: u8) -> Result<bool, FlvError> {
+        keyframe_for(frame_type).map_err(|e| self.error(0, e))
+    }
+
+    /// Skips the E-RTMP v2 ModEx prelude: while the packet type is ModEx (7),
+    /// read modExDataSize (UI8 + 1, or UI16 + 1 when the UI8 form says 256),
+    /// the data, and a byte of modExType (high nibble) | next packet type (low
+    /// nibble). The only defined modifier is a sub-millisecond timestamp offset,
+    /// which a millisecond timeline cannot use. Each round consumes at least two
+    /// bytes, so the loop ends with the input. Returns the position after it,
+    /// the packet type, and where the packet type was read.
+    fn skip_mod_ex(&self, mut packet_type: u8) -> Result<(usize, u8, usize), FlvError> {
+        let (mut pos, mut type_at) = (1, 0);
+        while packet_type == 7 {
+            let mut size = usize::from(self.byte(pos, "E-RTMP ModEx data size")?) + 1;
+            pos += 1;
+            if size == 256 {
+                let s = self.array::<2>(pos, "E-RTMP ModEx data size (16-bit)")?;
+                size = usize::from(u16::from_be_bytes(s)) + 1;
+                pos += 2;
+            }
+            self.need(pos, size, "E-RTMP ModEx data")?;
+            pos += size;
+            packet_type = self.byte(pos, "E-RTMP ModEx type")? & 0x0F;
+            type_at = pos;
+            pos += 1;
+        }
+        Ok((pos, packet_type, type_at))
+    }
+
+    /// Builds the video `CodecConfig` for a sequence header whose record
+    /// starts at `at`, parsing the record for its parameters. A structurally
+    /// broken record is an error (a muxer could not use it); an SPS this
+    /// parser cannot read only leaves `params` empty.
+    fn video_config(&self, codec: Codec, at: usize) -> Result<CodecConfig, FlvError> {
+        let record = self.body.slice(at..);
+        let params = match codec {
+            Codec::H264 => h264::parse_avc_decoder_config(&record)
+                .map(|c| c.params)
+                .map_err(config_error("AVC sequence header")),
+            Codec::H265 => hevc::parse_hevc_decoder_config(&record)
+                .map(|c| c.params)
+                .map_err(config_error("HEVC sequence header")),
+            Codec::Av1 => av1::parse_av1_codec_config(&record)
+                .map(|c| c.params)
+                .map_err(config_error("AV1 sequence header")),
+            _ => Ok(None),
+        }
+        .map_err(|e| self.error(at, e))?;
+        Ok(CodecConfig::Video {
+            codec,
+            record,
+            params,
+        })
+    }
 }
 
 fn config_error(what: &'static str) -> impl FnOnce(MediaError) -> FlvError {
     move |source| FlvError::Config { what, source }
 }
 
-/// Builds the video `CodecConfig` for a sequence header, parsing the record
-/// for its parameters. A structurally broken record is an error (a muxer
-/// could not use it); an SPS this parser cannot read only leaves `params` empty.
-fn video_config(codec: Codec, record: Bytes) -> Result<CodecConfig, FlvError> {
-    let params = match codec {
-        Codec::H264 => {
-            h264::parse_avc_decoder_config(&record)
-                .map_err(config_error("AVC sequence header"))?
-                .params
-        }
-        Codec::H265 => {
-            hevc::parse_hevc_decoder_config(&record)
-                .map_err(config_error("HEVC sequence header"))?
-                .params
-        }
-        Codec::Av1 => {
-            av1::parse_av1_codec_config(&record)
-                .map_err(config_error("AV1 sequence header"))?
-                .params
-        }
-        _ => None,
-    };
-    Ok(CodecConfig::Video {
-        codec,
-        record,
-        params,
-    })
-}
-
 /// Parses a video tag body (FLV spec v10.1 E.4.3.1, Enhanced RTMP v2
 /// ExVideoTagHeader). Frame data and config records are zero-copy slices of
-/// `body`.
+/// `body`. Errors other than [`FlvError::Empty`] are [`FlvError::InTag`].
 pub fn parse_video(body: Bytes) -> Result<VideoTag, FlvError> {
     let b0 = *body.first().ok_or(FlvError::Empty)?;
+    let mut t = TagParse {
+        body: &body,
+        tag_type: TAG_VIDEO,
+        codec: None,
+    };
     if b0 & 0x80 != 0 {
-        return parse_ex_video(body, b0);
+        return parse_ex_video(&mut t, b0);
     }
     let frame_type = b0 >> 4;
     let codec_id = b0 & 0x0F;
@@ -233,25 +359,25 @@ pub fn parse_video(body: Bytes) -> Result<VideoTag, FlvError> {
     }
     // The frame type only matters for coded frames; sequence headers and
     // end-of-sequence tags are accepted whatever it says.
-    let keyframe = keyframe_for(frame_type);
     let codec = match codec_id {
         7 => Codec::H264,
         // 12 is not in the FLV spec; Chinese CDNs and ffmpeg forks use it
         // for HEVC framed exactly like AVC (hvcC as the sequence header).
         12 => Codec::H265,
-        other => return Err(FlvError::UnsupportedVideoCodec(other)),
+        other => return Err(t.error(0, FlvError::UnsupportedVideoCodec(other))),
     };
-    let packet_type = byte_at(&body, 1, "AVCPacketType")?;
+    t.codec = Some(codec);
+    let packet_type = t.byte(1, "AVCPacketType")?;
     match packet_type {
         0 => {
-            need(&body, 2, 3, "AVC sequence header CompositionTime")?;
-            video_config(codec, body.slice(5..)).map(VideoTag::Config)
+            t.need(2, 3, "AVC sequence header CompositionTime")?;
+            t.video_config(codec, 5).map(VideoTag::Config)
         }
         1 => {
-            let cts = si24(array_at::<3>(&body, 2, "AVC NALU CompositionTime")?);
+            let cts = si24(t.array::<3>(2, "AVC NALU CompositionTime")?);
             Ok(VideoTag::Frame {
                 codec,
-                keyframe: keyframe?,
+                keyframe: t.keyframe(frame_type)?,
                 cts,
                 data: body.slice(5..),
             })
@@ -259,17 +385,20 @@ pub fn parse_video(body: Bytes) -> Result<VideoTag, FlvError> {
         // End of sequence: the CompositionTime that follows carries nothing,
         // and some encoders omit it.
         2 => Ok(VideoTag::EndOfSequence(codec)),
-        other => Err(FlvError::UnknownPacketType {
-            what: "AVCPacketType",
-            value: other,
-        }),
+        other => Err(t.error(
+            1,
+            FlvError::UnknownPacketType {
+                what: "AVCPacketType",
+                value: other,
+            },
+        )),
     }
 }
 
 /// The Enhanced RTMP branch: IsExHeader | FrameType (3 bits) | PacketType (4 bits).
-fn parse_ex_video(body: Bytes, b0: u8) -> Result<VideoTag, FlvError> {
+fn parse_ex_video(t: &mut TagParse<'_>, b0: u8) -> Result<VideoTag, FlvError> {
     let frame_type = (b0 >> 4) & 0x07;
-    let (mut pos, packet_type) = skip_mod_ex(&body, 1, b0 & 0x0F)?;
+    let (mut pos, packet_type, type_at) = t.skip_mod_ex(b0 & 0x0F)?;
     // Metadata ignores the frame type; otherwise a command frame carries a
     // UI8 command and no FourCC or payload.
     if packet_type != 4 && frame_type == 5 {
@@ -278,83 +407,96 @@ fn parse_ex_video(body: Bytes, b0: u8) -> Result<VideoTag, FlvError> {
     match packet_type {
         4 => return Ok(VideoTag::Metadata),
         6 => {
-            return Err(FlvError::Unsupported(
-                "E-RTMP multitrack video is not supported",
+            return Err(t.error(
+                type_at,
+                FlvError::Unsupported("E-RTMP multitrack video is not supported"),
             ))
         }
         _ => {}
     }
-    let keyframe = keyframe_for(frame_type);
-    let fourcc = array_at::<4>(&body, pos, "E-RTMP video FourCC")?;
-    pos += 4;
+    let fourcc = t.array::<4>(pos, "E-RTMP video FourCC")?;
     let codec = match &fourcc {
         b"avc1" => Codec::H264,
         b"hvc1" => Codec::H265,
         b"av01" => Codec::Av1,
         b"vp09" => Codec::Vp9,
         _ => {
-            return Err(FlvError::UnknownFourCc {
-                kind: "video",
-                fourcc: fourcc_string(fourcc),
-            })
+            return Err(t.error(
+                pos,
+                FlvError::UnknownFourCc {
+                    kind: "video",
+                    fourcc: fourcc_string(fourcc),
+                },
+            ))
         }
     };
+    t.codec = Some(codec);
+    pos += 4;
     match packet_type {
-        0 => video_config(codec, body.slice(pos..)).map(VideoTag::Config),
+        0 => t.video_config(codec, pos).map(VideoTag::Config),
         // CodedFrames: only avc1/hvc1 carry an SI24 composition time.
         1 => {
             let mut cts = 0;
             if matches!(codec, Codec::H264 | Codec::H265) {
-                cts = si24(array_at::<3>(
-                    &body,
-                    pos,
-                    "E-RTMP CodedFrames CompositionTime",
-                )?);
+                cts = si24(t.array::<3>(pos, "E-RTMP CodedFrames CompositionTime")?);
                 pos += 3;
             }
             Ok(VideoTag::Frame {
                 codec,
-                keyframe: keyframe?,
+                keyframe: t.keyframe(frame_type)?,
                 cts,
-                data: body.slice(pos..),
+                data: t.body.slice(pos..),
             })
         }
         2 => Ok(VideoTag::EndOfSequence(codec)),
         3 => Ok(VideoTag::Frame {
             codec,
-            keyframe: keyframe?,
+            keyframe: t.keyframe(frame_type)?,
             cts: 0,
-            data: body.slice(pos..),
+            data: t.body.slice(pos..),
         }),
         // MPEG2TSSequenceStart carries an AV1 video descriptor instead of
         // av1C; keep it as the record, without parameters.
         5 if codec == Codec::Av1 => Ok(VideoTag::Config(CodecConfig::Video {
             codec,
-            record: body.slice(pos..),
+            record: t.body.slice(pos..),
             params: None,
         })),
-        5 => Err(FlvError::Unsupported(
-            "E-RTMP MPEG2TSSequenceStart is only defined for av01",
+        5 => Err(t.error(
+            type_at,
+            FlvError::Unsupported("E-RTMP MPEG2TSSequenceStart is only defined for av01"),
         )),
-        other => Err(FlvError::UnknownPacketType {
-            what: "E-RTMP VideoPacketType",
-            value: other,
-        }),
+        other => Err(t.error(
+            type_at,
+            FlvError::UnknownPacketType {
+                what: "E-RTMP VideoPacketType",
+                value: other,
+            },
+        )),
     }
 }
 
 /// Parses an audio tag body (FLV spec v10.1 E.4.2.1, Enhanced RTMP v2
 /// ExAudioTagHeader). Frame data and configs are zero-copy slices of `body`.
+/// Errors other than [`FlvError::Empty`] and [`FlvError::Ignored`] are
+/// [`FlvError::InTag`].
 pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
     let b0 = *body.first().ok_or(FlvError::Empty)?;
+    let mut t = TagParse {
+        body: &body,
+        tag_type: TAG_AUDIO,
+        codec: None,
+    };
     match b0 >> 4 {
         10 => {
-            let packet_type = byte_at(&body, 1, "AACPacketType")?;
+            t.codec = Some(Codec::Aac);
+            let packet_type = t.byte(1, "AACPacketType")?;
             match packet_type {
                 0 => {
                     let config = body.slice(2..);
                     let params = aac::parse_audio_specific_config(&config)
-                        .map_err(config_error("AAC sequence header"))?;
+                        .map_err(config_error("AAC sequence header"))
+                        .map_err(|e| t.error(2, e))?;
                     Ok(AudioTag::Config(CodecConfig::Audio {
                         codec: Codec::Aac,
                         config,
@@ -365,10 +507,13 @@ pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
                     codec: Codec::Aac,
                     data: body.slice(2..),
                 }),
-                other => Err(FlvError::UnknownPacketType {
-                    what: "AACPacketType",
-                    value: other,
-                }),
+                other => Err(t.error(
+                    1,
+                    FlvError::UnknownPacketType {
+                        what: "AACPacketType",
+                        value: other,
+                    },
+                )),
             }
         }
         // 2 = MP3, 14 = MP3 8 kHz.
@@ -377,7 +522,7 @@ pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
             data: body.slice(1..),
         }),
         // Enhanced RTMP v2: SoundFormat 9 = ExHeader (FourCC audio).
-        9 => parse_ex_audio(body, b0),
+        9 => parse_ex_audio(&mut t, b0),
         _ => Ok(AudioTag::Frame {
             codec: Codec::Other,
             data: body.slice(1..),
@@ -386,15 +531,15 @@ pub fn parse_audio(body: Bytes) -> Result<AudioTag, FlvError> {
 }
 
 /// The Enhanced RTMP audio branch: SoundFormat 9 | AudioPacketType (4 bits), FourCC.
-fn parse_ex_audio(body: Bytes, b0: u8) -> Result<AudioTag, FlvError> {
-    let (mut pos, packet_type) = skip_mod_ex(&body, 1, b0 & 0x0F)?;
+fn parse_ex_audio(t: &mut TagParse<'_>, b0: u8) -> Result<AudioTag, FlvError> {
+    let (mut pos, packet_type, type_at) = t.skip_mod_ex(b0 & 0x0F)?;
     if packet_type == 5 {
-        return Err(FlvError::Unsupported(
-            "E-RTMP multitrack audio is not supported",
+        return Err(t.error(
+            type_at,
+            FlvError::Unsupported("E-RTMP multitrack audio is not supported"),
         ));
     }
-    let fourcc = array_at::<4>(&body, pos, "E-RTMP audio FourCC")?;
-    pos += 4;
+    let fourcc = t.array::<4>(pos, "E-RTMP audio FourCC")?;
     let codec = match &fourcc {
         b"mp4a" => Codec::Aac,
         b"Opus" => Codec::Opus,
@@ -402,26 +547,32 @@ fn parse_ex_audio(body: Bytes, b0: u8) -> Result<AudioTag, FlvError> {
         // Known to E-RTMP, carried as-is.
         b"ac-3" | b"ec-3" | b"fLaC" => Codec::Other,
         _ => {
-            return Err(FlvError::UnknownFourCc {
-                kind: "audio",
-                fourcc: fourcc_string(fourcc),
-            })
+            return Err(t.error(
+                pos,
+                FlvError::UnknownFourCc {
+                    kind: "audio",
+                    fourcc: fourcc_string(fourcc),
+                },
+            ))
         }
     };
-    let payload = body.slice(pos..);
+    t.codec = Some(codec);
+    pos += 4;
+    let payload = t.body.slice(pos..);
     match packet_type {
         0 => {
             let params = match codec {
                 Codec::Aac => Some(
                     aac::parse_audio_specific_config(&payload)
-                        .map_err(config_error("AAC sequence header"))?,
+                        .map_err(config_error("AAC sequence header")),
                 ),
                 Codec::Opus => Some(
-                    opus::parse_opus_head(&payload)
-                        .map_err(config_error("Opus sequence header"))?,
+                    opus::parse_opus_head(&payload).map_err(config_error("Opus sequence header")),
                 ),
                 _ => None,
-            };
+            }
+            .transpose()
+            .map_err(|e| t.error(pos, e))?;
             Ok(AudioTag::Config(CodecConfig::Audio {
                 codec,
                 config: payload,
@@ -434,10 +585,13 @@ fn parse_ex_audio(body: Bytes, b0: u8) -> Result<AudioTag, FlvError> {
         }),
         2 => Err(FlvError::Ignored("E-RTMP audio SequenceEnd")),
         4 => Err(FlvError::Ignored("E-RTMP audio MultichannelConfig")),
-        other => Err(FlvError::UnknownPacketType {
-            what: "E-RTMP AudioPacketType",
-            value: other,
-        }),
+        other => Err(t.error(
+            type_at,
+            FlvError::UnknownPacketType {
+                what: "E-RTMP AudioPacketType",
+                value: other,
+            },
+        )),
     }
 }
 
@@ -753,6 +907,7 @@ impl FileWriter {
 /// 2 FLV file, 3 raw parameter-set parsers); the rest is the input. Configs
 /// found are run through the SPS parsers and tags are rebuilt and re-parsed.
 /// Must never panic.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_tag(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
@@ -782,7 +937,7 @@ pub fn fuzz_tag(data: &[u8]) {
             let _ = av1::parse_sequence_header_obu(rest);
             let _ = aac::parse_audio_specific_config(rest);
             let _ = opus::parse_opus_head(rest);
-            let mut timeline = media::Timeline::new(10_000);
+            let mut timeline = crate::media::Timeline::new(10_000);
             for chunk in rest.chunks_exact(4) {
                 if let Ok(raw) = <[u8; 4]>::try_from(chunk) {
                     let _ = timeline.unwrap(u32::from_be_bytes(raw));
@@ -792,6 +947,7 @@ pub fn fuzz_tag(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 fn fuzz_video(body: Bytes) {
     let Ok(tag) = parse_video(body) else {
         return;
@@ -820,6 +976,7 @@ fn fuzz_video(body: Bytes) {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 fn fuzz_audio(body: Bytes) {
     let Ok(tag) = parse_audio(body) else {
         return;
@@ -1221,7 +1378,7 @@ mod tests {
         let e = parse_video(Bytes::from_static(&[0x97, 0xFF, 0xFF, 0xFF, 0])).unwrap_err();
         assert!(
             matches!(
-                e,
+                e.problem(),
                 FlvError::Truncated {
                     what: "E-RTMP ModEx data",
                     ..
@@ -1243,13 +1400,19 @@ mod tests {
     #[test]
     fn unsupported_ertmp_features_are_clear_errors() {
         let e = parse_video(Bytes::from_static(&[0x96, 0x00, b'h', b'v', b'c', b'1'])).unwrap_err();
-        assert_eq!(e.to_string(), "E-RTMP multitrack video is not supported");
+        assert_eq!(
+            e.to_string(),
+            "E-RTMP multitrack video is not supported, in video tag at byte 0: 96 00 68 76 63 31"
+        );
         let e = parse_video(Bytes::from_static(&[0x91, b'x', b'y', b'z', b'!', 0])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown E-RTMP video FourCC 'xyz!'");
+        assert_eq!(
+            e.to_string(),
+            "unknown E-RTMP video FourCC 'xyz!', in video tag at byte 1: 91 78 79 7a 21 00"
+        );
         let e = parse_video(Bytes::from_static(&[0x91, b'v', b'p', b'0', b'8', 0])).unwrap_err();
         assert!(e.to_string().contains("vp08"), "{e}");
         let e = parse_video(Bytes::from_static(&[0x9A, b'h', b'v', b'c', b'1'])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown E-RTMP VideoPacketType 10");
+        assert_eq!(e.problem().to_string(), "unknown E-RTMP VideoPacketType 10");
         let e = parse_video(Bytes::from_static(&[0x95, b'h', b'v', b'c', b'1'])).unwrap_err();
         assert!(e.to_string().contains("MPEG2TSSequenceStart"), "{e}");
         // MPEG2TSSequenceStart for av01 is a config without params.
@@ -1266,13 +1429,19 @@ mod tests {
             })
         );
         let e = parse_audio(Bytes::from_static(&[0x95, 0x00, b'm', b'p', b'4', b'a'])).unwrap_err();
-        assert_eq!(e.to_string(), "E-RTMP multitrack audio is not supported");
+        assert_eq!(
+            e.problem().to_string(),
+            "E-RTMP multitrack audio is not supported"
+        );
         let e = parse_audio(Bytes::from_static(&[0x91, b'w', b'a', b'v', b'e'])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown E-RTMP audio FourCC 'wave'");
+        assert_eq!(
+            e.problem().to_string(),
+            "unknown E-RTMP audio FourCC 'wave'"
+        );
         let e = parse_audio(Bytes::from_static(&[0x92, b'O', b'p', b'u', b's'])).unwrap_err();
         assert!(matches!(e, FlvError::Ignored(_)), "{e}");
         let e = parse_audio(Bytes::from_static(&[0x9B, b'O', b'p', b'u', b's'])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown E-RTMP AudioPacketType 11");
+        assert_eq!(e.problem().to_string(), "unknown E-RTMP AudioPacketType 11");
     }
 
     #[test]
@@ -1313,11 +1482,11 @@ mod tests {
         let e = parse_video(Bytes::from_static(&[0x17])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "AVCPacketType: truncated at byte 1: need 1 bytes, have 0"
+            "AVCPacketType: truncated, need 1 bytes, have 0, in video tag (h264) at byte 1: 17"
         );
         let e = parse_video(Bytes::from_static(&[0x27, 1, 0])).unwrap_err();
         assert!(matches!(
-            e,
+            e.problem(),
             FlvError::Truncated {
                 what: "AVC NALU CompositionTime",
                 offset: 2,
@@ -1335,21 +1504,68 @@ mod tests {
             e.to_string().starts_with("invalid AVC sequence header: "),
             "{e}"
         );
+        assert_eq!(e.context().map(|at| at.offset), Some(5), "{e}");
+    }
+
+    /// Parse errors say which tag, which codec, where in the body, and show
+    /// the body's first bytes.
+    #[test]
+    fn errors_name_the_tag_codec_offset_and_bytes() {
+        let e = parse_video(Bytes::from_static(&[0x91, b'h', b'v', b'c', b'1', 0])).unwrap_err();
+        let at = e.context().expect("a context");
+        assert_eq!(
+            (at.tag_type, at.codec, at.offset),
+            (TAG_VIDEO, Some(Codec::H265), 5)
+        );
+        assert_eq!(at.excerpt.bytes(), &[0x91, b'h', b'v', b'c', b'1', 0]);
+        assert_eq!(
+            e.to_string(),
+            "E-RTMP CodedFrames CompositionTime: truncated, need 3 bytes, have 1, \
+             in video tag (hevc) at byte 5: 91 68 76 63 31 00"
+        );
+        // A bad AudioSpecificConfig in an E-RTMP mp4a SequenceStart: the
+        // config starts at byte 5; long bodies show their first 64 bytes.
+        let mut body = vec![0x90, b'm', b'p', b'4', b'a', 0x16, 0x90];
+        body.resize(100, 0);
+        let e = parse_audio(Bytes::from(body)).unwrap_err();
+        let at = e.context().expect("a context");
+        assert_eq!(
+            (at.tag_type, at.codec, at.offset),
+            (TAG_AUDIO, Some(Codec::Aac), 5)
+        );
+        assert_eq!(at.excerpt.bytes().len(), 64);
+        assert!(
+            e.to_string().starts_with("invalid AAC sequence header: ")
+                && e.to_string()
+                    .contains(", in audio tag (aac) at byte 5: 90 6d 70 34 61 16 90 00")
+                && e.to_string().ends_with(" 00 …"),
+            "{e}"
+        );
+        // After a ModEx prelude the packet type is where the prelude left it.
+        let e = parse_video(Bytes::from_static(&[
+            0x97, 0, 0x55, 0x0A, b'h', b'v', b'c', b'1',
+        ]))
+        .unwrap_err();
+        assert_eq!(e.context().map(|at| at.offset), Some(3), "{e}");
+        // Keepalives and ignored packets stay bare: callers skip them.
+        assert_eq!(parse_video(Bytes::new()), Err(FlvError::Empty));
+        let e = parse_audio(Bytes::from_static(&[0x92, b'O', b'p', b'u', b's'])).unwrap_err();
+        assert!(matches!(e, FlvError::Ignored(_)) && e.context().is_none());
     }
 
     #[test]
     fn unsupported_legacy_codecs_and_reserved_frame_types() {
+        let problem = |body: &'static [u8]| {
+            parse_video(Bytes::from_static(body))
+                .unwrap_err()
+                .problem()
+                .clone()
+        };
+        assert_eq!(problem(&[0x12, 0, 0]), FlvError::UnsupportedVideoCodec(2));
+        assert_eq!(problem(&[0x07, 1, 0, 0, 0]), FlvError::InvalidFrameType(0));
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x12, 0, 0])),
-            Err(FlvError::UnsupportedVideoCodec(2))
-        );
-        assert_eq!(
-            parse_video(Bytes::from_static(&[0x07, 1, 0, 0, 0])),
-            Err(FlvError::InvalidFrameType(0))
-        );
-        assert_eq!(
-            parse_video(Bytes::from_static(&[0xE1, b'h', b'v', b'c', b'1', 0, 0, 0])),
-            Err(FlvError::InvalidFrameType(6))
+            problem(&[0xE1, b'h', b'v', b'c', b'1', 0, 0, 0]),
+            FlvError::InvalidFrameType(6)
         );
         // Disposable inter frames are inter frames.
         assert!(matches!(
@@ -1385,7 +1601,10 @@ mod tests {
             }
         );
         let e = parse_audio(Bytes::from_static(&[0xAF, 0x07])).unwrap_err();
-        assert_eq!(e.to_string(), "unknown AACPacketType 7");
+        assert_eq!(
+            e.to_string(),
+            "unknown AACPacketType 7, in audio tag (aac) at byte 1: af 07"
+        );
         let e = parse_audio(Bytes::from_static(&[0xAF, 0, 0x16, 0x90])).unwrap_err();
         assert!(e.to_string().starts_with("invalid AAC sequence header: AudioSpecificConfig: invalid samplingFrequencyIndex = 13"), "{e}");
         // E-RTMP mp4a SequenceStart carries an AudioSpecificConfig.

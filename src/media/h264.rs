@@ -65,6 +65,39 @@ fn has_chroma_info(profile_idc: u8) -> bool {
 /// Parses a sequence parameter set NAL unit, including its 1-byte NAL header,
 /// into displayed width/height, profile and level.
 pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
+    let rbsp = sps_rbsp(nal)?;
+    let mut r = BitReader::new(&rbsp, SPS);
+
+    let profile_idc = r.read_u8("profile_idc")?;
+    r.skip_bits(8, "constraint_set_flags")?;
+    let level_idc = r.read_u8("level_idc")?;
+    let sps_id = r.read_ue("seq_parameter_set_id")?;
+    if sps_id > 31 {
+        return Err(r.invalid("seq_parameter_set_id", sps_id.into(), "must be 0..=31"));
+    }
+    // Defaults when the high-profile branch is absent (7.4.2.1.1): 4:2:0.
+    let chroma_array_type = if has_chroma_info(profile_idc) {
+        read_chroma_info(&mut r)?
+    } else {
+        1
+    };
+    skip_frame_num_and_poc(&mut r)?;
+    r.read_ue("max_num_ref_frames")?;
+    r.skip_bits(1, "gaps_in_frame_num_value_allowed_flag")?;
+    let size = FrameSize::read(&mut r)?;
+    // VUI and the rest are not needed.
+    let (width, height) = size.displayed(&r, chroma_array_type)?;
+
+    Ok(VideoParams {
+        width,
+        height,
+        profile: profile_name(profile_idc).map(str::to_owned),
+        level: Some(level_idc),
+    })
+}
+
+/// Checks the NAL header of an SPS and returns its RBSP.
+fn sps_rbsp(nal: &[u8]) -> Result<Vec<u8>, MediaError> {
     let header = *nal.first().ok_or(MediaError::Truncated {
         what: SPS,
         field: "nal_unit_header",
@@ -81,52 +114,53 @@ pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
         });
     }
     // Emulation prevention applies to the NAL payload after the header (7.4.1).
-    let rbsp = remove_emulation_prevention(nal.get(1..).unwrap_or(&[]));
-    let mut r = BitReader::new(&rbsp, SPS);
+    Ok(remove_emulation_prevention(nal.get(1..).unwrap_or(&[])))
+}
 
-    let profile_idc = r.read_u8("profile_idc")?;
-    r.skip_bits(8, "constraint_set_flags")?;
-    let level_idc = r.read_u8("level_idc")?;
-    let sps_id = r.read_ue("seq_parameter_set_id")?;
-    if sps_id > 31 {
-        return Err(r.invalid("seq_parameter_set_id", sps_id.into(), "must be 0..=31"));
+/// Reads the high-profile branch of 7.3.2.1.1 (chroma format, bit depths,
+/// scaling matrices) and returns ChromaArrayType: chroma_format_idc, or 0
+/// for 4:4:4 coded as separate planes.
+fn read_chroma_info(r: &mut BitReader<'_>) -> Result<u32, MediaError> {
+    let chroma_format_idc = r.read_ue("chroma_format_idc")?;
+    if chroma_format_idc > 3 {
+        return Err(r.invalid(
+            "chroma_format_idc",
+            chroma_format_idc.into(),
+            "must be 0..=3",
+        ));
     }
-
-    // Defaults when the high-profile branch is absent (7.4.2.1.1): 4:2:0.
-    let mut chroma_format_idc = 1u32;
     let mut separate_colour_plane = false;
-    if has_chroma_info(profile_idc) {
-        chroma_format_idc = r.read_ue("chroma_format_idc")?;
-        if chroma_format_idc > 3 {
-            return Err(r.invalid(
-                "chroma_format_idc",
-                chroma_format_idc.into(),
-                "must be 0..=3",
-            ));
-        }
-        if chroma_format_idc == 3 {
-            separate_colour_plane = r.read_bit("separate_colour_plane_flag")?;
-        }
-        let bd_luma = r.read_ue("bit_depth_luma_minus8")?;
-        if bd_luma > 6 {
-            return Err(r.invalid("bit_depth_luma_minus8", bd_luma.into(), "must be 0..=6"));
-        }
-        let bd_chroma = r.read_ue("bit_depth_chroma_minus8")?;
-        if bd_chroma > 6 {
-            return Err(r.invalid("bit_depth_chroma_minus8", bd_chroma.into(), "must be 0..=6"));
-        }
-        r.skip_bits(1, "qpprime_y_zero_transform_bypass_flag")?;
-        if r.read_bit("seq_scaling_matrix_present_flag")? {
-            // 6 4x4 lists, then 2 8x8 lists, or 6 8x8 lists for 4:4:4.
-            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
-            for i in 0..lists {
-                if r.read_bit("seq_scaling_list_present_flag")? {
-                    skip_scaling_list(&mut r, if i < 6 { 16 } else { 64 })?;
-                }
+    if chroma_format_idc == 3 {
+        separate_colour_plane = r.read_bit("separate_colour_plane_flag")?;
+    }
+    let bd_luma = r.read_ue("bit_depth_luma_minus8")?;
+    if bd_luma > 6 {
+        return Err(r.invalid("bit_depth_luma_minus8", bd_luma.into(), "must be 0..=6"));
+    }
+    let bd_chroma = r.read_ue("bit_depth_chroma_minus8")?;
+    if bd_chroma > 6 {
+        return Err(r.invalid("bit_depth_chroma_minus8", bd_chroma.into(), "must be 0..=6"));
+    }
+    r.skip_bits(1, "qpprime_y_zero_transform_bypass_flag")?;
+    if r.read_bit("seq_scaling_matrix_present_flag")? {
+        // 6 4x4 lists, then 2 8x8 lists, or 6 8x8 lists for 4:4:4.
+        let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+        for i in 0..lists {
+            if r.read_bit("seq_scaling_list_present_flag")? {
+                skip_scaling_list(r, if i < 6 { 16 } else { 64 })?;
             }
         }
     }
+    Ok(if separate_colour_plane {
+        0
+    } else {
+        chroma_format_idc
+    })
+}
 
+/// Skips log2_max_frame_num_minus4 and the picture order count fields,
+/// checking the ranges that decide how many fields follow.
+fn skip_frame_num_and_poc(r: &mut BitReader<'_>) -> Result<(), MediaError> {
     let log2_max_frame_num_minus4 = r.read_ue("log2_max_frame_num_minus4")?;
     if log2_max_frame_num_minus4 > 12 {
         return Err(r.invalid(
@@ -166,74 +200,97 @@ pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
         2 => {}
         _ => return Err(r.invalid("pic_order_cnt_type", poc_type.into(), "must be 0..=2")),
     }
-    r.read_ue("max_num_ref_frames")?;
-    r.skip_bits(1, "gaps_in_frame_num_value_allowed_flag")?;
-    let width_mbs = u64::from(r.read_ue("pic_width_in_mbs_minus1")?) + 1;
-    let height_map_units = u64::from(r.read_ue("pic_height_in_map_units_minus1")?) + 1;
-    let frame_mbs_only = r.read_bit("frame_mbs_only_flag")?;
-    if !frame_mbs_only {
-        r.skip_bits(1, "mb_adaptive_frame_field_flag")?;
-    }
-    r.skip_bits(1, "direct_8x8_inference_flag")?;
-    let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0u64, 0u64, 0u64, 0u64);
-    let crop_at = r.bit_pos();
-    if r.read_bit("frame_cropping_flag")? {
-        crop_l = r.read_ue("frame_crop_left_offset")?.into();
-        crop_r = r.read_ue("frame_crop_right_offset")?.into();
-        crop_t = r.read_ue("frame_crop_top_offset")?.into();
-        crop_b = r.read_ue("frame_crop_bottom_offset")?.into();
-    }
-    // VUI and the rest are not needed.
+    Ok(())
+}
 
-    // 7.4.2.1.1: frame height in MBs is doubled for field coding.
-    let field_factor: u64 = if frame_mbs_only { 1 } else { 2 };
-    // CropUnitX/Y (7-19 .. 7-22) depend on ChromaArrayType, which is 0 for
-    // monochrome and for 4:4:4 coded as separate planes.
-    let chroma_array_type = if separate_colour_plane {
-        0
-    } else {
-        chroma_format_idc
-    };
-    let (sub_width_c, sub_height_c): (u64, u64) = match chroma_array_type {
-        1 => (2, 2),
-        2 => (2, 1),
-        _ => (1, 1),
-    };
-    let (crop_unit_x, crop_unit_y) = if chroma_array_type == 0 {
-        (1, field_factor)
-    } else {
-        (sub_width_c, sub_height_c * field_factor)
-    };
+/// The coded picture size and cropping fields of an SPS.
+struct FrameSize {
+    width_mbs: u64,
+    height_map_units: u64,
+    frame_mbs_only: bool,
+    /// frame_crop_{left,right,top,bottom}_offset; all 0 without cropping.
+    crop: [u64; 4],
+    /// Bit position of frame_cropping_flag, for errors.
+    crop_at: usize,
+}
 
-    let coded_w = width_mbs * 16;
-    let coded_h = field_factor * height_map_units * 16;
-    let crop_w = crop_unit_x * (crop_l + crop_r);
-    let crop_h = crop_unit_y * (crop_t + crop_b);
-    if crop_w >= coded_w || crop_h >= coded_h {
-        return Err(MediaError::Invalid {
-            what: SPS,
-            field: "frame_crop_offsets",
-            value: crop_w.max(crop_h),
-            at: super::Pos::Bit(crop_at),
-            reason: "cropping removes the whole picture",
-        });
+impl FrameSize {
+    /// Reads pic_width_in_mbs_minus1 through the frame cropping offsets.
+    fn read(r: &mut BitReader<'_>) -> Result<Self, MediaError> {
+        let width_mbs = u64::from(r.read_ue("pic_width_in_mbs_minus1")?) + 1;
+        let height_map_units = u64::from(r.read_ue("pic_height_in_map_units_minus1")?) + 1;
+        let frame_mbs_only = r.read_bit("frame_mbs_only_flag")?;
+        if !frame_mbs_only {
+            r.skip_bits(1, "mb_adaptive_frame_field_flag")?;
+        }
+        r.skip_bits(1, "direct_8x8_inference_flag")?;
+        let mut crop = [0u64; 4];
+        let crop_at = r.bit_pos();
+        if r.read_bit("frame_cropping_flag")? {
+            crop[0] = r.read_ue("frame_crop_left_offset")?.into();
+            crop[1] = r.read_ue("frame_crop_right_offset")?.into();
+            crop[2] = r.read_ue("frame_crop_top_offset")?.into();
+            crop[3] = r.read_ue("frame_crop_bottom_offset")?.into();
+        }
+        Ok(FrameSize {
+            width_mbs,
+            height_map_units,
+            frame_mbs_only,
+            crop,
+            crop_at,
+        })
     }
-    let width = u32::try_from(coded_w - crop_w)
-        .map_err(|_| r.invalid("pic_width_in_mbs_minus1", width_mbs - 1, "picture too wide"))?;
-    let height = u32::try_from(coded_h - crop_h).map_err(|_| {
-        r.invalid(
-            "pic_height_in_map_units_minus1",
-            height_map_units - 1,
-            "picture too tall",
-        )
-    })?;
 
-    Ok(VideoParams {
-        width,
-        height,
-        profile: profile_name(profile_idc).map(str::to_owned),
-        level: Some(level_idc),
-    })
+    /// Displayed width and height: the coded size less the cropping, in
+    /// the crop units ChromaArrayType gives (7-19 .. 7-22). `r` only names
+    /// the position in errors.
+    fn displayed(
+        &self,
+        r: &BitReader<'_>,
+        chroma_array_type: u32,
+    ) -> Result<(u32, u32), MediaError> {
+        // 7.4.2.1.1: frame height in MBs is doubled for field coding.
+        let field_factor: u64 = if self.frame_mbs_only { 1 } else { 2 };
+        let (sub_width_c, sub_height_c): (u64, u64) = match chroma_array_type {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        let (crop_unit_x, crop_unit_y) = if chroma_array_type == 0 {
+            (1, field_factor)
+        } else {
+            (sub_width_c, sub_height_c * field_factor)
+        };
+        let [crop_l, crop_r, crop_t, crop_b] = self.crop;
+        let coded_w = self.width_mbs * 16;
+        let coded_h = field_factor * self.height_map_units * 16;
+        let crop_w = crop_unit_x * (crop_l + crop_r);
+        let crop_h = crop_unit_y * (crop_t + crop_b);
+        if crop_w >= coded_w || crop_h >= coded_h {
+            return Err(MediaError::Invalid {
+                what: SPS,
+                field: "frame_crop_offsets",
+                value: crop_w.max(crop_h),
+                at: super::Pos::Bit(self.crop_at),
+                reason: "cropping removes the whole picture",
+            });
+        }
+        let width = u32::try_from(coded_w - crop_w).map_err(|_| {
+            r.invalid(
+                "pic_width_in_mbs_minus1",
+                self.width_mbs - 1,
+                "picture too wide",
+            )
+        })?;
+        let height = u32::try_from(coded_h - crop_h).map_err(|_| {
+            r.invalid(
+                "pic_height_in_map_units_minus1",
+                self.height_map_units - 1,
+                "picture too tall",
+            )
+        })?;
+        Ok((width, height))
+    }
 }
 
 /// Skips one scaling_list() (7.3.2.1.1.1). Only delta_scale is coded; the

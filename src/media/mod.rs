@@ -180,6 +180,75 @@ impl fmt::Display for Pos {
     }
 }
 
+/// Up to [`Excerpt::MAX`] bytes of input where a parse error was found,
+/// shown as hex (`02 00 0c …`): enough to find them in a capture. Parsers
+/// build one only when they build the error (it copies the bytes).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Excerpt {
+    bytes: Box<[u8]>,
+    /// The input went on past the excerpt.
+    more: bool,
+}
+
+impl Excerpt {
+    /// Most bytes an excerpt holds.
+    pub const MAX: usize = 64;
+
+    /// The first [`Excerpt::MAX`] bytes of `data`.
+    pub fn new(data: &[u8]) -> Self {
+        let n = data.len().min(Self::MAX);
+        Excerpt {
+            bytes: data.get(..n).unwrap_or_default().into(),
+            more: data.len() > n,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// `": 02 00 0c …"`, or nothing when there are no bytes to show: for
+    /// error messages that end in the excerpt.
+    pub fn after_colon(&self) -> impl fmt::Display + '_ {
+        struct AfterColon<'a>(&'a Excerpt);
+        impl fmt::Display for AfterColon<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                if self.0.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, ": {}", self.0)
+                }
+            }
+        }
+        AfterColon(self)
+    }
+}
+
+impl fmt::Display for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.bytes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        if self.more {
+            f.write_str(" …")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Excerpt({self})")
+    }
+}
+
 /// Errors from parsing codec configuration or parameter sets, and timeline policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
@@ -287,6 +356,19 @@ impl<'a> ByteReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpt_shows_at_most_64_bytes_as_hex() {
+        let e = Excerpt::new(&[0x02, 0x00, 0x0c]);
+        assert_eq!(e.to_string(), "02 00 0c");
+        assert_eq!(e.after_colon().to_string(), ": 02 00 0c");
+        let long: Vec<u8> = (0..100).collect();
+        let e = Excerpt::new(&long);
+        assert_eq!(e.bytes(), &long[..64]);
+        assert!(e.to_string().starts_with("00 01 02 ") && e.to_string().ends_with(" 3f …"));
+        assert_eq!(Excerpt::new(&[]).after_colon().to_string(), "");
+        assert!(Excerpt::default().is_empty());
+    }
 
     #[test]
     fn codec_names_and_tracks() {

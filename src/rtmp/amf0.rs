@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-/// Nesting limit used by [`fuzz_roundtrip`] and recommended for network input.
+/// Nesting limit used by the fuzz round trip and recommended for network input.
 ///
 /// Real RTMP peers nest at most two or three levels (`connect` command object,
 /// `onMetaData` ECMA array), so 32 leaves ample room while bounding recursion.
@@ -699,6 +699,7 @@ fn encode_amf3(value: &Amf3Value, out: &mut BytesMut) {
 /// still checked. Values the encoder would have to clamp (possible only when lossy
 /// UTF-8 repair grows a property name beyond 65535 bytes) are skipped, since they
 /// cannot round-trip by design. A panic here means a real bug.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
     let mut pos = 0;
@@ -732,6 +733,7 @@ pub fn fuzz_roundtrip(data: &[u8]) {
 }
 
 /// Whether `encode` writes `value` without clamping anything, so it decodes back equal.
+#[cfg(any(test, feature = "fuzzing"))]
 fn fits_wire_limits(value: &Amf0Value) -> bool {
     fn props_fit(props: &[(String, Amf0Value)]) -> bool {
         u32::try_from(props.len()).is_ok()
@@ -756,14 +758,17 @@ fn fits_wire_limits(value: &Amf0Value) -> bool {
 
 /// Bit-exact float comparison, except that any NaN equals any NaN (some platforms
 /// quiet signalling NaNs when moving them through float registers).
+#[cfg(any(test, feature = "fuzzing"))]
 fn same_f64(a: f64, b: f64) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn same_values(a: &[Amf0Value], b: &[Amf0Value]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y))
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn same_props(a: &[(String, Amf0Value)], b: &[(String, Amf0Value)]) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -772,6 +777,7 @@ fn same_props(a: &[(String, Amf0Value)], b: &[(String, Amf0Value)]) -> bool {
 }
 
 /// Structural equality with NaN-aware float comparison.
+#[cfg(any(test, feature = "fuzzing"))]
 fn same_value(a: &Amf0Value, b: &Amf0Value) -> bool {
     use Amf0Value as V;
     match (a, b) {

@@ -252,6 +252,7 @@ pub fn parse_caught(
 
 /// Fuzz entry point: `check` never panics, and whatever it lets through
 /// (after stripping, for rejections) parses without a panic.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
     let bytes = match check(data) {

@@ -6,6 +6,7 @@
 //! docs/srt-sans-io.md.
 
 pub mod config;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod guard;

@@ -166,6 +166,7 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
 /// [`MAX_LEN`] bytes with a valid path and rendition, and writing the request
 /// back in the access-control form (and the short form, when it has no
 /// extra keys) parses to the same request.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_streamid(data: &[u8]) {
     let sid = String::from_utf8_lossy(data);

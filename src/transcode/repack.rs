@@ -1,37 +1,9 @@
 //! Reads FFmpeg's MPEG-TS output back into relay chunks: bytes from a
 //! rendition's pipe in (any split), [`TsChunk`]s out that follow the same
 //! rules as the ones our own muxer writes, so the ring and the players
-//! cannot tell a rendition from the source.
-//!
-//! - A chunk is 1 to 7 whole packets; it is filled to 7 unless a keyframe
-//!   closes it early.
-//! - A keyframe chunk starts with PAT, PMT and the first packet of a video
-//!   PES that is a random access point, so a player can join there. The
-//!   PAT and PMT are the latest good ones FFmpeg wrote, re-emitted; FFmpeg's
-//!   own copies right before the keyframe are replaced, not duplicated.
-//! - PAT and PMT packets get our own continuity counters (we add copies);
-//!   every other packet is passed byte for byte, in order.
-//! - Nothing is emitted before the first keyframe: the first chunk is a
-//!   keyframe chunk. Without video, an audio PES start is a join point, at
-//!   most every 100 ms of audio PTS, as in the muxer.
-//! - Null packets, SDT and PIDs the PMT does not list are dropped.
-//! - `dts_90k` is the DTS (PTS without DTS) of the latest video PES (audio
-//!   without video) when the chunk was opened, unwrapped across 2^33 and
-//!   never decreasing; 0 before the first timestamp.
-//!
-//! Sans-IO and bounded: between calls it holds at most one packet of
-//! input, the chunk being filled, the cached PAT/PMT and the PSI packets
-//! that wait for the next media packet. A panic is a bug, never bad input.
-//!
-//! What FFmpeg 5.1 (mpegts muxer defaults) writes, from the captures under
-//! `fuzz/seeds/ts_repack/`: SDT, PAT, PMT first; SDT every 500 ms; PAT and
-//! PMT every 100 ms, always as a pair right before a video PES start (an
-//! audio PES start without video), and forced before every keyframe. The
-//! first packet of every IDR (libx264) or IRAP (libx265) PES, and of no
-//! other video PES, carries random_access_indicator; audio PES starts carry
-//! it too. Keyframes are found by that flag, with a scan for an IDR/IRAP
-//! NAL unit in the first packet as a fallback. Without video, FFmpeg packs
-//! about 370 ms of AAC into one PES.
+//! cannot tell a rendition from the source. Sans-IO and bounded; a panic is
+//! a bug, never bad input. The chunk rules and what FFmpeg writes:
+//! docs/ts.md.
 
 use bytes::{BufMut, BytesMut};
 
@@ -272,7 +244,7 @@ fn section_body(s: &[u8], table_id: u8) -> Option<&[u8]> {
     ok.then(|| s.get(8..s.len() - 4)).flatten()
 }
 
-/// FFmpeg's MPEG-TS in, relay chunks out; see the module docs. Feed it with
+/// FFmpeg's MPEG-TS in, relay chunks out (rules in docs/ts.md). Feed it with
 /// [`Repacker::push`]; [`Repacker::flush`] hands out the chunk being filled.
 #[derive(Debug)]
 pub struct Repacker {
@@ -659,6 +631,7 @@ impl Repacker {
 }
 
 /// Split sizes the fuzz entry picks from: single bytes, around one packet, whole chunks.
+#[cfg(feature = "fuzzing")]
 const FUZZ_SPLITS: [usize; 10] = [1, 2, 7, 100, 187, 188, 189, 376, 1316, 5000];
 
 /// Fuzzing entry point. The first byte seeds the splits; the rest is TS.
@@ -666,6 +639,7 @@ const FUZZ_SPLITS: [usize; 10] = [1, 2, 7, 100, 187, 188, 189, 376, 1316, 5000];
 /// the chunk rules: whole packets, 1 to 7 of them; the first chunk and
 /// every keyframe chunk start PAT, PMT, PES start; PAT/PMT continuity
 /// counters step by one; every packet in is accounted for; bounded memory.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_repack(data: &[u8]) {
     let Some((&seed, ts)) = data.split_first() else {
@@ -711,6 +685,7 @@ pub fn fuzz_repack(data: &[u8]) {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl Repacker {
     fn check_bounds(&self) {
         assert!(
@@ -727,11 +702,13 @@ impl Repacker {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn packet_pid(p: &[u8]) -> u16 {
     u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])
 }
 
-/// The chunk rules of the module docs, asserted over a whole output.
+/// The chunk rules (docs/ts.md), asserted over a whole output.
+#[cfg(any(test, feature = "fuzzing"))]
 fn check_chunks(chunks: &[TsChunk]) {
     let mut psi_pids = vec![PID_PAT];
     let mut last_dts = 0;

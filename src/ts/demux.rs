@@ -9,6 +9,7 @@ use super::{
     decode_timestamp, TsError, PACKET, PID_NULL, PID_PAT, STREAM_TYPE_H264, STREAM_TYPE_HEVC,
     SYNC_BYTE,
 };
+use crate::media::Excerpt;
 
 /// A PES larger than this (8 MiB) is dropped and counted.
 pub const MAX_PES: usize = 8 << 20;
@@ -51,6 +52,19 @@ struct Stream {
     random_access: bool,
     /// Stream byte offset of the packet that started the PES.
     start_offset: u64,
+    /// Index of the packet that started the PES.
+    start_packet: u64,
+}
+
+/// Where a packet is in the input, for errors.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    /// Stream byte offset of the packet.
+    offset: u64,
+    /// Index of the packet among those read (resynchronisation skips bytes,
+    /// not packets).
+    index: u64,
+    packet: &'a [u8],
 }
 
 /// A PSI section being assembled on PID 0 or a PMT PID.
@@ -70,6 +84,8 @@ pub struct Demuxer {
     buf: Vec<u8>,
     /// Stream byte offset of `buf[0]`.
     offset: u64,
+    /// Packets read so far.
+    packets: u64,
     /// Last continuity_counter per PID (2.4.3.3).
     cc: Vec<u8>,
     pmt_pids: Vec<u16>,
@@ -90,6 +106,7 @@ impl Demuxer {
         Demuxer {
             buf: Vec::new(),
             offset: 0,
+            packets: 0,
             cc: vec![CC_NONE; 0x2000],
             pmt_pids: Vec::new(),
             sections: Vec::new(),
@@ -121,18 +138,27 @@ impl Demuxer {
                 while pos < buf.len() && !is_sync(pos) {
                     pos += 1;
                 }
-                first_error.get_or_insert(TsError::LostSync {
-                    offset: self.offset + from as u64,
-                    skipped: pos - from,
-                });
+                if first_error.is_none() {
+                    first_error = Some(TsError::LostSync {
+                        offset: self.offset + from as u64,
+                        packet: self.packets,
+                        skipped: pos - from,
+                        excerpt: Excerpt::new(buf.get(from..pos).unwrap_or_default()),
+                    });
+                }
                 continue;
             }
-            let offset = self.offset + pos as u64;
             if let Some(packet) = buf.get(pos..pos + PACKET) {
-                if let Err(e) = self.packet(packet, offset, out) {
+                let at = At {
+                    offset: self.offset + pos as u64,
+                    index: self.packets,
+                    packet,
+                };
+                if let Err(e) = self.packet(at, out) {
                     first_error.get_or_insert(e);
                 }
             }
+            self.packets += 1;
             pos += PACKET;
         }
         buf.drain(..pos);
@@ -168,15 +194,18 @@ impl Demuxer {
 
     /// One transport packet (2.4.3.2), adaptation field (2.4.3.4) and
     /// continuity check (2.4.3.3), then its payload to PSI or PES assembly.
-    fn packet(&mut self, p: &[u8], offset: u64, out: &mut Vec<Pes>) -> Result<(), TsError> {
+    fn packet(&mut self, at: At<'_>, out: &mut Vec<Pes>) -> Result<(), TsError> {
+        let p = at.packet;
         let (Some(&b1), Some(&b2), Some(&b3)) = (p.get(1), p.get(2), p.get(3)) else {
             return Ok(());
         };
         let pid = u16::from(b1 & 0x1F) << 8 | u16::from(b2);
         let bad = |reason| TsError::BadPacket {
             pid,
-            offset,
+            offset: at.offset,
+            packet: at.index,
             reason,
+            excerpt: Excerpt::new(p),
         };
         if b1 & 0x80 != 0 {
             return Err(bad("transport_error_indicator set; packet skipped"));
@@ -227,9 +256,11 @@ impl Demuxer {
                         self.continuity_errors += 1;
                         result = Err(TsError::Continuity {
                             pid,
-                            offset,
+                            offset: at.offset,
+                            packet: at.index,
                             expected,
                             got: cc,
+                            excerpt: Excerpt::new(p),
                         });
                     }
                 }
@@ -241,9 +272,9 @@ impl Demuxer {
         }
         let payload = p.get(payload_start..).unwrap_or(&[]);
         let r = if pid == PID_PAT || self.pmt_pids.contains(&pid) {
-            self.section_payload(pid, pusi, payload, offset)
+            self.section_payload(pid, pusi, payload, at)
         } else if let Some(i) = self.streams.iter().position(|s| s.pid == pid) {
-            self.pes_payload(i, pusi, payload, random_access, lost, offset, out)
+            self.pes_payload(i, pusi, payload, random_access, lost, at, out)
         } else {
             Ok(())
         };
@@ -258,7 +289,7 @@ impl Demuxer {
         payload: &[u8],
         random_access: bool,
         lost: bool,
-        offset: u64,
+        at: At<'_>,
         out: &mut Vec<Pes>,
     ) -> Result<(), TsError> {
         let Some(s) = self.streams.get_mut(i) else {
@@ -281,7 +312,8 @@ impl Demuxer {
             s.buf.clear();
             s.active = true;
             s.random_access = random_access;
-            s.start_offset = offset;
+            s.start_offset = at.offset;
+            s.start_packet = at.index;
         }
         if !s.active {
             return result;
@@ -292,8 +324,10 @@ impl Demuxer {
             self.dropped_pes += 1;
             return Err(TsError::PesTooLarge {
                 pid: s.pid,
-                offset,
+                offset: at.offset,
+                packet: at.index,
                 limit: MAX_PES,
+                excerpt: Excerpt::new(at.packet),
             });
         }
         s.buf.extend_from_slice(payload);
@@ -319,8 +353,16 @@ impl Demuxer {
         pid: u16,
         pusi: bool,
         payload: &[u8],
-        offset: u64,
+        at: At<'_>,
     ) -> Result<(), TsError> {
+        let bad = |reason| TsError::BadPsi {
+            pid,
+            table_id: 0xFF,
+            offset: at.offset,
+            packet: at.index,
+            reason,
+            excerpt: Excerpt::new(at.packet),
+        };
         let i = match self.sections.iter().position(|s| s.pid == pid) {
             Some(i) => i,
             None => {
@@ -349,12 +391,7 @@ impl Demuxer {
                 sb.active = false;
                 buf.clear();
                 sb.buf = buf;
-                return Err(TsError::BadPsi {
-                    pid,
-                    table_id: 0xFF,
-                    offset,
-                    reason: "pointer_field runs past the packet",
-                });
+                return Err(bad("pointer_field runs past the packet"));
             };
             if sb.active {
                 buf.extend_from_slice(tail);
@@ -371,12 +408,7 @@ impl Demuxer {
             sb.active = false;
             buf.clear();
             sb.buf = buf;
-            return Err(TsError::BadPsi {
-                pid,
-                table_id: 0xFF,
-                offset,
-                reason: "section longer than 4096 bytes",
-            });
+            return Err(bad("section longer than 4096 bytes"));
         }
         buf.extend_from_slice(data);
         if !take_sections(&mut buf, &mut finished) {
@@ -385,21 +417,24 @@ impl Demuxer {
         }
         sb.buf = buf;
         for section in &finished {
-            if let Err(e) = self.section(pid, section, offset) {
+            if let Err(e) = self.section(pid, section, at) {
                 result = result.and(Err(e));
             }
         }
         result
     }
 
-    /// A complete PSI section: the PAT (2.4.4.3) or a PMT (2.4.4.8).
-    fn section(&mut self, pid: u16, s: &[u8], offset: u64) -> Result<(), TsError> {
+    /// A complete PSI section: the PAT (2.4.4.3) or a PMT (2.4.4.8); `at`
+    /// is the packet that completed it.
+    fn section(&mut self, pid: u16, s: &[u8], at: At<'_>) -> Result<(), TsError> {
         let table_id = s.first().copied().unwrap_or(0xFF);
         let bad = |reason| TsError::BadPsi {
             pid,
             table_id,
-            offset,
+            offset: at.offset,
+            packet: at.index,
             reason,
+            excerpt: Excerpt::new(s),
         };
         if table_id == 0xFF {
             return Ok(());
@@ -464,6 +499,7 @@ impl Demuxer {
                             active: false,
                             random_access: false,
                             start_offset: 0,
+                            start_packet: 0,
                         });
                     }
                 }
@@ -503,7 +539,9 @@ fn finish_pes(s: &mut Stream, out: &mut Vec<Pes>) -> Result<(), TsError> {
     let bad = |reason| TsError::BadPes {
         pid: s.pid,
         offset: s.start_offset,
+        packet: s.start_packet,
         reason,
+        excerpt: Excerpt::new(&raw),
     };
     let Some(&[0, 0, 1, stream_id, len_hi, len_lo]) = raw.get(..6) else {
         return Err(bad("missing packet_start_code_prefix"));
@@ -595,12 +633,14 @@ pub(crate) fn annexb_keyframe(stream_type: u8, data: &[u8]) -> bool {
 }
 
 /// Split sizes the fuzz entry picks from: single bytes, around one packet, several packets.
+#[cfg(feature = "fuzzing")]
 const FUZZ_SPLITS: [usize; 9] = [1, 3, 100, 187, 188, 189, 376, 1316, 5000];
 
 /// Fuzzing entry point. The first byte seeds the splits; the rest is TS.
 /// Never panics on input; checks bounded memory after every push, that no
 /// PES exceeds [`MAX_PES`] and its timestamps are 33-bit, and that input
 /// the demuxer accepted without complaint gives the same PES in any split.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_demux(data: &[u8]) {
     fn check(d: &Demuxer, out: &[Pes]) {
@@ -778,6 +818,63 @@ mod tests {
         // with a sync byte.
         assert_eq!(d.continuity_errors(), 0);
         assert_eq!(out.len(), n);
+    }
+
+    /// Errors name the PID, the packet's index and offset, and show the
+    /// packet's first bytes (the skipped bytes, for lost sync).
+    #[test]
+    fn errors_name_the_pid_packet_offset_and_bytes() {
+        let (ts, _) = muxed();
+        let mut input = ts.clone();
+        // transport_error_indicator on packet 5.
+        input[5 * 188 + 1] |= 0x80;
+        let mut d = Demuxer::new();
+        let e = d.push(&input, &mut Vec::new()).unwrap_err();
+        let TsError::BadPacket {
+            pid,
+            offset,
+            packet,
+            ref excerpt,
+            ..
+        } = e
+        else {
+            panic!("{e}");
+        };
+        let pid_of = |p: &[u8]| u16::from(p[1] & 0x1F) << 8 | u16::from(p[2]);
+        assert_eq!((pid, packet, offset), (pid_of(&ts[5 * 188..]), 5, 940));
+        assert_eq!(excerpt.bytes(), &input[940..940 + 64]);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "bad TS packet: transport_error_indicator set; packet skipped, at PID {pid:#06x}, \
+                 packet 5, offset 940: 47 {:02x} {:02x} ",
+                input[941], input[942]
+            )) && e.to_string().ends_with(" …"),
+            "{e}"
+        );
+
+        // Lost sync shows the garbage; packets after it keep their index
+        // and their offset counts the garbage.
+        let mut input = vec![1, 2, 3];
+        input.extend_from_slice(&ts[..188 * 4]);
+        input[3 + 3 * 188 + 1] |= 0x80;
+        let mut d = Demuxer::new();
+        let e = d.push(&input[..3 + 3 * 188], &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lost TS sync: skipped 3 bytes to the next 0x47, at packet 0, offset 0: 01 02 03"
+        );
+        let e = d.push(&input[3 + 3 * 188..], &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TsError::BadPacket {
+                    packet: 3,
+                    offset: 567,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,12 +7,13 @@
 pub mod demux;
 pub mod mux;
 pub(crate) mod psi;
+#[cfg(feature = "fuzzing")]
 mod roundtrip;
 
 pub use demux::{Demuxer, Pes};
 pub use mux::{Muxer, TsChunk, CHUNK, PACKET};
 
-use crate::media::{Codec, MediaError};
+use crate::media::{Codec, Excerpt, MediaError};
 
 /// Sync byte that starts every transport packet (2.4.3.2).
 pub const SYNC_BYTE: u8 = 0x47;
@@ -72,36 +73,61 @@ pub enum TsError {
     },
     #[error("AAC frame at dts {dts} ms is {len} bytes; an ADTS frame holds at most {max}")]
     AacFrameTooLarge { dts: u64, len: usize, max: usize },
-    #[error("TS packet on PID {pid:#06x} at stream byte {offset}: {reason}")]
+    /// The demuxer's errors say where: the PID, the packet's index among
+    /// those read and its byte offset in the input, and the bytes there
+    /// (for PSI and PES errors, the section's or the PES's first bytes).
+    #[error("bad TS packet: {reason}, at PID {pid:#06x}, packet {packet}, offset {offset}{}", excerpt.after_colon())]
     BadPacket {
         pid: u16,
         offset: u64,
+        packet: u64,
         reason: &'static str,
+        excerpt: Excerpt,
     },
-    #[error("lost TS sync at stream byte {offset}: skipped {skipped} bytes to the next 0x47")]
-    LostSync { offset: u64, skipped: usize },
-    #[error("continuity error on PID {pid:#06x} at stream byte {offset}: expected counter {expected}, got {got}")]
+    /// `packet` is the index the next packet gets; `excerpt` shows the
+    /// skipped bytes.
+    #[error("lost TS sync: skipped {skipped} bytes to the next 0x47, at packet {packet}, offset {offset}{}", excerpt.after_colon())]
+    LostSync {
+        offset: u64,
+        packet: u64,
+        skipped: usize,
+        excerpt: Excerpt,
+    },
+    #[error("continuity error: expected counter {expected}, got {got}, at PID {pid:#06x}, packet {packet}, offset {offset}{}", excerpt.after_colon())]
     Continuity {
         pid: u16,
         offset: u64,
+        packet: u64,
         expected: u8,
         got: u8,
+        excerpt: Excerpt,
     },
-    #[error("PSI section (table_id {table_id:#04x}) on PID {pid:#06x} at stream byte {offset}: {reason}")]
+    #[error("PSI section (table_id {table_id:#04x}): {reason}, at PID {pid:#06x}, packet {packet}, offset {offset}{}", excerpt.after_colon())]
     BadPsi {
         pid: u16,
         table_id: u8,
         offset: u64,
+        packet: u64,
         reason: &'static str,
+        excerpt: Excerpt,
     },
-    #[error("PES on PID {pid:#06x} at stream byte {offset}: {reason}; dropped")]
+    /// `packet` and `offset` are where the PES started.
+    #[error("PES: {reason}; dropped, at PID {pid:#06x}, packet {packet}, offset {offset}{}", excerpt.after_colon())]
     BadPes {
         pid: u16,
         offset: u64,
+        packet: u64,
         reason: &'static str,
+        excerpt: Excerpt,
     },
-    #[error("PES on PID {pid:#06x} grew past {limit} bytes at stream byte {offset}; dropped")]
-    PesTooLarge { pid: u16, offset: u64, limit: usize },
+    #[error("PES grew past {limit} bytes; dropped, at PID {pid:#06x}, packet {packet}, offset {offset}{}", excerpt.after_colon())]
+    PesTooLarge {
+        pid: u16,
+        offset: u64,
+        packet: u64,
+        limit: usize,
+        excerpt: Excerpt,
+    },
 }
 
 /// Writes a 33-bit timestamp in the 5-byte PTS/DTS layout of 2.4.3.7:
@@ -131,6 +157,7 @@ pub(crate) fn decode_timestamp(b: [u8; 5]) -> u64 {
 /// `data`, muxes them, demuxes the result and asserts every frame comes back
 /// with the same payload and timestamps; also feeds `data` raw to the
 /// demuxer. Panics only on a bug.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
     let _ = roundtrip::run(data);

@@ -253,7 +253,35 @@ fn check_chunk(c: &TsChunk, key_pid: u16) {
 
 /// Returns how many frames made the round trip.
 pub(super) fn run(data: &[u8]) -> usize {
-    // Raw input straight into the demuxer, whole and in pieces: no panic.
+    demux_raw(data);
+    let mut input = Input { data };
+    let Some(mut rt) = RoundTrip::new(&mut input) else {
+        return 0;
+    };
+    // Timestamps start anywhere in several 33-bit wraps (2^33 / 90 ms ~ 26.5 h).
+    let mut dts = u64::from(input.u32()) * 32;
+    while !input.is_empty() && rt.expected.len() < 48 {
+        let kind = input.u8();
+        dts += if kind & 0x80 != 0 {
+            u64::from(input.u32())
+        } else {
+            u64::from(input.u8())
+        };
+        let audio = rt.with_audio && (!rt.with_video || kind & 0x01 != 0);
+        if kind & 0x60 == 0x60 {
+            rt.push_rejected(&mut input, audio, dts);
+        } else if audio {
+            rt.push_audio(&mut input, kind, dts);
+        } else {
+            rt.push_video(&mut input, kind, dts);
+        }
+    }
+    rt.check();
+    rt.expected.len()
+}
+
+/// Raw input straight into the demuxer, whole and in pieces: no panic.
+fn demux_raw(data: &[u8]) {
     let mut d = Demuxer::new();
     let mut pes = Vec::new();
     let _ = d.push(data, &mut pes);
@@ -263,222 +291,165 @@ pub(super) fn run(data: &[u8]) -> usize {
         let _ = d.push(piece, &mut pes);
     }
     d.flush(&mut pes);
+}
 
-    let fx = fixture();
-    let mut input = Input { data };
-    let sel = input.u8();
-    let hevc = sel & 0x01 != 0;
-    let length_size = usize::from((sel >> 1) & 0x03) + 1;
-    let with_audio = sel & 0x08 == 0;
-    let with_video = sel & 0x10 == 0 || !with_audio;
-    let codec = if hevc { Codec::H265 } else { Codec::H264 };
+/// One round trip: the stream shape the first input byte selects, the muxer
+/// configured for it, what it wrote and what must come back.
+struct RoundTrip {
+    sel: u8,
+    hevc: bool,
+    length_size: usize,
+    with_audio: bool,
+    with_video: bool,
+    codec: Codec,
+    /// The video config's parameter sets (the muxer inserts them before a
+    /// keyframe that lacks them).
+    params: Vec<Bytes>,
+    /// ADTS header of the audio config, frame length still 0.
+    adts: [u8; 7],
+    /// The fixture's frames for the selected video codec.
+    frames: &'static [Vec<Bytes>],
+    muxer: Muxer,
+    chunks: Vec<TsChunk>,
+    expected: Vec<Expected>,
+    last_video: Option<u64>,
+    last_audio: Option<u64>,
+}
 
-    let mut muxer = Muxer::new();
-    let mut params = Vec::new();
-    if with_video {
-        // The fixture's record, with lengthSizeMinusOne patched (avcC byte 4, hvcC byte 21).
-        let mut record = if hevc {
-            fx.hevc_record.to_vec()
+impl RoundTrip {
+    /// Reads the selector byte and configures the muxer; `None` if the
+    /// fixture's configs do not fit the selection.
+    fn new(input: &mut Input<'_>) -> Option<Self> {
+        let fx = fixture();
+        let sel = input.u8();
+        let hevc = sel & 0x01 != 0;
+        let length_size = usize::from((sel >> 1) & 0x03) + 1;
+        let with_audio = sel & 0x08 == 0;
+        let with_video = sel & 0x10 == 0 || !with_audio;
+        let codec = if hevc { Codec::H265 } else { Codec::H264 };
+        let mut muxer = Muxer::new();
+        let params = if with_video {
+            configure_video(&mut muxer, fx, codec, length_size)?
         } else {
-            fx.avc_record.to_vec()
+            Vec::new()
         };
-        let at = if hevc { 21 } else { 4 };
-        let Some(b) = record.get_mut(at) else {
-            return 0;
-        };
-        *b = (*b & 0xFC) | (length_size as u8 - 1);
-        if hevc {
-            let Ok(c) = hevc::parse_hevc_decoder_config(&record) else {
-                return 0;
-            };
-            params.extend(c.vps.into_iter().chain(c.sps).chain(c.pps));
+        let adts = if with_audio {
+            configure_audio(&mut muxer, fx)?
         } else {
-            let Ok(c) = h264::parse_avc_decoder_config(&record) else {
-                return 0;
-            };
-            params.extend(c.sps.into_iter().chain(c.pps));
-        }
-        let cfg = CodecConfig::Video {
+            [0; 7]
+        };
+        Some(RoundTrip {
+            sel,
+            hevc,
+            length_size,
+            with_audio,
+            with_video,
             codec,
-            record: Bytes::from(record),
-            params: None,
-        };
-        if let Err(e) = muxer.set_config(&cfg) {
-            panic!("fixture video config rejected: {e}");
-        }
+            params,
+            adts,
+            frames: if hevc {
+                &fx.hevc_frames
+            } else {
+                &fx.avc_frames
+            },
+            muxer,
+            chunks: Vec::new(),
+            expected: Vec::new(),
+            last_video: None,
+            last_audio: None,
+        })
     }
-    let mut adts = [0u8; 7];
-    if with_audio {
-        let Ok(asc) = AudioSpecificConfig::parse(&fx.asc) else {
-            return 0;
-        };
-        adts = [
-            0xFF,
-            0xF1,
-            (asc.object_type - 1) << 6
-                | asc.sampling_frequency_index << 2
-                | asc.channel_configuration >> 2,
-            (asc.channel_configuration & 3) << 6,
-            0,
-            0x1F,
-            0xFC,
-        ];
-        let cfg = CodecConfig::Audio {
-            codec: Codec::Aac,
-            config: fx.asc.clone(),
-            params: None,
-        };
-        if let Err(e) = muxer.set_config(&cfg) {
-            panic!("fixture audio config rejected: {e}");
-        }
-    }
-    let fixture_frames = if hevc {
-        &fx.hevc_frames
-    } else {
-        &fx.avc_frames
-    };
 
-    // Timestamps start anywhere in several 33-bit wraps (2^33 / 90 ms ~ 26.5 h).
-    let mut dts = u64::from(input.u32()) * 32;
-    let mut expected = Vec::new();
-    let mut chunks = Vec::new();
-    let (mut last_video, mut last_audio) = (None, None);
-    while !input.is_empty() && expected.len() < 48 {
-        let kind = input.u8();
-        dts += if kind & 0x80 != 0 {
-            u64::from(input.u32())
-        } else {
-            u64::from(input.u8())
-        };
-        let audio = with_audio && (!with_video || kind & 0x01 != 0);
-        if kind & 0x60 == 0x60 {
-            // A damaged or unsupported frame: an error, and nothing written.
-            let before = chunks.len();
-            let bad = if audio {
-                Frame {
-                    track: Track::Audio,
-                    codec: Codec::Opus,
-                    dts,
-                    cts: 0,
-                    keyframe: false,
-                    data: Bytes::from_static(&[1, 2, 3]),
-                }
-            } else {
-                let k = usize::from(input.u8() % 100);
-                let mut data = ((k + 1) as u32).to_be_bytes()[4 - length_size..].to_vec();
-                data.extend(std::iter::repeat_n(0x41, k));
-                Frame {
-                    track: Track::Video,
-                    codec,
-                    dts,
-                    cts: 0,
-                    keyframe: false,
-                    data: Bytes::from(data),
-                }
-            };
-            assert!(muxer.push(&bad, &mut chunks).is_err(), "bad frame accepted");
-            assert_eq!(chunks.len(), before, "output for a rejected frame");
-            continue;
-        }
-        if audio {
-            let len = if kind & 0x06 == 0x06 {
-                usize::from(input.u16() % 1000)
-            } else {
-                usize::from(input.u8())
-            };
-            let payload = Bytes::copy_from_slice(input.bytes(len));
-            let frame = Frame {
+    /// A damaged or unsupported frame: an error, and nothing written.
+    fn push_rejected(&mut self, input: &mut Input<'_>, audio: bool, dts: u64) {
+        let before = self.chunks.len();
+        let bad = if audio {
+            Frame {
                 track: Track::Audio,
-                codec: Codec::Aac,
+                codec: Codec::Opus,
                 dts,
                 cts: 0,
-                keyframe: true,
-                data: payload.clone(),
-            };
-            if let Err(e) = muxer.push(&frame, &mut chunks) {
-                panic!("audio frame rejected: {e}");
-            }
-            let (d, p) = expected_timestamps(dts, 0, last_audio);
-            last_audio = Some(d);
-            let mut es = adts.to_vec();
-            let flen = payload.len() + 7;
-            es[3] |= (flen >> 11) as u8;
-            es[4] = (flen >> 3) as u8;
-            es[5] = ((flen & 7) << 5) as u8 | 0x1F;
-            es.extend_from_slice(&payload);
-            expected.push(Expected {
-                pid: PID_AUDIO,
-                data: es,
-                pts: p,
-                dts: d,
-                // random_access_indicator only comes with the periodic PAT/PMT.
                 keyframe: false,
-            });
-            continue;
+                data: Bytes::from_static(&[1, 2, 3]),
+            }
+        } else {
+            let k = usize::from(input.u8() % 100);
+            let mut data = ((k + 1) as u32).to_be_bytes()[4 - self.length_size..].to_vec();
+            data.extend(std::iter::repeat_n(0x41, k));
+            Frame {
+                track: Track::Video,
+                codec: self.codec,
+                dts,
+                cts: 0,
+                keyframe: false,
+                data: Bytes::from(data),
+            }
+        };
+        assert!(
+            self.muxer.push(&bad, &mut self.chunks).is_err(),
+            "bad frame accepted"
+        );
+        assert_eq!(self.chunks.len(), before, "output for a rejected frame");
+    }
+
+    fn push_audio(&mut self, input: &mut Input<'_>, kind: u8, dts: u64) {
+        let len = if kind & 0x06 == 0x06 {
+            usize::from(input.u16() % 1000)
+        } else {
+            usize::from(input.u8())
+        };
+        let payload = Bytes::copy_from_slice(input.bytes(len));
+        let frame = Frame {
+            track: Track::Audio,
+            codec: Codec::Aac,
+            dts,
+            cts: 0,
+            keyframe: true,
+            data: payload.clone(),
+        };
+        if let Err(e) = self.muxer.push(&frame, &mut self.chunks) {
+            panic!("audio frame rejected: {e}");
         }
+        let (d, p) = expected_timestamps(dts, 0, self.last_audio);
+        self.last_audio = Some(d);
+        let mut es = self.adts.to_vec();
+        let flen = payload.len() + 7;
+        es[3] |= (flen >> 11) as u8;
+        es[4] = (flen >> 3) as u8;
+        es[5] = ((flen & 7) << 5) as u8 | 0x1F;
+        es.extend_from_slice(&payload);
+        self.expected.push(Expected {
+            pid: PID_AUDIO,
+            data: es,
+            pts: p,
+            dts: d,
+            // random_access_indicator only comes with the periodic PAT/PMT.
+            keyframe: false,
+        });
+    }
+
+    fn push_video(&mut self, input: &mut Input<'_>, kind: u8, dts: u64) {
         let keyframe = kind & 0x02 != 0;
         let cts = i32::from(input.u16() as i16);
-        let mut nals: Vec<Bytes> = Vec::new();
-        if kind & 0x04 != 0 {
-            nals.push(if hevc {
-                Bytes::from_static(&[0x46, 0x01, 0x50])
-            } else {
-                Bytes::from_static(&[0x09, 0x10])
-            });
-        }
-        if kind & 0x08 != 0 {
-            nals.extend(params.iter().cloned());
-        }
-        let pick = usize::from(input.u8());
-        if kind & 0x10 != 0 && !fixture_frames.is_empty() {
-            nals.extend(fixture_frames[pick % fixture_frames.len()].iter().cloned());
-        } else {
-            for _ in 0..pick % 4 {
-                let t = input.u8();
-                let len = if t & 0x70 == 0x70 {
-                    usize::from(input.u16() % 1500)
-                } else {
-                    usize::from(input.u8())
-                };
-                let body = input.bytes(len);
-                if t & 0x88 == 0x88 {
-                    nals.push(Bytes::new());
-                    continue;
-                }
-                // Slices (IDR and not), SEI, and now and then a stray AUD.
-                let mut nal = match (hevc, t % 5) {
-                    (false, 0) => vec![0x65],
-                    (false, 1 | 2) => vec![0x41],
-                    (false, 3) => vec![0x06],
-                    (false, _) => vec![0x09],
-                    (true, 0) => vec![0x26, 0x01],
-                    (true, 1) => vec![0x02, 0x01 + ((t >> 5) & 1)],
-                    (true, 2) => vec![0x02],
-                    (true, 3) => vec![0x4E, 0x01],
-                    (true, _) => vec![0x46, 0x01],
-                };
-                nal.extend_from_slice(body);
-                nals.push(Bytes::from(nal));
-            }
-        }
-        let Some(payload) = avcc(&nals, length_size) else {
-            continue;
+        let nals = self.video_nals(input, kind);
+        let Some(payload) = avcc(&nals, self.length_size) else {
+            return;
         };
         let frame = Frame {
             track: Track::Video,
-            codec,
+            codec: self.codec,
             dts,
             cts,
             keyframe,
             data: payload,
         };
-        if let Err(e) = muxer.push(&frame, &mut chunks) {
+        if let Err(e) = self.muxer.push(&frame, &mut self.chunks) {
             panic!("video frame rejected: {e}");
         }
-        let (es, key) = expected_video(&nals, hevc, keyframe, &params);
-        let (d, p) = expected_timestamps(dts, cts, last_video);
-        last_video = Some(d);
-        expected.push(Expected {
+        let (es, key) = expected_video(&nals, self.hevc, keyframe, &self.params);
+        let (d, p) = expected_timestamps(dts, cts, self.last_video);
+        self.last_video = Some(d);
+        self.expected.push(Expected {
             pid: PID_VIDEO,
             data: es,
             pts: p,
@@ -487,31 +458,72 @@ pub(super) fn run(data: &[u8]) -> usize {
         });
     }
 
-    let key_pid = if with_video { PID_VIDEO } else { PID_AUDIO };
-    for c in &chunks {
-        check_chunk(c, key_pid);
+    /// A frame's NAL units: optionally an AUD and the parameter sets, then a
+    /// fixture frame or up to three NAL units made from the input.
+    fn video_nals(&self, input: &mut Input<'_>, kind: u8) -> Vec<Bytes> {
+        let mut nals: Vec<Bytes> = Vec::new();
+        if kind & 0x04 != 0 {
+            nals.push(if self.hevc {
+                Bytes::from_static(&[0x46, 0x01, 0x50])
+            } else {
+                Bytes::from_static(&[0x09, 0x10])
+            });
+        }
+        if kind & 0x08 != 0 {
+            nals.extend(self.params.iter().cloned());
+        }
+        let pick = usize::from(input.u8());
+        if kind & 0x10 != 0 && !self.frames.is_empty() {
+            nals.extend(self.frames[pick % self.frames.len()].iter().cloned());
+        } else {
+            for _ in 0..pick % 4 {
+                nals.push(input_nal(input, self.hevc));
+            }
+        }
+        nals
     }
-    let ts: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
-    let mut demuxer = Demuxer::new();
-    let mut got: Vec<Pes> = Vec::new();
-    for (i, piece) in ts.chunks(1 + usize::from(sel) * 7).enumerate() {
-        if let Err(e) = demuxer.push(piece, &mut got) {
-            panic!("demuxing the muxer's output failed at piece {i}: {e}");
+
+    /// The chunks keep their shape, and demuxed they give back every frame
+    /// with its payload, timestamps and keyframe flag.
+    fn check(&self) {
+        let key_pid = if self.with_video {
+            PID_VIDEO
+        } else {
+            PID_AUDIO
+        };
+        for c in &self.chunks {
+            check_chunk(c, key_pid);
+        }
+        let ts: Vec<u8> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.data.iter().copied())
+            .collect();
+        let mut demuxer = Demuxer::new();
+        let mut got: Vec<Pes> = Vec::new();
+        for (i, piece) in ts.chunks(1 + usize::from(self.sel) * 7).enumerate() {
+            if let Err(e) = demuxer.push(piece, &mut got) {
+                panic!("demuxing the muxer's output failed at piece {i}: {e}");
+            }
+        }
+        demuxer.flush(&mut got);
+        assert_eq!(demuxer.continuity_errors(), 0);
+        assert_eq!(demuxer.dropped_pes(), 0);
+        for pid in [PID_VIDEO, PID_AUDIO] {
+            self.check_pid(pid, &got);
         }
     }
-    demuxer.flush(&mut got);
-    assert_eq!(demuxer.continuity_errors(), 0);
-    assert_eq!(demuxer.dropped_pes(), 0);
-    for pid in [PID_VIDEO, PID_AUDIO] {
-        let want: Vec<&Expected> = expected.iter().filter(|e| e.pid == pid).collect();
+
+    fn check_pid(&self, pid: u16, got: &[Pes]) {
+        let want: Vec<&Expected> = self.expected.iter().filter(|e| e.pid == pid).collect();
         let have: Vec<&Pes> = got.iter().filter(|p| p.pid == pid).collect();
         assert_eq!(have.len(), want.len(), "PES count on PID {pid:#x}");
+        let stream_type = match (pid, self.hevc) {
+            (PID_AUDIO, _) => STREAM_TYPE_AAC_ADTS,
+            (_, true) => STREAM_TYPE_HEVC,
+            (_, false) => STREAM_TYPE_H264,
+        };
         for (i, (w, h)) in want.iter().zip(&have).enumerate() {
-            let stream_type = match (pid, hevc) {
-                (PID_AUDIO, _) => STREAM_TYPE_AAC_ADTS,
-                (_, true) => STREAM_TYPE_HEVC,
-                (_, false) => STREAM_TYPE_H264,
-            };
             assert_eq!(h.stream_type, stream_type);
             assert!(h.data == w.data, "PES {i} on PID {pid:#x}: payload differs");
             assert_eq!(
@@ -529,7 +541,96 @@ pub(super) fn run(data: &[u8]) -> usize {
             }
         }
     }
-    expected.len()
+}
+
+/// Configures the fixture's video record, with lengthSizeMinusOne patched
+/// (avcC byte 4, hvcC byte 21); returns its parameter sets.
+fn configure_video(
+    muxer: &mut Muxer,
+    fx: &Fixture,
+    codec: Codec,
+    length_size: usize,
+) -> Option<Vec<Bytes>> {
+    let hevc = codec == Codec::H265;
+    let mut record = if hevc {
+        fx.hevc_record.to_vec()
+    } else {
+        fx.avc_record.to_vec()
+    };
+    let at = if hevc { 21 } else { 4 };
+    let b = record.get_mut(at)?;
+    *b = (*b & 0xFC) | (length_size as u8 - 1);
+    let mut params = Vec::new();
+    if hevc {
+        let c = hevc::parse_hevc_decoder_config(&record).ok()?;
+        params.extend(c.vps.into_iter().chain(c.sps).chain(c.pps));
+    } else {
+        let c = h264::parse_avc_decoder_config(&record).ok()?;
+        params.extend(c.sps.into_iter().chain(c.pps));
+    }
+    let cfg = CodecConfig::Video {
+        codec,
+        record: Bytes::from(record),
+        params: None,
+    };
+    if let Err(e) = muxer.set_config(&cfg) {
+        panic!("fixture video config rejected: {e}");
+    }
+    Some(params)
+}
+
+/// Configures the fixture's AAC config; returns its ADTS header (frame
+/// length 0).
+fn configure_audio(muxer: &mut Muxer, fx: &Fixture) -> Option<[u8; 7]> {
+    let asc = AudioSpecificConfig::parse(&fx.asc).ok()?;
+    let adts = [
+        0xFF,
+        0xF1,
+        (asc.object_type - 1) << 6
+            | asc.sampling_frequency_index << 2
+            | asc.channel_configuration >> 2,
+        (asc.channel_configuration & 3) << 6,
+        0,
+        0x1F,
+        0xFC,
+    ];
+    let cfg = CodecConfig::Audio {
+        codec: Codec::Aac,
+        config: fx.asc.clone(),
+        params: None,
+    };
+    if let Err(e) = muxer.set_config(&cfg) {
+        panic!("fixture audio config rejected: {e}");
+    }
+    Some(adts)
+}
+
+/// One NAL unit made from the input: slices (IDR and not), SEI, and now and
+/// then a stray AUD or an empty unit.
+fn input_nal(input: &mut Input<'_>, hevc: bool) -> Bytes {
+    let t = input.u8();
+    let len = if t & 0x70 == 0x70 {
+        usize::from(input.u16() % 1500)
+    } else {
+        usize::from(input.u8())
+    };
+    let body = input.bytes(len);
+    if t & 0x88 == 0x88 {
+        return Bytes::new();
+    }
+    let mut nal = match (hevc, t % 5) {
+        (false, 0) => vec![0x65],
+        (false, 1 | 2) => vec![0x41],
+        (false, 3) => vec![0x06],
+        (false, _) => vec![0x09],
+        (true, 0) => vec![0x26, 0x01],
+        (true, 1) => vec![0x02, 0x01 + ((t >> 5) & 1)],
+        (true, 2) => vec![0x02],
+        (true, 3) => vec![0x4E, 0x01],
+        (true, _) => vec![0x46, 0x01],
+    };
+    nal.extend_from_slice(body);
+    Bytes::from(nal)
 }
 
 #[cfg(test)]

@@ -1,15 +1,14 @@
-//! RTMP chunk stream (RTMP spec 5.3): reassembles messages from chunks and
-//! splits outbound messages into chunks.
-//!
-//! Each chunk stream id (csid) keeps its own header state and partial
-//! payload, so messages on different csids may interleave. Every size taken
-//! from the wire is checked against limits before anything is buffered; a
-//! chunk is parsed only once it is complete in the input, so state never
-//! changes on a partial read.
+//! RTMP chunk stream (RTMP spec 5.3): reassembles messages from chunks, per
+//! chunk stream id, and splits outbound messages into chunks. Sizes from the
+//! wire are checked before anything is buffered and a chunk is parsed only
+//! once it is whole; errors say where the chunk is ([`ChunkContext`]). Why
+//! it is built this way: docs/rtmp.md.
 
 use std::collections::HashMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::media::Excerpt;
 
 /// Messages of these types change the chunk layer itself (RTMP spec 5.4).
 pub const MSG_SET_CHUNK_SIZE: u8 = 1;
@@ -32,6 +31,9 @@ pub struct Message {
     /// 32-bit wrapping milliseconds, as on the wire after applying deltas.
     pub timestamp: u32,
     pub payload: Bytes,
+    /// Where the message's first chunk starts in the connection's input
+    /// (see [`ChunkDecoder::start_at`]); for error reports.
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,26 +44,118 @@ pub struct ChunkLimits {
     pub max_chunk_streams: usize,
 }
 
+/// Where in a connection's chunk stream an error was found: enough to find
+/// the bytes in a capture (like retina's `PacketContext`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkContext {
+    /// Chunk stream id.
+    pub csid: u32,
+    /// Message type id, once a header (or the chunk stream's last one) named it.
+    pub type_id: Option<u8>,
+    /// Message stream id, once a header (or the chunk stream's last one) named it.
+    pub stream_id: Option<u32>,
+    /// Byte offset into the connection's input, handshake included, of the
+    /// chunk; for an error in a message's content, of its first chunk.
+    pub offset: u64,
+    /// The chunk's first bytes, header included; for an error in a
+    /// message's content, the payload's.
+    pub excerpt: Excerpt,
+}
+
+impl ChunkContext {
+    /// The context of an error in `msg`'s content. Allocates: call it only
+    /// to build an error.
+    pub fn of_message(msg: &Message) -> Box<Self> {
+        Box::new(ChunkContext {
+            csid: msg.csid,
+            type_id: Some(msg.type_id),
+            stream_id: Some(msg.stream_id),
+            offset: msg.offset,
+            excerpt: Excerpt::new(&msg.payload),
+        })
+    }
+}
+
+impl std::fmt::Display for ChunkContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "csid {}", self.csid)?;
+        if let Some(t) = self.type_id {
+            write!(f, ", message type {t}")?;
+            if let Some(name) = message_type_name(t) {
+                write!(f, " ({name})")?;
+            }
+        }
+        if let Some(s) = self.stream_id {
+            write!(f, ", message stream {s}")?;
+        }
+        write!(f, ", offset {}{}", self.offset, self.excerpt.after_colon())
+    }
+}
+
+/// Names of the message types RTMP defines (spec 5.4, 6.2, 7.1), for logs.
+fn message_type_name(type_id: u8) -> Option<&'static str> {
+    Some(match type_id {
+        1 => "Set Chunk Size",
+        2 => "Abort",
+        3 => "Acknowledgement",
+        4 => "User Control",
+        5 => "Window Acknowledgement Size",
+        6 => "Set Peer Bandwidth",
+        8 => "audio",
+        9 => "video",
+        15 => "AMF3 data",
+        16 => "AMF3 shared object",
+        17 => "AMF3 command",
+        18 => "AMF0 data",
+        19 => "AMF0 shared object",
+        20 => "AMF0 command",
+        22 => "aggregate",
+        _ => return None,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
-    #[error("message of {length} bytes on csid {csid} exceeds the {limit}-byte limit (rtmp.max_message_size)")]
-    MessageTooLarge { csid: u32, length: u32, limit: u32 },
     #[error(
-        "more than {limit} chunk streams in use (rtmp.max_chunk_streams); csid {csid} refused"
+        "message of {length} bytes exceeds the {limit}-byte limit (rtmp.max_message_size) at {at}"
     )]
-    TooManyChunkStreams { csid: u32, limit: usize },
-    #[error(
-        "chunk header type {fmt} on csid {csid} refers to a previous header that was never sent"
-    )]
-    NoPreviousHeader { csid: u32, fmt: u8 },
-    #[error("peer set an invalid chunk size {0} (allowed 1..=2147483647)")]
-    BadChunkSize(u32),
-    #[error("{kind} message on csid {csid} has a {len}-byte payload, too short")]
+    MessageTooLarge {
+        length: u32,
+        limit: u32,
+        at: Box<ChunkContext>,
+    },
+    #[error("partial messages would hold {buffered} bytes, more than twice the {limit}-byte limit (rtmp.max_message_size), at {at}")]
+    Overbuffered {
+        buffered: usize,
+        limit: u32,
+        at: Box<ChunkContext>,
+    },
+    #[error("more than {limit} chunk streams in use (rtmp.max_chunk_streams); a new one refused at {at}")]
+    TooManyChunkStreams { limit: usize, at: Box<ChunkContext> },
+    #[error("chunk header type {fmt} refers to a previous header on its chunk stream that was never sent, at {at}")]
+    NoPreviousHeader { fmt: u8, at: Box<ChunkContext> },
+    #[error("peer set an invalid chunk size {size} (allowed 1..=2147483647) at {at}")]
+    BadChunkSize { size: u32, at: Box<ChunkContext> },
+    #[error("{kind} message has a {len}-byte payload, too short, at {at}")]
     ShortControl {
         kind: &'static str,
-        csid: u32,
         len: usize,
+        at: Box<ChunkContext>,
     },
+}
+
+impl ChunkError {
+    /// Where in the connection's input the error was found.
+    pub fn context(&self) -> &ChunkContext {
+        match self {
+            ChunkError::MessageTooLarge { at, .. }
+            | ChunkError::Overbuffered { at, .. }
+            | ChunkError::TooManyChunkStreams { at, .. }
+            | ChunkError::NoPreviousHeader { at, .. }
+            | ChunkError::BadChunkSize { at, .. }
+            | ChunkError::ShortControl { at, .. } => at,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +172,8 @@ struct ChunkStream {
     extended: Option<u32>,
     /// A message is being assembled on this csid.
     in_progress: bool,
+    /// Connection offset of the first chunk of the message being assembled.
+    msg_offset: u64,
     partial: BytesMut,
 }
 
@@ -91,6 +187,8 @@ pub struct ChunkDecoder {
     streams_in_use: usize,
     /// Bytes held in partial messages across all csids.
     buffered: usize,
+    /// Connection offset of the next byte of input.
+    offset: u64,
 }
 
 struct Header {
@@ -112,7 +210,15 @@ impl ChunkDecoder {
             map: HashMap::new(),
             streams_in_use: 0,
             buffered: 0,
+            offset: 0,
         }
+    }
+
+    /// Counts the input from `offset` on: where the chunk stream starts in
+    /// the connection (after the handshake), so errors name the offset a
+    /// capture shows.
+    pub fn start_at(&mut self, offset: u64) {
+        self.offset = offset;
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -146,16 +252,19 @@ impl ChunkDecoder {
     fn apply_control(&mut self, msg: &Message) -> Result<(), ChunkError> {
         match msg.type_id {
             MSG_SET_CHUNK_SIZE => {
-                let v = read_u32(&msg.payload, "Set Chunk Size", msg.csid)?;
+                let v = read_u32(msg, "Set Chunk Size")?;
                 // The top bit must be zero (RTMP spec 5.4.1).
                 let size = v & MAX_CHUNK_SIZE;
                 if size == 0 || v > MAX_CHUNK_SIZE {
-                    return Err(ChunkError::BadChunkSize(v));
+                    return Err(ChunkError::BadChunkSize {
+                        size: v,
+                        at: ChunkContext::of_message(msg),
+                    });
                 }
                 self.chunk_size = size;
             }
             MSG_ABORT => {
-                let csid = read_u32(&msg.payload, "Abort", msg.csid)?;
+                let csid = read_u32(msg, "Abort")?;
                 if let Some(cs) = self.get_mut(csid) {
                     if cs.in_progress {
                         cs.in_progress = false;
@@ -178,19 +287,15 @@ impl ChunkDecoder {
         }
     }
 
-    fn get_or_create(&mut self, csid: u32) -> Result<&mut ChunkStream, ChunkError> {
+    /// The chunk stream `csid`, created if new; the caller has checked
+    /// `max_chunk_streams`.
+    fn get_or_create(&mut self, csid: u32) -> &mut ChunkStream {
         let exists = if (csid as usize) < FLAT_CSIDS {
             matches!(self.flat.get(csid as usize), Some(Some(_)))
         } else {
             self.map.contains_key(&csid)
         };
         if !exists {
-            if self.streams_in_use >= self.limits.max_chunk_streams {
-                return Err(ChunkError::TooManyChunkStreams {
-                    csid,
-                    limit: self.limits.max_chunk_streams,
-                });
-            }
             self.streams_in_use += 1;
             if (csid as usize) < FLAT_CSIDS {
                 if self.flat.len() <= csid as usize {
@@ -202,7 +307,7 @@ impl ChunkDecoder {
             }
         }
         // Just ensured present.
-        Ok(self.get_mut(csid).expect("chunk stream present"))
+        self.get_mut(csid).expect("chunk stream present")
     }
 
     /// Parse one chunk. Outer `None`: incomplete input. Inner `None`: the
@@ -214,6 +319,7 @@ impl ChunkDecoder {
         };
         let chunk_size = self.chunk_size as usize;
         let limits = self.limits;
+        let (offset, buffered, streams_in_use) = (self.offset, self.buffered, self.streams_in_use);
         // Work out the message this chunk belongs to without mutating state.
         let prev = self.get_mut(h.csid);
         let (in_progress, prev_ext) = match &prev {
@@ -222,33 +328,13 @@ impl ChunkDecoder {
         };
         if h.fmt > 0 && prev.is_none() {
             return Err(ChunkError::NoPreviousHeader {
-                csid: h.csid,
                 fmt: h.fmt,
+                at: chunk_context(offset, buf, &h, None),
             });
         }
-        let mut pos = h.header_len;
-        let mut extended = None;
-        if h.fmt < 3 {
-            if h.field == EXTENDED {
-                if buf.len() < pos + 4 {
-                    return Ok(None);
-                }
-                extended = Some(be32(&buf[pos..pos + 4]));
-                pos += 4;
-            }
-        } else if let Some(ext) = prev_ext {
-            // Type 3 repeats the extended timestamp (5.3.1.3), but some
-            // encoders omit it: consume it only when it is really there.
-            if buf.len() < pos + 4 {
-                return Ok(None);
-            }
-            if be32(&buf[pos..pos + 4]) == ext {
-                pos += 4;
-                extended = Some(ext);
-            } else {
-                extended = Some(ext);
-            }
-        }
+        let Some((pos, extended)) = extended_timestamp(buf, &h, prev_ext) else {
+            return Ok(None);
+        };
         let continuation = h.fmt == 3 && in_progress;
         let (length, partial_len) = match (&prev, continuation) {
             (Some(cs), true) => (cs.length, cs.partial.len()),
@@ -257,85 +343,175 @@ impl ChunkDecoder {
         };
         if length > limits.max_message_size {
             return Err(ChunkError::MessageTooLarge {
-                csid: h.csid,
                 length,
                 limit: limits.max_message_size,
+                at: chunk_context(offset, buf, &h, prev.as_deref()),
             });
         }
         let take = (length as usize - partial_len).min(chunk_size);
         if buf.len() < pos + take {
             return Ok(None);
         }
-        // The chunk is complete: commit.
-        let cs = self.get_or_create(h.csid)?;
-        let before = cs.partial.len();
-        if !continuation {
-            let raw = extended.unwrap_or(h.field);
-            match h.fmt {
-                0 => {
-                    cs.timestamp = raw;
-                    cs.delta = raw;
-                }
-                1 | 2 => {
-                    cs.delta = raw;
-                    cs.timestamp = cs.timestamp.wrapping_add(raw);
-                }
-                _ => cs.timestamp = cs.timestamp.wrapping_add(cs.delta),
-            }
-            if h.fmt < 3 {
-                cs.extended = extended;
-            }
-            if let Some(l) = h.length {
-                cs.length = l;
-            }
-            if let Some(t) = h.type_id {
-                cs.type_id = t;
-            }
-            if let Some(s) = h.stream_id {
-                cs.stream_id = s;
-            }
-            // A new header while a message was half-assembled abandons it.
-            cs.partial.clear();
-            cs.in_progress = true;
-        }
-        buf.advance(pos);
-        let payload = if partial_len == 0 && take == length as usize {
-            // Single-chunk message: hand out the input bytes without copying.
-            Some(buf.split_to(take).freeze())
+        // The chunk is complete. Partial messages across all csids stay
+        // under twice the message limit: the one abandoned or continued
+        // here is replaced by what it holds after this chunk.
+        let held = prev.as_ref().map_or(0, |cs| cs.partial.len());
+        let after = if partial_len + take == length as usize {
+            0
         } else {
-            if cs.partial.capacity() == 0 && (length as usize) <= RESERVE_WHOLE {
-                cs.partial.reserve(length as usize);
-            }
-            cs.partial.extend_from_slice(&buf[..take]);
-            buf.advance(take);
-            if cs.partial.len() < length as usize {
-                None
-            } else {
-                // Hand the exactly-sized buffer over whole: freezing it allocates nothing.
-                Some(std::mem::take(&mut cs.partial).freeze())
-            }
+            partial_len + take
         };
-        if payload.is_some() {
-            cs.in_progress = false;
-        }
-        let after = cs.partial.len();
-        let (type_id, stream_id, timestamp) = (cs.type_id, cs.stream_id, cs.timestamp);
-        self.buffered = self.buffered + after - before;
-        if self.buffered > 2 * limits.max_message_size as usize {
-            return Err(ChunkError::MessageTooLarge {
-                csid: h.csid,
-                length: self.buffered as u32,
+        let buffered = buffered - held + after;
+        if buffered > 2 * limits.max_message_size as usize {
+            return Err(ChunkError::Overbuffered {
+                buffered,
                 limit: limits.max_message_size,
+                at: chunk_context(offset, buf, &h, prev.as_deref()),
             });
         }
+        if prev.is_none() && streams_in_use >= limits.max_chunk_streams {
+            return Err(ChunkError::TooManyChunkStreams {
+                limit: limits.max_chunk_streams,
+                at: chunk_context(offset, buf, &h, None),
+            });
+        }
+        // Commit.
+        let cs = self.get_or_create(h.csid);
+        if !continuation {
+            cs.start_message(&h, extended, offset);
+        }
+        buf.advance(pos);
+        let payload = cs.append(buf, take, length as usize, partial_len);
+        debug_assert_eq!(cs.partial.len(), after);
+        let (type_id, stream_id, timestamp, msg_offset) =
+            (cs.type_id, cs.stream_id, cs.timestamp, cs.msg_offset);
+        self.buffered = buffered;
+        self.offset += (pos + take) as u64;
         Ok(Some(payload.map(|payload| Message {
             csid: h.csid,
             type_id,
             stream_id,
             timestamp,
             payload,
+            offset: msg_offset,
         })))
     }
+}
+
+/// The context of an error in the chunk at the front of `buf`, which starts
+/// at connection offset `offset`; `prev` is its chunk stream's state.
+#[cold]
+#[inline(never)]
+fn chunk_context(
+    offset: u64,
+    buf: &[u8],
+    h: &Header,
+    prev: Option<&ChunkStream>,
+) -> Box<ChunkContext> {
+    Box::new(ChunkContext {
+        csid: h.csid,
+        type_id: h.type_id.or(prev.map(|cs| cs.type_id)),
+        stream_id: h.stream_id.or(prev.map(|cs| cs.stream_id)),
+        offset,
+        excerpt: Excerpt::new(buf),
+    })
+}
+
+impl ChunkStream {
+    /// A chunk that starts a message (any header but a type 3 continuing
+    /// one), at connection offset `offset`: apply its header fields and
+    /// timestamp (RTMP spec 5.3.1.2).
+    #[inline]
+    fn start_message(&mut self, h: &Header, extended: Option<u32>, offset: u64) {
+        let raw = extended.unwrap_or(h.field);
+        match h.fmt {
+            0 => {
+                self.timestamp = raw;
+                self.delta = raw;
+            }
+            1 | 2 => {
+                self.delta = raw;
+                self.timestamp = self.timestamp.wrapping_add(raw);
+            }
+            _ => self.timestamp = self.timestamp.wrapping_add(self.delta),
+        }
+        if h.fmt < 3 {
+            self.extended = extended;
+        }
+        if let Some(l) = h.length {
+            self.length = l;
+        }
+        if let Some(t) = h.type_id {
+            self.type_id = t;
+        }
+        if let Some(s) = h.stream_id {
+            self.stream_id = s;
+        }
+        // A new header while a message was half-assembled abandons it.
+        self.partial.clear();
+        self.in_progress = true;
+        self.msg_offset = offset;
+    }
+
+    /// Moves the chunk's `take` payload bytes out of `buf` (whose header is
+    /// already consumed); returns the message payload once all `length`
+    /// bytes are in. `partial_len` bytes were assembled before this chunk.
+    #[inline]
+    fn append(
+        &mut self,
+        buf: &mut BytesMut,
+        take: usize,
+        length: usize,
+        partial_len: usize,
+    ) -> Option<Bytes> {
+        let payload = if partial_len == 0 && take == length {
+            // Single-chunk message: hand out the input bytes without copying.
+            Some(buf.split_to(take).freeze())
+        } else {
+            if self.partial.capacity() == 0 && length <= RESERVE_WHOLE {
+                self.partial.reserve(length);
+            }
+            self.partial.extend_from_slice(&buf[..take]);
+            buf.advance(take);
+            if self.partial.len() < length {
+                None
+            } else {
+                // Hand the exactly-sized buffer over whole: freezing it allocates nothing.
+                Some(std::mem::take(&mut self.partial).freeze())
+            }
+        };
+        if payload.is_some() {
+            self.in_progress = false;
+        }
+        payload
+    }
+}
+
+/// Reads the extended timestamp that follows the message header, if any:
+/// returns where the payload starts and the raw 32-bit value, or `None`
+/// when the input ends first.
+#[inline]
+fn extended_timestamp(
+    buf: &[u8],
+    h: &Header,
+    prev_ext: Option<u32>,
+) -> Option<(usize, Option<u32>)> {
+    let mut pos = h.header_len;
+    let mut extended = None;
+    if h.fmt < 3 {
+        if h.field == EXTENDED {
+            extended = Some(be32(buf.get(pos..pos + 4)?));
+            pos += 4;
+        }
+    } else if let Some(ext) = prev_ext {
+        // Type 3 repeats the extended timestamp (5.3.1.3), but some
+        // encoders omit it: consume it only when it is really there.
+        if be32(buf.get(pos..pos + 4)?) == ext {
+            pos += 4;
+        }
+        extended = Some(ext);
+    }
+    Some((pos, extended))
 }
 
 /// Parse the basic and message header (without the extended timestamp).
@@ -384,15 +560,15 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn read_u32(payload: &[u8], kind: &'static str, csid: u32) -> Result<u32, ChunkError> {
-    if payload.len() < 4 {
+fn read_u32(msg: &Message, kind: &'static str) -> Result<u32, ChunkError> {
+    if msg.payload.len() < 4 {
         return Err(ChunkError::ShortControl {
             kind,
-            csid,
-            len: payload.len(),
+            len: msg.payload.len(),
+            at: ChunkContext::of_message(msg),
         });
     }
-    Ok(be32(payload))
+    Ok(be32(&msg.payload))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -727,7 +903,66 @@ mod tests {
         assert_eq!(dec.decode(&mut wire).unwrap().unwrap().type_id, 1);
         assert_eq!(dec.chunk_size(), 4096);
         assert_eq!(dec.decode(&mut wire).unwrap().unwrap().payload.len(), 3000);
-        assert_eq!(dec.decode(&mut wire), Err(ChunkError::BadChunkSize(0)));
+        let e = dec.decode(&mut wire).unwrap_err();
+        assert!(matches!(e, ChunkError::BadChunkSize { size: 0, .. }), "{e}");
+        assert_eq!(e.context().type_id, Some(MSG_SET_CHUNK_SIZE));
+        assert_eq!(e.context().excerpt.bytes(), &[0, 0, 0, 0]);
+    }
+
+    /// Errors say where the chunk is: csid, message type and stream, its
+    /// offset in the connection (the handshake's 3073 bytes included) and
+    /// its first bytes, header included.
+    #[test]
+    fn errors_name_the_chunk_stream_offset_and_bytes() {
+        let mut enc = ChunkEncoder::new();
+        let mut wire = BytesMut::new();
+        enc.write(&mut wire, 3, 0, 20, 0, &[0x02, 0x00, 0x07]);
+        let first = wire.len() as u64;
+        // A type-1 header on csid 3 announcing a 2 MiB message.
+        wire.extend_from_slice(&[0x43, 0, 0, 0, 0x20, 0, 0, 20, 0xAA]);
+        let mut dec = ChunkDecoder::new(limits());
+        dec.start_at(3073);
+        let m = dec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(m.offset, 3073);
+        let e = dec.decode(&mut wire).unwrap_err();
+        let at = e.context();
+        assert_eq!((at.csid, at.type_id, at.stream_id), (3, Some(20), Some(0)));
+        assert_eq!(at.offset, 3073 + first);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "message of 2097152 bytes exceeds the 1048576-byte limit (rtmp.max_message_size) \
+                 at csid 3, message type 20 (AMF0 command), message stream 0, offset {}: \
+                 43 00 00 00 20 00 00 14 aa",
+                3073 + first
+            )
+        );
+
+        // A type-2 header on a csid never seen: no message type to name.
+        let mut dec = ChunkDecoder::new(limits());
+        let mut wire = BytesMut::from(&[0x85, 0, 0, 1, 9][..]);
+        let e = dec.decode(&mut wire).unwrap_err();
+        assert!(matches!(e, ChunkError::NoPreviousHeader { fmt: 2, .. }));
+        assert_eq!(
+            e.to_string(),
+            "chunk header type 2 refers to a previous header on its chunk stream that was \
+             never sent, at csid 5, offset 0: 85 00 00 01 09"
+        );
+    }
+
+    /// A message assembled from several chunks is placed at its first chunk.
+    #[test]
+    fn multi_chunk_messages_carry_their_first_chunk_offset() {
+        let mut enc = ChunkEncoder::new();
+        let mut wire = BytesMut::new();
+        enc.write(&mut wire, 4, 0, 8, 1, &[1u8; 10]);
+        let second = wire.len() as u64;
+        enc.write(&mut wire, 6, 0, 9, 1, &[2u8; 300]);
+        let mut dec = ChunkDecoder::new(limits());
+        dec.start_at(100);
+        let msgs = drain(&mut dec, &mut wire);
+        assert_eq!(msgs[0].offset, 100);
+        assert_eq!(msgs[1].offset, 100 + second);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::media::Excerpt;
+
 /// Size of C1/S1/C2/S2 (RTMP spec 5.2.3).
 pub const PACKET_SIZE: usize = 1536;
 const DIGEST_LEN: usize = 32;
@@ -29,10 +31,10 @@ const SERVER_KEY_SHORT: usize = 36;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error(
-        "unsupported RTMP version {0} in C0 (expected 3; first bytes are not an RTMP handshake)"
-    )]
-    BadVersion(u8),
+    /// C0 is the connection's first byte; `excerpt` shows the bytes from
+    /// there (a TLS ClientHello, an HTTP request, …).
+    #[error("unsupported RTMP version {version} in C0 (expected 3; first bytes are not an RTMP handshake) at offset 0{}", excerpt.after_colon())]
+    BadVersion { version: u8, excerpt: Excerpt },
 }
 
 /// Which handshake the client used; kept for logs.
@@ -103,7 +105,10 @@ impl Handshake {
         if matches!(self.state, State::AwaitC0C1) && self.buf.is_empty() {
             if let Some(&v) = input.first() {
                 if v != RTMP_VERSION {
-                    return Err(HandshakeError::BadVersion(v));
+                    return Err(HandshakeError::BadVersion {
+                        version: v,
+                        excerpt: Excerpt::new(input),
+                    });
                 }
             }
         }
@@ -291,9 +296,15 @@ mod tests {
     #[test]
     fn junk_first_byte_is_refused_at_once() {
         let mut hs = Handshake::new(0);
+        let e = hs.feed(b"GET / HTTP/1.1\r\n", &mut pattern).unwrap_err();
+        assert!(matches!(
+            e,
+            HandshakeError::BadVersion { version: b'G', .. }
+        ));
         assert_eq!(
-            hs.feed(b"GET / HTTP/1.1\r\n", &mut pattern).unwrap_err(),
-            HandshakeError::BadVersion(b'G')
+            e.to_string(),
+            "unsupported RTMP version 71 in C0 (expected 3; first bytes are not an RTMP \
+             handshake) at offset 0: 47 45 54 20 2f 20 48 54 54 50 2f 31 2e 31 0d 0a"
         );
     }
 

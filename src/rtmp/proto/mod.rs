@@ -13,6 +13,7 @@ pub use session::{Event, Limits, ProtoError, Session};
 /// For `cargo fuzz` and corpus replay: a plain handshake, then `data` as the
 /// client's chunk stream, fed in uneven pieces; every connect and publish is
 /// accepted so the media path is reached. Must never panic.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_session(data: &[u8]) {
     let now = std::time::Instant::now();

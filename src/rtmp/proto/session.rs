@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, Message};
+use super::chunk::{ChunkContext, ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, Message};
 use super::handshake::{Handshake, HandshakeError, HandshakeKind};
 use crate::rtmp::amf0::{self, Amf0Error, Amf0Value};
 
@@ -103,6 +103,9 @@ pub enum Event {
     Unpublish { stream_id: u32 },
 }
 
+/// Why a connection is closed. Errors about bytes from the peer say where
+/// they were ([`ChunkContext`]: csid, message type and stream, offset into
+/// the connection's input, the bytes there).
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("handshake: {0}")]
@@ -113,15 +116,18 @@ pub enum ProtoError {
     IdleTimeout(Duration),
     #[error("chunk stream: {0}")]
     Chunk(#[from] ChunkError),
-    #[error("AMF0 in {context}: {source}")]
+    #[error("AMF0 in {context}: {source}, at {at}")]
     Amf {
         context: &'static str,
         source: Amf0Error,
+        at: Box<ChunkContext>,
     },
-    #[error("protocol violation: {0}")]
-    Violation(String),
-    #[error("command/data message (type {type_id}) of {len} bytes exceeds the 262144-byte limit")]
-    CommandTooLarge { type_id: u8, len: usize },
+    #[error("protocol violation: {what}, at {at}")]
+    Violation { what: String, at: Box<ChunkContext> },
+    #[error(
+        "command/data message of {len} bytes exceeds the {MAX_COMMAND_SIZE}-byte limit, at {at}"
+    )]
+    CommandTooLarge { len: usize, at: Box<ChunkContext> },
 }
 
 impl ProtoError {
@@ -131,17 +137,41 @@ impl ProtoError {
             ProtoError::Handshake(_) => "bad_handshake",
             ProtoError::HandshakeTimeout(_) => "handshake_timeout",
             ProtoError::IdleTimeout(_) => "idle_timeout",
-            ProtoError::Chunk(ChunkError::MessageTooLarge { .. }) => "message_too_large",
+            ProtoError::Chunk(
+                ChunkError::MessageTooLarge { .. } | ChunkError::Overbuffered { .. },
+            ) => "message_too_large",
             ProtoError::Chunk(ChunkError::TooManyChunkStreams { .. }) => "too_many_chunk_streams",
-            ProtoError::Chunk(ChunkError::BadChunkSize(_)) => "bad_chunk_size",
+            ProtoError::Chunk(ChunkError::BadChunkSize { .. }) => "bad_chunk_size",
             ProtoError::Chunk(_) => "protocol_violation",
             ProtoError::Amf {
                 source: Amf0Error::DepthExceeded { .. },
                 ..
             } => "amf_depth",
             ProtoError::Amf { .. } => "amf_invalid",
-            ProtoError::Violation(_) => "protocol_violation",
+            ProtoError::Violation { .. } => "protocol_violation",
             ProtoError::CommandTooLarge { .. } => "message_too_large",
+        }
+    }
+
+    /// Where in the connection's input the offending bytes were, for the
+    /// errors about chunks and messages.
+    pub fn context(&self) -> Option<&ChunkContext> {
+        match self {
+            ProtoError::Chunk(e) => Some(e.context()),
+            ProtoError::Amf { at, .. }
+            | ProtoError::Violation { at, .. }
+            | ProtoError::CommandTooLarge { at, .. } => Some(at),
+            ProtoError::Handshake(_)
+            | ProtoError::HandshakeTimeout(_)
+            | ProtoError::IdleTimeout(_) => None,
+        }
+    }
+
+    /// A violation in `msg`'s content.
+    fn violation(msg: &Message, what: String) -> Self {
+        ProtoError::Violation {
+            what,
+            at: ChunkContext::of_message(msg),
         }
     }
 }
@@ -226,6 +256,9 @@ impl Session {
             }
             let kind = hs.kind();
             self.handshake = None;
+            // The chunk stream starts where the handshake's bytes end.
+            self.decoder
+                .start_at(self.bytes_in - progress.leftover.len() as u64);
             self.events.push_back(Event::HandshakeDone { kind });
             self.inbuf.extend_from_slice(&progress.leftover);
         } else {
@@ -426,19 +459,18 @@ impl Session {
                 if msg.payload.len() > MAX_COMMAND_SIZE =>
             {
                 return Err(ProtoError::CommandTooLarge {
-                    type_id: msg.type_id,
                     len: msg.payload.len(),
+                    at: ChunkContext::of_message(&msg),
                 });
             }
-            COMMAND_AMF0 => self.on_command(&msg.payload, msg.stream_id)?,
+            COMMAND_AMF0 => self.on_command(&msg, &msg.payload)?,
             COMMAND_AMF3 => {
                 // AMF3 commands start with a format byte, then AMF0 values
                 // that may switch to AMF3 per value (RTMP spec 7.1.1).
-                let body = msg.payload.get(1..).unwrap_or(&[]);
-                self.on_command(body, msg.stream_id)?
+                self.on_command(&msg, msg.payload.get(1..).unwrap_or(&[]))?
             }
-            DATA_AMF0 => self.on_data(&msg.payload)?,
-            DATA_AMF3 => self.on_data(msg.payload.get(1..).unwrap_or(&[]))?,
+            DATA_AMF0 => self.on_data(&msg, &msg.payload)?,
+            DATA_AMF3 => self.on_data(&msg, msg.payload.get(1..).unwrap_or(&[]))?,
             USER_CONTROL => self.on_user_control(&msg.payload),
             WINDOW_ACK_SIZE if msg.payload.len() >= 4 => {
                 let p = &msg.payload;
@@ -464,17 +496,21 @@ impl Session {
     /// Aggregate messages (type 22) hold FLV-style tags whose timestamps are
     /// re-based onto the aggregate's own timestamp.
     fn on_aggregate(&mut self, msg: Message) -> Result<(), ProtoError> {
-        let mut body = msg.payload;
+        let mut body = msg.payload.clone();
         let mut first_ts: Option<u32> = None;
         while body.len() >= 11 {
             let tag_type = body[0];
             let size = (body[1] as usize) << 16 | (body[2] as usize) << 8 | body[3] as usize;
             let ts = u32::from_be_bytes([body[7], body[4], body[5], body[6]]);
             if body.len() < 11 + size {
-                return Err(ProtoError::Violation(format!(
-                    "aggregate sub-message of {size} bytes overruns its {}-byte container",
-                    body.len() - 11
-                )));
+                let at = msg.payload.len() - body.len();
+                return Err(ProtoError::violation(
+                    &msg,
+                    format!(
+                        "aggregate sub-message at payload byte {at} of {size} bytes overruns its {}-byte container",
+                        body.len() - 11
+                    ),
+                ));
             }
             body.advance(11);
             let payload = body.split_to(size);
@@ -495,13 +531,21 @@ impl Session {
         Ok(())
     }
 
-    fn decode_amf(&self, body: &[u8], context: &'static str) -> Result<Vec<Amf0Value>, ProtoError> {
-        amf0::decode_all(body, self.limits.max_amf_depth)
-            .map_err(|source| ProtoError::Amf { context, source })
+    fn decode_amf(
+        &self,
+        msg: &Message,
+        body: &[u8],
+        context: &'static str,
+    ) -> Result<Vec<Amf0Value>, ProtoError> {
+        amf0::decode_all(body, self.limits.max_amf_depth).map_err(|source| ProtoError::Amf {
+            context,
+            source,
+            at: ChunkContext::of_message(msg),
+        })
     }
 
-    fn on_data(&mut self, body: &[u8]) -> Result<(), ProtoError> {
-        let values = self.decode_amf(body, "data message")?;
+    fn on_data(&mut self, msg: &Message, body: &[u8]) -> Result<(), ProtoError> {
+        let values = self.decode_amf(msg, body, "data message")?;
         let mut it = values.into_iter();
         let mut name = it.next();
         if name.as_ref().and_then(Amf0Value::as_str) == Some("@setDataFrame") {
@@ -516,124 +560,49 @@ impl Session {
         Ok(())
     }
 
-    fn on_command(&mut self, body: &[u8], stream_id: u32) -> Result<(), ProtoError> {
-        let values = self.decode_amf(body, "command message")?;
+    /// A command message (`body` is its AMF0 part).
+    fn on_command(&mut self, msg: &Message, body: &[u8]) -> Result<(), ProtoError> {
+        let stream_id = msg.stream_id;
+        let values = self.decode_amf(msg, body, "command message")?;
         let mut it = values.into_iter();
         let name = match it.next() {
             Some(Amf0Value::String(s)) => s,
             Some(other) => {
-                return Err(ProtoError::Violation(format!(
-                    "command name is not a string: {other:?}"
-                )))
+                return Err(ProtoError::violation(
+                    msg,
+                    format!("command name is not a string: {other:?}"),
+                ))
             }
-            None => return Err(ProtoError::Violation("empty command message".into())),
+            None => return Err(ProtoError::violation(msg, "empty command message".into())),
         };
         let txn = it.next().and_then(|v| v.as_f64()).unwrap_or(0.0);
         let cmd_obj = it.next().unwrap_or(Amf0Value::Null);
         let args: Vec<Amf0Value> = it.collect();
         match name.as_str() {
-            "connect" => self.on_connect(txn, &cmd_obj),
-            _ if !self.connected => Err(ProtoError::Violation(format!(
-                "command {name:?} before connect"
-            ))),
-            "createStream" => {
-                if self.next_stream_id > MAX_STREAMS {
-                    self.write_error(txn, "NetConnection.Call.Failed", "too many streams");
-                } else {
-                    let id = self.next_stream_id;
-                    self.next_stream_id += 1;
-                    self.write_result(txn, Amf0Value::Number(id as f64));
-                }
-                Ok(())
+            "connect" => return self.on_connect(msg, txn, &cmd_obj),
+            _ if !self.connected => {
+                return Err(ProtoError::violation(
+                    msg,
+                    format!("command {name:?} before connect"),
+                ))
             }
-            "releaseStream" => {
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "FCPublish" => {
-                let key = args.first().and_then(Amf0Value::as_str).unwrap_or("");
-                let info = status("status", "NetStream.Publish.Start", key);
-                self.write_command(
-                    CSID_COMMAND,
-                    0,
-                    &[
-                        Amf0Value::string("onFCPublish"),
-                        Amf0Value::Number(0.0),
-                        Amf0Value::Null,
-                        info,
-                    ],
-                );
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "publish" => {
-                let name = args
-                    .first()
-                    .and_then(Amf0Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let publish_type = args
-                    .get(1)
-                    .and_then(Amf0Value::as_str)
-                    .unwrap_or("live")
-                    .to_string();
-                if stream_id == 0 || stream_id >= self.next_stream_id {
-                    self.send_status_error(
-                        stream_id,
-                        "NetStream.Publish.Failed",
-                        "publish on a stream that was not created (send createStream first)",
-                    );
-                    self.closing = true;
-                    return Ok(());
-                }
-                if self.publishing.is_some() {
-                    self.send_status_error(
-                        stream_id,
-                        "NetStream.Publish.BadName",
-                        "this connection is already publishing",
-                    );
-                    return Ok(());
-                }
-                self.publish_name = name.clone();
-                self.pending = Pending::Publish { stream_id };
-                self.events.push_back(Event::Publish {
-                    stream_id,
-                    name,
-                    publish_type,
-                });
-                Ok(())
-            }
+            "createStream" => self.on_create_stream(txn),
+            "FCPublish" => self.on_fc_publish(txn, &args),
+            "publish" => self.on_publish(stream_id, &args),
             "FCUnpublish" => {
                 self.write_result(txn, Amf0Value::Undefined);
                 self.end_publish();
-                Ok(())
             }
-            "deleteStream" | "closeStream" => {
-                // deleteStream names the stream id in its argument;
-                // closeStream is sent on the stream itself.
-                let target = args
-                    .first()
-                    .and_then(Amf0Value::as_f64)
-                    .map(|v| v as u32)
-                    .unwrap_or(stream_id);
-                if self.publishing == Some(target) || (target == 0 && self.publishing.is_some()) {
-                    self.end_publish();
-                }
-                Ok(())
+            "deleteStream" | "closeStream" => self.on_delete_stream(stream_id, &args),
+            "play" | "play2" => self.send_status_error(
+                stream_id,
+                "NetStream.Play.Failed",
+                "sluice does not serve RTMP playback; pull the stream over SRT",
+            ),
+            "releaseStream" | "_checkbw" | "getStreamLength" => {
+                self.write_result(txn, Amf0Value::Undefined)
             }
-            "play" | "play2" => {
-                self.send_status_error(
-                    stream_id,
-                    "NetStream.Play.Failed",
-                    "sluice does not serve RTMP playback; pull the stream over SRT",
-                );
-                Ok(())
-            }
-            "_checkbw" | "getStreamLength" => {
-                self.write_result(txn, Amf0Value::Undefined);
-                Ok(())
-            }
-            "_result" | "_error" | "onBWDone" | "@setDataFrame" => Ok(()),
+            "_result" | "_error" | "onBWDone" | "@setDataFrame" => {}
             _ => {
                 if txn > 0.0 {
                     self.write_error(
@@ -642,8 +611,87 @@ impl Session {
                         &format!("unknown command {name:?}"),
                     );
                 }
-                Ok(())
             }
+        }
+        Ok(())
+    }
+
+    fn on_create_stream(&mut self, txn: f64) {
+        if self.next_stream_id > MAX_STREAMS {
+            self.write_error(txn, "NetConnection.Call.Failed", "too many streams");
+        } else {
+            let id = self.next_stream_id;
+            self.next_stream_id += 1;
+            self.write_result(txn, Amf0Value::Number(id as f64));
+        }
+    }
+
+    /// `FCPublish(key)`: encoders wait for `onFCPublish` before publishing.
+    fn on_fc_publish(&mut self, txn: f64, args: &[Amf0Value]) {
+        let key = args.first().and_then(Amf0Value::as_str).unwrap_or("");
+        let info = status("status", "NetStream.Publish.Start", key);
+        self.write_command(
+            CSID_COMMAND,
+            0,
+            &[
+                Amf0Value::string("onFCPublish"),
+                Amf0Value::Number(0.0),
+                Amf0Value::Null,
+                info,
+            ],
+        );
+        self.write_result(txn, Amf0Value::Undefined);
+    }
+
+    /// `publish(name, type)` on a created stream: held as pending until the
+    /// application accepts or rejects it.
+    fn on_publish(&mut self, stream_id: u32, args: &[Amf0Value]) {
+        let name = args
+            .first()
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let publish_type = args
+            .get(1)
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("live")
+            .to_string();
+        if stream_id == 0 || stream_id >= self.next_stream_id {
+            self.send_status_error(
+                stream_id,
+                "NetStream.Publish.Failed",
+                "publish on a stream that was not created (send createStream first)",
+            );
+            self.closing = true;
+            return;
+        }
+        if self.publishing.is_some() {
+            self.send_status_error(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "this connection is already publishing",
+            );
+            return;
+        }
+        self.publish_name = name.clone();
+        self.pending = Pending::Publish { stream_id };
+        self.events.push_back(Event::Publish {
+            stream_id,
+            name,
+            publish_type,
+        });
+    }
+
+    fn on_delete_stream(&mut self, stream_id: u32, args: &[Amf0Value]) {
+        // deleteStream names the stream id in its argument;
+        // closeStream is sent on the stream itself.
+        let target = args
+            .first()
+            .and_then(Amf0Value::as_f64)
+            .map(|v| v as u32)
+            .unwrap_or(stream_id);
+        if self.publishing == Some(target) || (target == 0 && self.publishing.is_some()) {
+            self.end_publish();
         }
     }
 
@@ -653,9 +701,10 @@ impl Session {
         }
     }
 
-    fn on_connect(&mut self, txn: f64, obj: &Amf0Value) -> Result<(), ProtoError> {
+    fn on_connect(&mut self, msg: &Message, txn: f64, obj: &Amf0Value) -> Result<(), ProtoError> {
         if self.connected {
-            return Err(ProtoError::Violation(
+            return Err(ProtoError::violation(
+                msg,
                 "second connect on one connection".into(),
             ));
         }
@@ -1131,6 +1180,60 @@ mod tests {
             .handle_input(now, &c.command(0, &[Amf0Value::Number(1.0)]))
             .unwrap_err();
         assert_eq!(e.reason(), "protocol_violation");
+    }
+
+    /// Errors about a message name its csid, type, stream and connection
+    /// offset (after the 3073-byte handshake) and show its first bytes;
+    /// the metric label stays the same.
+    #[test]
+    fn errors_name_csid_message_type_offset_and_bytes() {
+        let now = Instant::now();
+        let mut s = Session::new(Limits::default(), now, 1);
+        let mut c = Client::new();
+        handshake(&mut s, now);
+        let input = c.command(0, &[Amf0Value::string("publish"), Amf0Value::Number(1.0)]);
+        let e = s.handle_input(now, &input).unwrap_err();
+        assert_eq!(e.reason(), "protocol_violation");
+        let at = e.context().expect("a context");
+        assert_eq!((at.csid, at.type_id, at.stream_id), (3, Some(20), Some(0)));
+        assert_eq!(at.offset, 1 + 2 * PACKET_SIZE as u64);
+        assert_eq!(&at.excerpt.bytes()[..4], &[0x02, 0x00, 0x07, b'p']);
+        assert_eq!(
+            e.to_string(),
+            "protocol violation: command \"publish\" before connect, at csid 3, message type 20 \
+             (AMF0 command), message stream 0, offset 3073: \
+             02 00 07 70 75 62 6c 69 73 68 00 3f f0 00 00 00 00 00 00"
+        );
+
+        // Chunk-level errors count from the same place: a second, broken
+        // message after a good one.
+        let mut s = Session::new(Limits::default(), now, 1);
+        let mut c = Client::new();
+        handshake(&mut s, now);
+        let mut input = c.command(
+            0,
+            &[
+                Amf0Value::string("connect"),
+                Amf0Value::Number(1.0),
+                Amf0Value::object([("app", Amf0Value::string("live"))]),
+            ],
+        );
+        let bad_at = 1 + 2 * PACKET_SIZE as u64 + input.len() as u64;
+        input.extend_from_slice(&[7, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0]);
+        s.handle_input(now, &input).unwrap();
+        // Reading resumes once the connect is accepted.
+        let e = s.accept_connect().unwrap_err();
+        assert_eq!(e.reason(), "message_too_large");
+        let at = e.context().expect("a context");
+        assert_eq!((at.csid, at.stream_id, at.offset), (7, Some(1), bad_at));
+        assert!(e.to_string().ends_with(&format!(
+            "at csid 7, message type 9 (video), message stream 1, offset {bad_at}: \
+             07 00 00 00 ff ff ff 09 01 00 00 00"
+        )));
+
+        // Timeouts have no bytes to show.
+        let e = ProtoError::IdleTimeout(Duration::from_secs(10));
+        assert!(e.context().is_none());
     }
 
     #[test]
