@@ -259,7 +259,6 @@ impl Conn {
         // connections then hold 4 KiB each, a publisher grows to 64 KiB.
         let mut buf = vec![0u8; READ_BUF_START];
         let shutdown = self.ctx.shutdown.clone();
-        let mut inputs = Vec::new();
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
             let publishing = self.publishing.is_some();
@@ -301,17 +300,9 @@ impl Conn {
                 // tells the publisher why).
                 _ = shutdown.cancelled(), if !publishing => return Close::Shutdown,
             }
-            if let Err(e) = self.drain_events(Instant::now(), &mut inputs) {
+            if let Err(e) = self.drain_events(Instant::now()).await {
                 return Close::Proto(e);
             }
-            if let Some(p) = &self.publishing {
-                for input in inputs.drain(..) {
-                    if !p.group.send(input).await {
-                        break;
-                    }
-                }
-            }
-            inputs.clear();
             if let Some(out) = self.session.take_transmit() {
                 // A peer that stops reading must not pin this task forever.
                 let idle = self.ctx.rtmp.idle_timeout;
@@ -327,31 +318,44 @@ impl Conn {
         }
     }
 
-    /// Act on the session's events; media for the group goes to `inputs`.
-    fn drain_events(&mut self, now: Instant, inputs: &mut Vec<Input>) -> Result<(), ProtoError> {
+    /// Act on the session's events; media goes to the stream's group
+    /// (waiting while its queue is full: backpressure on the publisher).
+    async fn drain_events(&mut self, now: Instant) -> Result<(), ProtoError> {
         while let Some(ev) = self.session.poll_event() {
-            match ev {
-                Event::HandshakeDone { kind } => debug!(?kind, "rtmp handshake done"),
+            let input = match ev {
+                Event::HandshakeDone { kind } => {
+                    debug!(?kind, "rtmp handshake done");
+                    None
+                }
                 Event::Connect {
                     app,
                     tc_url,
                     flash_ver,
-                } => self.on_connect(app, tc_url, flash_ver)?,
-                Event::Publish { name, .. } => self.on_publish(&name),
-                Event::Metadata(v) => inputs.extend(self.on_metadata(&v)),
+                } => {
+                    self.on_connect(app, tc_url, flash_ver)?;
+                    None
+                }
+                Event::Publish { name, .. } => {
+                    self.on_publish(&name);
+                    None
+                }
+                Event::Metadata(v) => self.on_metadata(&v),
                 Event::Media {
                     video,
                     timestamp,
                     payload,
-                } => inputs.extend(self.on_media(now, video, timestamp, payload)),
+                } => self.on_media(now, video, timestamp, payload),
                 Event::Unpublish { .. } => {
-                    if self.publishing.is_some() {
+                    if let Some(p) = self.publishing.take() {
                         info!("publisher unpublished");
-                        inputs.push(Input::PublisherGone {
-                            reason: "unpublished",
-                        });
+                        p.group.end("unpublished").await;
                     }
+                    None
                 }
+            };
+            if let (Some(input), Some(p)) = (input, &self.publishing) {
+                // `false`: the group ended; its status comes next turn.
+                let _ = p.group.send(input).await;
             }
         }
         Ok(())

@@ -1,13 +1,9 @@
 //! The stream group: one stream's lifecycle as a sans-IO state machine.
-//!
-//! A [`Group`] is told what happens (media from the ingest, legs connecting,
-//! renditions producing their first IDR, legs failing, the publisher
-//! leaving, takeover, shutdown, time passing) and answers with what to do
-//! (start a leg, put a chunk in the source ring, feed a leg, tell the
-//! publisher, tear everything down, wake me at). It owns the setup deadline
-//! and readiness rule, failure reasons, the ingest bitrate cap, the source
-//! remux and the teardown cause; it never reads the clock, touches a socket
-//! or spawns. `stream::driver` runs it; tests run it on virtual time.
+//! A [`Group`] is told what happens (media, legs connecting or failing,
+//! first IDRs, the publisher leaving, takeover, shutdown, time) and answers
+//! with what to do (start or feed a leg, fill the source ring, tell the
+//! publisher, tear down, wake me at); it never reads the clock, touches a
+//! socket or spawns. The why is in docs/stream-group.md.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
