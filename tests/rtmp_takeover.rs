@@ -206,3 +206,39 @@ fn a_silent_publisher_is_replaced_after_stale_publisher_timeout() {
         .is_some());
     second.close();
 }
+
+/// An encoder that stops its stream (FCUnpublish + deleteStream) and starts
+/// it again on the same connection gets the path back at once: the first
+/// publish's group has released it before the second `publish` is read.
+#[test]
+fn unpublish_then_publish_again_on_the_same_connection_is_accepted() {
+    let server = Sluice::start(None);
+    let file = flv::read_flv(&fixture_avc_aac(2));
+    let mut p = RtmpPublisher::connect(server.rtmp_addr(), "live", PublishOptions::default())
+        .expect("client connects");
+    for round in 0..3 {
+        match p.publish("again") {
+            PublishOutcome::Accepted => {}
+            other => panic!("publish {round} on the same connection: {other:?}"),
+        }
+        let report = p.send_tags(&file.tags[..file.tags.len().min(40)]);
+        assert!(report.error.is_none(), "round {round}: {report:?}");
+        server.wait_for_stream(
+            "live/again",
+            |s| json_f64(s, "/frames_in/video").is_some_and(|n| n > 0.0),
+            Duration::from_secs(10),
+        );
+        p.unpublish().expect("unpublish");
+    }
+    server.wait_metric(
+        r#"sluice_stream_teardowns_total{cause="unpublished"}"#,
+        |v| v == Some(3.0),
+        Duration::from_secs(5),
+    );
+    server.wait_stream_gone("live/again", Duration::from_secs(3));
+    assert_eq!(
+        server.metric_or_zero(r#"sluice_rtmp_publishes_total{result="rejected_busy"}"#),
+        0.0
+    );
+    p.close();
+}

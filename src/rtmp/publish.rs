@@ -17,7 +17,8 @@ pub enum Decision {
     Allow(StreamPath),
     /// Refuse with `NetStream.Publish.BadName`: `result` is the
     /// `sluice_rtmp_publishes_total` label, `reason` the auth reject
-    /// label (if an authorization refused it).
+    /// label (if an authorization refused it), `why` the bare reason
+    /// ([`Decision::status_text`] is what the publisher reads).
     Refuse {
         path: Option<StreamPath>,
         result: &'static str,
@@ -43,7 +44,7 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
                 path: None,
                 result: "rejected_bad_name",
                 reason: None,
-                why: format!("bad stream name: {why}"),
+                why,
             }
         }
     };
@@ -52,7 +53,7 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
             path: Some(path),
             result: "rejected_unauthorized",
             reason: Some(refusal.reason()),
-            why: format!("publish refused: {refusal}"),
+            why: refusal.to_string(),
         };
     }
     let Some(url) = app.publish_webhook.clone() else {
@@ -73,6 +74,15 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
         url,
         body,
         timeout: app.webhook_timeout,
+    }
+}
+
+/// What a publisher refused for `why` reads: a bad name (no path) or a
+/// refused publish.
+pub fn refusal_text(path: Option<&StreamPath>, why: &str) -> String {
+    match path {
+        None => format!("bad stream name: {why}"),
+        Some(_) => format!("publish refused: {why}"),
     }
 }
 
@@ -116,7 +126,8 @@ mod tests {
             panic!()
         };
         assert_eq!(result, "rejected_bad_name");
-        assert!(why.starts_with("bad stream name"), "{why}");
+        assert!(why.contains("stream key"), "{why}");
+        assert!(refusal_text(None, &why).starts_with("bad stream name: "));
     }
 
     #[test]

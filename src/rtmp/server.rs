@@ -291,8 +291,12 @@ impl Conn {
                 answer = auth_answer(&mut self.pending_auth) => {
                     if let Some(pending) = self.pending_auth.take() {
                         match answer {
-                            Ok(()) => self.start_publish(pending.path, &pending.name),
-                            Err(why) => self.refuse(Some(&pending.path), "rejected_unauthorized", Some("webhook_denied"), &format!("publish refused: {why}")),
+                            Ok(()) => {
+                                if let Err(e) = self.start_publish(pending.path, &pending.name) {
+                                    return Close::Proto(e);
+                                }
+                            }
+                            Err(why) => self.refuse(Some(&pending.path), &pending.name, "rejected_unauthorized", Some("webhook_denied"), &why),
                         }
                     }
                 }
@@ -336,7 +340,7 @@ impl Conn {
                     None
                 }
                 Event::Publish { name, .. } => {
-                    self.on_publish(&name);
+                    self.on_publish(&name)?;
                     None
                 }
                 Event::Metadata(v) => self.on_metadata(&v),
@@ -347,7 +351,7 @@ impl Conn {
                 } => self.on_media(now, video, timestamp, payload),
                 Event::Unpublish { .. } => {
                     if let Some(p) = self.publishing.take() {
-                        info!("publisher unpublished");
+                        info!(stream = %p.group.stream().path, "publisher unpublished");
                         p.group.end("unpublished").await;
                     }
                     None
@@ -383,18 +387,18 @@ impl Conn {
         self.session.accept_connect()
     }
 
-    fn on_publish(&mut self, name: &str) {
+    fn on_publish(&mut self, name: &str) -> Result<(), ProtoError> {
         let path = StreamPath::from_rtmp(&self.app, name);
         let app_name = path.as_ref().map(|p| p.app.as_str()).unwrap_or("");
         let app = self.ctx.apps.app(app_name);
         match publish::decide(&self.app, name, self.peer, &app) {
-            Decision::Allow(path) => self.start_publish(path, name),
+            Decision::Allow(path) => return self.start_publish(path, name),
             Decision::Refuse {
                 path,
                 result,
                 reason,
                 why,
-            } => self.refuse(path.as_ref(), result, reason, &why),
+            } => self.refuse(path.as_ref(), name, result, reason, &why),
             Decision::AskWebhook {
                 path,
                 url,
@@ -412,12 +416,14 @@ impl Conn {
                 });
             }
         }
+        Ok(())
     }
 
     /// Refuse a publish: count, log and tell the publisher.
     fn refuse(
         &mut self,
         path: Option<&StreamPath>,
+        name: &str,
         result: &'static str,
         reason: Option<&'static str>,
         why: &str,
@@ -430,14 +436,20 @@ impl Conn {
             Some(stream) => {
                 warn!(%stream, reason = reason.unwrap_or(result), why, "publish refused")
             }
-            None => warn!(app = crate::auth::redact(&self.app), why, "publish refused"),
+            None => warn!(
+                app = crate::auth::redact(&self.app),
+                name = crate::auth::redact(name),
+                why,
+                "publish refused"
+            ),
         }
+        let text = publish::refusal_text(path, why);
         self.session
-            .reject_publish("NetStream.Publish.BadName", why);
+            .reject_publish("NetStream.Publish.BadName", &text);
     }
 
     /// Start the stream's group (the publish is authorized).
-    fn start_publish(&mut self, path: StreamPath, name: &str) {
+    fn start_publish(&mut self, path: StreamPath, name: &str) -> Result<(), ProtoError> {
         let app = self.ctx.apps.app(&path.app);
         let peer = self.peer.to_string();
         let started = self.ctx.streams.start(Publish {
@@ -459,11 +471,9 @@ impl Conn {
                     tag_errors: counter!(t::INGEST_TAG_ERRORS_TOTAL, "stream" => label.clone()),
                     jumps: counter!(t::TIMESTAMP_JUMPS_TOTAL, "stream" => label),
                 });
-                if let Err(e) = self.session.accept_publish() {
-                    // Only a session that is not publishing refuses; it
-                    // closes on the next turn.
-                    debug!(error = %e, "publish not accepted by the session");
-                }
+                // Media the publisher sent right after `publish` is read
+                // now; a protocol error in it closes the connection.
+                self.session.accept_publish()?;
             }
             Err(e) => {
                 let (result, code) = publish::claim_refusal(&e);
@@ -472,6 +482,7 @@ impl Conn {
                 self.session.reject_publish(code, &e.to_string());
             }
         }
+        Ok(())
     }
 
     fn on_metadata(&mut self, v: &Amf0Value) -> Option<Input> {

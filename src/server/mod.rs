@@ -166,7 +166,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .wait_ended(transcode::KILL_GRACE + Duration::from_secs(1))
         .await
     {
-        warn!("stream groups still running at exit; the parent-death signal stops FFmpeg");
+        warn!("ffmpeg supervisors still running at exit; the parent-death signal stops them");
     }
     info!("stopped");
     Ok(())

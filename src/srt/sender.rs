@@ -106,6 +106,8 @@ pub struct Sender {
     in_flight: VecDeque<Option<Instant>>,
     bytes_out: u64,
     skips: u64,
+    /// Chunks read from the ring, reused across turns.
+    scratch: Vec<TsChunk>,
 }
 
 impl Sender {
@@ -135,6 +137,7 @@ impl Sender {
             in_flight: VecDeque::new(),
             bytes_out: 0,
             skips: 0,
+            scratch: Vec::with_capacity(READ_BATCH),
         }
     }
 
@@ -208,7 +211,14 @@ impl Sender {
 
     /// Hand chunks to the connection while its send buffer has room.
     fn feed(&mut self, now: Instant) -> Option<End> {
-        let mut chunks = Vec::new();
+        let mut chunks = std::mem::take(&mut self.scratch);
+        let end = self.feed_from(now, &mut chunks);
+        chunks.clear();
+        self.scratch = chunks;
+        end
+    }
+
+    fn feed_from(&mut self, now: Instant, chunks: &mut Vec<TsChunk>) -> Option<End> {
         let mut fed = 0;
         loop {
             self.conn.update_statistics(now);
@@ -224,7 +234,7 @@ impl Sender {
                 return None;
             }
             chunks.clear();
-            match self.cursor.try_read(READ_BATCH, &mut chunks) {
+            match self.cursor.try_read(READ_BATCH, chunks) {
                 None => {
                     self.live = true;
                     return None;

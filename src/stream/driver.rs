@@ -26,8 +26,14 @@ use crate::telemetry as t;
 /// Inputs queued from the ingest to its group; a full queue makes the
 /// ingest wait (TCP backpressure on the publisher), never the group.
 const INPUT_QUEUE: usize = 256;
-/// How often the API's copy of the stream's figures is refreshed.
+/// How often the API's copy of the stream's figures is refreshed while
+/// media comes, and while none does.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+const SNAPSHOT_IDLE_EVERY: Duration = Duration::from_secs(1);
+/// Inputs handled per turn before the outputs are executed.
+const INPUT_BATCH: usize = 32;
+/// How long [`GroupHandle::end`] waits for the group to release its path.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Legs stop on their own when the stream ends (an SRT push flushes for up
 /// to 2 s, FFmpeg gets SIGTERM and SIGKILL 2 s later); past this they are
 /// aborted.
@@ -142,6 +148,7 @@ impl Streams {
             feeds: Vec::new(),
             next_snapshot: Instant::now(),
             stats_dirty: false,
+            shown_bitrate: 0,
         };
         self.drivers
             .spawn(driver.run().instrument(tracing::Span::current()));
@@ -205,8 +212,20 @@ impl GroupHandle {
     }
 
     /// The publisher is gone (`reason`: `unpublished`, `peer_closed`, …).
+    /// Returns once the group has released the path (the media queued
+    /// before went out first), so a republish right after finds it free;
+    /// waits at most [`RELEASE_WAIT`].
     pub async fn end(self, reason: &'static str) {
-        let _ = self.tx.send(Input::PublisherGone { reason }).await;
+        if self.tx.send(Input::PublisherGone { reason }).await.is_ok() {
+            let _ = tokio::time::timeout(RELEASE_WAIT, self.stopped).await;
+        }
+    }
+}
+
+fn leg_input(leg: LegId, ev: LegEvent) -> Input {
+    match ev {
+        LegEvent::Connected => Input::LegConnected(leg),
+        LegEvent::RenditionReady => Input::RenditionReady(leg),
     }
 }
 
@@ -230,40 +249,59 @@ struct Driver {
     /// since it last was.
     next_snapshot: Instant,
     stats_dirty: bool,
+    /// The bitrate the API's copy shows.
+    shown_bitrate: u64,
 }
 
 impl Driver {
     async fn run(mut self) {
         let cancel = self.stream.cancel.clone();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let mut batch = Vec::with_capacity(INPUT_BATCH);
         loop {
             let wake = self.execute(&ev_tx);
             if self.group.is_ended() {
                 break;
             }
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-            let snapshot_at = self.next_snapshot;
-            let input = tokio::select! {
-                i = self.inputs.recv() => i.unwrap_or(Input::PublisherGone { reason: "publisher_gone" }),
-                Some((leg, ev)) = ev_rx.recv() => match ev {
-                    LegEvent::Connected => Input::LegConnected(leg),
-                    LegEvent::RenditionReady => Input::RenditionReady(leg),
-                },
-                Some(done) = self.legs.join_next_with_id(), if !self.legs.is_empty() => self.leg_ended(done),
-                _ = tokio::time::sleep_until(wake.map_or(far, Into::into)) => Input::Timeout,
-                _ = cancel.cancelled() => if self.stream.was_taken_over() { Input::TakenOver } else { Input::Shutdown },
-                // The last media before a pause reaches the API too.
-                _ = tokio::time::sleep_until(snapshot_at.into()), if self.stats_dirty => {
-                    self.publish_stats(Instant::now());
-                    continue;
+            let snapshot = self.snapshot_due();
+            tokio::select! {
+                i = self.inputs.recv() => {
+                    batch.push(i.unwrap_or(Input::PublisherGone { reason: "publisher_gone" }));
+                    // What else the ingest queued meanwhile, in one turn.
+                    while batch.len() < INPUT_BATCH {
+                        let Ok(i) = self.inputs.try_recv() else { break };
+                        batch.push(i);
+                    }
                 }
-            };
-            let now = Instant::now();
-            if matches!(input, Input::Media { .. }) {
-                self.stream.touch(now);
-                self.stats_dirty = true;
+                Some((leg, ev)) = ev_rx.recv() => batch.push(leg_input(leg, ev)),
+                Some(done) = self.legs.join_next_with_id(), if !self.legs.is_empty() => {
+                    // What the leg said before it ended comes first.
+                    while let Ok((leg, ev)) = ev_rx.try_recv() {
+                        batch.push(leg_input(leg, ev));
+                    }
+                    batch.push(self.leg_ended(done));
+                }
+                _ = tokio::time::sleep_until(wake.map_or(far, Into::into)) => batch.push(Input::Timeout),
+                _ = cancel.cancelled() => batch.push(if self.stream.was_taken_over() {
+                    Input::TakenOver
+                } else {
+                    Input::Shutdown
+                }),
+                // The last media before a pause, and the bitrate falling
+                // during one, reach the API too.
+                _ = tokio::time::sleep_until(snapshot.unwrap_or(far.into_std()).into()), if snapshot.is_some() => {
+                    self.publish_stats(Instant::now());
+                }
             }
-            self.group.handle_input(now, input);
+            let now = Instant::now();
+            for input in batch.drain(..) {
+                if matches!(input, Input::Media { .. }) {
+                    self.stream.touch(now);
+                    self.stats_dirty = true;
+                }
+                self.group.handle_input(now, input);
+            }
         }
         // The ingest's sends fail from here on.
         drop(self.inputs);
@@ -276,6 +314,19 @@ impl Driver {
             warn!(stream = %self.stream.path, legs = legs.len(), "legs still running after the stream ended; aborting them");
             legs.abort_all();
             while legs.join_next().await.is_some() {}
+        }
+    }
+
+    /// When the API's copy of the figures should next be refreshed: soon
+    /// after media came, then once a second while the last copy still
+    /// shows a bitrate (it decays over the measuring window).
+    fn snapshot_due(&self) -> Option<Instant> {
+        if self.stats_dirty {
+            Some(self.next_snapshot)
+        } else if self.shown_bitrate > 0 {
+            Some(self.next_snapshot + SNAPSHOT_IDLE_EVERY)
+        } else {
+            None
         }
     }
 
@@ -363,7 +414,9 @@ impl Driver {
     }
 
     fn publish_stats(&mut self, now: Instant) {
-        self.stream.set_stats(self.group.stats().snapshot(now));
+        let snap = self.group.stats().snapshot(now);
+        self.shown_bitrate = snap.bitrate_bps;
+        self.stream.set_stats(snap);
         self.next_snapshot = now + SNAPSHOT_EVERY;
         self.stats_dirty = false;
     }
@@ -383,20 +436,23 @@ impl Driver {
         );
     }
 
-    /// Tell the ingest, log and count why, then release the path: players
-    /// drain what they have and close, legs flush and stop.
+    /// Log and count why, release the path (players drain what they
+    /// have and close, legs flush and stop), then tell the ingest.
     fn teardown(&mut self, now: Instant, cause: Cause, why: String) {
         let stream = &self.stream.path;
-        if let Some(reason) = cause.setup_reason() {
-            counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
-            warn!(%stream, reason, why, "stream setup failed");
-        }
         match cause {
+            Cause::SetupTimeout { reason } => {
+                let timeout = self.group.setup_timeout();
+                counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
+                warn!(%stream, reason, why, ?timeout, "stream setup failed");
+            }
+            Cause::SetupFailed { reason } => {
+                counter!(t::STREAM_SETUP_FAILURES_TOTAL, "reason" => reason).increment(1);
+                warn!(%stream, reason, why, "stream setup failed");
+            }
             Cause::LegFailed {
                 kind: LegKind::SrtPush,
-            } => {
-                warn!(%stream, why, "push leg failed; stopping the stream")
-            }
+            } => warn!(%stream, why, "push leg failed; stopping the stream"),
             Cause::LegFailed { .. } => {
                 warn!(%stream, why, "transcode leg failed; stopping the stream")
             }
@@ -411,16 +467,182 @@ impl Driver {
         let label = cause.label();
         counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => label).increment(1);
         info!(%stream, cause = label, "publish ended");
-        if let (Some(tx), Some((kind, description))) = (self.stopped.take(), self.status.take()) {
-            let _ = tx.send(Stopped {
-                kind,
-                description,
-                cause: label,
-            });
-        }
         self.publish_stats(now);
         self.feeds.clear();
         self.stream.cancel.cancel();
         self.guard = None;
+        // Released: a publisher that left learns it by the channel closing.
+        if let Some(tx) = self.stopped.take() {
+            if let Some((kind, description)) = self.status.take() {
+                let _ = tx.send(Stopped {
+                    kind,
+                    description,
+                    cause: label,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real driver on the tokio runtime with legs the test scripts:
+    //! what ingests and the server rely on (release before `end` returns,
+    //! statuses, drain completion).
+    use super::*;
+    use crate::srt::config::parse_push_url;
+    use crate::stream::group::fixtures::{audio_config, video, video_config};
+
+    /// Push legs that connect, then stay (`streamid=ok`) or fail 20 ms
+    /// later (`streamid=fail`).
+    struct ScriptedLegs;
+
+    impl LegStarter for ScriptedLegs {
+        fn start(&self, spec: &LegSpec, ctx: LegContext) -> super::super::leg::LegFuture {
+            let fail = matches!(spec, LegSpec::SrtPush(t) if t.streamid.as_deref() == Some("fail"));
+            Box::pin(async move {
+                ctx.events.connected();
+                if fail {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Err(LegFailure {
+                        reason: "push_closed",
+                        detail: "srt://127.0.0.1:9: the connection closed".into(),
+                    });
+                }
+                ctx.cancel.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    fn streams(root: &CancellationToken) -> Streams {
+        Streams::new(
+            Registry::new(),
+            Arc::new(ScriptedLegs),
+            root.clone(),
+            StreamSettings {
+                setup_timeout: Duration::from_secs(8),
+                max_ingest_kbps: 100_000,
+                stale_after: Duration::from_secs(3),
+                ring: RingConfig::default(),
+            },
+        )
+    }
+
+    fn app(push: &[&str], takeover: bool) -> AppConfig {
+        AppConfig {
+            takeover,
+            push: push.iter().map(|u| parse_push_url(u).unwrap()).collect(),
+            ..AppConfig::default()
+        }
+    }
+
+    fn start(s: &Streams, key: &str, app: &AppConfig) -> Result<GroupHandle, ClaimError> {
+        s.start(Publish {
+            path: StreamPath::from_rtmp("live", key).unwrap(),
+            name: key,
+            peer: "10.0.0.1:5000",
+            app,
+            accepted: Instant::now(),
+        })
+    }
+
+    /// Configs and a keyframe: the stream becomes playable.
+    async fn keyframe(h: &GroupHandle) {
+        for ev in [video_config(), audio_config(), video(0, true)] {
+            let media = Input::Media {
+                at: Instant::now(),
+                bytes: 100,
+                event: Some(ev),
+                timestamp_jump: false,
+            };
+            assert!(h.send(media).await);
+        }
+    }
+
+    async fn wait_until(mut cond: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition not met within 1 s");
+    }
+
+    #[tokio::test]
+    async fn end_releases_the_path_before_it_returns_so_a_republish_finds_it_free() {
+        let root = CancellationToken::new();
+        let s = streams(&root);
+        let a = app(&[], false);
+        let h = start(&s, "cam1", &a).unwrap();
+        keyframe(&h).await;
+        let stream = h.stream().clone();
+        wait_until(|| stream.renditions[0].ring.stats().has_keyframe).await;
+        h.end("unpublished").await;
+        assert!(s.registry().is_empty(), "released when end() returns");
+        assert!(stream.cancel.is_cancelled());
+        let again = start(&s, "cam1", &a).expect("the path is free again");
+        again.end("peer_closed").await;
+        assert!(s.wait_ended(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_leg_failing_stops_the_publish_with_its_status_and_the_group_ends() {
+        let root = CancellationToken::new();
+        let s = streams(&root);
+        let mut h = start(
+            &s,
+            "cam1",
+            &app(&["srt://127.0.0.1:9?streamid=fail"], false),
+        )
+        .unwrap();
+        keyframe(&h).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(2), h.stopped())
+            .await
+            .expect("stopped");
+        assert_eq!(stopped.kind, StatusKind::Failed);
+        assert_eq!(stopped.cause, "leg_failed");
+        assert!(stopped.description.starts_with("SRT push failed: "));
+        assert!(s.registry().is_empty());
+        assert!(!h.send(Input::Timeout).await, "the group no longer listens");
+        assert!(s.wait_ended(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_every_group_and_drain_waits_for_them() {
+        let root = CancellationToken::new();
+        let s = streams(&root);
+        let a = app(&["srt://127.0.0.1:9?streamid=ok"], false);
+        let mut one = start(&s, "one", &a).unwrap();
+        let mut two = start(&s, "two", &a).unwrap();
+        keyframe(&one).await;
+        assert!(!s.wait_ended(Duration::from_millis(50)).await, "still live");
+        root.cancel();
+        for h in [&mut one, &mut two] {
+            let st = h.stopped().await;
+            assert_eq!(
+                (st.kind, st.cause, st.description.as_str()),
+                (StatusKind::Stopped, "shutdown", "server is shutting down")
+            );
+        }
+        assert!(s.wait_ended(Duration::from_secs(1)).await);
+        assert!(s.registry().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_takeover_tells_the_old_publisher_and_keeps_the_new_one() {
+        let root = CancellationToken::new();
+        let s = streams(&root);
+        let a = app(&[], true);
+        let mut old = start(&s, "cam1", &a).unwrap();
+        keyframe(&old).await;
+        let new = start(&s, "cam1", &a).unwrap();
+        let st = old.stopped().await;
+        assert_eq!((st.kind, st.cause), (StatusKind::TakenOver, "taken_over"));
+        let path = StreamPath::from_rtmp("live", "cam1").unwrap();
+        assert!(Arc::ptr_eq(&s.registry().get(&path).unwrap(), new.stream()));
+        new.end("peer_closed").await;
+        assert!(s.wait_ended(Duration::from_secs(1)).await);
     }
 }

@@ -206,7 +206,8 @@ pub enum Output {
         description: String,
     },
     /// Stop every leg and end the stream (once, the last output but
-    /// `Timeout`). `why` explains the cause for logs.
+    /// `Timeout`). `why` explains the cause for logs (the bare detail; the
+    /// publisher's status says it in full).
     Teardown { cause: Cause, why: String },
     /// Nothing more to do until the next input or this instant (`None`:
     /// no timer), whichever is first.
@@ -343,6 +344,11 @@ impl Group {
     /// The setup deadline: the ingest connection's accept plus `setup_timeout`.
     pub fn setup_deadline(&self) -> Instant {
         self.p.setup_start + self.p.setup_timeout
+    }
+
+    /// `server.setup_timeout` as this group was given it.
+    pub fn setup_timeout(&self) -> Duration {
+        self.p.setup_timeout
     }
 
     pub fn is_ended(&self) -> bool {
@@ -548,22 +554,25 @@ impl Group {
         match kind {
             // A transcode that fails before the stream is ready is a setup
             // failure with the transcode's own reason.
-            LegKind::Transcode { .. } if self.phase == Phase::Setup => self.stop(
+            LegKind::Transcode { .. } if self.phase == Phase::Setup => self.stop_because(
                 StatusKind::Failed,
                 format!("stream setup failed: {}", failure.detail),
                 Cause::SetupFailed {
                     reason: failure.reason,
                 },
+                failure.detail,
             ),
-            LegKind::Transcode { .. } => self.stop(
+            LegKind::Transcode { .. } => self.stop_because(
                 StatusKind::Failed,
                 format!("transcoding failed: {}", failure.detail),
                 Cause::LegFailed { kind },
+                failure.detail,
             ),
-            LegKind::SrtPush => self.stop(
+            LegKind::SrtPush => self.stop_because(
                 StatusKind::Failed,
                 format!("SRT push failed: {}", failure.detail),
                 Cause::LegFailed { kind },
+                failure.detail,
             ),
         }
     }
@@ -615,24 +624,29 @@ impl Group {
             )
         };
         let timeout = self.p.setup_timeout;
-        self.stop(
+        self.stop_because(
             StatusKind::Failed,
             format!(
                 "stream not playable within {timeout:?} of connecting (server.setup_timeout): {why}"
             ),
             Cause::SetupTimeout { reason },
+            why,
         );
     }
 
-    /// Tell the publisher, then end.
+    /// Tell the publisher, then end; the description is also the why.
     fn stop(&mut self, kind: StatusKind, description: String, cause: Cause) {
+        let why = description.clone();
+        self.stop_because(kind, description, cause, why);
+    }
+
+    /// Tell the publisher `description`, then end; `why` is the short
+    /// explanation for the log.
+    fn stop_because(&mut self, kind: StatusKind, description: String, cause: Cause, why: String) {
         if self.publisher {
-            self.out.push_back(Output::Status {
-                kind,
-                description: description.clone(),
-            });
+            self.out.push_back(Output::Status { kind, description });
         }
-        self.end(cause, description);
+        self.end(cause, why);
     }
 
     fn end(&mut self, cause: Cause, why: String) {
@@ -647,6 +661,8 @@ impl Group {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod pair;
 #[cfg(test)]

@@ -156,13 +156,17 @@ impl MediaFeed {
     pub(crate) fn offer(&mut self, now: Instant, ev: MediaEvent) {
         self.offered.mark(now);
         if self.skipping {
+            // A video keyframe or a codec configuration is a place the leg
+            // can resume from; anything else waits for one.
             match &ev {
-                MediaEvent::Frame(f) if !(f.track == Track::Video && f.keyframe) => {
+                MediaEvent::Frame(f) if f.track == Track::Video && f.keyframe => {}
+                MediaEvent::Config(_) => {}
+                _ => {
                     self.dropped.increment(1);
                     return;
                 }
-                _ => self.skipping = false,
             }
+            self.skipping = false;
         }
         if self.tx.try_send(ev).is_err() {
             self.skipping = true;

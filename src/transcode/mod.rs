@@ -456,7 +456,8 @@ struct Run<'a> {
     clock: &'a Arc<Offered>,
 }
 
-/// A started FFmpeg and what watches it.
+/// A started FFmpeg and what watches it; its gauges count it until it is
+/// dropped, however the run ends (an aborted leg included).
 struct Running {
     child: tokio::process::Child,
     pid: i32,
@@ -465,6 +466,13 @@ struct Running {
     first_idr_seen: Arc<std::sync::atomic::AtomicUsize>,
     nvenc_sessions: usize,
     running: metrics::Gauge,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.running.decrement(1.0);
+        NVENC_SESSIONS.fetch_sub(self.nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Run<'_> {
@@ -489,8 +497,6 @@ impl Run<'_> {
         }
         r.io.abort_all();
         while r.io.join_next().await.is_some() {}
-        r.running.decrement(1.0);
-        NVENC_SESSIONS.fetch_sub(r.nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
         end
     }
 
@@ -542,9 +548,7 @@ impl Run<'_> {
             .collect();
         counter!(t::TRANSCODE_FFMPEG_STARTS_TOTAL).increment(1);
         let running = gauge!(t::TRANSCODE_FFMPEG_RUNNING);
-        running.increment(1.0);
         let nvenc_sessions = encoders.iter().filter(|e| **e == Encoder::Nvenc).count();
-        NVENC_SESSIONS.fetch_add(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
         info!(stream = %stream.path, pid, encoders = ?labels, renditions = p.renditions.len(), "ffmpeg started");
         debug!(args = ?argv, "ffmpeg command line");
         for (i, r) in p.renditions.iter().enumerate() {
@@ -587,6 +591,8 @@ impl Run<'_> {
                 },
             ));
         }
+        running.increment(1.0);
+        NVENC_SESSIONS.fetch_add(nvenc_sessions, std::sync::atomic::Ordering::Relaxed);
         Ok(Running {
             child,
             pid,

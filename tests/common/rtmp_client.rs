@@ -1147,16 +1147,17 @@ impl RtmpPublisher {
         report
     }
 
-    /// FCUnpublish + deleteStream, then closes the socket.
-    pub fn close(mut self) {
+    /// FCUnpublish + deleteStream, keeping the connection (an encoder
+    /// that stops and starts its stream).
+    pub fn unpublish(&mut self) -> io::Result<()> {
         let key = self.key.clone();
         let sid = self.stream_id;
-        let _ = self.command(
+        self.command(
             3,
             0,
             &[s("FCUnpublish"), Amf::Number(6.0), Amf::Null, s(&key)],
-        );
-        let _ = self.command(
+        )?;
+        self.command(
             3,
             0,
             &[
@@ -1165,7 +1166,12 @@ impl RtmpPublisher {
                 Amf::Null,
                 Amf::Number(sid as f64),
             ],
-        );
+        )
+    }
+
+    /// FCUnpublish + deleteStream, then closes the socket.
+    pub fn close(mut self) {
+        let _ = self.unpublish();
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
