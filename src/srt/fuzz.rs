@@ -1,29 +1,8 @@
-//! Fuzzing entry point for the SRT listener (`fuzz/fuzz_targets/srt_listener.rs`).
-//! The input scripts up to eight callers talking to one [`Listener`] that
-//! serves a live stream from its ring, on virtual time; the harness plays
-//! the driver ([`serve`](super::listener::serve)) and checks what the
-//! listener sends back. A panic here is a bug in sluice, never bad input.
-//!
-//! Input: one config byte (bit 0: a passphrase is set, bit 1:
-//! `max_players` 1, bit 2: the server is draining), then records of
-//! `ctl, dt, len (u16 BE), len bytes`:
-//! - `dt`: time passes first, `dt` ms below 128, else `(dt - 127) * 50` ms;
-//! - `ctl >> 6 == 3`: an event, picked by the first byte (0 the publisher
-//!   leaves, 1 server shutdown, 2/3 a chunk (the rest, or 1316 bytes of
-//!   0x47) into the source/720p ring, 4 the stream comes back, 5 a ring
-//!   notification);
-//! - otherwise a datagram from caller `ctl & 7` (see `caller`). Real
-//!   callers echo what the listener told them, which the fuzzer cannot
-//!   guess, so the harness patches: bit 3 the SYN cookie from the last
-//!   Induction reply, bit 4 the destination socket id from the last
-//!   Conclusion reply, bit 5 sequence numbers in ACK/NAK (given relative
-//!   to the listener's initial sequence number).
-//!
-//! Checked: the listener only sends to addresses that sent it something,
-//! every datagram fits an Ethernet MTU, a handshake never gets more than
-//! one handshake back (no amplification), timers never spin at one
-//! instant, and after a shutdown every player is gone within the grace
-//! period.
+//! Fuzzing entry point for the SRT listener (`fuzz/fuzz_targets/srt_listener.rs`):
+//! scripted callers against one real [`Listener`] serving a live stream on
+//! virtual time, the harness playing the driver and checking what the
+//! listener sends back. The input format and the checks are in
+//! docs/fuzzing.md; a panic here is a bug in sluice, never bad input.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

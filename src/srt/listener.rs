@@ -1,14 +1,9 @@
 //! The SRT pull listener: one UDP socket and one task serve every SRT
-//! player, driving srt-protocol 0.4.4's sans-IO handshake (`Listen`) and
-//! connection (`DuplexConnection`) types (docs/srt-sans-io.md §4).
-//!
-//! Every datagram goes through [`guard::check`] before srt-protocol parses
-//! it, and every call into srt-protocol runs under `catch_unwind`: a panic
-//! drops only that player. Induction is stateless (a keyed SYN cookie), and
-//! the access decision is made synchronously on the Conclusion, so nothing
-//! is stored for a caller until it is accepted. Players are fed from their
-//! rendition ring only while their send buffer is short, so srt-protocol
-//! never drops data on its own; a player that stays behind is closed.
+//! player through srt-protocol's sans-IO handshake and connection, each
+//! player fed by the shared sender core. Every datagram passes
+//! [`guard::check`] first and every srt-protocol call runs under
+//! `catch_unwind`; induction is stateless (a keyed SYN cookie), so nothing
+//! is stored for a caller before it is accepted (docs/srt-sans-io.md §4).
 
 use std::collections::HashMap;
 use std::io;

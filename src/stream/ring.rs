@@ -1,12 +1,8 @@
-//! The fan-out ring of one rendition: a GOP cache that any number of
-//! players read through their own cursor.
-//!
-//! The publisher appends and never waits. The ring keeps the newest GOP
-//! (and the one before it, as slack for players slightly behind), bounded
-//! by bytes, so a new player starts at the latest keyframe at once. A
-//! player whose data was trimmed skips forward to the newest keyframe —
-//! dropping whole frames, never cutting a PES — and one that keeps falling
-//! behind is told to go away. Memory per player is a cursor and one batch.
+//! The fan-out ring of one rendition: a GOP cache, bounded by bytes, that
+//! any number of players read through their own cursor while the publisher
+//! appends and never waits. A new player starts at the newest keyframe; one
+//! whose data was trimmed skips to it (whole frames, never a cut PES), and
+//! one that keeps falling behind is told to go away.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,26 +1,8 @@
 //! The FFmpeg command line for one stream's renditions: a pure function of
 //! the renditions, the encoder chosen for each and what we know about the
-//! source, so every flag is pinned by golden tests.
-//!
-//! Shape: FLV on stdin, one decode, `split` + `scale` per rendition, and each
-//! rendition written as MPEG-TS to its own inherited pipe (`pipe:3`,
-//! `pipe:4`, ...). `-progress` key=value lines go to stdout; warnings and
-//! errors, prefixed with their level, to stderr.
-//!
-//! Choices worth knowing (measured on ffmpeg 5.1, 720p30 x264 source with a
-//! 2 s GOP, fed in real time through a pipe):
-//! - no `-fflags nobuffer`: with it FFmpeg discards the packets it reads
-//!   while probing the input, which is exactly the first IDR; the first
-//!   output then came 2.2 s after the input started (the next source
-//!   keyframe) instead of 0.18 s. `-probesize 32 -analyzeduration 0` keeps
-//!   probing to the first packet instead, so nothing waits in the buffer.
-//! - `-copyts`, and the mpegts muxer's default offset: rendition PTS equal
-//!   the source rendition's (which uses the same 1.4 s offset), so players
-//!   can switch renditions without a timestamp jump.
-//! - keyframes: an IDR is forced at frame 0 and then every `gop` of
-//!   presentation time (`-force_key_frames` with `prev_forced_t`, which also
-//!   works with `-copyts` timestamps that do not start at 0); `-g` is the
-//!   same interval in frames, scene-cut keyframes are off, no B-frames.
+//! source, so every flag is pinned by golden tests. FLV in on stdin, one
+//! decode, each rendition out as MPEG-TS on its own pipe; docs/transcode.md
+//! says why each choice was made.
 
 use super::config::{AudioMode, RenditionSpec, VideoCodec};
 
