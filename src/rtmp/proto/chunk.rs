@@ -31,9 +31,6 @@ pub struct Message {
     /// 32-bit wrapping milliseconds, as on the wire after applying deltas.
     pub timestamp: u32,
     pub payload: Bytes,
-    /// Where the message's first chunk starts in the connection's input
-    /// (see [`ChunkDecoder::start_at`]); for error reports.
-    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,20 +57,6 @@ pub struct ChunkContext {
     /// The chunk's first bytes, header included; for an error in a
     /// message's content, the payload's.
     pub excerpt: Excerpt,
-}
-
-impl ChunkContext {
-    /// The context of an error in `msg`'s content. Allocates: call it only
-    /// to build an error.
-    pub fn of_message(msg: &Message) -> Box<Self> {
-        Box::new(ChunkContext {
-            csid: msg.csid,
-            type_id: Some(msg.type_id),
-            stream_id: Some(msg.stream_id),
-            offset: msg.offset,
-            excerpt: Excerpt::new(&msg.payload),
-        })
-    }
 }
 
 impl std::fmt::Display for ChunkContext {
@@ -237,9 +220,23 @@ impl ChunkDecoder {
     /// Set Chunk Size and Abort are applied here, before the next chunk is
     /// read, and are still returned so the session can log them.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ChunkError> {
+        let start = buf.len();
+        let r = self.decode_messages(buf, start);
+        // Offsets are counted per call, not per chunk.
+        self.offset += (start - buf.len()) as u64;
+        r
+    }
+
+    fn decode_messages(
+        &mut self,
+        buf: &mut BytesMut,
+        start: usize,
+    ) -> Result<Option<Message>, ChunkError> {
         loop {
-            let Some(msg) = self.decode_chunk(buf)? else {
-                return Ok(None);
+            let msg = match self.decode_chunk(buf, start) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(None),
+                Err(why) => return Err(self.refused(why, buf, start)),
             };
             let Some(msg) = msg else { continue };
             if msg.stream_id == 0 {
@@ -252,19 +249,19 @@ impl ChunkDecoder {
     fn apply_control(&mut self, msg: &Message) -> Result<(), ChunkError> {
         match msg.type_id {
             MSG_SET_CHUNK_SIZE => {
-                let v = read_u32(msg, "Set Chunk Size")?;
+                let v = self.control_u32(msg, "Set Chunk Size")?;
                 // The top bit must be zero (RTMP spec 5.4.1).
                 let size = v & MAX_CHUNK_SIZE;
                 if size == 0 || v > MAX_CHUNK_SIZE {
                     return Err(ChunkError::BadChunkSize {
                         size: v,
-                        at: ChunkContext::of_message(msg),
+                        at: self.message_context(msg),
                     });
                 }
                 self.chunk_size = size;
             }
             MSG_ABORT => {
-                let csid = read_u32(msg, "Abort")?;
+                let csid = self.control_u32(msg, "Abort")?;
                 if let Some(cs) = self.get_mut(csid) {
                     if cs.in_progress {
                         cs.in_progress = false;
@@ -279,6 +276,49 @@ impl ChunkDecoder {
         Ok(())
     }
 
+    /// The 32-bit value a control message carries.
+    fn control_u32(&self, msg: &Message, kind: &'static str) -> Result<u32, ChunkError> {
+        if msg.payload.len() < 4 {
+            return Err(ChunkError::ShortControl {
+                kind,
+                len: msg.payload.len(),
+                at: self.message_context(msg),
+            });
+        }
+        Ok(be32(&msg.payload))
+    }
+
+    /// Where the last message returned on chunk stream `csid` started (its
+    /// first chunk) in the connection's input. Valid until the decoder
+    /// reads the next chunk on `csid`: ask right after `decode` returns
+    /// the message.
+    pub fn message_offset(&self, csid: u32) -> u64 {
+        self.get(csid).map_or(0, |cs| cs.msg_offset)
+    }
+
+    /// The context of an error in the content of `msg`, the last message
+    /// `decode` returned on its chunk stream: its first chunk's offset and
+    /// its payload's first bytes. Allocates: call it only to build an error.
+    #[cold]
+    #[inline(never)]
+    pub fn message_context(&self, msg: &Message) -> Box<ChunkContext> {
+        Box::new(ChunkContext {
+            csid: msg.csid,
+            type_id: Some(msg.type_id),
+            stream_id: Some(msg.stream_id),
+            offset: self.message_offset(msg.csid),
+            excerpt: Excerpt::new(&msg.payload),
+        })
+    }
+
+    fn get(&self, csid: u32) -> Option<&ChunkStream> {
+        if (csid as usize) < FLAT_CSIDS {
+            self.flat.get(csid as usize)?.as_deref()
+        } else {
+            self.map.get(&csid)
+        }
+    }
+
     fn get_mut(&mut self, csid: u32) -> Option<&mut ChunkStream> {
         if (csid as usize) < FLAT_CSIDS {
             self.flat.get_mut(csid as usize)?.as_deref_mut()
@@ -287,39 +327,37 @@ impl ChunkDecoder {
         }
     }
 
-    /// The chunk stream `csid`, created if new; the caller has checked
+    /// Opens chunk stream `csid`, not open yet; the caller has checked
     /// `max_chunk_streams`.
-    fn get_or_create(&mut self, csid: u32) -> &mut ChunkStream {
-        let exists = if (csid as usize) < FLAT_CSIDS {
-            matches!(self.flat.get(csid as usize), Some(Some(_)))
-        } else {
-            self.map.contains_key(&csid)
-        };
-        if !exists {
-            self.streams_in_use += 1;
-            if (csid as usize) < FLAT_CSIDS {
-                if self.flat.len() <= csid as usize {
-                    self.flat.resize_with(csid as usize + 1, || None);
-                }
-                self.flat[csid as usize] = Some(Box::default());
-            } else {
-                self.map.insert(csid, ChunkStream::default());
+    fn create(&mut self, csid: u32) -> &mut ChunkStream {
+        self.streams_in_use += 1;
+        if (csid as usize) < FLAT_CSIDS {
+            if self.flat.len() <= csid as usize {
+                self.flat.resize_with(csid as usize + 1, || None);
             }
+            self.flat[csid as usize].insert(Box::default())
+        } else {
+            self.map.entry(csid).or_default()
         }
-        // Just ensured present.
-        self.get_mut(csid).expect("chunk stream present")
     }
 
     /// Parse one chunk. Outer `None`: incomplete input. Inner `None`: the
-    /// chunk was consumed but its message is not complete yet.
+    /// chunk was consumed but its message is not complete yet. A refused
+    /// chunk stays at the front of `buf`. `start` is `buf.len()` when
+    /// [`ChunkDecoder::decode`] was called: the chunk starts at connection
+    /// offset `self.offset + (start - buf.len())`.
     #[allow(clippy::type_complexity)]
-    fn decode_chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Message>>, ChunkError> {
+    fn decode_chunk(
+        &mut self,
+        buf: &mut BytesMut,
+        start: usize,
+    ) -> Result<Option<Option<Message>>, Refused> {
         let Some(h) = parse_header(buf) else {
             return Ok(None);
         };
         let chunk_size = self.chunk_size as usize;
         let limits = self.limits;
-        let (offset, buffered, streams_in_use) = (self.offset, self.buffered, self.streams_in_use);
+        let (base, buffered, streams_in_use) = (self.offset, self.buffered, self.streams_in_use);
         // Work out the message this chunk belongs to without mutating state.
         let prev = self.get_mut(h.csid);
         let (in_progress, prev_ext) = match &prev {
@@ -327,10 +365,7 @@ impl ChunkDecoder {
             None => (false, None),
         };
         if h.fmt > 0 && prev.is_none() {
-            return Err(ChunkError::NoPreviousHeader {
-                fmt: h.fmt,
-                at: chunk_context(offset, buf, &h, None),
-            });
+            return Err(Refused::NoPreviousHeader);
         }
         let Some((pos, extended)) = extended_timestamp(buf, &h, prev_ext) else {
             return Ok(None);
@@ -342,11 +377,7 @@ impl ChunkDecoder {
             (None, _) => (h.length.unwrap_or(0), 0),
         };
         if length > limits.max_message_size {
-            return Err(ChunkError::MessageTooLarge {
-                length,
-                limit: limits.max_message_size,
-                at: chunk_context(offset, buf, &h, prev.as_deref()),
-            });
+            return Err(Refused::MessageTooLarge(length));
         }
         let take = (length as usize - partial_len).min(chunk_size);
         if buf.len() < pos + take {
@@ -356,65 +387,93 @@ impl ChunkDecoder {
         // under twice the message limit: the one abandoned or continued
         // here is replaced by what it holds after this chunk.
         let held = prev.as_ref().map_or(0, |cs| cs.partial.len());
-        let after = if partial_len + take == length as usize {
-            0
-        } else {
-            partial_len + take
-        };
+        let completes = partial_len + take == length as usize;
+        let after = if completes { 0 } else { partial_len + take };
         let buffered = buffered - held + after;
-        if buffered > 2 * limits.max_message_size as usize {
-            return Err(ChunkError::Overbuffered {
-                buffered,
-                limit: limits.max_message_size,
-                at: chunk_context(offset, buf, &h, prev.as_deref()),
-            });
+        if !completes && buffered > 2 * limits.max_message_size as usize {
+            return Err(Refused::Overbuffered(buffered));
         }
         if prev.is_none() && streams_in_use >= limits.max_chunk_streams {
-            return Err(ChunkError::TooManyChunkStreams {
-                limit: limits.max_chunk_streams,
-                at: chunk_context(offset, buf, &h, None),
-            });
+            return Err(Refused::TooManyChunkStreams);
         }
         // Commit.
-        let cs = self.get_or_create(h.csid);
+        let cs = match prev {
+            Some(cs) => cs,
+            None => self.create(h.csid),
+        };
         if !continuation {
-            cs.start_message(&h, extended, offset);
+            cs.start_message(&h, extended, base + (start - buf.len()) as u64);
         }
-        buf.advance(pos);
-        let payload = cs.append(buf, take, length as usize, partial_len);
+        let payload = cs.append(buf, pos, take, length as usize, partial_len);
         debug_assert_eq!(cs.partial.len(), after);
-        let (type_id, stream_id, timestamp, msg_offset) =
-            (cs.type_id, cs.stream_id, cs.timestamp, cs.msg_offset);
+        let (type_id, stream_id, timestamp) = (cs.type_id, cs.stream_id, cs.timestamp);
         self.buffered = buffered;
-        self.offset += (pos + take) as u64;
         Ok(Some(payload.map(|payload| Message {
             csid: h.csid,
             type_id,
             stream_id,
             timestamp,
             payload,
-            offset: msg_offset,
         })))
+    }
+
+    /// The error for a chunk `decode_chunk` refused, with its context: the
+    /// chunk is still at the front of `buf`. Kept out of the hot path.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, why: Refused, buf: &[u8], start: usize) -> ChunkError {
+        let offset = self.offset + (start - buf.len()) as u64;
+        let limits = self.limits;
+        let (csid, type_id, stream_id) = match parse_header(buf) {
+            Some(h) => {
+                let prev = self.get(h.csid);
+                (
+                    h.csid,
+                    h.type_id.or(prev.map(|cs| cs.type_id)),
+                    h.stream_id.or(prev.map(|cs| cs.stream_id)),
+                )
+            }
+            None => (0, None, None),
+        };
+        let at = Box::new(ChunkContext {
+            csid,
+            type_id,
+            stream_id,
+            offset,
+            excerpt: Excerpt::new(buf),
+        });
+        match why {
+            Refused::NoPreviousHeader => ChunkError::NoPreviousHeader {
+                fmt: buf.first().map_or(0, |b| b >> 6),
+                at,
+            },
+            Refused::MessageTooLarge(length) => ChunkError::MessageTooLarge {
+                length,
+                limit: limits.max_message_size,
+                at,
+            },
+            Refused::Overbuffered(buffered) => ChunkError::Overbuffered {
+                buffered,
+                limit: limits.max_message_size,
+                at,
+            },
+            Refused::TooManyChunkStreams => ChunkError::TooManyChunkStreams {
+                limit: limits.max_chunk_streams,
+                at,
+            },
+        }
     }
 }
 
-/// The context of an error in the chunk at the front of `buf`, which starts
-/// at connection offset `offset`; `prev` is its chunk stream's state.
-#[cold]
-#[inline(never)]
-fn chunk_context(
-    offset: u64,
-    buf: &[u8],
-    h: &Header,
-    prev: Option<&ChunkStream>,
-) -> Box<ChunkContext> {
-    Box::new(ChunkContext {
-        csid: h.csid,
-        type_id: h.type_id.or(prev.map(|cs| cs.type_id)),
-        stream_id: h.stream_id.or(prev.map(|cs| cs.stream_id)),
-        offset,
-        excerpt: Excerpt::new(buf),
-    })
+/// Why `decode_chunk` refused a chunk. Small and plain on purpose: an error
+/// type holding a box in the hot loop's `Result` measurably slowed it down;
+/// `refused` adds the context out of line.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    NoPreviousHeader,
+    MessageTooLarge(u32),
+    Overbuffered(usize),
+    TooManyChunkStreams,
 }
 
 impl ChunkStream {
@@ -453,26 +512,32 @@ impl ChunkStream {
         self.msg_offset = offset;
     }
 
-    /// Moves the chunk's `take` payload bytes out of `buf` (whose header is
-    /// already consumed); returns the message payload once all `length`
-    /// bytes are in. `partial_len` bytes were assembled before this chunk.
+    /// Consumes the chunk from `buf`: its `pos`-byte header, then `take`
+    /// payload bytes; returns the message payload once all `length` bytes
+    /// are in. `partial_len` bytes were assembled before this chunk. One
+    /// move of `buf`'s start per chunk: `BytesMut::advance` is not inlined.
     #[inline]
     fn append(
         &mut self,
         buf: &mut BytesMut,
+        pos: usize,
         take: usize,
         length: usize,
         partial_len: usize,
     ) -> Option<Bytes> {
         let payload = if partial_len == 0 && take == length {
-            // Single-chunk message: hand out the input bytes without copying.
-            Some(buf.split_to(take).freeze())
+            // Single-chunk message: hand out the input bytes without
+            // copying; dropping the header from the frozen slice is a
+            // pointer bump.
+            let mut chunk = buf.split_to(pos + take).freeze();
+            chunk.advance(pos);
+            Some(chunk)
         } else {
             if self.partial.capacity() == 0 && length <= RESERVE_WHOLE {
                 self.partial.reserve(length);
             }
-            self.partial.extend_from_slice(&buf[..take]);
-            buf.advance(take);
+            self.partial.extend_from_slice(&buf[pos..pos + take]);
+            buf.advance(pos + take);
             if self.partial.len() < length {
                 None
             } else {
@@ -515,6 +580,9 @@ fn extended_timestamp(
 }
 
 /// Parse the basic and message header (without the extended timestamp).
+/// Always inlined: with `refused` as a second caller it was otherwise left
+/// out of line in the hot loop.
+#[inline(always)]
 fn parse_header(buf: &[u8]) -> Option<Header> {
     let b0 = *buf.first()?;
     let fmt = b0 >> 6;
@@ -558,17 +626,6 @@ fn be24(b: &[u8]) -> u32 {
 
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn read_u32(msg: &Message, kind: &'static str) -> Result<u32, ChunkError> {
-    if msg.payload.len() < 4 {
-        return Err(ChunkError::ShortControl {
-            kind,
-            len: msg.payload.len(),
-            at: ChunkContext::of_message(msg),
-        });
-    }
-    Ok(be32(&msg.payload))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -923,7 +980,7 @@ mod tests {
         let mut dec = ChunkDecoder::new(limits());
         dec.start_at(3073);
         let m = dec.decode(&mut wire).unwrap().unwrap();
-        assert_eq!(m.offset, 3073);
+        assert_eq!(dec.message_offset(m.csid), 3073);
         let e = dec.decode(&mut wire).unwrap_err();
         let at = e.context();
         assert_eq!((at.csid, at.type_id, at.stream_id), (3, Some(20), Some(0)));
@@ -960,9 +1017,13 @@ mod tests {
         enc.write(&mut wire, 6, 0, 9, 1, &[2u8; 300]);
         let mut dec = ChunkDecoder::new(limits());
         dec.start_at(100);
-        let msgs = drain(&mut dec, &mut wire);
-        assert_eq!(msgs[0].offset, 100);
-        assert_eq!(msgs[1].offset, 100 + second);
+        let m = dec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(dec.message_offset(m.csid), 100);
+        let m = dec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(
+            (m.payload.len(), dec.message_offset(m.csid)),
+            (300, 100 + second)
+        );
     }
 
     #[test]
