@@ -6,19 +6,19 @@
 use std::net::SocketAddr;
 
 use crate::auth;
-use crate::stream::config::AppConfig;
+use crate::stream::config::{AppConfig, Apps};
 use crate::stream::group::StatusKind;
 use crate::stream::{ClaimError, StreamPath};
 
 /// What to do with a `publish` command.
 #[derive(Debug)]
 pub enum Decision {
-    /// Start the stream.
-    Allow(StreamPath),
+    /// Start the stream with its application's settings.
+    Allow { path: StreamPath, app: AppConfig },
     /// Refuse with `NetStream.Publish.BadName`: `result` is the
     /// `sluice_rtmp_publishes_total` label, `reason` the auth reject
     /// label (if an authorization refused it), `why` the bare reason
-    /// ([`Decision::status_text`] is what the publisher reads).
+    /// ([`refusal_text`] is what the publisher reads).
     Refuse {
         path: Option<StreamPath>,
         result: &'static str,
@@ -28,6 +28,7 @@ pub enum Decision {
     /// Ask the application's webhook first (POST `body`).
     AskWebhook {
         path: StreamPath,
+        app: AppConfig,
         url: String,
         body: serde_json::Value,
         timeout: std::time::Duration,
@@ -35,8 +36,9 @@ pub enum Decision {
 }
 
 /// Decide a publish of `name` (the publishing name with its query) on
-/// connection `app` (as sent in `connect`, query included).
-pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> Decision {
+/// connection `app_raw` (the application as sent in `connect`, query
+/// included), with the settings of the application the path names.
+pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, apps: &Apps) -> Decision {
     let path = match StreamPath::from_rtmp(app_raw, name) {
         Ok(p) => p,
         Err(why) => {
@@ -48,6 +50,7 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
             }
         }
     };
+    let app = apps.app(&path.app);
     if let Err(refusal) = auth::check_publish(&app.publish_keys, &path.key, app_raw, name) {
         return Decision::Refuse {
             path: Some(path),
@@ -57,7 +60,7 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
         };
     }
     let Some(url) = app.publish_webhook.clone() else {
-        return Decision::Allow(path);
+        return Decision::Allow { path, app };
     };
     let body = serde_json::json!({
         "action": "publish",
@@ -69,11 +72,13 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, app: &AppConfig) -> D
         "query": auth::query_json(name),
         "client": peer.to_string(),
     });
+    let timeout = app.webhook_timeout;
     Decision::AskWebhook {
         path,
+        app,
         url,
         body,
-        timeout: app.webhook_timeout,
+        timeout,
     }
 }
 
@@ -118,11 +123,11 @@ mod tests {
 
     #[test]
     fn open_apps_allow_and_bad_names_are_refused() {
-        let app = AppConfig::default();
+        let apps = Apps::default();
         assert!(
-            matches!(decide("live", "cam1", peer(), &app), Decision::Allow(p) if p.to_string() == "live/cam1")
+            matches!(decide("live", "cam1", peer(), &apps), Decision::Allow { path, .. } if path.to_string() == "live/cam1")
         );
-        let Decision::Refuse { result, why, .. } = decide("live", "a/b", peer(), &app) else {
+        let Decision::Refuse { result, why, .. } = decide("live", "a/b", peer(), &apps) else {
             panic!()
         };
         assert_eq!(result, "rejected_bad_name");
@@ -136,14 +141,23 @@ mod tests {
         app.publish_keys
             .insert("cam1".into(), Secret::parse("s3cret-key").unwrap());
         app.publish_webhook = Some("http://127.0.0.1:1/hook".into());
-        let Decision::Refuse { reason, .. } = decide("live", "cam1?key=wrong", peer(), &app) else {
-            panic!()
-        };
-        assert!(reason.is_some());
-        let Decision::AskWebhook { body, .. } = decide("live", "cam1?key=s3cret-key", peer(), &app)
+        let apps: Apps = [("live".to_string(), app)].into_iter().collect();
+        let Decision::Refuse { reason, .. } = decide("live", "cam1?key=wrong", peer(), &apps)
         else {
             panic!()
         };
+        assert!(reason.is_some());
+        // Another application has no keys and no webhook.
+        assert!(matches!(
+            decide("other", "cam1", peer(), &apps),
+            Decision::Allow { .. }
+        ));
+        let Decision::AskWebhook { body, app, .. } =
+            decide("live", "cam1?key=s3cret-key", peer(), &apps)
+        else {
+            panic!()
+        };
+        assert!(app.publish_webhook.is_some());
         assert_eq!(body["path"], "live/cam1");
         assert_eq!(body["key"], "s3cret-key");
         assert_eq!(body["client"], "10.0.0.1:5000");

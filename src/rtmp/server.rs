@@ -24,7 +24,7 @@ use super::config::RtmpConfig;
 use super::ingest::FlvIngest;
 use super::proto::{Event, ProtoError, Session};
 use super::publish::{self, Decision};
-use crate::stream::config::Apps;
+use crate::stream::config::{AppConfig, Apps};
 use crate::stream::driver::{GroupHandle, Publish, Stopped, Streams};
 use crate::stream::group::Input;
 use crate::stream::{Metadata, StreamPath};
@@ -189,6 +189,7 @@ struct Publishing {
 /// A publish waiting for the webhook's answer (the session stays paused).
 struct PendingAuth {
     path: StreamPath,
+    app: AppConfig,
     name: String,
     answer: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -292,7 +293,7 @@ impl Conn {
                     if let Some(pending) = self.pending_auth.take() {
                         match answer {
                             Ok(()) => {
-                                if let Err(e) = self.start_publish(pending.path, &pending.name) {
+                                if let Err(e) = self.start_publish(pending.path, &pending.name, &pending.app) {
                                     return Close::Proto(e);
                                 }
                             }
@@ -388,11 +389,8 @@ impl Conn {
     }
 
     fn on_publish(&mut self, name: &str) -> Result<(), ProtoError> {
-        let path = StreamPath::from_rtmp(&self.app, name);
-        let app_name = path.as_ref().map(|p| p.app.as_str()).unwrap_or("");
-        let app = self.ctx.apps.app(app_name);
-        match publish::decide(&self.app, name, self.peer, &app) {
-            Decision::Allow(path) => return self.start_publish(path, name),
+        match publish::decide(&self.app, name, self.peer, &self.ctx.apps) {
+            Decision::Allow { path, app } => return self.start_publish(path, name, &app),
             Decision::Refuse {
                 path,
                 result,
@@ -401,6 +399,7 @@ impl Conn {
             } => self.refuse(path.as_ref(), name, result, reason, &why),
             Decision::AskWebhook {
                 path,
+                app,
                 url,
                 body,
                 timeout,
@@ -411,6 +410,7 @@ impl Conn {
                     );
                 self.pending_auth = Some(PendingAuth {
                     path,
+                    app,
                     name: name.to_string(),
                     answer,
                 });
@@ -449,14 +449,18 @@ impl Conn {
     }
 
     /// Start the stream's group (the publish is authorized).
-    fn start_publish(&mut self, path: StreamPath, name: &str) -> Result<(), ProtoError> {
-        let app = self.ctx.apps.app(&path.app);
+    fn start_publish(
+        &mut self,
+        path: StreamPath,
+        name: &str,
+        app: &AppConfig,
+    ) -> Result<(), ProtoError> {
         let peer = self.peer.to_string();
         let started = self.ctx.streams.start(Publish {
             path: path.clone(),
             name,
             peer: &peer,
-            app: &app,
+            app,
             accepted: self.accepted,
         });
         match started {
