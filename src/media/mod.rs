@@ -5,6 +5,8 @@
 pub mod aac;
 pub mod av1;
 pub mod bits;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod h264;
 pub mod hevc;
 pub mod opus;

@@ -787,35 +787,10 @@ impl SegCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::fixtures::{
+        aac_config as audio_config, avcc_record, h264_config as video_config,
+    };
     use crate::media::Track;
-
-    fn avcc_record() -> Bytes {
-        // version 1, High profile, level 3.0, 4-byte lengths, one SPS, one PPS.
-        let sps = [0x67, 0x64, 0x00, 0x1E, 0xAC, 0xD9];
-        let pps = [0x68, 0xEB, 0xE3, 0xCB];
-        let mut r = vec![1, 0x64, 0x00, 0x1E, 0xFF, 0xE1, 0x00, sps.len() as u8];
-        r.extend_from_slice(&sps);
-        r.extend_from_slice(&[1, 0x00, pps.len() as u8]);
-        r.extend_from_slice(&pps);
-        Bytes::from(r)
-    }
-
-    fn video_config() -> CodecConfig {
-        CodecConfig::Video {
-            codec: Codec::H264,
-            record: avcc_record(),
-            params: None,
-        }
-    }
-
-    fn audio_config() -> CodecConfig {
-        // AAC LC, 48 kHz (index 3), stereo.
-        CodecConfig::Audio {
-            codec: Codec::Aac,
-            config: Bytes::from_static(&[0x11, 0x90]),
-            params: None,
-        }
-    }
 
     fn avcc(nals: &[&[u8]]) -> Bytes {
         let mut out = Vec::new();

@@ -121,13 +121,10 @@ impl Rtmp {
 
 /// FLV tag bodies of a 30 fps H.264 + AAC publish.
 mod flv_body {
+    /// The AVC sequence header: keyframe, AVC, packet type 0, cts 0.
     pub fn avc_config() -> Vec<u8> {
-        let sps = [0x67, 0x64, 0x00, 0x1E, 0xAC, 0xD9];
-        let pps = [0x68, 0xEB, 0xE3, 0xCB];
-        let mut b = vec![0x17, 0, 0, 0, 0, 1, 0x64, 0x00, 0x1E, 0xFF, 0xE1, 0, 6];
-        b.extend_from_slice(&sps);
-        b.extend_from_slice(&[1, 0, 4]);
-        b.extend_from_slice(&pps);
+        let mut b = vec![0x17, 0, 0, 0, 0];
+        b.extend_from_slice(&crate::media::fixtures::avcc_record());
         b
     }
 
