@@ -9,6 +9,7 @@
 // Each test binary uses a different part of the helpers.
 #![allow(dead_code)]
 
+pub mod bystander;
 pub mod expect;
 pub mod flv;
 pub mod harness;
@@ -25,6 +26,6 @@ pub mod webhook;
 // `use common::*;` reaches every helper; each test binary uses some of them.
 #[allow(unused_imports)]
 pub use {
-    expect::*, harness::*, http::*, json::*, media::*, net::*, process::*, prometheus::*,
-    webhook::*,
+    bystander::*, expect::*, harness::*, http::*, json::*, media::*, net::*, process::*,
+    prometheus::*, webhook::*,
 };
