@@ -1,19 +1,25 @@
 //! The HTTP side: `/healthz`, `/readyz`, `/metrics` and the JSON API.
 //!
 //! Health bodies are JSON only; `/readyz` turns 503 the moment the server
-//! starts draining so load balancers stop sending publishers here.
+//! starts draining so load balancers stop sending publishers here. Who may
+//! use the API is decided once, in front of every route ([`access`]):
+//! with `[server] api_token` every request but the three open paths needs
+//! the bearer token; without one, only loopback clients may change anything.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
@@ -35,8 +41,14 @@ pub struct AppState {
     /// configured renditions use.
     pub transcode: TranscodeConfig,
     pub codecs: Vec<VideoCodec>,
+    /// `[server] api_token`: what every request but [`OPEN_PATHS`] must
+    /// present; `None` leaves reads open and changes to loopback clients.
+    pub api_token: Option<ApiToken>,
 }
 
+/// The router. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: without the
+/// peer address every change is refused when no token is set.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -48,7 +60,186 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/encoders", get(encoders))
         .route("/api/v1/encoders/probe", post(reprobe))
         .fallback(not_found)
+        // Around the fallback too: unknown paths tell a caller without the
+        // token nothing about which exist.
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// Answered to anyone: liveness and readiness probes and Prometheus
+/// scrapers carry no credentials.
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// The bearer token of the HTTP API (`[server] api_token`). Only its
+/// SHA-256 digest is kept, and a presented token is compared digest to
+/// digest in constant time, so neither where a guess differs nor its
+/// length shows in the time taken. Debug output never shows it.
+#[derive(Clone)]
+pub struct ApiToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+/// The shortest token accepted: 16 characters leave no room for guessing
+/// even without a rate limit.
+pub const API_TOKEN_MIN_LEN: usize = 16;
+
+impl ApiToken {
+    /// A token of at least [`API_TOKEN_MIN_LEN`] visible ASCII characters
+    /// (it travels in an HTTP header). The error never repeats the token.
+    pub fn new(token: &str) -> Result<ApiToken, String> {
+        if token.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "a token is visible ASCII without spaces (it is sent as `Authorization: Bearer TOKEN`)"
+                    .into(),
+            );
+        }
+        if token.len() < API_TOKEN_MIN_LEN {
+            return Err(format!(
+                "a token must be at least {API_TOKEN_MIN_LEN} characters, not {} (e.g. `openssl rand -hex 32`)",
+                token.len()
+            ));
+        }
+        Ok(ApiToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `presented` is the token.
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        ct_eq(&self.digest, &Sha256::digest(presented).into())
+    }
+}
+
+/// In a config file the token is a string, checked by [`ApiToken::new`].
+impl<'de> serde::Deserialize<'de> for ApiToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        ApiToken::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Equal, in a time that does not depend on where the inputs differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The credentials of `Authorization: Bearer TOKEN` (RFC 6750 2.1); the
+/// scheme is case-insensitive (RFC 7235 2.1). `None` for another scheme.
+fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    let space = authorization.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = authorization.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// What [`access`] decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allow,
+    /// A token is set and the request carries no bearer credentials.
+    MissingToken,
+    /// A token is set and the request carries another.
+    BadToken,
+    /// No token is set and a client other than loopback asks for a change.
+    NotLoopback,
+}
+
+impl Access {
+    /// The `reason` label of `sluice_auth_rejects_total{action="api"}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Access::Allow => "allow",
+            Access::MissingToken => "missing_token",
+            Access::BadToken => "bad_token",
+            Access::NotLoopback => "not_loopback",
+        }
+    }
+}
+
+/// Who may do what over HTTP. [`OPEN_PATHS`] are open to all. With a token
+/// every other request needs `Authorization: Bearer TOKEN`. Without one,
+/// GET and HEAD stay open (the API as it always was) and anything else is
+/// answered only for a loopback `peer`; an unknown peer counts as remote.
+pub fn access(
+    token: Option<&ApiToken>,
+    method: &Method,
+    path: &str,
+    authorization: Option<&HeaderValue>,
+    peer: Option<IpAddr>,
+) -> Access {
+    if OPEN_PATHS.contains(&path) {
+        return Access::Allow;
+    }
+    match token {
+        Some(token) => match authorization.and_then(|v| bearer(v.as_bytes())) {
+            None => Access::MissingToken,
+            Some(presented) if token.verify(presented) => Access::Allow,
+            Some(_) => Access::BadToken,
+        },
+        None if method == Method::GET || method == Method::HEAD => Access::Allow,
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+        None if peer.is_some_and(|ip| ip.to_canonical().is_loopback()) => Access::Allow,
+        None => Access::NotLoopback,
+    }
+}
+
+/// [`access`] in front of every route; refusals are counted, never logged
+/// with what the client sent.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let decision = access(
+        s.api_token.as_ref(),
+        req.method(),
+        req.uri().path(),
+        req.headers().get(header::AUTHORIZATION),
+        peer,
+    );
+    if decision == Access::Allow {
+        return next.run(req).await;
+    }
+    metrics::counter!(crate::telemetry::AUTH_REJECTS_TOTAL, "action" => "api", "reason" => decision.reason())
+        .increment(1);
+    tracing::debug!(peer = ?peer, reason = decision.reason(), method = %req.method(), "api request refused");
+    let challenge = |value: &'static str| [(header::WWW_AUTHENTICATE, value)];
+    match decision {
+        Access::MissingToken => (
+            challenge(r#"Bearer realm="sluice""#),
+            error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs `Authorization: Bearer TOKEN` with the token of server.api_token",
+            ),
+        )
+            .into_response(),
+        Access::BadToken => (
+            challenge(r#"Bearer realm="sluice", error="invalid_token""#),
+            error(StatusCode::UNAUTHORIZED, "the bearer token is not valid"),
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} requests are answered only for loopback clients while server.api_token is not set; \
+                 set server.api_token and send `Authorization: Bearer TOKEN`",
+                req.method()
+            ),
+        ),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -274,4 +465,190 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
             v
         }).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef-token";
+
+    fn token() -> ApiToken {
+        ApiToken::new(TOKEN).unwrap()
+    }
+
+    #[test]
+    fn ct_eq_is_equality_wherever_the_inputs_differ() {
+        let a = [7u8; 32];
+        assert!(ct_eq(&a, &a.clone()));
+        for i in 0..32 {
+            for bit in [0x01, 0x80] {
+                let mut b = a;
+                b[i] ^= bit;
+                assert!(!ct_eq(&a, &b), "byte {i} bit {bit:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_itself_only() {
+        let t = token();
+        assert!(t.verify(TOKEN.as_bytes()));
+        for other in [
+            "",
+            "0",
+            &TOKEN[..TOKEN.len() - 1],
+            &format!("{TOKEN}x"),
+            &format!("{TOKEN} "),
+            &TOKEN.to_uppercase(),
+            "1123456789abcdef-token",
+            "0123456789abcdef-tokeN",
+        ] {
+            assert!(!t.verify(other.as_bytes()), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_long_visible_ascii_and_never_shown() {
+        assert!(ApiToken::new("0123456789abcdef").is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("0123456789abcde", "at least 16"),
+            ("0123456789 abcdef", "spaces"),
+            ("0123456789abcdef\n", "spaces"),
+            ("0123456789abcdéf0", "spaces"),
+        ] {
+            let e = ApiToken::new(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            if !bad.is_empty() {
+                assert!(!e.contains(bad), "the error repeats the token: {e}");
+            }
+        }
+        assert_eq!(format!("{:?}", token()), "ApiToken(..)");
+        assert_eq!(format!("{:?}", Some(token())), "Some(ApiToken(..))");
+    }
+
+    #[test]
+    fn bearer_credentials_are_read_per_rfc_6750() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"BEARER   abc  "), Some(&b"abc"[..]));
+        for none in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer    ",
+            b"Basic abc",
+            b"Bearerabc",
+            b"abc",
+            b"",
+            b" Bearer abc",
+        ] {
+            assert_eq!(bearer(none), None, "{:?}", String::from_utf8_lossy(none));
+        }
+    }
+
+    fn decide(
+        token: Option<&ApiToken>,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        peer: Option<&str>,
+    ) -> Access {
+        let auth = authorization.map(|a| HeaderValue::from_str(a).unwrap());
+        let peer = peer.map(|p| p.parse::<IpAddr>().unwrap());
+        access(token, &method, path, auth.as_ref(), peer)
+    }
+
+    #[test]
+    fn with_a_token_everything_but_the_open_paths_needs_it() {
+        let t = token();
+        let t = Some(&t);
+        let right = format!("Bearer {TOKEN}");
+        for path in OPEN_PATHS {
+            for method in [Method::GET, Method::HEAD, Method::POST] {
+                assert_eq!(
+                    decide(t, method, path, None, Some("203.0.113.9")),
+                    Access::Allow
+                );
+            }
+        }
+        for path in [
+            "/api/v1/streams",
+            "/api/v1/encoders/probe",
+            "/api/v1/nope",
+            "/nope",
+            "/healthz/extra",
+            "/metrics/",
+            "//healthz",
+        ] {
+            for method in [Method::GET, Method::HEAD, Method::POST, Method::DELETE] {
+                for peer in [None, Some("127.0.0.1"), Some("::1"), Some("203.0.113.9")] {
+                    let d = |auth: Option<&str>| decide(t, method.clone(), path, auth, peer);
+                    assert_eq!(d(None), Access::MissingToken, "{method} {path} {peer:?}");
+                    assert_eq!(d(Some(&format!("Basic {TOKEN}"))), Access::MissingToken);
+                    assert_eq!(d(Some(TOKEN)), Access::MissingToken);
+                    assert_eq!(d(Some("Bearer wrong")), Access::BadToken);
+                    assert_eq!(d(Some(&format!("Bearer {TOKEN}x"))), Access::BadToken);
+                    assert_eq!(d(Some(&right)), Access::Allow, "{method} {path} {peer:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_token_reads_are_open_and_changes_loopback_only() {
+        let loopback = ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"];
+        let remote = [
+            "192.0.2.2",
+            "10.0.0.5",
+            "0.0.0.0",
+            "::",
+            "::ffff:192.0.2.2",
+            "fd00::2",
+        ];
+        for path in ["/api/v1/streams", "/api/v1/encoders/probe", "/nope"] {
+            for peer in loopback.iter().chain(&remote) {
+                for method in [Method::GET, Method::HEAD] {
+                    assert_eq!(decide(None, method, path, None, Some(peer)), Access::Allow);
+                }
+            }
+            for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+                for peer in loopback {
+                    assert_eq!(
+                        decide(None, method.clone(), path, None, Some(peer)),
+                        Access::Allow,
+                        "{method} {path} from {peer}"
+                    );
+                }
+                for peer in remote {
+                    assert_eq!(
+                        decide(None, method.clone(), path, None, Some(peer)),
+                        Access::NotLoopback,
+                        "{method} {path} from {peer}"
+                    );
+                }
+                // A bearer header changes nothing, and an unknown peer is remote.
+                assert_eq!(
+                    decide(
+                        None,
+                        method.clone(),
+                        path,
+                        Some("Bearer x"),
+                        Some("192.0.2.2")
+                    ),
+                    Access::NotLoopback
+                );
+                assert_eq!(
+                    decide(None, method.clone(), path, None, None),
+                    Access::NotLoopback
+                );
+            }
+        }
+        for path in OPEN_PATHS {
+            assert_eq!(
+                decide(None, Method::POST, path, None, Some("192.0.2.2")),
+                Access::Allow
+            );
+        }
+    }
 }

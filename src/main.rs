@@ -25,6 +25,10 @@ struct Cli {
     /// HTTP listen address (health, metrics, API) [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// File whose trimmed content is the HTTP API's bearer token
+    /// (server.api_token_file; replaces server.api_token)
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -64,6 +68,10 @@ fn main() -> ExitCode {
     if let Some(a) = cli.http_addr {
         s.http_addr = a;
     }
+    if let Some(f) = &cli.api_token_file {
+        s.api_token = None;
+        s.api_token_file = Some(f.clone());
+    }
     if let Some(f) = cli.log_format.as_deref() {
         s.log_format = f.parse::<LogFormat>().unwrap_or(LogFormat::Text);
     }
@@ -90,10 +98,13 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "sluice failed");
             eprintln!("sluice: {e}");
-            // Unusable TLS files are a configuration error, like a bad key.
+            // Unusable TLS or token files are a configuration error, like a
+            // bad key.
             use sluice::server::ServerError;
             match e {
-                ServerError::TlsFile { .. } | ServerError::Tls { .. } => ExitCode::from(2),
+                ServerError::TlsFile { .. } | ServerError::Tls { .. } | ServerError::Config(_) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::FAILURE,
             }
         }

@@ -154,6 +154,66 @@ fn missing_config_file_is_rejected_and_named() {
     expect_startup_error(None, &args, &[p]);
 }
 
+/// `[server] api_token` / `api_token_file` / `--api-token-file`: each
+/// mistake stops the start, names the key, and never prints the token.
+#[test]
+fn bad_api_tokens_are_rejected_and_named_without_the_token() {
+    let stderr = expect_startup_error(
+        Some("[server]\napi_token = \"short-token\"\n"),
+        PORT_FLAGS,
+        &["server.api_token", "at least 16"],
+    );
+    assert!(!stderr.contains("short-token"), "{stderr}");
+    expect_startup_error(
+        Some("[server]\napi_token = \"has a space 0123456789\"\n"),
+        PORT_FLAGS,
+        &["server.api_token", "spaces"],
+    );
+    expect_startup_error(
+        Some("[server]\napi_token = 1234567890123456789\n"),
+        PORT_FLAGS,
+        &["server.api_token"],
+    );
+
+    let dir = TempDir::new("api-token");
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let both = format!(
+        "[server]\napi_token = \"0123456789abcdef0123\"\napi_token_file = {:?}\n",
+        token.display().to_string()
+    );
+    expect_startup_error(
+        Some(&both),
+        PORT_FLAGS,
+        &["server.api_token", "server.api_token_file", "not both"],
+    );
+
+    let missing = dir.join("missing");
+    let m = missing.to_str().unwrap();
+    expect_startup_error(
+        Some(&format!("[server]\napi_token_file = {m:?}\n")),
+        PORT_FLAGS,
+        &["server.api_token_file", m],
+    );
+    let mut args = vec!["--api-token-file", m];
+    args.extend_from_slice(PORT_FLAGS);
+    expect_startup_error(None, &args, &["server.api_token_file", m]);
+
+    let short = dir.join("short");
+    std::fs::write(&short, "short-in-file\n").unwrap();
+    let s = short.to_str().unwrap();
+    let mut args = vec!["--api-token-file", s];
+    args.extend_from_slice(PORT_FLAGS);
+    let stderr = expect_startup_error(None, &args, &["server.api_token_file", s, "at least 16"]);
+    assert!(!stderr.contains("short-in-file"), "{stderr}");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let e = empty.to_str().unwrap();
+    let mut args = vec!["--api-token-file", e];
+    args.extend_from_slice(PORT_FLAGS);
+    expect_startup_error(None, &args, &["server.api_token_file", e, "empty"]);
+}
+
 #[test]
 fn bad_command_line_values_are_rejected() {
     expect_startup_error(

@@ -9,6 +9,7 @@ use serde::de::Deserializer;
 use serde::Deserialize;
 
 use crate::config::{self, ConfigError};
+use crate::http::ApiToken;
 use crate::rtmp::config::RtmpConfig;
 use crate::srt::config::SrtConfig;
 use crate::stream::config::{AppConfig, Apps};
@@ -55,6 +56,13 @@ pub struct ServerConfig {
     /// Extra CA certificates (PEM) trusted for `https://` webhooks, besides
     /// the system's.
     pub webhook_ca: Option<PathBuf>,
+    /// Bearer token every HTTP request but `/healthz`, `/readyz` and
+    /// `/metrics` must carry. Unset: reads stay open and changes are
+    /// answered only for loopback clients.
+    pub api_token: Option<ApiToken>,
+    /// A file whose trimmed content is the token (a mounted Secret, a
+    /// systemd credential), read at start; instead of `api_token`.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +78,8 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             webhook_ca: None,
+            api_token: None,
+            api_token_file: None,
         }
     }
 }
@@ -92,7 +102,29 @@ impl ServerConfig {
                 "needs server.tls_cert and server.tls_key (PEM files)",
             ));
         }
+        if self.api_token.is_some() && self.api_token_file.is_some() {
+            return Err(ConfigError::invalid(
+                "api_token",
+                "set server.api_token or server.api_token_file, not both",
+            ));
+        }
         Ok(())
+    }
+
+    /// The HTTP API's token: `api_token`, or what `api_token_file` holds
+    /// (read now, surrounding whitespace trimmed). Errors name the key and
+    /// the file, never the token.
+    pub fn load_api_token(&self) -> Result<Option<ApiToken>, ConfigError> {
+        self.validate()?;
+        let Some(path) = &self.api_token_file else {
+            return Ok(self.api_token.clone());
+        };
+        let bad = |why: String| {
+            ConfigError::invalid("api_token_file", format!("{}: {why}", path.display()))
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        ApiToken::new(text.trim()).map(Some).map_err(bad)
     }
 }
 
@@ -297,6 +329,46 @@ mod tests {
             let e = err(text);
             assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");
         }
+    }
+
+    #[test]
+    fn api_token_is_inline_or_from_a_file_never_both() {
+        let c = Config::from_toml("[server]\napi_token = \"0123456789abcdef\"").unwrap();
+        let t = c.server.load_api_token().unwrap().expect("a token");
+        assert!(t.verify(b"0123456789abcdef"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        assert!(Config::default().server.load_api_token().unwrap().is_none());
+
+        let dir = std::env::temp_dir().join(format!("sluice-api-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "\t0123456789abcdef-from-file\r\n").unwrap();
+        let text = format!(
+            "[server]\napi_token_file = {:?}",
+            file.display().to_string()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let t = c.server.load_api_token().unwrap().expect("a token");
+        assert!(t.verify(b"0123456789abcdef-from-file"));
+
+        let both = format!("{text}\napi_token = \"0123456789abcdef\"");
+        assert_eq!(
+            err(&both),
+            "config key `server.api_token`: set server.api_token or server.api_token_file, not both"
+        );
+        std::fs::write(&file, "too-short\n").unwrap();
+        let e = c
+            .server
+            .load_api_token()
+            .unwrap_err()
+            .under("server")
+            .to_string();
+        assert!(e.starts_with("config key `server.api_token_file`: "), "{e}");
+        assert!(e.contains("at least 16") && !e.contains("too-short"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = c.server.load_api_token().unwrap_err().to_string();
+        assert!(e.contains("cannot read it"), "{e}");
+        assert!(err("[server]\napi_token = \"short\"").contains("`server.api_token`"));
     }
 
     /// deploy/sluice.example.toml documents the defaults; keep it true.

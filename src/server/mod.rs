@@ -54,6 +54,9 @@ pub enum ServerError {
         path: PathBuf,
         why: String,
     },
+    /// A configuration error only found at start (a file to read).
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
     #[error("{0}")]
     Metrics(String),
     #[error("{0}")]
@@ -72,7 +75,11 @@ struct Bound {
 
 /// Run until a shutdown signal has been handled; returns after the drain.
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    // Bad TLS files stop the start before anything else is set up.
+    // Bad TLS or token files stop the start before anything else is set up.
+    let api_token = config
+        .server
+        .load_api_token()
+        .map_err(|e| ServerError::Config(e.under("server")))?;
     let tls = tls::prepare(&config)?;
     let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
     let codecs = config.apps.rendition_codecs();
@@ -136,6 +143,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         gpus,
         transcode: config.transcode.clone(),
         codecs,
+        api_token,
     });
     let http_task = serve_http(http, app, root.clone());
     spawn_upkeep(metrics, registry.clone(), root.clone());
@@ -224,6 +232,8 @@ fn log_listening(b: &Bound) {
 
 fn serve_http(listener: TcpListener, app: axum::Router, root: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // The peer address decides who may change things without a token.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { root.cancelled().await })
             .await;

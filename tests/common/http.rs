@@ -42,13 +42,29 @@ pub fn http_request(
     path: &str,
     timeout: Duration,
 ) -> io::Result<HttpResponse> {
+    http_request_with(addr, method, path, &[], timeout)
+}
+
+/// One HTTP/1.0 request without a body, with extra `headers` (name, value),
+/// e.g. `[("Authorization", "Bearer TOKEN")]`.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: 0\r\n\r\n"
-    )?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: 0\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
     s.flush()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
