@@ -81,6 +81,56 @@ fn defaults() -> Config {
 }
 
 // ---------------------------------------------------------------------------
+// The HTTP API token, as each deployment hands it over
+// ---------------------------------------------------------------------------
+
+const DEPLOY_TOKEN: &str = "deploy-test-token-0123456789abcdef";
+
+/// Runs the sluice built here with `args` as a deployment passes them
+/// (paths already mapped to files here, one of which holds
+/// [`DEPLOY_TOKEN`]), plus ephemeral loopback ports, and checks what the
+/// deployment relies on: `probes` and the scraper's `/metrics` answer
+/// without a token, the API only with it, and the token is not logged.
+fn check_token_wiring(what: &str, mut args: Vec<String>, probes: &[&str]) {
+    for (flag, addr) in [
+        ("--rtmp-addr", "127.0.0.1:0"),
+        ("--http-addr", "127.0.0.1:0"),
+        ("--srt-addr", "127.0.0.1:0"),
+    ] {
+        args.extend([flag.to_string(), addr.to_string()]);
+    }
+    let server = Sluice::start_raw(None, args);
+    let addr = server.http_addr();
+    for path in probes.iter().copied().chain(["/metrics"]) {
+        let r = http_get(addr, path).unwrap();
+        assert_eq!(
+            r.status, 200,
+            "{what}: GET {path} without a token: {}",
+            r.body
+        );
+    }
+    let bare = http_get(addr, "/api/v1/streams").unwrap();
+    assert_eq!(
+        bare.status, 401,
+        "{what}: the API answered without the token"
+    );
+    let auth = format!("Bearer {DEPLOY_TOKEN}");
+    let r = http_request_with(
+        addr,
+        "GET",
+        "/api/v1/streams",
+        &[("Authorization", &auth)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{what}: the API with the token: {}", r.body);
+    assert!(
+        !server.log_contains(DEPLOY_TOKEN),
+        "{what}: the token is logged"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Grafana
 // ---------------------------------------------------------------------------
 
@@ -469,6 +519,60 @@ fn compose_file_publishes_the_ports_and_outlasts_the_drain() {
     }
     let gpu = &compose["services"]["sluice-gpu"];
     assert_eq!(gpu["build"]["target"], "cuda");
+
+    // The API token: a secret file, never in git or the build context,
+    // passed with --api-token-file where compose mounts secrets.
+    let secret = compose["secrets"]["api_token"]["file"]
+        .as_str()
+        .expect("secrets.api_token.file");
+    let secret_rel = format!("deploy/docker/{}", secret.trim_start_matches("./"));
+    assert!(
+        read(".gitignore")
+            .lines()
+            .any(|l| l.trim_start_matches('/') == secret_rel),
+        "{secret_rel} is not in .gitignore"
+    );
+    assert!(
+        read("deploy/docker/Dockerfile.dockerignore")
+            .lines()
+            .any(|l| l == secret_rel),
+        "{secret_rel} would be sent to the image build"
+    );
+    let mut command = Vec::new();
+    for svc in ["sluice", "sluice-gpu"] {
+        let s = &compose["services"][svc];
+        assert_eq!(s["secrets"], serde_json::json!(["api_token"]), "{svc}");
+        command = s["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        let at = command
+            .iter()
+            .position(|a| a == "--api-token-file")
+            .unwrap_or_else(|| panic!("{svc}: no --api-token-file in {command:?}"));
+        assert_eq!(command[at + 1], "/run/secrets/api_token", "{svc}");
+    }
+    // The command itself, with compose's mounts mapped to files here.
+    let dir = TempDir::new("sluice-compose");
+    let token = dir.join("api_token");
+    fs::write(&token, format!("{DEPLOY_TOKEN}\n")).unwrap();
+    let vol = compose["services"]["sluice"]["volumes"][0]
+        .as_str()
+        .unwrap();
+    let mut parts = vol.split(':');
+    let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+    let host = repo().join("deploy/docker").join(host);
+    let args: Vec<String> = command
+        .iter()
+        .map(|a| match a.as_str() {
+            "/run/secrets/api_token" => token.display().to_string(),
+            a if a == container => host.display().to_string(),
+            a => a.to_string(),
+        })
+        .collect();
+    check_token_wiring("compose", args, &["/healthz", "/readyz"]);
     let caps = gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"].to_string();
     for c in ["video", "compute", "utility"] {
         assert!(caps.contains(c), "GPU device request lacks {c}: {caps}");
@@ -644,6 +748,7 @@ fn check_release(dir: &str, docs: &[Value]) -> Value {
     assert!(labels_match(&pm["spec"]["selector"]["matchLabels"], labels));
     let ep = &pm["spec"]["podMetricsEndpoints"][0];
     assert_eq!(ep["path"], "/metrics");
+    check_k8s_api_token(dir, spec, &c, &config);
     port(ep["port"].as_str().expect("endpoint port"));
     assert!(sluice::config::parse_duration(ep["interval"].as_str().unwrap()).is_ok());
 
@@ -653,6 +758,68 @@ fn check_release(dir: &str, docs: &[Value]) -> Value {
         labels
     ));
     c
+}
+
+/// The API token comes from the Secret `sluice-api-token`, mounted where
+/// the ConfigMap's `server.api_token_file` points, readable by the pod's
+/// user only; every probe and the scrape use paths that need no token.
+fn check_k8s_api_token(dir: &str, spec: &Value, c: &Value, config: &Config) {
+    assert!(
+        config.server.api_token.is_none(),
+        "{dir}: a token in the ConfigMap"
+    );
+    let file = config
+        .server
+        .api_token_file
+        .as_ref()
+        .unwrap_or_else(|| panic!("{dir}: the ConfigMap sets no server.api_token_file"));
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| file.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{dir}: nothing is mounted at {}", file.display()));
+    assert_eq!(mount["readOnly"], true, "{dir}");
+    let rel = file
+        .strip_prefix(mount["mountPath"].as_str().unwrap())
+        .unwrap();
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the token volume");
+    let secret = &volume["secret"];
+    assert_eq!(secret["secretName"], "sluice-api-token", "{dir}: {volume}");
+    let item = secret["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| Path::new(i["path"].as_str().unwrap()) == rel)
+        })
+        .unwrap_or_else(|| panic!("{dir}: no Secret key is mounted as {}", rel.display()));
+    assert_eq!(item["key"], "api-token", "{dir}");
+    // Group-readable for the pod's fsGroup, nobody else.
+    let mode = secret["defaultMode"].as_u64().expect("defaultMode");
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "{dir}: the token is world-readable ({mode:o})"
+    );
+    assert_ne!(mode & 0o040, 0, "{dir}: the group cannot read the token");
+    assert_eq!(
+        spec["securityContext"]["fsGroup"], spec["securityContext"]["runAsGroup"],
+        "{dir}: the token's group is not sluice's"
+    );
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let path = c[probe]["httpGet"]["path"].as_str().unwrap();
+        assert!(
+            sluice::http::OPEN_PATHS.contains(&path),
+            "{dir}: {probe} asks {path}, which needs the token"
+        );
+    }
+    assert!(sluice::http::OPEN_PATHS.contains(&"/metrics"));
 }
 
 /// The RTMP (TCP) and SRT (UDP) Services `sluice-rtmp`/`sluice-srt` (or
@@ -751,6 +918,38 @@ fn kubernetes_base_renders_validates_and_agrees_with_sluice() {
     }
     assert_eq!(c["image"], "sluice:latest");
     assert!(c["resources"]["limits"].get("nvidia.com/gpu").is_none());
+    // The pod's arguments and ConfigMap, with the Secret's file here.
+    let cm = find(&docs, "ConfigMap", "sluice-config");
+    let toml = cm["data"]["sluice.toml"].as_str().unwrap();
+    let mounted = Config::from_toml(toml)
+        .unwrap()
+        .server
+        .api_token_file
+        .unwrap();
+    let dir = TempDir::new("sluice-k8s-token");
+    let token = dir.join("api-token");
+    fs::write(&token, DEPLOY_TOKEN).unwrap();
+    let config = dir.join("sluice.toml");
+    let mounted = mounted.display().to_string();
+    fs::write(
+        &config,
+        toml.replace(&mounted, &token.display().to_string()),
+    )
+    .unwrap();
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| match a.as_str().unwrap() {
+            "/etc/sluice/sluice.toml" => config.display().to_string(),
+            a => a.to_string(),
+        })
+        .collect();
+    let probes: Vec<&str> = ["startupProbe", "livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|p| c[p]["httpGet"]["path"].as_str().unwrap())
+        .collect();
+    check_token_wiring("kubernetes base", args, &probes);
     validate_schemas("deploy/kubernetes/base");
 }
 
@@ -894,4 +1093,40 @@ fn systemd_unit_verifies_and_passes_the_offline_security_review() {
         .find(|l| l.contains("Overall exposure level"))
         .unwrap_or_else(|| panic!("no exposure level:\n{out}"));
     println!("systemd: {}", score.trim_start_matches('→').trim());
+
+    // ExecStart as systemd runs it: every ${CREDENTIALS_DIRECTORY} file is
+    // a LoadCredential=, the API token among them.
+    let creds = TempDir::new("sluice-credentials");
+    for line in unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+    {
+        let (name, source) = line.split_once(':').expect("NAME:PATH");
+        let content = match source {
+            "/etc/sluice/sluice.toml" => read("deploy/sluice.example.toml"),
+            "/etc/sluice/api-token" => format!("{DEPLOY_TOKEN}\n"),
+            other => panic!("a credential from {other}, which this test does not know"),
+        };
+        fs::write(creds.join(name), content).unwrap();
+    }
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "--api-token-file")
+        .expect("ExecStart has no --api-token-file");
+    assert!(
+        words[at + 1].starts_with("${CREDENTIALS_DIRECTORY}/"),
+        "the token is not a credential: {exec}"
+    );
+    let mut args: Vec<String> = words[1..]
+        .iter()
+        .map(|w| w.replace("${CREDENTIALS_DIRECTORY}", creds.path().to_str().unwrap()))
+        .collect();
+    for a in &args {
+        if a.starts_with(creds.path().to_str().unwrap()) {
+            assert!(Path::new(a).is_file(), "{a} is no LoadCredential=");
+        }
+    }
+    args.extend(["--log-format".to_string(), "json".to_string()]);
+    check_token_wiring("systemd", args, &["/healthz", "/readyz"]);
 }
