@@ -47,6 +47,9 @@ video_bitrate = "1000k"
 name = "720p"
 height = 720
 video_bitrate = "2500k"
+
+# Applications are refused unless configured once any is.
+[apps.plain]
 "#;
 
 struct Opts {

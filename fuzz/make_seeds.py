@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Write the seeds of the ts_demux, srt_streamid and srt_listener targets.
+"""Write the seeds of the ts_demux, srt_streamid, srt_listener targets (and
+the srt_guard seeds of the issue 12 attacks).
 
-Usage: make_seeds.py [ts_demux|srt_streamid|srt_listener ...]   (default: all)
+Usage: make_seeds.py [ts_demux|srt_streamid|srt_listener|srt_guard ...]   (default: all)
 ts_demux needs ffmpeg (5.1 made the committed files). srt_listener seeds
 here are built by hand from the wire format; capture_srt.py records real
 callers. Output is deterministic except for what ffmpeg embeds.
@@ -98,6 +99,18 @@ def srt_streamid():
         "percent-bad-escape.bin": "%zz",
         "percent-bad-utf8.bin": "%C3%28",
         "percent-double.bin": "#!::r=live/cam1,u=%2525,s=a%3Db",
+        # Issue 12: secrets in every encoding must stay out of logs.
+        "secret-fully-encoded.bin":
+            "%23%21%3A%3Ar%3Dclub%2Fcam2%2Cu%3Dalice%2Cs%3DTOKEN",
+        "secret-half-encoded.bin": "#!::r=club/cam2,u=alice,s%3DTOKEN",
+        "secret-user-token-encoded.bin":
+            "%23%21%3A%3Au%3Dalice%2Cuser_token%3DTOKEN%2Cr%3Dclub%2Fcam2",
+        "secret-malformed.bin": "%23%21%3A%3Ar%3Dclub%2Fcam2%2Cs%3DTOKEN%2Cbroken",
+        "secret-invented-key.bin": "#!::r=club/cam2,u=bob,key=TOKEN,passphrase=TOKEN",
+        "secret-bad-mode.bin": "%23%21%3A%3Ar%3Dclub%2Fcam2%2Cm%3DTOKEN%2Cs%3DTOKEN",
+        "secret-in-resource.bin": "#!::r=club/cam2?s=TOKEN,u=alice",
+        "secret-tab-in-user.bin": "#!::r=club/cam2,u=al%09ice,s=TOKEN",
+        "default-app-name.bin": "#!::r=*/cam1,m=request",
     }
     for name, s in forms.items():
         write("srt_streamid", name, s.encode())
@@ -218,9 +231,49 @@ def srt_listener():
           + player_traffic(3, 10, 3))
     write("srt_listener", "player-goes-silent-times-out.bin", b"\x00"
           + connect(0, sid) + rec(TO_PLAYER, 255, ctrl(1)) + event(255, 5) + event(255, 5))
+    # Issue 12 attacks. Only `live` configured: another application is
+    # unknown (1404), `live` plays. With [apps."*"] tokens: the named
+    # application stays open, the others need alice's token.
+    write("srt_listener", "unknown-app-1404-configured-app-plays.bin", b"\x08"
+          + connect(0, "#!::r=other/cam1,m=request") + connect(1, "Live/cam1")
+          + connect(2, sid) + player_traffic(2, 10, 3))
+    write("srt_listener", "default-app-tokens.bin", b"\x18"
+          + connect(0, "other/cam1") + connect(1, "#!::r=other/cam1,u=alice,s=fuzz-alice-token")
+          + connect(2, sid) + player_traffic(2, 10, 3))
+    # One cookie, then Conclusions with new socket ids, all at once: only
+    # the per-IP budget (20 per second) is answered; a second later, more.
+    flood = b"".join(rec(0 | ECHO, 0, hs(5, -1, 1000 + i, sid="live/nobody")) for i in range(60))
+    later = b"".join(rec(0 | ECHO, 0, hs(5, -1, 2000 + i, sid="live/nobody")) for i in range(5))
+    write("srt_listener", "conclusion-flood-one-cookie.bin", b"\x00"
+          + rec(0, 0, hs(4, 1)) + flood + rec(0 | ECHO, 1000, hs(5, -1, 1999, sid="live/nobody"))
+          + later + connect(1, sid) + player_traffic(1, 10, 3))
+    # A socket id first used for a refused stream, then for a live one; and
+    # an accepted player's socket id reused for another rendition.
+    write("srt_listener", "socket-id-reused-for-another-stream.bin", b"\x00"
+          + connect(1, "live/secret", sockid=5) + rec(1 | ECHO, 5, hs(5, -1, 5, sid=sid))
+          + connect(0, sid) + rec(ECHO, 5, hs(5, -1, 77, sid="live/cam1/720p"))
+          + player_traffic(0, 10, 3))
+    write("srt_listener", "percent-encoded-token-streamids.bin", b"\x00"
+          + connect(0, "%23%21%3A%3Ar%3Dlive%2Fcam1%2Cu%3Dalice%2Cs%3DTOKEN")
+          + connect(1, "%23%21%3A%3Ar%3Dlive%2Fcam1%2Cs%3DTOKEN%2Cbroken")
+          + connect(2, "#!::r=live/cam1,m=TOKEN") + player_traffic(0, 10, 3))
 
 
-TARGETS = {"ts_demux": ts_demux, "srt_streamid": srt_streamid, "srt_listener": srt_listener}
+# ---------------------------------------------------------------- srt_guard
+# Raw datagrams (fuzz_check). Only the issue 12 attacks are written here.
+
+def srt_guard():
+    write("srt_guard", "conclusion-percent-encoded-token.bin",
+          hs(5, -1, 4242, cookie=0x1234,
+             sid="%23%21%3A%3Ar%3Dclub%2Fcam2%2Cu%3Dalice%2Cs%3DTOKEN"))
+    write("srt_guard", "conclusion-reused-socket-id.bin",
+          hs(5, -1, 0x0BAD5EED, cookie=0x1234, sid="club/secret"))
+    write("srt_guard", "conclusion-default-app-name.bin",
+          hs(5, -1, 7, cookie=0x1234, sid="#!::r=*/cam1,m=request"))
+
+
+TARGETS = {"ts_demux": ts_demux, "srt_streamid": srt_streamid, "srt_listener": srt_listener,
+           "srt_guard": srt_guard}
 
 if __name__ == "__main__":
     for t in sys.argv[1:] or TARGETS:

@@ -121,30 +121,6 @@ pub fn redact(s: &str) -> String {
     format!("{head}?{}", q.join("&"))
 }
 
-/// A streamid with token values (`s=`, `user_token=`) replaced by `***`,
-/// for logs. Works on the raw and the percent-encoded `#!::` forms.
-pub fn redact_streamid(sid: &str) -> String {
-    let mut out = String::with_capacity(sid.len());
-    for (i, part) in sid.split(',').enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let key = part.split('=').next().unwrap_or("");
-        let bare = key
-            .trim_start_matches("#!::")
-            .trim_start_matches("%23!::")
-            .trim_start_matches("%23%21%3A%3A")
-            .trim_start_matches("%23%21::");
-        if (bare == "s" || bare == "user_token") && part.contains('=') {
-            out.push_str(key);
-            out.push_str("=***");
-        } else {
-            out.push_str(part);
-        }
-    }
-    out
-}
-
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -219,17 +195,6 @@ mod tests {
         );
         assert_eq!(redact("cam1"), "cam1");
         assert_eq!(redact("cam1?monkey=1"), "cam1?monkey=1");
-    }
-
-    #[test]
-    fn streamid_tokens_are_redacted() {
-        assert_eq!(
-            redact_streamid("#!::r=club/cam2,u=alice,s=tok"),
-            "#!::r=club/cam2,u=alice,s=***"
-        );
-        assert_eq!(redact_streamid("#!::s=tok,r=a/b"), "#!::s=***,r=a/b");
-        assert_eq!(redact_streamid("#!::user_token=tok"), "#!::user_token=***");
-        assert_eq!(redact_streamid("live/cam1"), "live/cam1");
     }
 
     #[test]

@@ -136,3 +136,27 @@ fn srt_listener_seeds_reach_players_and_rejections() {
     let o = seed("srt-live-transmit1.5.1-caller-wrong-passphrase-retries.bin");
     assert!(o.max_players == 0 && !o.rejected.is_empty(), "{o:?}");
 }
+
+/// The issue 12 attack seeds still do what they are named for.
+#[test]
+fn srt_listener_attack_seeds_meet_the_policies() {
+    use sluice::srt::fuzz::run;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/srt_listener");
+    let seed = |name: &str| run(&std::fs::read(dir.join(name)).unwrap());
+    let count = |o: &sluice::srt::fuzz::Outcome, code: i32| {
+        o.rejected.iter().filter(|c| **c == code).count()
+    };
+    // Unknown applications get 1404; the configured one plays.
+    let o = seed("unknown-app-1404-configured-app-plays.bin");
+    assert_eq!(count(&o, 1404), 2, "{o:?}");
+    assert!(o.accepted == 1 && o.data_packets >= 3, "{o:?}");
+    // "*" asks other applications for a token; the named one stays open.
+    let o = seed("default-app-tokens.bin");
+    assert_eq!(count(&o, 1401), 1, "{o:?}");
+    assert!(o.accepted == 1 && o.data_packets >= 3, "{o:?}");
+    // 60 Conclusions on one cookie in one second: 20 answered; a second
+    // later 6 more; another caller is not affected.
+    let o = seed("conclusion-flood-one-cookie.bin");
+    assert_eq!(count(&o, 1404), 26, "{o:?}");
+    assert!(o.accepted == 1 && o.data_packets >= 3, "{o:?}");
+}

@@ -90,7 +90,16 @@ fn only_the_right_keys_publish() {
     assert!(!server.log_contains("plain-secret-1"));
     assert!(!server.log_contains("hashed secret 2"));
 
-    // Applications without keys stay open.
+    // Applications that are not configured are refused, keyed or not.
+    let unknown = refused(&server, "open", "anything");
+    assert!(unknown.contains("unknown application"), "{unknown}");
+}
+
+#[test]
+fn applications_without_keys_stay_open() {
+    let server = Sluice::start(Some(
+        "[apps.live.publish_keys]\ncam1 = \"plain-secret-1\"\n[apps.open]\n",
+    ));
     let mut open =
         RtmpPublisher::connect(server.rtmp_addr(), "open", PublishOptions::default()).unwrap();
     assert!(open.publish("anything").is_accepted());

@@ -130,7 +130,7 @@ fn with_takeover_the_new_publisher_replaces_the_live_one() {
 
 #[test]
 fn takeover_is_per_app() {
-    let server = Sluice::start(Some("[apps.live]\ntakeover = true\n"));
+    let server = Sluice::start(Some("[apps.live]\ntakeover = true\n[apps.studio]\n"));
     let tags = Arc::new(flv::read_flv(&fixture_avc_aac(6)).tags);
     let mut first = BackgroundPublish::spawn(
         server.rtmp_addr(),

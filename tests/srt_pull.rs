@@ -691,6 +691,7 @@ fn a_handshake_flood_from_one_address_is_rate_limited_while_players_play() {
 fn per_application_passphrases_and_user_tokens() {
     let server = Sluice::start(Some(
         "[apps.live]\nread_passphrase = \"live-passphrase-1\"\n\
+         [apps.open]\n\
          [apps.club.read_tokens]\nalice = \"alice-token-1\"\n",
     ));
     let dir = TempDir::new("srt-read-auth");

@@ -490,7 +490,8 @@ fn killing_ffmpeg_tears_every_leg_down_and_a_republish_brings_renditions_back() 
 
 #[test]
 fn without_ffmpeg_renditions_fail_setup_with_the_reason_and_the_source_still_relays() {
-    let config = format!("[transcode]\nffmpeg = \"/nonexistent/bin/ffmpeg\"\n{RENDITIONS}");
+    let config =
+        format!("[transcode]\nffmpeg = \"/nonexistent/bin/ffmpeg\"\n{RENDITIONS}\n[apps.plain]\n");
     let server = Sluice::start(Some(&config));
     server.wait_log("ffmpeg not found", Duration::from_secs(5));
     let file = flv::read_flv(&fixture_avc_aac(3));

@@ -37,7 +37,9 @@ pub enum Decision {
 
 /// Decide a publish of `name` (the publishing name with its query) on
 /// connection `app_raw` (the application as sent in `connect`, query
-/// included), with the settings of the application the path names.
+/// included), with the settings of the application the path names (its
+/// section, else `[apps."*"]`; an application with neither is refused
+/// once any is configured, reason `unknown_app`).
 pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, apps: &Apps) -> Decision {
     let path = match StreamPath::from_rtmp(app_raw, name) {
         Ok(p) => p,
@@ -50,7 +52,15 @@ pub fn decide(app_raw: &str, name: &str, peer: SocketAddr, apps: &Apps) -> Decis
             }
         }
     };
-    let app = apps.app(&path.app);
+    let Some(app) = apps.lookup(&path.app) else {
+        return Decision::Refuse {
+            why: format!("unknown application {:?}", path.app),
+            path: Some(path),
+            result: "rejected_unauthorized",
+            reason: Some("unknown_app"),
+        };
+    };
+    let app = app.clone();
     if let Err(refusal) = auth::check_publish(&app.publish_keys, &path.key, app_raw, name) {
         return Decision::Refuse {
             path: Some(path),
@@ -147,11 +157,21 @@ mod tests {
             panic!()
         };
         assert!(reason.is_some());
-        // Another application has no keys and no webhook.
-        assert!(matches!(
-            decide("other", "cam1", peer(), &apps),
-            Decision::Allow { .. }
-        ));
+        // Another application is not configured: refused.
+        let Decision::Refuse {
+            result,
+            reason,
+            why,
+            ..
+        } = decide("other", "cam1", peer(), &apps)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (result, reason),
+            ("rejected_unauthorized", Some("unknown_app"))
+        );
+        assert!(why.contains("unknown application"), "{why}");
         let Decision::AskWebhook { body, app, .. } =
             decide("live", "cam1?key=s3cret-key", peer(), &apps)
         else {
@@ -161,6 +181,45 @@ mod tests {
         assert_eq!(body["path"], "live/cam1");
         assert_eq!(body["key"], "s3cret-key");
         assert_eq!(body["client"], "10.0.0.1:5000");
+    }
+
+    #[test]
+    fn the_default_section_governs_unlisted_applications() {
+        let text = r#"
+            [live]
+            ["*"]
+            push = ["srt://127.0.0.1:9100?streamid=x&rendition=480p"]
+            [["*".renditions]]
+            name = "480p"
+            height = 480
+            ["*".publish_keys]
+            cam1 = "s3cret-key"
+        "#;
+        let mut apps: Apps = crate::config::section_from_toml("apps", text).unwrap();
+        apps.resolve().unwrap();
+        // Keys of "*" for an unlisted application, in any spelling.
+        for app in ["other", "Live"] {
+            let Decision::Refuse { reason, .. } = decide(app, "cam1", peer(), &apps) else {
+                panic!("{app}")
+            };
+            assert_eq!(reason, Some("missing_key"));
+            let Decision::Allow {
+                path,
+                app: settings,
+            } = decide(app, "cam1?key=s3cret-key", peer(), &apps)
+            else {
+                panic!("{app}")
+            };
+            assert_eq!(path.to_string(), format!("{app}/cam1"));
+            // Its streams get the default's renditions and push legs.
+            assert_eq!(settings.renditions[0].name, "480p");
+            assert_eq!(settings.push[0].rendition, "480p");
+        }
+        // The named application keeps its own (open) settings.
+        let Decision::Allow { app: live, .. } = decide("live", "any", peer(), &apps) else {
+            panic!()
+        };
+        assert!(live.push.is_empty() && live.renditions.is_empty());
     }
 
     #[test]

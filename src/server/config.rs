@@ -166,9 +166,10 @@ impl Config {
         self.apps.has_renditions()
     }
 
-    /// The settings of application `name` (the defaults when it has no section).
-    pub fn app(&self, name: &str) -> AppConfig {
-        self.apps.app(name)
+    /// The settings that govern application `name` (see [`Apps::lookup`]);
+    /// `None`: an unknown application, refused.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.lookup(name)
     }
 }
 
@@ -208,9 +209,9 @@ mod tests {
         assert_eq!(c.server.drain_timeout, Duration::from_secs(120));
         assert_eq!(c.rtmp.max_message_size, 1 << 20);
         assert_eq!(c.rtmp.handshake_timeout, Duration::from_millis(500));
-        assert!(c.app("live").takeover);
-        assert!(!c.app("other").takeover);
-        assert_eq!(c.app("live").push[0].port, 9100);
+        assert!(c.app("live").unwrap().takeover);
+        assert!(c.app("other").is_none());
+        assert_eq!(c.app("live").unwrap().push[0].port, 9100);
     }
 
     fn err(text: &str) -> String {
@@ -283,7 +284,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.transcode.encoder, EncoderMode::Software);
-        let r = &c.app("live").renditions;
+        let r = &c.app("live").unwrap().renditions;
         assert_eq!(r.len(), 2);
         assert_eq!(
             r[0],
@@ -381,8 +382,8 @@ mod tests {
         assert_eq!(format!("{:?}", c.rtmp), format!("{:?}", d.rtmp));
         assert_eq!(format!("{:?}", c.srt), format!("{:?}", d.srt));
         assert_eq!(format!("{:?}", c.transcode), format!("{:?}", d.transcode));
-        assert!(!c.app("live").takeover);
-        assert!(c.app("live").renditions.is_empty());
+        assert!(!c.app("live").unwrap().takeover);
+        assert!(c.app("live").unwrap().renditions.is_empty());
     }
 
     /// README's "Configuration" and "Transcoded renditions" examples load.

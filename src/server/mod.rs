@@ -103,11 +103,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     ));
     let bound = bind(&config, tls).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
-    let mut read_auth = std::collections::HashMap::new();
-    for (name, app) in config.apps.iter() {
-        read_auth.insert(name.clone(), srt_listener::ReadAuth::from_app(app)?);
-    }
-    srt.set_read_auth(read_auth);
+    srt.set_read_auth(srt_listener::ReadRules::from_apps(&config.apps)?);
     log_listening(&bound);
 
     let streams = Arc::new(Streams::new(

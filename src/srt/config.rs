@@ -28,9 +28,10 @@ pub struct SrtConfig {
     /// Most concurrent SRT players of one stream (all renditions); more get 1402.
     #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
     pub max_players_per_stream: usize,
-    /// SRT handshake attempts (induction datagrams) accepted per client IP
-    /// per second; the rest are dropped (a rejected libsrt caller retries
-    /// every 50 ms forever).
+    /// SRT handshake datagrams accepted per client IP per second, for
+    /// Inductions and for Conclusions with a valid cookie each; the rest
+    /// are dropped (a rejected libsrt caller retries every 50 ms forever,
+    /// and one cookie serves any number of Conclusions).
     #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
     pub max_handshakes_per_ip_per_second: u32,
 }

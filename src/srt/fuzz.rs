@@ -13,8 +13,10 @@ use bytes::{Bytes, BytesMut};
 use srt_protocol::packet::{ControlPacket, ControlTypes, Packet, ShakeType};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Secret;
 use crate::srt::config::SrtConfig;
-use crate::srt::listener::Listener;
+use crate::srt::listener::{Listener, ReadRules};
+use crate::stream::config::{AppConfig, Apps, DEFAULT_APP};
 use crate::stream::{ClaimPolicy, PublishGuard, Registry, RingConfig, StreamPath};
 use crate::ts::TsChunk;
 
@@ -31,6 +33,8 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(3);
 const MAX_DATAGRAM: usize = 1500;
 /// Passphrase of config bit 0 (the seeds' encrypted captures use it too).
 pub const PASSPHRASE: &str = "sluice-fuzz-passphrase";
+/// User `alice`'s read token under config bit 4.
+pub const READ_TOKEN: &str = "fuzz-alice-token";
 
 /// What one run did, for tests that check the seeds still reach deep.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -93,6 +97,22 @@ fn chunk(data: &[u8], keyframe: bool, dts_90k: u64, origin: Instant) -> TsChunk 
     }
 }
 
+/// Config bit 3: only application `live` is configured (the others are
+/// unknown: 1404). Bit 4: `[apps."*"]` gives every other application
+/// user tokens (`u=alice`, `s=`[`READ_TOKEN`]).
+fn read_rules(config: u8) -> ReadRules {
+    let mut apps = vec![("live".to_string(), AppConfig::default())];
+    if config & 0x10 != 0 {
+        let mut default = AppConfig::default();
+        if let Ok(token) = Secret::parse(READ_TOKEN) {
+            default.read_tokens.insert("alice".into(), token);
+        }
+        apps.push((DEFAULT_APP.to_string(), default));
+    }
+    let apps: Apps = apps.into_iter().collect();
+    ReadRules::from_apps(&apps).expect("no passphrase to check")
+}
+
 fn be32(d: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?))
 }
@@ -113,7 +133,10 @@ impl Harness {
             cfg.max_players = 1;
         }
         let registry = Registry::new();
-        let listener = Listener::new(registry.clone(), &cfg).expect("valid SRT config");
+        let mut listener = Listener::new(registry.clone(), &cfg).expect("valid SRT config");
+        if config & 0x18 != 0 {
+            listener.set_read_auth(read_rules(config));
+        }
         let now = Instant::now();
         let mut h = Harness {
             listener,

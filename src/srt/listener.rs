@@ -35,6 +35,7 @@ use crate::srt::config::SrtConfig;
 use crate::srt::guard::{self, Verdict};
 use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
+use crate::stream::config::{Apps, DEFAULT_APP};
 use crate::stream::{Registry, StreamPath};
 use crate::telemetry;
 use crate::ts::TsChunk;
@@ -113,10 +114,14 @@ pub struct Listener {
     epoch: Instant,
     players: HashMap<SocketAddr, Player>,
     outbox: Vec<(Packet, SocketAddr)>,
-    /// Handshakes per client IP in the current second (flood limit).
-    handshakes: HandshakeLimiter,
+    /// Inductions per client IP in the current second (flood limit).
+    inductions: HandshakeLimiter,
+    /// Conclusions with a valid cookie per client IP in the current
+    /// second: one cookie serves any number of socket ids, and each
+    /// Conclusion costs a handshake state and possibly a webhook call.
+    conclusions: HandshakeLimiter,
     /// Per-application read authorization (see [`Listener::set_read_auth`]).
-    read_auth: HashMap<String, ReadAuth>,
+    read_auth: ReadRules,
     pending_reads: Arc<std::sync::Mutex<PendingReads>>,
 }
 
@@ -132,19 +137,160 @@ pub struct ReadAuth {
     pub webhook: Option<(String, Duration)>,
 }
 
-/// Webhook answers for callers whose Conclusion is being held: the caller
-/// retransmits it (every 250 ms in libsrt) and is answered once the
-/// webhook has.
+/// Who may play which application's streams: `[apps.NAME]` by name, else
+/// `[apps."*"]`; with no application configured at all, everyone (zero
+/// config). An application with neither is unknown: its callers get 1404.
+#[derive(Debug, Clone)]
+pub struct ReadRules {
+    named: HashMap<String, ReadAuth>,
+    /// The rules of every application not named: `[apps."*"]`'s, the
+    /// open defaults in zero config, `None` when unknown ones are refused.
+    fallback: Option<ReadAuth>,
+}
+
+impl Default for ReadRules {
+    /// Zero config: every application open.
+    fn default() -> Self {
+        ReadRules {
+            named: HashMap::new(),
+            fallback: Some(ReadAuth::default()),
+        }
+    }
+}
+
+impl ReadRules {
+    /// From every `[apps.…]` (see [`Apps::lookup`], which this mirrors).
+    pub fn from_apps(apps: &Apps) -> Result<ReadRules, ListenerError> {
+        if apps.is_empty() {
+            return Ok(ReadRules::default());
+        }
+        let mut named = HashMap::new();
+        let mut fallback = None;
+        for (name, app) in apps.iter() {
+            let rules = ReadAuth::from_app(app)?;
+            if name == DEFAULT_APP {
+                fallback = Some(rules);
+            } else {
+                named.insert(name.clone(), rules);
+            }
+        }
+        Ok(ReadRules { named, fallback })
+    }
+
+    /// The rules of application `app`; `None`: unknown, refused.
+    fn get(&self, app: &str) -> Option<&ReadAuth> {
+        self.named.get(app).or(self.fallback.as_ref())
+    }
+}
+
+/// Read-webhook calls and their answers for callers whose Conclusion is
+/// being held: the caller retransmits it (libsrt: every 250 ms to 1 s) and
+/// is answered once the webhook has. An answer belongs to the exact request
+/// that was asked about — caller address, socket id and everything the
+/// webhook was shown — and is never given to another. Bounded per caller
+/// IP and in total, and each entry expires shortly after its webhook's
+/// deadline, so no address can hold places that others need.
 #[derive(Default)]
 struct PendingReads {
-    /// (caller address, caller socket id) → (asked at, answer once known).
-    map: HashMap<(SocketAddr, u32), (Instant, Option<WebhookAnswer>)>,
+    map: HashMap<ReadKey, PendingRead>,
+}
+
+/// One read-webhook question: who asked (address and SRT socket id) and a
+/// digest of the whole request (mode and the webhook's JSON body: path,
+/// rendition, user, token, every streamid parameter, client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReadKey {
+    from: SocketAddr,
+    sockid: u32,
+    request: [u8; 32],
+}
+
+impl ReadKey {
+    fn new(from: SocketAddr, sockid: u32, mode: Mode, body: &serde_json::Value) -> ReadKey {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        h.update(format!("{mode:?}\n{body}").as_bytes());
+        ReadKey {
+            from,
+            sockid,
+            request: h.finalize().into(),
+        }
+    }
+}
+
+struct PendingRead {
+    /// Forgotten after this: the webhook has answered by its deadline and
+    /// a caller still interested has retransmitted since.
+    expires: Instant,
+    answer: Option<WebhookAnswer>,
 }
 
 type WebhookAnswer = Result<(), String>;
 
 /// Callers waiting for a webhook at once; more are refused with 1402.
 const MAX_PENDING_READS: usize = 1024;
+/// Callers from one IP waiting for a webhook at once; more from that IP
+/// are refused with 1402 (others are not affected).
+const MAX_PENDING_READS_PER_IP: usize = 8;
+/// How long an answer waits for its caller's retransmission after the
+/// webhook's deadline; libsrt gives up connecting after 3 s anyway.
+const PENDING_READ_GRACE: Duration = Duration::from_secs(5);
+
+/// What [`PendingReads::take`] knows about a request.
+#[derive(Debug, PartialEq, Eq)]
+enum PendingState {
+    /// Never asked (or forgotten).
+    Unknown,
+    /// Asked; no answer yet.
+    Waiting,
+    /// The answer, now forgotten: it serves one Conclusion.
+    Answered(WebhookAnswer),
+}
+
+impl PendingReads {
+    fn take(&mut self, key: &ReadKey) -> PendingState {
+        let Some(entry) = self.map.get(key) else {
+            return PendingState::Unknown;
+        };
+        if entry.answer.is_none() {
+            return PendingState::Waiting;
+        }
+        match self.map.remove(key).and_then(|e| e.answer) {
+            Some(answer) => PendingState::Answered(answer),
+            None => PendingState::Unknown,
+        }
+    }
+
+    /// Make room for a new question asked at `now` whose webhook answers
+    /// within `timeout`; `Err` says why there is none (→ 1402).
+    fn admit(&mut self, now: Instant, key: ReadKey, timeout: Duration) -> Result<(), String> {
+        self.map.retain(|_, e| e.expires > now);
+        let ip = key.from.ip();
+        if self.map.keys().filter(|k| k.from.ip() == ip).count() >= MAX_PENDING_READS_PER_IP {
+            return Err(format!(
+                "{MAX_PENDING_READS_PER_IP} players from {ip} are already waiting for the read webhook"
+            ));
+        }
+        if self.map.len() >= MAX_PENDING_READS {
+            return Err("too many players waiting for the read webhook".into());
+        }
+        self.map.insert(
+            key,
+            PendingRead {
+                expires: now + timeout + PENDING_READ_GRACE,
+                answer: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The webhook answered `key` (ignored if it was forgotten meanwhile).
+    fn answer(&mut self, key: &ReadKey, answer: WebhookAnswer) {
+        if let Some(e) = self.map.get_mut(key) {
+            e.answer = Some(answer);
+        }
+    }
+}
 
 impl ReadAuth {
     /// From `[apps.NAME]`; the passphrase length was checked with the config.
@@ -164,6 +310,7 @@ impl ReadAuth {
 /// Counts handshake attempts per client IP in one-second windows.
 /// Bounded: at most `MAX_TRACKED_IPS` entries; when that many distinct
 /// addresses arrive within one second, the excess shares one budget.
+#[derive(Default)]
 struct HandshakeLimiter {
     window: u64,
     counts: HashMap<std::net::IpAddr, u32>,
@@ -343,18 +490,16 @@ impl Listener {
             epoch: Instant::now(),
             players: HashMap::new(),
             outbox: Vec::new(),
-            handshakes: HandshakeLimiter {
-                window: 0,
-                counts: HashMap::new(),
-                overflow: 0,
-            },
-            read_auth: HashMap::new(),
+            inductions: HandshakeLimiter::default(),
+            conclusions: HandshakeLimiter::default(),
+            read_auth: ReadRules::default(),
             pending_reads: Arc::default(),
         })
     }
 
-    /// Per-application read rules (passphrase, user tokens).
-    pub fn set_read_auth(&mut self, rules: HashMap<String, ReadAuth>) {
+    /// Per-application read rules (passphrase, user tokens, webhook, and
+    /// which applications exist). Until called: zero config, all open.
+    pub fn set_read_auth(&mut self, rules: ReadRules) {
         self.read_auth = rules;
     }
 
@@ -435,20 +580,10 @@ impl Listener {
                 .get(&from)
                 .is_some_and(|p| packet.dest_sockid() == p.local_sockid);
             if !for_player {
-                let second = now.saturating_duration_since(self.epoch).as_secs();
-                let limit = self.cfg.max_handshakes_per_ip_per_second;
-                if h.shake_type == ShakeType::Induction
-                    && !self.handshakes.allow(second, from.ip(), limit)
-                {
-                    metrics::counter!(
-                        telemetry::SRT_DROPPED_DATAGRAMS_TOTAL,
-                        "reason" => "handshake_rate"
-                    )
-                    .increment(1);
-                    return;
-                }
                 match h.shake_type {
-                    ShakeType::Induction => self.induction(now, packet, from),
+                    ShakeType::Induction if self.handshake_allowed(now, from, true) => {
+                        self.induction(now, packet, from)
+                    }
                     ShakeType::Conclusion => self.conclusion(now, packet, from, forced),
                     _ => {}
                 }
@@ -466,6 +601,24 @@ impl Listener {
             return;
         }
         self.pump(now, from);
+    }
+
+    /// Whether one more Induction (or Conclusion) from `from`'s IP fits in
+    /// this second's budget; counts the drop when not.
+    fn handshake_allowed(&mut self, now: Instant, from: SocketAddr, induction: bool) -> bool {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let limit = self.cfg.max_handshakes_per_ip_per_second;
+        let limiter = if induction {
+            &mut self.inductions
+        } else {
+            &mut self.conclusions
+        };
+        if limiter.allow(second, from.ip(), limit) {
+            return true;
+        }
+        metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "handshake_rate")
+            .increment(1);
+        false
     }
 
     /// Stateless induction: answer with our keyed cookie, store nothing.
@@ -507,6 +660,11 @@ impl Listener {
                 .increment(1);
             return;
         }
+        // Counted only with a valid cookie: a spoofed source cannot spend
+        // another address's budget.
+        if !self.handshake_allowed(now, from, false) {
+            return;
+        }
         let sid = match &h.info {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
             HandshakeVsInfo::V4(_) => String::new(),
@@ -537,7 +695,14 @@ impl Listener {
                 let code = reported_code(reason);
                 metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
                     .increment(1);
-                info!(peer = %from, code, streamid = %crate::auth::redact_streamid(&decision.streamid), reason = %decision.why, "srt caller rejected");
+                // Never the raw streamid: tokens hide in every encoding of it.
+                info!(
+                    peer = %from,
+                    code,
+                    streamid = %streamid::redact(&decision.streamid),
+                    reason = %decision.why,
+                    "srt caller rejected"
+                );
                 if let Some(r) = reply {
                     self.outbox.push(r);
                 }
@@ -683,17 +848,31 @@ impl Listener {
             Ok(r) => r,
             Err(e) => return reject((reject_code(e.code()), e.to_string())),
         };
-        let ring = match self.target(&parsed) {
-            Ok(ring) => ring,
-            Err(refused) => return reject(refused),
+        let app = parsed.path.split_once('/').map_or("", |(a, _)| a);
+        let Some(rules) = self.read_auth.get(app) else {
+            metrics::counter!(
+                telemetry::AUTH_REJECTS_TOTAL,
+                "action" => "read",
+                "reason" => "unknown_app"
+            )
+            .increment(1);
+            return reject((
+                reject_code(code::NOT_FOUND),
+                format!("unknown application {app:?}"),
+            ));
         };
-        // hsv5.rs requires the accepted key size to equal the caller's.
-        if let Err((code, reason, why)) = self.check_token(&parsed) {
+        // Tokens before the stream lookup: a caller without one learns
+        // nothing about which streams are live.
+        if let Err((code, reason, why)) = check_token(rules, &parsed) {
             metrics::counter!(telemetry::AUTH_REJECTS_TOTAL, "action" => "read", "reason" => reason)
                 .increment(1);
             return reject((reject_code(code), why));
         }
-        match self.ask_webhook(&parsed, h, from, now) {
+        let ring = match self.target(&parsed) {
+            Ok(ring) => ring,
+            Err(refused) => return reject(refused),
+        };
+        match self.ask_webhook(rules, &parsed, h, from, now) {
             WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
             WebhookVerdict::Waiting => {
                 return Decision {
@@ -711,6 +890,7 @@ impl Listener {
                 return reject((reject_code(code), why));
             }
         }
+        // hsv5.rs requires the accepted key size to equal the caller's.
         let keys = passphrase.map(|p| KeySettings {
             key_size: req.key_size,
             passphrase: p,
@@ -776,45 +956,21 @@ impl Listener {
         Ok(rendition.ring.clone())
     }
 
-    /// The read webhook's verdict for this caller: asked on its first
-    /// Conclusion (on a task), answered on a retransmission.
+    /// The read webhook's verdict for this request: asked on its first
+    /// Conclusion (on a task), answered on a retransmission of the same
+    /// request (same address, socket id, streamid parameters).
     fn ask_webhook(
         &self,
+        rules: &ReadAuth,
         req: &streamid::StreamRequest,
         h: &HandshakeControlInfo,
         from: SocketAddr,
         now: Instant,
     ) -> WebhookVerdict {
-        let (app, stream) = req.path.split_once('/').unwrap_or((&req.path, ""));
-        let Some((url, timeout)) = self.read_auth.get(app).and_then(|r| r.webhook.clone()) else {
+        let Some((url, timeout)) = rules.webhook.clone() else {
             return WebhookVerdict::NotConfigured;
         };
-        let key = (from, h.socket_id.0);
-        let mut pending = self.pending_reads.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, answer)) = pending.map.get(&key) {
-            let Some(answer) = answer.clone() else {
-                return WebhookVerdict::Waiting;
-            };
-            pending.map.remove(&key);
-            return match answer {
-                Ok(()) => WebhookVerdict::Allowed,
-                Err(why) => WebhookVerdict::Denied(code::FORBIDDEN, why),
-            };
-        }
-        // Forget callers that gave up long ago.
-        pending.map.retain(|_, (since, _)| {
-            now.saturating_duration_since(*since) < Duration::from_secs(30)
-        });
-        if pending.map.len() >= MAX_PENDING_READS {
-            return WebhookVerdict::Denied(
-                code::OVERLOAD,
-                "too many players waiting for the read webhook".into(),
-            );
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return WebhookVerdict::Denied(code::UNAVAILABLE, "no runtime for the webhook".into());
-        };
-        pending.map.insert(key, (now, None));
+        let (app, stream) = req.path.split_once('/').unwrap_or((&req.path, ""));
         let body = serde_json::json!({
             "action": "read",
             "protocol": "srt",
@@ -827,49 +983,29 @@ impl Listener {
             "query": req.params,
             "client": from.to_string(),
         });
+        let key = ReadKey::new(from, h.socket_id.0, req.mode, &body);
+        let mut pending = self.pending_reads.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.take(&key) {
+            PendingState::Waiting => return WebhookVerdict::Waiting,
+            PendingState::Answered(Ok(())) => return WebhookVerdict::Allowed,
+            PendingState::Answered(Err(why)) => {
+                return WebhookVerdict::Denied(code::FORBIDDEN, why)
+            }
+            PendingState::Unknown => {}
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return WebhookVerdict::Denied(code::UNAVAILABLE, "no runtime for the webhook".into());
+        };
+        if let Err(why) = pending.admit(now, key, timeout) {
+            return WebhookVerdict::Denied(code::OVERLOAD, why);
+        }
         let slot = self.pending_reads.clone();
         rt.spawn(async move {
             let answer = crate::auth::ask_webhook(&url, &body, timeout).await;
             let mut pending = slot.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(entry) = pending.map.get_mut(&key) {
-                entry.1 = Some(answer);
-            }
+            pending.answer(&key, answer);
         });
         WebhookVerdict::Waiting
-    }
-
-    /// The user token rule of the stream's application: 1401 when the
-    /// streamid carries no user or token, 1403 when they do not match.
-    fn check_token(
-        &self,
-        req: &streamid::StreamRequest,
-    ) -> Result<(), (i32, &'static str, String)> {
-        let app = req.path.split_once('/').map_or("", |(a, _)| a);
-        let Some(rules) = self.read_auth.get(app).filter(|r| !r.tokens.is_empty()) else {
-            return Ok(());
-        };
-        let user = req.params.get("u");
-        let token = req.params.get("s").or_else(|| req.params.get("user_token"));
-        let (Some(user), Some(token)) = (user, token) else {
-            return Err((
-                code::UNAUTHORIZED,
-                "missing_token",
-                format!("{} needs u=USER and s=TOKEN in the streamid", req.path),
-            ));
-        };
-        match rules.tokens.get(user.as_str()) {
-            Some(secret) if secret.verify(token) => Ok(()),
-            Some(_) => Err((
-                code::FORBIDDEN,
-                "wrong_token",
-                format!("wrong token for user {user}"),
-            )),
-            None => Err((
-                code::FORBIDDEN,
-                "unknown_user",
-                format!("unknown user {user}"),
-            )),
-        }
     }
 
     /// Feed, run timers and collect output for one player.
@@ -962,6 +1098,39 @@ impl Listener {
     /// Take the datagrams to send.
     pub fn drain_outbox(&mut self, into: &mut Vec<(Packet, SocketAddr)>) {
         into.append(&mut self.outbox);
+    }
+}
+
+/// The user token rule of the stream's application: 1401 when the
+/// streamid carries no user or token, 1403 when they do not match.
+fn check_token(
+    rules: &ReadAuth,
+    req: &streamid::StreamRequest,
+) -> Result<(), (i32, &'static str, String)> {
+    if rules.tokens.is_empty() {
+        return Ok(());
+    }
+    let user = req.params.get("u");
+    let token = req.params.get("s").or_else(|| req.params.get("user_token"));
+    let (Some(user), Some(token)) = (user, token) else {
+        return Err((
+            code::UNAUTHORIZED,
+            "missing_token",
+            format!("{} needs u=USER and s=TOKEN in the streamid", req.path),
+        ));
+    };
+    match rules.tokens.get(user.as_str()) {
+        Some(secret) if secret.verify(token) => Ok(()),
+        Some(_) => Err((
+            code::FORBIDDEN,
+            "wrong_token",
+            format!("wrong token for user {user}"),
+        )),
+        None => Err((
+            code::FORBIDDEN,
+            "unknown_user",
+            format!("unknown user {user}"),
+        )),
     }
 }
 
@@ -1153,6 +1322,236 @@ mod tests {
         );
         assert_eq!(i32::from(shake), 2404);
         assert_eq!(l.players(), 0);
+    }
+
+    /// A live stream at `path` (`APP/KEY`), with one keyframe chunk.
+    fn live(registry: &Arc<Registry>, path: &str) -> crate::stream::PublishGuard {
+        let (app, key) = path.split_once('/').unwrap();
+        let policy = ClaimPolicy {
+            takeover: false,
+            stale_after: Duration::from_secs(3),
+            ring: RingConfig::default(),
+            renditions: Vec::new(),
+        };
+        let root = tokio_util::sync::CancellationToken::new();
+        let guard = registry
+            .claim(
+                StreamPath::from_rtmp(app, key).unwrap(),
+                key,
+                "test",
+                policy,
+                &root,
+            )
+            .unwrap();
+        guard
+            .stream()
+            .rendition("source")
+            .unwrap()
+            .ring
+            .push(TsChunk {
+                data: bytes::Bytes::from(vec![0x47; 1316]),
+                keyframe: true,
+                dts_90k: 0,
+                origin: None,
+            });
+        guard
+    }
+
+    fn rules(toml: &str) -> ReadRules {
+        let mut apps: Apps = crate::config::section_from_toml("apps", toml).unwrap();
+        apps.resolve().unwrap();
+        ReadRules::from_apps(&apps).unwrap()
+    }
+
+    fn shake(p: &Packet) -> ShakeType {
+        handshake_of(p).unwrap().shake_type
+    }
+
+    #[test]
+    fn unknown_applications_get_1404_and_the_default_section_rules_the_rest() {
+        let (mut l, registry) = listener();
+        let _other = live(&registry, "other/cam1");
+        let _live = live(&registry, "live/cam1");
+        let now = Instant::now();
+        // Zero config: open.
+        assert_eq!(
+            shake(&connect(&mut l, now, "other/cam1")),
+            ShakeType::Conclusion
+        );
+        l.remove(caller(), CloseReason::Shutdown);
+        take(&mut l);
+        // An application is configured: the others are unknown.
+        l.set_read_auth(rules("[live]\n"));
+        let reply = connect(&mut l, now, "#!::r=other/cam1,m=request");
+        assert_eq!(
+            shake(&reply),
+            ShakeType::Rejection(reject_code(code::NOT_FOUND))
+        );
+        assert_eq!(l.players(), 0);
+        assert_eq!(
+            shake(&connect(&mut l, now, "live/cam1")),
+            ShakeType::Conclusion
+        );
+        l.remove(caller(), CloseReason::Shutdown);
+        take(&mut l);
+        // "*" gives the others its tokens; the named one keeps its own.
+        l.set_read_auth(rules(
+            "[live]\n[\"*\".read_tokens]\nalice = \"alice-token-1\"\n",
+        ));
+        let unauthorized = ShakeType::Rejection(reject_code(code::UNAUTHORIZED));
+        assert_eq!(shake(&connect(&mut l, now, "other/cam1")), unauthorized);
+        let with_token = "#!::r=other/cam1,u=alice,s=alice-token-1";
+        assert_eq!(
+            shake(&connect(&mut l, now, with_token)),
+            ShakeType::Conclusion
+        );
+        l.remove(caller(), CloseReason::Shutdown);
+        take(&mut l);
+        assert_eq!(
+            shake(&connect(&mut l, now, "live/cam1")),
+            ShakeType::Conclusion
+        );
+    }
+
+    #[test]
+    fn conclusions_are_rate_limited_per_ip_like_inductions() {
+        let (mut l, _) = listener();
+        let now = Instant::now();
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
+        let cookie = handshake_of(&take(&mut l)[0].0).unwrap().syn_cookie;
+        // Guessed cookies (a spoofed source, say) spend no budget.
+        for id in 0..100 {
+            l.handle_datagram(now, &hs(5, 5, -1, id, cookie ^ 1, "live/none"), caller());
+        }
+        assert!(take(&mut l).is_empty());
+        // One cookie, many socket ids: only the per-second budget is answered.
+        let limit = SrtConfig::default().max_handshakes_per_ip_per_second;
+        for id in 0..limit * 5 {
+            l.handle_datagram(now, &hs(5, 5, -1, 1000 + id, cookie, "live/none"), caller());
+        }
+        assert_eq!(take(&mut l).len(), limit as usize);
+        // Another address has its own budget; the next second a new one.
+        let other: SocketAddr = "127.0.0.9:40000".parse().unwrap();
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), other);
+        assert_eq!(take(&mut l).len(), 1);
+        let later = now + Duration::from_secs(1);
+        l.handle_datagram(later, &hs(5, 5, -1, 5, cookie, "live/none"), caller());
+        assert_eq!(take(&mut l).len(), 1);
+    }
+
+    fn key(from: &str, sockid: u32, path: &str) -> ReadKey {
+        let body = serde_json::json!({ "path": path, "client": from });
+        ReadKey::new(from.parse().unwrap(), sockid, Mode::Request, &body)
+    }
+
+    #[test]
+    fn a_webhook_answer_serves_only_the_request_it_was_given_for() {
+        let mut p = PendingReads::default();
+        let now = Instant::now();
+        let t = Duration::from_secs(2);
+        let public = key("10.0.0.1:5000", 7, "club/public");
+        let secret = key("10.0.0.1:5000", 7, "club/secret");
+        assert_ne!(public, secret);
+        p.admit(now, public, t).unwrap();
+        assert_eq!(p.take(&public), PendingState::Waiting);
+        p.answer(&public, Ok(()));
+        // Same address, same socket id, another request: never asked.
+        assert_eq!(p.take(&secret), PendingState::Unknown);
+        assert_eq!(p.take(&public), PendingState::Answered(Ok(())));
+        // An answer serves one Conclusion, then is forgotten.
+        assert_eq!(p.take(&public), PendingState::Unknown);
+    }
+
+    #[test]
+    fn pending_webhook_calls_are_capped_per_ip_and_expire() {
+        let mut p = PendingReads::default();
+        let now = Instant::now();
+        let t = Duration::from_secs(2);
+        for id in 0..MAX_PENDING_READS_PER_IP as u32 {
+            p.admit(now, key("10.0.0.1:5000", id, "a/b"), t).unwrap();
+        }
+        // Another port of the same IP is the same address.
+        let why = p
+            .admit(now, key("10.0.0.1:6000", 99, "a/b"), t)
+            .unwrap_err();
+        assert!(why.contains("10.0.0.1"), "{why}");
+        // Other addresses are not affected...
+        p.admit(now, key("10.0.0.2:5000", 1, "a/b"), t).unwrap();
+        // ...and the address gets room again once its calls expire.
+        let later = now + t + PENDING_READ_GRACE;
+        p.admit(later, key("10.0.0.1:5000", 100, "a/b"), t).unwrap();
+        assert_eq!(p.map.len(), 1);
+        // The total stays bounded whatever the number of addresses.
+        let mut p = PendingReads::default();
+        let mut refused = 0;
+        for i in 0..(MAX_PENDING_READS as u32 + 10) {
+            let from = format!("10.{}.{}.1:5000", i >> 8, i & 0xFF);
+            refused += usize::from(p.admit(now, key(&from, 1, "a/b"), t).is_err());
+        }
+        assert_eq!((p.map.len(), refused), (MAX_PENDING_READS, 10));
+    }
+
+    /// A webhook on loopback allowing only `club/public`.
+    async fn public_only_webhook() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/read", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut req = Vec::new();
+                let mut b = [0u8; 4096];
+                while !String::from_utf8_lossy(&req).contains('}') {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let ok = String::from_utf8_lossy(&req).contains("\"path\":\"club/public\"");
+                let status = if ok {
+                    "204 No Content"
+                } else {
+                    "403 Forbidden"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_socket_id_reused_for_another_stream_gets_its_own_webhook_answer() {
+        let (mut l, registry) = listener();
+        let _public = live(&registry, "club/public");
+        let _secret = live(&registry, "club/secret");
+        let url = public_only_webhook().await;
+        l.set_read_auth(rules(&format!("[club]\nread_webhook = \"{url}\"\n")));
+        let now = Instant::now();
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
+        let cookie = handshake_of(&take(&mut l)[0].0).unwrap().syn_cookie;
+        // Retransmits `sid` from socket id 77 until it is answered.
+        async fn conclude(l: &mut Listener, cookie: i32, sid: &str) -> ShakeType {
+            for _ in 0..100 {
+                l.handle_datagram(Instant::now(), &hs(5, 5, -1, 77, cookie, sid), caller());
+                if let Some((p, _)) = take(l).into_iter().next() {
+                    return shake(&p);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{sid} was never answered");
+        }
+        // The webhook is asked about club/public and allows it...
+        l.handle_datagram(now, &hs(5, 5, -1, 77, cookie, "club/public"), caller());
+        assert!(take(&mut l).is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...which does not open club/secret to the same socket id.
+        let refused = conclude(&mut l, cookie, "club/secret").await;
+        assert_eq!(refused, ShakeType::Rejection(reject_code(code::FORBIDDEN)));
+        assert_eq!(l.players(), 0);
+        let accepted = conclude(&mut l, cookie, "club/public").await;
+        assert_eq!(accepted, ShakeType::Conclusion);
+        assert_eq!(l.players[&caller()].stream, "club/public");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Forms: `#!::r=live/cam1,m=request` (raw or percent-encoded, as OBS and
 //! ffmpeg users often send it), `live/cam1`, `read:live/cam1`, and a
 //! rendition suffix `live/cam1/720p`. Pure: a string in, a request or an
-//! error with the SRT rejection code out.
+//! error with the SRT rejection code out. A streamid carries secrets
+//! (`s=`, `user_token=`) in any encoding, so errors never quote it and
+//! logs print [`redact`]'s rendering, built from the parsed fields.
 
 use std::collections::BTreeMap;
 
@@ -41,27 +43,29 @@ pub struct StreamRequest {
     pub params: BTreeMap<String, String>,
 }
 
+/// Why a streamid was refused. The messages never quote the caller's
+/// bytes (they may hold a token): log [`redact`] beside them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamIdError {
     #[error("streamid is empty")]
     Empty,
     #[error("streamid is {0} bytes; at most 512 allowed")]
     TooLong(usize),
-    #[error("streamid {0:?} is malformed: {1}")]
-    Malformed(String, &'static str),
+    #[error("streamid is malformed: {0}")]
+    Malformed(&'static str),
     #[error("streamid names no resource (r=APP/KEY)")]
     NoResource,
-    #[error("bad stream path {0:?}: {1}")]
-    BadPath(String, String),
-    #[error("mode {0:?} is not offered (use m=request)")]
-    BadMode(String),
+    #[error("bad stream path: {0}")]
+    BadPath(&'static str),
+    #[error("the mode is not offered (use m=request)")]
+    BadMode,
 }
 
 impl StreamIdError {
     /// The SRT rejection code a caller should see.
     pub fn code(&self) -> i32 {
         match self {
-            StreamIdError::BadMode(_) => code::BAD_MODE,
+            StreamIdError::BadMode => code::BAD_MODE,
             _ => code::BAD_REQUEST,
         }
     }
@@ -93,16 +97,150 @@ fn split_path(raw: &str) -> Result<(String, String), StreamIdError> {
         [app, key, rendition] => (app, key, rendition),
         _ => {
             return Err(StreamIdError::BadPath(
-                raw.to_string(),
-                "expected APP/KEY or APP/KEY/RENDITION".into(),
+                "expected APP/KEY or APP/KEY/RENDITION",
             ))
         }
     };
-    for seg in [app, key, rendition] {
-        crate::stream::path::validate_segment(seg)
-            .map_err(|e| StreamIdError::BadPath(raw.to_string(), format!("segment {e}")))?;
+    // The segment is not quoted: it is the caller's bytes.
+    for (seg, why) in [
+        (
+            app,
+            "the application is not 1-128 letters, digits, '-', '_', '.', '~'",
+        ),
+        (
+            key,
+            "the stream key is not 1-128 letters, digits, '-', '_', '.', '~'",
+        ),
+        (
+            rendition,
+            "the rendition is not 1-128 letters, digits, '-', '_', '.', '~'",
+        ),
+    ] {
+        if crate::stream::path::validate_segment(seg).is_err() {
+            return Err(StreamIdError::BadPath(why));
+        }
     }
     Ok((format!("{app}/{key}"), rendition.to_string()))
+}
+
+/// A streamid as the caller meant it: percent-decoded once when it has
+/// escapes (clients often encode '#', ',' and '=').
+fn decode(streamid: &str) -> Result<String, StreamIdError> {
+    if streamid.contains('%') {
+        percent_decode(streamid).ok_or(StreamIdError::Malformed("bad percent-encoding"))
+    } else {
+        Ok(streamid.to_string())
+    }
+}
+
+/// The `key=value` pairs of an access-control body (after `#!::`).
+fn pairs(body: &str) -> Result<BTreeMap<String, String>, StreamIdError> {
+    let mut params = BTreeMap::new();
+    for pair in body.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or(StreamIdError::Malformed("a key without '='"))?;
+        if k.is_empty() {
+            return Err(StreamIdError::Malformed("an empty key"));
+        }
+        params.insert(k.to_string(), v.to_string());
+    }
+    Ok(params)
+}
+
+/// Parameters whose values are shown by [`redact`]: the SRT access-control
+/// keys that name things (user, host, type). Every other value — `s`,
+/// `user_token`, and any key a client invents — may be a secret.
+const SHOWN_PARAMS: [&str; 3] = ["u", "h", "t"];
+
+/// What [`redact`] prints in place of a value or key it does not show.
+pub const MASK: &str = "***";
+
+/// Whether `s` can be printed as it is: printable ASCII without the
+/// access-control separators or '%' (a rendering is never decoded again),
+/// at most 128 bytes.
+fn printable(s: &str) -> bool {
+    s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'=' | b'%'))
+}
+
+/// A streamid for logs and reports, never its raw bytes: rebuilt from the
+/// parsed fields as `#!::r=APP/KEY[/RENDITION],m=MODE,k=v,...` with every
+/// value other than `u`, `h` and `t` replaced by `***`, whatever encoding
+/// the caller used. An unusable resource or mode is masked too; a
+/// streamid that does not split into pairs at all is shown as its length
+/// and a short SHA-256 prefix (to correlate attempts).
+pub fn redact(streamid: &str) -> String {
+    let opaque = || {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(streamid.as_bytes());
+        format!(
+            "<{} bytes, sha256 {:02x}{:02x}{:02x}{:02x}>",
+            streamid.len(),
+            d[0],
+            d[1],
+            d[2],
+            d[3]
+        )
+    };
+    if streamid.is_empty() {
+        return "<empty>".into();
+    }
+    if streamid.len() > MAX_LEN {
+        return opaque();
+    }
+    let Ok(decoded) = decode(streamid) else {
+        return opaque();
+    };
+    let (resource, mode, params) = if let Some(body) = decoded.strip_prefix("#!::") {
+        let Ok(mut params) = pairs(body) else {
+            return opaque();
+        };
+        let resource = params.remove("r");
+        let mode = params.remove("m").or_else(|| Some("request".into()));
+        (resource, mode, params)
+    } else {
+        let (mode, rest) = if let Some(r) = decoded.strip_prefix("read:") {
+            ("request", r)
+        } else if let Some(r) = decoded.strip_prefix("publish:") {
+            ("publish", r)
+        } else {
+            ("request", decoded.as_str())
+        };
+        (
+            Some(rest.to_string()),
+            Some(mode.to_string()),
+            BTreeMap::new(),
+        )
+    };
+    let resource = match resource.as_deref().map(split_path) {
+        None => None,
+        Some(Ok((path, rendition))) if rendition == "source" => Some(path),
+        Some(Ok((path, rendition))) => Some(format!("{path}/{rendition}")),
+        Some(Err(_)) => Some(MASK.to_string()),
+    };
+    let mut out = String::from("#!::");
+    let mut fields: Vec<String> = Vec::new();
+    if let Some(r) = resource {
+        fields.push(format!("r={r}"));
+    }
+    match mode.as_deref() {
+        None => {}
+        Some(m @ ("request" | "publish")) => fields.push(format!("m={m}")),
+        Some(_) => fields.push(format!("m={MASK}")),
+    }
+    for (k, v) in &params {
+        let key = if printable(k) { k.as_str() } else { MASK };
+        let value = if SHOWN_PARAMS.contains(&key) && printable(v) {
+            v.as_str()
+        } else {
+            MASK
+        };
+        fields.push(format!("{key}={value}"));
+    }
+    out.push_str(&fields.join(","));
+    out
 }
 
 /// Parse a streamid as sent by a caller.
@@ -114,28 +252,14 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
         return Err(StreamIdError::TooLong(streamid.len()));
     }
     // Clients often percent-encode '#', ',' and '='; decode once.
-    let decoded = if streamid.contains('%') {
-        percent_decode(streamid)
-            .ok_or_else(|| StreamIdError::Malformed(streamid.into(), "bad percent-encoding"))?
-    } else {
-        streamid.to_string()
-    };
+    let decoded = decode(streamid)?;
     if let Some(body) = decoded.strip_prefix("#!::") {
-        let mut params = BTreeMap::new();
-        for pair in body.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| StreamIdError::Malformed(decoded.clone(), "a key without '='"))?;
-            if k.is_empty() {
-                return Err(StreamIdError::Malformed(decoded.clone(), "an empty key"));
-            }
-            params.insert(k.to_string(), v.to_string());
-        }
+        let mut params = pairs(body)?;
         let resource = params.remove("r").ok_or(StreamIdError::NoResource)?;
         let mode = match params.remove("m").as_deref() {
             None | Some("request") => Mode::Request,
             Some("publish") => Mode::Publish,
-            Some(other) => return Err(StreamIdError::BadMode(other.to_string())),
+            Some(_) => return Err(StreamIdError::BadMode),
         };
         let (path, rendition) = split_path(&resource)?;
         return Ok(StreamRequest {
@@ -161,6 +285,34 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
     })
 }
 
+/// [`redact`] shows no value it must hide: its rendering, parsed again,
+/// has `***` for every parameter outside [`SHOWN_PARAMS`], and keeps the
+/// path, rendition and mode of a streamid that parses.
+#[cfg(feature = "fuzzing")]
+fn check_redacted(sid: &str) {
+    let shown = redact(sid);
+    assert!(shown.len() <= 3 * MAX_LEN, "{} bytes", shown.len());
+    if shown.starts_with('<') {
+        assert!(!shown.contains('='), "{shown:?}");
+        return;
+    }
+    let body = shown.strip_prefix("#!::").expect("the access-control form");
+    let params = pairs(body).unwrap_or_else(|e| panic!("{shown:?} does not split: {e}"));
+    for (k, v) in &params {
+        if !["r", "m"].contains(&k.as_str()) && !SHOWN_PARAMS.contains(&k.as_str()) {
+            assert_eq!(v, MASK, "{k} shown in {shown:?}");
+        }
+    }
+    if let (Ok(req), true) = (parse(sid), shown.len() <= MAX_LEN) {
+        let again = parse(&shown).unwrap_or_else(|e| panic!("{shown:?}: {e}"));
+        assert_eq!(
+            (again.path, again.rendition, again.mode),
+            (req.path, req.rendition, req.mode),
+            "{shown:?}"
+        );
+    }
+}
+
 /// Fuzzing entry point: `data` as a streamid (lossy UTF-8, as a caller's
 /// bytes could arrive). Never panics; an accepted streamid is at most
 /// [`MAX_LEN`] bytes with a valid path and rendition, and writing the request
@@ -170,6 +322,7 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
 #[doc(hidden)]
 pub fn fuzz_streamid(data: &[u8]) {
     let sid = String::from_utf8_lossy(data);
+    check_redacted(&sid);
     let parsed = parse(&sid);
     let req = match parsed {
         Ok(req) => req,
@@ -283,6 +436,77 @@ mod tests {
             parse(&"a".repeat(513)),
             Err(StreamIdError::TooLong(513))
         ));
+    }
+
+    #[test]
+    fn redaction_is_built_from_the_parsed_fields_in_every_encoding() {
+        let cases = [
+            (
+                "#!::r=club/cam2,u=alice,s=TOKEN",
+                "#!::r=club/cam2,m=request,s=***,u=alice",
+            ),
+            (
+                "%23%21%3A%3Ar%3Dclub%2Fcam2%2Cu%3Dalice%2Cs%3DTOKEN",
+                "#!::r=club/cam2,m=request,s=***,u=alice",
+            ),
+            (
+                "#!::r=club/cam2,u=alice,s%3DTOKEN",
+                "#!::r=club/cam2,m=request,s=***,u=alice",
+            ),
+            (
+                "%23!::user_token=TOKEN,r=club/cam2/720p,h=example.com,t=stream",
+                "#!::r=club/cam2/720p,m=request,h=example.com,t=stream,user_token=***",
+            ),
+            // Keys a client invents may be secrets too; so may a mode.
+            (
+                "#!::r=a/b,key=TOKEN,passphrase=TOKEN",
+                "#!::r=a/b,m=request,key=***,passphrase=***",
+            ),
+            ("#!::r=a/b,m=TOKEN,s=TOKEN", "#!::r=a/b,m=***,s=***"),
+            // A bad resource is masked; shown values must be printable.
+            ("#!::r=a/TOKEN?x,u=alice", "#!::r=***,m=request,u=alice"),
+            ("#!::r=a/b,u=TO%09KEN", "#!::r=a/b,m=request,u=***"),
+            ("#!::u=a%2525b", "#!::m=request,u=***"),
+            // Short forms.
+            ("live/cam1", "#!::r=live/cam1,m=request"),
+            ("publish:live/cam1/720p", "#!::r=live/cam1/720p,m=publish"),
+            ("live/TOKEN=1", "#!::r=***,m=request"),
+        ];
+        for (sid, want) in cases {
+            assert_eq!(redact(sid), want, "{sid}");
+        }
+        // What does not split into pairs shows only its length and a hash.
+        for sid in [
+            "#!::r=a/b,s=TOKEN,broken",
+            "%23%21%3A%3As%3DTOKEN%2Cbroken",
+            "#!::s=TOKEN,=x",
+            "%zzTOKEN",
+            "#!::s=TOKEN\u{0}%C3%28",
+        ] {
+            let shown = redact(sid);
+            assert!(
+                shown.starts_with(&format!("<{} bytes, sha256 ", sid.len())),
+                "{sid}: {shown}"
+            );
+            assert!(!shown.contains("TOKEN"));
+        }
+        assert_eq!(redact(""), "<empty>");
+        assert!(redact(&format!("#!::s={}", "T".repeat(600))).starts_with("<606 bytes"));
+    }
+
+    #[test]
+    fn errors_never_quote_the_streamid() {
+        for sid in [
+            "#!::r=a/b,s=TOKEN,broken",
+            "#!::r=a/TOKEN?,s=x",
+            "#!::r=a/b,m=TOKEN",
+            "TOKEN",
+            "a/b/c/TOKEN",
+            "%zzTOKEN",
+        ] {
+            let e = parse(sid).unwrap_err().to_string();
+            assert!(!e.contains("TOKEN"), "{sid}: {e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
@@ -111,7 +112,11 @@ impl AppConfig {
     }
 }
 
-/// Every `[apps.NAME]`, by name.
+/// The name of the default section, `[apps."*"]`: its settings apply to
+/// every application not configured by name.
+pub const DEFAULT_APP: &str = "*";
+
+/// Every `[apps.NAME]`, by name (and `[apps."*"]`, the default).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Apps(BTreeMap<String, AppConfig>);
@@ -121,16 +126,28 @@ impl Apps {
     /// keys relative to `[apps]`.
     pub fn resolve(&mut self) -> Result<(), ConfigError> {
         for (name, app) in &mut self.0 {
-            validate_segment(name).map_err(|m| ConfigError::invalid(name.as_str(), m))?;
+            // "*" is the one name that is not a path segment: no stream
+            // path can name it, so it can only be the default section.
+            if name != DEFAULT_APP {
+                validate_segment(name).map_err(|m| ConfigError::invalid(name.as_str(), m))?;
+            }
             app.resolve(name).map_err(|e| e.under(name))?;
         }
         Ok(())
     }
 
-    /// The settings of application `name` (the defaults when it has no
-    /// section).
-    pub fn app(&self, name: &str) -> AppConfig {
-        self.0.get(name).cloned().unwrap_or_default()
+    /// The settings that govern application `name`: its own section, else
+    /// the default section `[apps."*"]`. `None` when neither exists but
+    /// some application is configured: an unknown application, refused
+    /// (a keyed relay must not be open one letter away). With no
+    /// application configured at all (zero config), every application
+    /// gets the defaults.
+    pub fn lookup(&self, name: &str) -> Option<&AppConfig> {
+        static OPEN: LazyLock<AppConfig> = LazyLock::new(AppConfig::default);
+        if self.0.is_empty() {
+            return Some(&OPEN);
+        }
+        self.0.get(name).or_else(|| self.0.get(DEFAULT_APP))
     }
 
     /// Whether any application transcodes.
@@ -191,16 +208,64 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(a.app("live").takeover);
-        assert!(!a.app("other").takeover);
-        assert_eq!(a.app("other").webhook_timeout, Duration::from_secs(2));
-        assert_eq!(a.app("live").push[0].port, 9100);
-        assert_eq!(a.app("live").webhook_timeout, Duration::from_millis(500));
-        assert!(a.app("live").publish_keys["cam1"].verify("long enough"));
-        assert_eq!(a.app("live").renditions[0].video_bitrate_kbps, 2800);
+        let live = a.lookup("live").unwrap();
+        assert!(live.takeover);
+        assert_eq!(live.push[0].port, 9100);
+        assert_eq!(live.webhook_timeout, Duration::from_millis(500));
+        assert!(live.publish_keys["cam1"].verify("long enough"));
+        assert_eq!(live.renditions[0].video_bitrate_kbps, 2800);
         assert!(a.has_renditions());
         assert_eq!(a.rendition_codecs(), vec![VideoCodec::H264]);
         assert!(!apps("[live]").unwrap().has_renditions());
+    }
+
+    #[test]
+    fn unknown_applications_are_refused_unless_a_default_is_configured() {
+        // Zero config: everything is open, with the defaults.
+        let open = Apps::default();
+        let any = open.lookup("anything").unwrap();
+        assert!(any.publish_keys.is_empty() && !any.takeover);
+        assert_eq!(any.webhook_timeout, Duration::from_secs(2));
+        // Any section: only the configured names (case matters).
+        let a = apps("[live]\ntakeover = true").unwrap();
+        assert!(a.lookup("live").unwrap().takeover);
+        for unknown in ["Live", "other", "live2", "*x"] {
+            assert!(a.lookup(unknown).is_none(), "{unknown}");
+        }
+        // A default section covers every other name, not the named ones.
+        let a = apps(
+            r#"
+            [live]
+            takeover = true
+            ["*"]
+            push = ["srt://127.0.0.1:9100?streamid=x"]
+            webhook_timeout = "1s"
+            [[ "*".renditions ]]
+            name = "480p"
+            height = 480
+            ["*".publish_keys]
+            cam1 = "long enough"
+            "#,
+        )
+        .unwrap();
+        let other = a.lookup("other").unwrap();
+        assert!(other.publish_keys["cam1"].verify("long enough"));
+        assert_eq!(other.renditions[0].name, "480p");
+        assert_eq!(other.push[0].port, 9100);
+        assert_eq!(other.webhook_timeout, Duration::from_secs(1));
+        let live = a.lookup("live").unwrap();
+        assert!(live.takeover && live.publish_keys.is_empty() && live.push.is_empty());
+        assert!(a.has_renditions());
+    }
+
+    #[test]
+    fn only_the_exact_key_star_is_the_default() {
+        for name in ["\"**\"", "\"*a\"", "\"a*\"", "\" *\""] {
+            let e = err(&format!("[{name}]\ntakeover = true"));
+            assert!(e.contains("contains"), "{name}: {e}");
+        }
+        let e = err("[\"*\"]\ntakover = true");
+        assert!(e.contains("`apps.*.takover`"), "{e}");
     }
 
     #[test]
