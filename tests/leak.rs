@@ -227,7 +227,10 @@ fn per_stream_series_end_with_their_stream() {
         lines(&one),
         lines(&after)
     );
-    assert!(bystander_bytes() > before, "the live stream's counter moves");
+    assert!(
+        bystander_bytes() > before,
+        "the live stream's counter moves"
+    );
     server.wait_usage_back(base, "1 000 publishes on distinct keys");
     bystander.finish(10.0);
 }
