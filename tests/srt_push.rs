@@ -260,6 +260,7 @@ push = ["srt://127.0.0.1:{port}?streamid=secret-sid-two&passphrase=secret-pass-t
         Duration::from_secs(5),
     );
     for s in unresolved.iter().chain(&refused) {
+        println!("{} {}", s.code, s.description);
         assert!(!s.description.contains("secret-"), "a secret in {s:?}");
     }
     let log = server.log_lines();
