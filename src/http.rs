@@ -350,15 +350,19 @@ fn process_gauges() {
     metrics::gauge!(t::TOKIO_ALIVE_TASKS).set(tasks as f64);
 }
 
+/// The recorder's series, then those of the live streams (each stream
+/// owns its series, so they end with it).
 async fn metrics(State(s): State<AppState>) -> Response {
     process_gauges();
     s.metrics.run_upkeep();
+    let live = s.registry.list();
+    let body = crate::telemetry::render(&s.metrics, live.iter().map(|st| &st.series));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render(&s.metrics),
+        body,
     )
         .into_response()
 }

@@ -1,9 +1,14 @@
 //! Logging (`tracing` to stderr, text or JSON) and the Prometheus recorder.
 //!
 //! Metric names are declared here once, with their help text, so `/metrics`
-//! documents itself and call sites cannot drift apart on spelling.
+//! documents itself and call sites cannot drift apart on spelling. Series
+//! labelled by stream are owned by their stream ([`StreamSeries`]) and end
+//! with it; everything else lives in the global recorder.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -241,40 +246,68 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// The Prometheus text exposition: every recorded series, then `# HELP` and
-/// `# TYPE` for each family in [`FAMILIES`] that has no sample yet (a GPU
-/// gauge on a machine without a GPU, a counter whose event never happened),
-/// which the exposition format allows and scrapers ignore.
-pub fn render(handle: &PrometheusHandle) -> String {
+/// The Prometheus text exposition: every recorded series, the series of
+/// the live `streams`, then `# HELP` and `# TYPE` for each family in
+/// [`FAMILIES`] that has no sample yet (a GPU gauge on a machine without a
+/// GPU, a counter whose event never happened), which the exposition format
+/// allows and scrapers ignore.
+pub fn render<'a>(
+    handle: &PrometheusHandle,
+    streams: impl IntoIterator<Item = &'a StreamSeries>,
+) -> String {
     let mut out = handle.render();
-    append_missing_families(&mut out);
+    let mut samples = BTreeMap::new();
+    for s in streams {
+        s.render_into(&mut samples);
+    }
+    append_families(&mut out, &samples);
     out
 }
 
-fn append_missing_families(out: &mut String) {
-    use std::fmt::Write;
+/// Add `samples` (family → sample lines) to the exposition `out`, and
+/// `# HELP`/`# TYPE` for every family `out` does not describe yet.
+fn append_families(out: &mut String, samples: &BTreeMap<&'static str, String>) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    let present: std::collections::HashSet<&str> = out
+    let present: std::collections::HashSet<String> = out
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
         .collect();
-    let missing: Vec<&Family> = FAMILIES
-        .iter()
-        .filter(|f| !present.contains(f.name))
-        .collect();
-    for f in missing {
+    // A family the recorder also has (none should): its block gets the
+    // stream's samples too, so each family stays one group.
+    for (name, lines) in samples.iter().filter(|(n, _)| present.contains(**n)) {
+        insert_into_block(out, name, lines);
+    }
+    for f in FAMILIES.iter().filter(|f| !present.contains(f.name)) {
         let _ = write!(
             out,
-            "# HELP {} {}\n# TYPE {} {}\n\n",
+            "# HELP {} {}\n# TYPE {} {}\n",
             f.name,
             f.help,
             f.name,
             f.kind.as_str()
         );
+        if let Some(lines) = samples.get(f.name) {
+            out.push_str(lines);
+        }
+        out.push('\n');
     }
+}
+
+/// Insert sample `lines` at the end of `name`'s block in `out`.
+fn insert_into_block(out: &mut String, name: &str, lines: &str) {
+    let type_line = format!("# TYPE {name} ");
+    let Some(start) = out.find(&type_line) else {
+        return;
+    };
+    let mut at = start + out[start..].find('\n').map_or(out.len() - start, |i| i + 1);
+    while at < out.len() && !out[at..].starts_with('\n') && !out[at..].starts_with('#') {
+        at += out[at..].find('\n').map_or(out.len() - at, |i| i + 1);
+    }
+    out.insert_str(at, lines);
 }
 
 fn describe() {
@@ -283,6 +316,156 @@ fn describe() {
             Kind::Counter => metrics::describe_counter!(f.name, f.help),
             Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
             Kind::Histogram => metrics::describe_histogram!(f.name, f.help),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Series of one stream
+// ---------------------------------------------------------------------------
+
+/// The families labelled by `stream`. Their series are not registered in
+/// the global recorder, which cannot remove a series: each stream holds its
+/// own in a [`StreamSeries`], `/metrics` renders those of the live streams
+/// at scrape time, and a stream's series disappear with it.
+pub const STREAM_FAMILIES: &[&str] = &[
+    INGEST_BYTES_TOTAL,
+    INGEST_FRAMES_TOTAL,
+    INGEST_TAG_ERRORS_TOTAL,
+    TIMESTAMP_JUMPS_TOTAL,
+    TS_MUX_ERRORS_TOTAL,
+    TRANSCODE_INPUT_DROPPED_TOTAL,
+    TRANSCODE_FPS,
+    TRANSCODE_SPEED,
+    TRANSCODE_FRAMES_DROPPED_TOTAL,
+    TRANSCODE_FRAMES_DUPLICATED_TOTAL,
+    TRANSCODE_OUTPUT_BYTES_TOTAL,
+    TRANSCODE_RENDITION_FPS,
+];
+
+/// The labelled series of one stream: plain atomics behind ordinary
+/// `metrics` handles, so call sites count as they always did (one atomic
+/// add, no allocation) and a handle a leg still holds after the stream
+/// ended only counts into memory nobody renders. A path published again
+/// gets a new `StreamSeries`: its counters start from 0, which Prometheus
+/// reads as a counter reset.
+#[derive(Debug)]
+pub struct StreamSeries {
+    /// `stream="…"`, escaped once.
+    stream: String,
+    series: Mutex<Vec<Series>>,
+}
+
+#[derive(Debug)]
+struct Series {
+    family: &'static str,
+    /// The whole label set as rendered: `stream="live/cam1",track="video"`.
+    labels: String,
+    kind: Kind,
+    /// A counter's value, or a gauge's `f64` bits (`metrics`' own encoding).
+    value: Arc<AtomicU64>,
+}
+
+impl StreamSeries {
+    /// The series of the stream whose path is `stream`.
+    pub fn new(stream: &str) -> StreamSeries {
+        StreamSeries {
+            stream: format!("stream=\"{}\"", escape_label(stream)),
+            series: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The counter `family{stream="…",labels…}`: the same one for the same
+    /// labels, created at 0 on first use.
+    pub fn counter(
+        &self,
+        family: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> metrics::Counter {
+        metrics::Counter::from_arc(self.value(family, Kind::Counter, labels))
+    }
+
+    /// The gauge `family{stream="…",labels…}`, like [`StreamSeries::counter`].
+    pub fn gauge(&self, family: &'static str, labels: &[(&'static str, &str)]) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.value(family, Kind::Gauge, labels))
+    }
+
+    fn value(
+        &self,
+        family: &'static str,
+        kind: Kind,
+        labels: &[(&'static str, &str)],
+    ) -> Arc<AtomicU64> {
+        debug_assert!(
+            STREAM_FAMILIES.contains(&family),
+            "{family} is not in STREAM_FAMILIES"
+        );
+        let mut rendered = self.stream.clone();
+        for (k, v) in labels {
+            let _ = write!(rendered, ",{k}=\"{}\"", escape_label(v));
+        }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = series
+            .iter()
+            .find(|s| s.family == family && s.labels == rendered)
+        {
+            return s.value.clone();
+        }
+        // 0 is also the bits of 0.0.
+        let value = Arc::new(AtomicU64::new(0));
+        series.push(Series {
+            family,
+            labels: rendered,
+            kind,
+            value: value.clone(),
+        });
+        value
+    }
+
+    /// Append each series' sample line to its family's lines.
+    fn render_into(&self, out: &mut BTreeMap<&'static str, String>) {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for s in series.iter() {
+            let lines = out.entry(s.family).or_default();
+            let v = s.value.load(Ordering::Relaxed);
+            let _ = match s.kind {
+                Kind::Gauge => writeln!(
+                    lines,
+                    "{}{{{}}} {}",
+                    s.family,
+                    s.labels,
+                    PromF64(f64::from_bits(v))
+                ),
+                _ => writeln!(lines, "{}{{{}}} {v}", s.family, s.labels),
+            };
+        }
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and line feeds escaped.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A sample value in the text format's spelling (`+Inf`, `-Inf`, `NaN`).
+struct PromF64(f64);
+
+impl std::fmt::Display for PromF64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v.is_nan() => f.write_str("NaN"),
+            v if v == f64::INFINITY => f.write_str("+Inf"),
+            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
         }
     }
 }
@@ -369,13 +552,121 @@ mod tests {
     #[test]
     fn families_without_samples_are_still_typed() {
         let mut out = "# HELP sluice_streams Live streams.\n# TYPE sluice_streams gauge\nsluice_streams 2\n\n".to_string();
-        append_missing_families(&mut out);
+        append_families(&mut out, &BTreeMap::new());
         assert_eq!(out.matches("# TYPE sluice_streams ").count(), 1);
         assert!(out.contains("# TYPE sluice_gpu_encoder_sessions gauge\n"));
         assert!(out.contains("# TYPE sluice_relay_latency_seconds histogram\n"));
         assert!(out.contains("# TYPE sluice_srt_lag_skips_total counter\n"));
         let families = out.matches("# TYPE ").count();
         assert_eq!(families, FAMILIES.len());
+    }
+
+    #[test]
+    fn stream_series_render_under_their_family_and_end_with_their_stream() {
+        let a = StreamSeries::new("live/a");
+        let b = StreamSeries::new("live/b\"x");
+        a.counter(INGEST_BYTES_TOTAL, &[]).increment(5);
+        // The same labels are the same series.
+        a.counter(INGEST_BYTES_TOTAL, &[]).increment(2);
+        a.counter(INGEST_FRAMES_TOTAL, &[("track", "video")])
+            .increment(1);
+        a.gauge(TRANSCODE_RENDITION_FPS, &[("rendition", "720p")])
+            .set(29.97);
+        b.counter(INGEST_BYTES_TOTAL, &[]).absolute(9);
+        let mut samples = BTreeMap::new();
+        a.render_into(&mut samples);
+        b.render_into(&mut samples);
+        let mut out = String::new();
+        append_families(&mut out, &samples);
+        assert!(
+            out.contains(
+                "# TYPE sluice_ingest_bytes_total counter\n\
+             sluice_ingest_bytes_total{stream=\"live/a\"} 7\n\
+             sluice_ingest_bytes_total{stream=\"live/b\\\"x\"} 9\n\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("sluice_ingest_frames_total{stream=\"live/a\",track=\"video\"} 1\n"));
+        assert!(out.contains(
+            "sluice_transcode_rendition_fps{stream=\"live/a\",rendition=\"720p\"} 29.97\n"
+        ));
+        assert_eq!(out.matches("# TYPE ").count(), FAMILIES.len());
+        // Without the streams, only the families' descriptions remain.
+        let mut empty = String::new();
+        append_families(&mut empty, &BTreeMap::new());
+        assert!(!empty.contains("stream="));
+        assert_eq!(empty.lines().count(), out.lines().count() - 4);
+    }
+
+    #[test]
+    fn a_family_the_recorder_has_gets_the_streams_samples_in_its_block() {
+        let mut out = "# HELP sluice_ingest_bytes_total x\n# TYPE sluice_ingest_bytes_total counter\nsluice_ingest_bytes_total{stream=\"old\"} 1\n\n# TYPE sluice_streams gauge\nsluice_streams 1\n\n".to_string();
+        let s = StreamSeries::new("live/a");
+        s.counter(INGEST_BYTES_TOTAL, &[]).increment(3);
+        let mut samples = BTreeMap::new();
+        s.render_into(&mut samples);
+        append_families(&mut out, &samples);
+        assert!(
+            out.starts_with(
+                "# HELP sluice_ingest_bytes_total x\n# TYPE sluice_ingest_bytes_total counter\n\
+             sluice_ingest_bytes_total{stream=\"old\"} 1\n\
+             sluice_ingest_bytes_total{stream=\"live/a\"} 3\n\n# TYPE sluice_streams gauge\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("# TYPE sluice_ingest_bytes_total ").count(), 1);
+    }
+
+    #[test]
+    fn stream_families_are_declared_and_gauge_values_are_spelled_for_prometheus() {
+        for name in STREAM_FAMILIES {
+            assert!(FAMILIES.iter().any(|f| f.name == *name), "{name}");
+        }
+        let s = StreamSeries::new("live/a");
+        let g = s.gauge(TRANSCODE_SPEED, &[]);
+        let text = |s: &StreamSeries| {
+            let mut m = BTreeMap::new();
+            s.render_into(&mut m);
+            m.remove(TRANSCODE_SPEED).unwrap()
+        };
+        assert_eq!(text(&s), "sluice_transcode_speed{stream=\"live/a\"} 0\n");
+        g.set(f64::INFINITY);
+        assert!(text(&s).ends_with(" +Inf\n"));
+        g.set(f64::NAN);
+        assert!(text(&s).ends_with(" NaN\n"));
+        g.set(1.5);
+        assert!(text(&s).ends_with(" 1.5\n"));
+    }
+
+    /// A series labelled by stream in the global recorder would live as
+    /// long as the process (issue 12): they go through `StreamSeries`.
+    #[test]
+    fn no_stream_labelled_series_are_registered_globally() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, found);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, l) in text.lines().enumerate() {
+                        if l.contains(concat!("\"stream\"", " =>")) {
+                            found.push(format!("{}:{}: {}", p.display(), i + 1, l.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(
+            found.is_empty(),
+            "use the stream's StreamSeries instead:\n{}",
+            found.join("\n")
+        );
     }
 
     #[test]

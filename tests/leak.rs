@@ -1,13 +1,16 @@
 //! Resource leaks: 1 000 publish/unpublish cycles and 1 000 SRT player
 //! connect/disconnect cycles; afterwards sluice's open file descriptors,
 //! live tokio tasks and resident memory are back near where they started.
+//! 1 000 publishes on 1 000 distinct keys leave no series in `/metrics`.
 //! The figures are printed (`cargo test --test leak -- --nocapture`).
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::flv;
+use common::flv::FlvTag;
 use common::rtmp_client::{connect_and_publish, PublishOptions};
 use common::*;
 
@@ -130,6 +133,106 @@ fn publish_and_player_cycles_leave_nothing_behind() {
     );
     let after = settled(&server, base);
     check("player cycles", base, after);
+}
+
+/// One short RTMP publish of `tags` on `path`, until the stream is gone.
+fn publish_once(server: &Sluice, path: &str, tags: &[FlvTag]) {
+    let opts = PublishOptions {
+        realtime: false,
+        ..PublishOptions::default()
+    };
+    let mut p = connect_and_publish(server.rtmp_addr(), path, opts);
+    let report = p.send_tags(tags);
+    assert!(report.error.is_none(), "{path}: {report:?}");
+    p.close();
+    server.wait_stream_gone(path, Duration::from_secs(5));
+}
+
+/// Series of streams that ended are not in `/metrics`: after 1 000
+/// publishes on 1 000 distinct keys it has as many lines as after one, and
+/// RSS is back near where it was; a live stream keeps its series
+/// throughout, and its player loses nothing.
+#[test]
+fn per_stream_series_end_with_their_stream() {
+    let server = Sluice::start(None);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 300);
+    let file = flv::read_flv(&fixture_avc_aac(2));
+    let tags = &file.tags[..file.tags.len().min(40)];
+    let bystander_bytes = || {
+        server
+            .metric(r#"sluice_ingest_bytes_total{stream="live/cam1"}"#)
+            .expect("the live stream's series is in /metrics")
+    };
+    // A live stream has its series; they end with it.
+    let mut p = connect_and_publish(
+        server.rtmp_addr(),
+        "live/series-first",
+        PublishOptions {
+            realtime: false,
+            ..PublishOptions::default()
+        },
+    );
+    assert!(p.send_tags(tags).error.is_none());
+    server.wait_metric(
+        r#"sluice_ingest_frames_total{stream="live/series-first",track="video"}"#,
+        |v| v.is_some_and(|n| n >= 1.0),
+        Duration::from_secs(5),
+    );
+    p.close();
+    server.wait_stream_gone("live/series-first", Duration::from_secs(5));
+    // Warm-up: lazily created state is not a leak.
+    for i in 0..20 {
+        publish_once(&server, &format!("live/warm-{i}"), tags);
+    }
+    let lines = |text: &str| text.lines().count();
+    let one = server.metrics_text();
+    let base = server.usage();
+    let before = bystander_bytes();
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= CYCLES {
+                    return;
+                }
+                publish_once(&server, &format!("live/series-{i}"), tags);
+            });
+        }
+    });
+    println!(
+        "{CYCLES} publish/unpublish cycles on distinct keys in {:?}",
+        t.elapsed()
+    );
+    let after = server.metrics_text();
+    let leftover: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("stream=\"live/series-") || l.contains("stream=\"live/warm-"))
+        .collect();
+    println!(
+        "/metrics: {} lines after one cycle, {} after {CYCLES} more",
+        lines(&one),
+        lines(&after)
+    );
+    assert!(
+        leftover.is_empty(),
+        "{} series of ended streams are still exported, e.g. {:?}",
+        leftover.len(),
+        &leftover[..leftover.len().min(5)]
+    );
+    assert!(
+        lines(&after).abs_diff(lines(&one)) <= 5,
+        "/metrics grew from {} to {} lines",
+        lines(&one),
+        lines(&after)
+    );
+    assert!(
+        bystander_bytes() > before,
+        "the live stream's counter moves"
+    );
+    server.wait_usage_back(base, "1 000 publishes on distinct keys");
+    bystander.finish(10.0);
 }
 
 /// Connect to `live/cam1` and close, N times, with libsrt (srt-tools).

@@ -103,23 +103,27 @@ fn publish_and_check(path: &str, video: Option<&[&str]>, audio: Option<&[&str]>,
         "stream {path} still listed {lag:?} after the publisher left (contract: within 1 s)"
     );
 
-    // Every frame ffmpeg encoded was counted.
+    // Every frame ffmpeg encoded was counted: the stream's series ended
+    // with it, its totals are in the "publish ended" line.
+    let ended = server.wait_log_fields(
+        &[("message", "publish ended"), ("stream", path)],
+        Duration::from_secs(5),
+    );
+    let total = |k: &str| log_field(&ended, k).and_then(|v| v.as_f64());
+    assert!(total("bytes_in").is_some_and(|b| b > 0.0), "{ended}");
     if video.is_some() {
         let encoded = ffmpeg_frame_count(&ff.stderr().text())
             .unwrap_or_else(|| panic!("no frame= in ffmpeg output:\n{}", ff.stderr().tail(10)));
         assert!(encoded >= 200, "ffmpeg encoded only {encoded} frames");
-        let q = format!(r#"sluice_ingest_frames_total{{stream="{path}",track="video"}}"#);
-        server.wait_metric(&q, |v| v == Some(encoded as f64), Duration::from_secs(5));
+        assert_eq!(total("frames_video"), Some(encoded as f64), "{ended}");
     }
     if audio.is_some() {
-        let q = format!(r#"sluice_ingest_frames_total{{stream="{path}",track="audio"}}"#);
         // 8 s of 1024-sample AAC frames at 48 kHz is 375 (+ encoder delay).
-        server.wait_metric(
-            &q,
-            |v| v.is_some_and(|n| (370.0..=380.0).contains(&n)),
-            Duration::from_secs(5),
-        );
+        let n = total("frames_audio").unwrap_or(0.0);
+        assert!((370.0..=380.0).contains(&n), "{ended}");
     }
+    let q = format!(r#"sluice_ingest_frames_total{{stream="{path}",track="video"}}"#);
+    assert_eq!(server.metric(&q), None, "the ended stream's series is gone");
 }
 
 #[test]

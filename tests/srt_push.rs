@@ -1,14 +1,21 @@
 //! SRT push legs: a stream is pushed to a configured SRT destination
-//! (srt-live-transmit listening on loopback) and arrives playable; with the
-//! destination down, the publish fails within the setup deadline with a
-//! clear reason and nothing is left running.
+//! (srt-live-transmit listening on loopback, by name) and arrives playable;
+//! with the destination down, the publish fails within the setup deadline
+//! with a clear reason and nothing is left running. A host that does not
+//! resolve fails the publish naming the host; a resolver that hangs stalls
+//! nothing but its own legs; a push target's streamid and passphrase reach
+//! neither the log nor the publisher.
 
 mod common;
 
 use std::net::UdpSocket;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::flv::{self, FlvTag};
+use common::rtmp_client::{PublishOptions, RtmpPublisher, Status};
 use common::*;
 
 fn free_udp_port() -> u16 {
@@ -33,7 +40,7 @@ fn a_push_leg_delivers_a_playable_stream_to_srt_live_transmit() {
     let mut receiver = ChildGuard::spawn("srt-live-transmit", cmd);
     std::thread::sleep(Duration::from_millis(300));
     let server = Sluice::start(Some(&format!(
-        "[apps.live]\npush = [\"srt://127.0.0.1:{port}?streamid=from-sluice&latency=50\"]\n"
+        "[apps.live]\npush = [\"srt://localhost:{port}?streamid=from-sluice&latency=50\"]\n"
     )));
     let fixture = fixture_avc_aac(6);
     let url = server.rtmp_url("live/pushed");
@@ -172,4 +179,206 @@ fn losing_the_destination_tears_the_stream_down() {
         |v| v == Some(1.0),
         Duration::from_secs(5),
     );
+}
+
+/// The first seconds of the shared fixture: configs and a first GOP start.
+fn first_tags() -> Vec<FlvTag> {
+    let file = flv::read_flv(&fixture_avc_aac(2));
+    file.tags[..file.tags.len().min(40)].to_vec()
+}
+
+/// Publish `app/key` (accepted: legs start with the publish), send `tags`
+/// and wait for the server to end the publish; its `onStatus` infos.
+fn publish_until_stopped(server: &Sluice, app: &str, key: &str, tags: &[FlvTag]) -> Vec<Status> {
+    let opts = PublishOptions {
+        realtime: false,
+        ..PublishOptions::default()
+    };
+    let mut p = RtmpPublisher::connect(server.rtmp_addr(), app, opts)
+        .unwrap_or_else(|e| panic!("connect {app}: {e}"));
+    let outcome = p.publish(key);
+    assert!(outcome.is_accepted(), "{app}/{key}: {outcome:?}");
+    p.send_tags(tags);
+    assert!(
+        p.wait_server_close(Duration::from_secs(20)).is_some(),
+        "{app}/{key} was not stopped: {:?}",
+        p.statuses
+    );
+    p.statuses.clone()
+}
+
+fn failed(statuses: &[Status]) -> &Status {
+    statuses
+        .iter()
+        .find(|s| s.code == "NetStream.Publish.Failed")
+        .unwrap_or_else(|| panic!("no NetStream.Publish.Failed: {statuses:?}"))
+}
+
+/// A push whose host does not resolve fails the publish at once, naming the
+/// host; neither that failure nor one from a destination that refuses the
+/// passphrase shows the push URL's streamid or passphrase, in the status
+/// the publisher reads or anywhere in the log.
+#[test]
+fn push_failures_name_the_destination_without_its_secrets() {
+    require_program("srt-live-transmit", "the `srt-tools` Debian package");
+    let port = free_udp_port();
+    let mut cmd = Command::new("srt-live-transmit");
+    cmd.args([
+        "-q",
+        "-a:no",
+        &format!("srt://:{port}?mode=listener&passphrase=the-right-passphrase"),
+        "file://con",
+    ]);
+    let _receiver = ChildGuard::spawn("srt-live-transmit", cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    let server = Sluice::start(Some(&format!(
+        r#"
+[server]
+setup_timeout = "15s"
+[apps.live]
+push = ["srt://no-such-host.invalid:9000?streamid=secret-sid-one&passphrase=secret-pass-one"]
+[apps.refused]
+push = ["srt://127.0.0.1:{port}?streamid=secret-sid-two&passphrase=secret-pass-two&latency=80"]
+"#
+    )));
+    let tags = first_tags();
+    let unresolved = publish_until_stopped(&server, "live", "cam1", &tags);
+    let st = failed(&unresolved);
+    assert!(
+        st.description
+            .contains(r#"cannot resolve push host "no-such-host.invalid""#),
+        "{st:?}"
+    );
+    let refused = publish_until_stopped(&server, "refused", "cam1", &tags);
+    let st = failed(&refused);
+    assert!(
+        st.description.contains(&format!("srt://127.0.0.1:{port}")),
+        "{st:?}"
+    );
+    server.wait_log_fields(
+        &[("message", "publish ended"), ("stream", "refused/cam1")],
+        Duration::from_secs(5),
+    );
+    for s in unresolved.iter().chain(&refused) {
+        println!("{} {}", s.code, s.description);
+        assert!(!s.description.contains("secret-"), "a secret in {s:?}");
+    }
+    let log = server.log_lines();
+    let leaked: Vec<&String> = log.iter().filter(|l| l.contains("secret-")).collect();
+    assert!(leaked.is_empty(), "secrets in the log: {leaked:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("push leg failed") && l.contains("no-such-host.invalid")),
+        "the failure is logged with the host"
+    );
+}
+
+/// While every resolution of a push host hangs (the resolver reads an
+/// `/etc/hosts` that is a FIFO nobody writes, in sluice's own mount
+/// namespace), the other streams and the HTTP API go on: a recorded player
+/// of another stream loses no frame and `/healthz` answers at once. Once
+/// the resolver answers, the publishes fail naming the host, and sluice's
+/// fds, tasks and memory come back.
+#[test]
+fn a_hanging_resolver_stalls_nothing_but_its_own_push_legs() {
+    require_program("unshare", "the `util-linux` Debian package");
+    let dir = TempDir::new("slow-dns");
+    let hosts = dir.join("hosts");
+    let st = Command::new("mkfifo").arg(&hosts).status().unwrap();
+    assert!(st.success(), "mkfifo failed");
+    let mut wrapper = Command::new("unshare");
+    wrapper
+        .args([
+            "-rm",
+            "--",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ])
+        .arg(&hosts)
+        // As many workers as hanging legs below would block.
+        .env("TOKIO_WORKER_THREADS", "2");
+    let server = Sluice::start_wrapped(
+        wrapper,
+        Some(
+            r#"
+[apps.live]
+[apps.slow]
+push = ["srt://slow-dns.invalid:9000?streamid=x"]
+"#,
+        ),
+    );
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
+    let base = server.usage();
+    let tags = first_tags();
+    // The resolver hangs until `release`: then every open of the FIFO gets
+    // an empty file at once (and the name goes to DNS, which fails).
+    let release = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if release.load(Ordering::Relaxed) {
+                    // ENXIO while nobody has it open for reading.
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&hosts);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        // However this scope ends, the resolver answers and the thread stops.
+        let _stop = OnDrop(|| {
+            release.store(true, Ordering::Relaxed);
+            done.store(true, Ordering::Relaxed);
+        });
+        let publishers: Vec<_> = (0..4)
+            .map(|i| {
+                let (server, tags) = (&server, &tags);
+                s.spawn(move || publish_until_stopped(server, "slow", &format!("k{i}"), tags))
+            })
+            .collect();
+        // Let the legs start and hang, then check that the rest still runs.
+        std::thread::sleep(Duration::from_millis(500));
+        let hold = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut failures = Vec::new();
+        while hold.elapsed() < Duration::from_secs(5) {
+            let t = Instant::now();
+            match http_request(
+                server.http_addr(),
+                "GET",
+                "/healthz",
+                Duration::from_secs(3),
+            ) {
+                Ok(r) if r.status == 200 => {}
+                other => failures.push(format!("{other:?}")),
+            }
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        release.store(true, Ordering::Relaxed);
+        println!("slowest /healthz while push hosts resolved: {slowest:?}");
+        assert!(
+            failures.is_empty() && slowest < Duration::from_secs(1),
+            "/healthz took up to {slowest:?} while push hosts were resolving; failed: {failures:?}"
+        );
+        for p in publishers {
+            let statuses = p.join().unwrap();
+            let st = failed(&statuses);
+            println!("slow publisher: {}", st.description);
+        }
+    });
+    server.wait_usage_back(base, "hanging resolver");
+    bystander.finish(5.0);
+}
+
+/// Runs its closure when dropped, panics included.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }

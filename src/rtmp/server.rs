@@ -468,12 +468,12 @@ impl Conn {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
                 tracing::Span::current().record("stream", tracing::field::display(&path));
                 info!(stream = %path, "publish accepted");
-                let label = path.to_string();
+                let stream = group.stream().clone();
                 self.publishing = Some(Publishing {
                     group,
                     flv: FlvIngest::new(self.ctx.rtmp.max_timestamp_jump),
-                    tag_errors: counter!(t::INGEST_TAG_ERRORS_TOTAL, "stream" => label.clone()),
-                    jumps: counter!(t::TIMESTAMP_JUMPS_TOTAL, "stream" => label),
+                    tag_errors: stream.series.counter(t::INGEST_TAG_ERRORS_TOTAL, &[]),
+                    jumps: stream.series.counter(t::TIMESTAMP_JUMPS_TOTAL, &[]),
                 });
                 // Media the publisher sent right after `publish` is read
                 // now; a protocol error in it closes the connection.

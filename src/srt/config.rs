@@ -1,6 +1,7 @@
 //! `[srt]` (the SRT listener's settings) and SRT push targets
 //! (`srt://host:port?...`), each parsing and checking itself. Pure data.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -69,11 +70,11 @@ pub fn passphrase<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     Ok(Some(p))
 }
 
-/// One configured destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configured destination. It displays (and debug-prints) as
+/// `srt://host:port` with its non-secret options only: its streamid and
+/// passphrase never reach a log line, a status text or the API.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PushTarget {
-    /// The URL as configured, passphrase removed (for logs and errors).
-    pub display: String,
     pub host: String,
     pub port: u16,
     pub streamid: Option<String>,
@@ -86,8 +87,10 @@ pub struct PushTarget {
 
 /// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS&rendition=NAME`
 /// (latency in milliseconds, as srt-live-transmit and libsrt URIs use).
-pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
-    let rest = url
+/// Errors show the URL without its streamid and passphrase.
+pub fn parse_push_url(raw: &str) -> Result<PushTarget, String> {
+    let url = &without_secrets(raw);
+    let rest = raw
         .strip_prefix("srt://")
         .ok_or_else(|| format!("{url:?} must start with srt://"))?;
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -104,7 +107,6 @@ pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{url:?} has a bad port {port:?}"))?;
     let mut t = PushTarget {
-        display: format!("srt://{hostport}"),
         host: host.to_string(),
         port,
         streamid: None,
@@ -142,15 +144,60 @@ pub fn parse_push_url(url: &str) -> Result<PushTarget, String> {
             other => return Err(format!("{url:?}: unsupported option {other:?}")),
         }
     }
-    if let Some(sid) = &t.streamid {
-        t.display.push_str(&format!("?streamid={sid}"));
-    }
-    if t.rendition != "source" {
-        let sep = if t.streamid.is_some() { '&' } else { '?' };
-        t.display
-            .push_str(&format!("{sep}rendition={}", t.rendition));
-    }
     Ok(t)
+}
+
+/// `url` without the values of its secret options (`streamid`,
+/// `passphrase`), for error messages.
+fn without_secrets(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let k = p.split_once('=').map_or(*p, |(k, _)| k);
+            !matches!(k, "streamid" | "passphrase")
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+impl fmt::Display for PushTarget {
+    /// `srt://host:port` and the options that are no secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "srt://[{}]:{}", self.host, self.port)?;
+        } else {
+            write!(f, "srt://{}:{}", self.host, self.port)?;
+        }
+        let mut sep = '?';
+        if let Some(l) = self.latency {
+            write!(f, "{sep}latency={}", l.as_millis())?;
+            sep = '&';
+        }
+        if self.rendition != "source" {
+            write!(f, "{sep}rendition={}", self.rendition)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PushTarget {
+    /// Like `Display`: a stray `{:?}` shows whether a secret is set, never
+    /// the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |s: &Option<String>| if s.is_some() { "<set>" } else { "<none>" };
+        f.debug_struct("PushTarget")
+            .field("url", &format_args!("{self}"))
+            .field("streamid", &format_args!("{}", set(&self.streamid)))
+            .field("passphrase", &format_args!("{}", set(&self.passphrase)))
+            .finish()
+    }
 }
 
 /// A push target in a config file is its URL string.
@@ -206,10 +253,10 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 9999));
         assert_eq!(t.streamid.as_deref(), Some("live/x"));
         assert_eq!(t.latency, Some(Duration::from_millis(200)));
-        assert_eq!(t.display, "srt://127.0.0.1:9999?streamid=live/x");
+        assert_eq!(t.to_string(), "srt://127.0.0.1:9999?latency=200");
         let t = parse_push_url("srt://[::1]:9000?passphrase=0123456789abc").unwrap();
         assert_eq!(t.host, "::1");
-        assert!(!t.display.contains("0123456789"));
+        assert_eq!(t.to_string(), "srt://[::1]:9000");
         for bad in [
             "udp://h:1",
             "srt://h",
@@ -221,5 +268,30 @@ mod tests {
         ] {
             assert!(parse_push_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn push_targets_show_no_secret_in_display_debug_or_errors() {
+        let t =
+            parse_push_url("srt://h:1?streamid=sid-secret&passphrase=pass-secret-1&rendition=720p")
+                .unwrap();
+        assert_eq!(t.to_string(), "srt://h:1?rendition=720p");
+        let debug = format!("{t:?}");
+        assert_eq!(
+            debug,
+            "PushTarget { url: srt://h:1?rendition=720p, streamid: <set>, passphrase: <set> }"
+        );
+        for bad in [
+            "srt://h:1?streamid=sid-secret&passphrase=short",
+            "srt://h:1?passphrase=pass-secret-1&mode=listener",
+            "srt://h:0?streamid=sid-secret",
+            "srt://h:1?streamid=sid-secret&latency=x",
+        ] {
+            let e = parse_push_url(bad).unwrap_err();
+            assert!(!e.contains("secret"), "{e}");
+            assert!(e.contains("srt://h:"), "{e}");
+        }
+        let e = parse_push_url("srt://h:1?passphrase=pass-secret-1&mode=listener").unwrap_err();
+        assert_eq!(e, r#""srt://h:1?mode=listener": unsupported option "mode""#);
     }
 }

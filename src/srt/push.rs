@@ -2,9 +2,12 @@
 //! configured destination. The handshake is srt-protocol's sans-IO caller;
 //! once connected, the shared sender core (`sender`) feeds the connection
 //! from the rendition's ring. Every call into srt-protocol is
-//! panic-isolated and inbound packets pass the listener's guard.
+//! panic-isolated and inbound packets pass the listener's guard. The
+//! destination's name is resolved without blocking the runtime, under the
+//! stream's setup deadline. Targets show as `PushTarget`'s `Display`:
+//! never with their streamid or passphrase.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -34,7 +37,9 @@ const FEED_BATCH: usize = usize::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("{0}: cannot resolve or bind: {1}")]
+    #[error("cannot resolve push host {0:?}: {1}")]
+    Resolve(String, String),
+    #[error("{0}: socket error: {1}")]
     Io(String, std::io::Error),
     #[error("{0}: the destination rejected the connection ({1})")]
     Rejected(String, String),
@@ -56,6 +61,7 @@ impl PushError {
     /// Short label for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
+            PushError::Resolve(..) => "push_resolve",
             PushError::Io(..) => "push_io",
             PushError::Rejected(..) => "push_rejected",
             PushError::Settings(..) => "push_settings",
@@ -94,12 +100,17 @@ async fn run(
     peer_idle_timeout: Duration,
     ctx: LegContext,
 ) -> Result<(), PushError> {
-    let name = target.display.clone();
+    let name = target.to_string();
     let ring = match ctx.stream.rendition(&target.rendition) {
         Some(r) => r.ring.clone(),
         None => return Err(PushError::NoRendition(name, target.rendition.clone())),
     };
-    let (sock, remote) = bind(&name, &target).await?;
+    // The stream's setup deadline (or its end) cancels a slow resolver.
+    let remote = tokio::select! {
+        _ = ctx.cancel.cancelled() => return Ok(()),
+        r = resolve(&target) => r?,
+    };
+    let (sock, remote) = bind(&name, remote).await?;
     let latency = target.latency.unwrap_or(default_latency);
     let Some(connection) = handshake(
         &sock,
@@ -131,19 +142,27 @@ async fn run(
     stream(sock, remote, sender, name, ctx.cancel).await
 }
 
-/// Resolve the destination and open a connected UDP socket to it.
-async fn bind(name: &str, target: &PushTarget) -> Result<(UdpSocket, SocketAddr), PushError> {
+/// The destination's address: `getaddrinfo` on tokio's blocking pool,
+/// never on a runtime worker (a slow DNS server would stall every task on
+/// it). An IPv4 address is preferred, as libsrt's own tools do, so that
+/// `localhost` reaches a listener bound to IPv4 only.
+async fn resolve(target: &PushTarget) -> Result<SocketAddr, PushError> {
+    let fail = |why: String| PushError::Resolve(target.host.clone(), why);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| fail("no address".into()))
+}
+
+/// Open a UDP socket connected to the destination.
+async fn bind(name: &str, remote: SocketAddr) -> Result<(UdpSocket, SocketAddr), PushError> {
     let io = |e| PushError::Io(name.to_string(), e);
-    let remote: SocketAddr = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no address",
-            ))
-        })?;
     let bind: SocketAddr = if remote.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -164,7 +183,7 @@ async fn handshake(
     peer_idle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<Connection>, PushError> {
-    let name = &target.display;
+    let name = target.to_string();
     let local_ip = sock
         .local_addr()
         .map(|a| a.ip())

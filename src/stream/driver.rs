@@ -115,7 +115,7 @@ impl Streams {
             },
             &self.root,
         )?;
-        let label = p.path.to_string();
+        let series = &guard.stream().series;
         let group = Group::new(
             GroupParams {
                 published: Instant::now(),
@@ -125,10 +125,10 @@ impl Streams {
                 legs: specs.iter().map(LegSpec::info).collect(),
             },
             GroupMetrics {
-                bytes: counter!(t::INGEST_BYTES_TOTAL, "stream" => label.clone()),
-                frames_video: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "video"),
-                frames_audio: counter!(t::INGEST_FRAMES_TOTAL, "stream" => label.clone(), "track" => "audio"),
-                mux_errors: counter!(t::TS_MUX_ERRORS_TOTAL, "stream" => label),
+                bytes: series.counter(t::INGEST_BYTES_TOTAL, &[]),
+                frames_video: series.counter(t::INGEST_FRAMES_TOTAL, &[("track", "video")]),
+                frames_audio: series.counter(t::INGEST_FRAMES_TOTAL, &[("track", "audio")]),
+                mux_errors: series.counter(t::TS_MUX_ERRORS_TOTAL, &[]),
             },
         );
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
@@ -372,7 +372,10 @@ impl Driver {
             return;
         };
         let media = source.map(|source| {
-            let dropped = counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => self.stream.path.to_string());
+            let dropped = self
+                .stream
+                .series
+                .counter(t::TRANSCODE_INPUT_DROPPED_TOTAL, &[]);
             let (feed, input) = MediaFeed::new(now, source, dropped);
             if self.feeds.len() <= leg.0 {
                 self.feeds.resize_with(leg.0 + 1, || None);
@@ -466,8 +469,18 @@ impl Driver {
         }
         let label = cause.label();
         counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => label).increment(1);
-        info!(%stream, cause = label, "publish ended");
         self.publish_stats(now);
+        // The stream's series end with it: its totals stay in the log.
+        let s = &self.group.stats().stats;
+        info!(
+            stream = %self.stream.path,
+            cause = label,
+            bytes_in = s.bytes_in,
+            frames_video = s.frames_video,
+            frames_audio = s.frames_audio,
+            timestamp_jumps = s.timestamp_jumps,
+            "publish ended"
+        );
         self.feeds.clear();
         self.stream.cancel.cancel();
         self.guard = None;

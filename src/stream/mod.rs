@@ -25,6 +25,7 @@ pub use path::StreamPath;
 pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
 pub use stats::{IngestStats, StatsSnapshot};
 
+use crate::telemetry::StreamSeries;
 use crate::ts::TsChunk;
 
 impl RingItem for TsChunk {
@@ -105,6 +106,8 @@ pub struct Stream {
     metadata: Mutex<Option<Metadata>>,
     /// Fixed when the stream is created; "source" first.
     pub renditions: Vec<Rendition>,
+    /// Its labelled metric series: rendered while it is live, gone with it.
+    pub series: StreamSeries,
 }
 
 /// What the publisher declared in `onMetaData`; used where the bitstream
@@ -309,6 +312,7 @@ impl Registry {
             last_media_ms: AtomicU64::new(0),
             stats: Mutex::new(StatsSnapshot::new(now)),
             metadata: Mutex::new(None),
+            series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))
                 .map(|name| {

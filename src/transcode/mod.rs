@@ -394,7 +394,7 @@ async fn supervise(
     let (stdin_tx, stdin_rx) = mpsc::channel(1);
     let writer_cancel = cancel.child_token();
     let clock = input.offered.clone();
-    let dropped = counter!(t::TRANSCODE_INPUT_DROPPED_TOTAL, "stream" => stream.path.to_string());
+    let dropped = stream.series.counter(t::TRANSCODE_INPUT_DROPPED_TOTAL, &[]);
     let writer = tokio::spawn(write_input(input, stdin_rx, dropped, writer_cancel.clone()));
     let run = Run {
         job: &job,
@@ -575,7 +575,7 @@ impl Run<'_> {
         let mut io = JoinSet::new();
         let label = stream.path.to_string();
         io.spawn(read_stderr(stderr, shared.clone(), label.clone()));
-        io.spawn(read_progress(stdout, label));
+        io.spawn(read_progress(stdout, stream.clone()));
         let first_idr_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (i, out) in outputs.into_iter().enumerate() {
             io.spawn(read_output(
@@ -761,11 +761,12 @@ fn is_probe_notice(line: &str) -> bool {
 }
 
 /// `-progress` key=value blocks into metrics.
-async fn read_progress(out: tokio::process::ChildStdout, stream: String) {
-    let fps = gauge!(t::TRANSCODE_FPS, "stream" => stream.clone());
-    let speed = gauge!(t::TRANSCODE_SPEED, "stream" => stream.clone());
-    let dropped = counter!(t::TRANSCODE_FRAMES_DROPPED_TOTAL, "stream" => stream.clone());
-    let duplicated = counter!(t::TRANSCODE_FRAMES_DUPLICATED_TOTAL, "stream" => stream.clone());
+async fn read_progress(out: tokio::process::ChildStdout, stream: Arc<Stream>) {
+    let series = &stream.series;
+    let fps = series.gauge(t::TRANSCODE_FPS, &[]);
+    let speed = series.gauge(t::TRANSCODE_SPEED, &[]);
+    let dropped = series.counter(t::TRANSCODE_FRAMES_DROPPED_TOTAL, &[]);
+    let duplicated = series.counter(t::TRANSCODE_FRAMES_DUPLICATED_TOTAL, &[]);
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let Some((k, v)) = line.split_once('=') else {
@@ -823,10 +824,12 @@ async fn read_output(mut out: tokio::net::unix::pipe::Receiver, o: Output) {
     let Some(rend) = stream.rendition(&name) else {
         return;
     };
-    let label = stream.path.to_string();
-    let bytes_out = counter!(t::TRANSCODE_OUTPUT_BYTES_TOTAL, "stream" => label.clone(), "rendition" => name.clone());
-    let fps_gauge =
-        gauge!(t::TRANSCODE_RENDITION_FPS, "stream" => label.clone(), "rendition" => name.clone());
+    let bytes_out = stream
+        .series
+        .counter(t::TRANSCODE_OUTPUT_BYTES_TOTAL, &[("rendition", &name)]);
+    let fps_gauge = stream
+        .series
+        .gauge(t::TRANSCODE_RENDITION_FPS, &[("rendition", &name)]);
     let mut repacker = repack::Repacker::new();
     let mut chunks = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

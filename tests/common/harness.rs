@@ -102,6 +102,14 @@ impl Sluice {
         Self::launch(sluice_command(), config_toml, args, ChildGuard::spawn)
     }
 
+    /// Like `start`, with sluice run through `wrapper` (e.g. `unshare` and a
+    /// shell that prepares the namespace, then `exec "$@"`): the sluice
+    /// binary, `--config FILE` and the ephemeral arguments follow its own.
+    pub fn start_wrapped(mut wrapper: Command, config_toml: Option<&str>) -> Sluice {
+        wrapper.arg(sluice_bin()).env_remove("RUST_LOG");
+        Self::launch(wrapper, config_toml, ephemeral_args(), ChildGuard::spawn)
+    }
+
     /// Starts the sluice binary `bin` (the benches' release build) on
     /// ephemeral ports with JSON logs and `config_toml`, in our process
     /// group (see [`ChildGuard::spawn_foreground`]).
