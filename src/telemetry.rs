@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+pub mod limit;
+pub use limit::LogLimiter;
+
 pub const RTMP_CONNECTIONS: &str = "sluice_rtmp_connections";
 pub const RTMP_CONNECTIONS_TOTAL: &str = "sluice_rtmp_connections_total";
 pub const RTMP_PUBLISHES_TOTAL: &str = "sluice_rtmp_publishes_total";
