@@ -145,7 +145,7 @@ impl Family {
 pub const FAMILIES: &[Family] = &[
     Family::new(RTMP_CONNECTIONS, Kind::Gauge, "Open RTMP connections."),
     Family::new(RTMP_CONNECTIONS_TOTAL, Kind::Counter, "RTMP connections accepted."),
-    Family::new(RTMP_CONNECTIONS_REJECTED_TOTAL, Kind::Counter, "RTMP(S) connections refused before the RTMP handshake, by reason (max_connections, max_connections_per_ip, tls_handshake)."),
+    Family::new(RTMP_CONNECTIONS_REJECTED_TOTAL, Kind::Counter, "RTMP(S) connections refused at accept or closed before publishing, by reason (max_connections, max_connections_per_ip, tls_handshake, setup_timeout)."),
     Family::new(RTMPS_CONNECTIONS_TOTAL, Kind::Counter, "RTMPS connections whose TLS handshake completed."),
     Family::new(RTMP_PUBLISHES_TOTAL, Kind::Counter, "RTMP publish attempts, by result (accepted, rejected_busy, rejected_limit, ...)."),
     Family::new(RTMP_PROTOCOL_ERRORS_TOTAL, Kind::Counter, "RTMP connections closed for a protocol error or limit, by reason."),
