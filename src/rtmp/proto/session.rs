@@ -1234,6 +1234,39 @@ mod tests {
         );
     }
 
+    /// The flood seeds of `fuzz/seeds/rtmp_session` (fuzz/make_seeds.py)
+    /// reach the media path, and the one over the message rate is cut.
+    #[test]
+    fn flood_seeds_reach_media_and_the_fastest_is_cut() {
+        let run = |name: &str| -> (usize, Option<&'static str>) {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/rtmp_session")
+                .join(name);
+            let data = std::fs::read(&path).unwrap();
+            let now = Instant::now();
+            let mut s = Session::new(Limits::default(), now, 1);
+            handshake(&mut s, now);
+            let mut media = 0;
+            // Accepting resumes decoding; its events come out of the same queue.
+            let mut r = s.handle_input(now, &data);
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::Connect { .. } => r = r.and(s.accept_connect()),
+                    Event::Publish { .. } => r = r.and(s.accept_publish()),
+                    Event::Media { .. } => media += 1,
+                    _ => {}
+                }
+            }
+            (media, r.err().map(|e| e.reason()))
+        };
+        assert_eq!(run("flood-tiny-video-frozen-timestamps.bin"), (1400, None));
+        assert_eq!(run("flood-tiny-audio-frozen-timestamps.bin"), (4000, None));
+        assert_eq!(run("aggregate-of-1000-empty-tags.bin"), (1000, None));
+        let (media, err) = run("flood-zero-length-video-over-message-rate.bin");
+        assert_eq!(err, Some("message_rate"));
+        assert!(media < 5000, "{media}");
+    }
+
     /// The idle timer does not run while the application decides: the
     /// driver is not reading then.
     #[test]
