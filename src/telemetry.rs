@@ -298,6 +298,18 @@ fn describe() {
 static CLOSED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
 /// A burst was seen and has not been followed by a trim yet.
 static BURST_PENDING: AtomicBool = AtomicBool::new(false);
+/// Bytes of buffered media (stream rings) freed since the last tick.
+static RELEASED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
+
+/// Buffered media freed within one upkeep tick that is worth a trim: a
+/// stream whose ring was full of small chunks (a publisher of tiny frames)
+/// leaves that much in the allocator's free lists.
+const TRIM_AFTER_RELEASED: usize = 16 << 20;
+
+/// Note buffered media freed (a stream's ring dropped).
+pub fn memory_released(bytes: usize) {
+    RELEASED_SINCE_TICK.fetch_add(bytes, Ordering::Relaxed);
+}
 
 /// Closed connections within one upkeep tick (5 s) that make a burst.
 const TRIM_AFTER_CLOSED: usize = 256;
@@ -312,11 +324,14 @@ pub fn connection_closed() {
 /// with at least `TRIM_AFTER_CLOSED` closes; it ends at the first quieter
 /// tick, so a burst spread over several ticks is trimmed once, after its
 /// last connection is gone. Cheap; resets the count.
+/// Also true after a tick in which rings holding at least
+/// `TRIM_AFTER_RELEASED` bytes were freed.
 pub fn burst_closed() -> bool {
     let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
+    let released = RELEASED_SINCE_TICK.swap(0, Ordering::Relaxed);
     let (trim, pending) = burst_step(closed, BURST_PENDING.load(Ordering::Relaxed));
     BURST_PENDING.store(pending, Ordering::Relaxed);
-    trim
+    trim || released >= TRIM_AFTER_RELEASED
 }
 
 /// (trim now, burst still pending) after a tick with `closed` closes.
