@@ -158,7 +158,7 @@ fn flood_case(kind: Flood, path: &str) {
     let (mut p, peak, took, sent) = flood(&server, path, kind, FLOOD_FOR);
     let closed = p.wait_server_close(Duration::from_secs(5));
     println!(
-        "{kind:?} flood: {sent} messages in {took:?}, peak RSS {peak:.1} MiB (baseline {:.1})",
+        "{kind:?} flood: {sent} messages written in {took:?}, peak RSS {peak:.1} MiB (baseline {:.1})",
         base.rss_mib
     );
     assert!(
@@ -484,4 +484,105 @@ fn timestamp_jumps_on_every_frame_log_a_few_lines_not_one_per_frame() {
     server.wait_usage_back(base, "timestamp jumps on every frame");
     server.assert_alive("after the jumps");
     bystander.finish(10.0);
+}
+
+/// Sluice's RSS sampled while `run` goes on for `dur`: (peak, last).
+fn rss_while(server: &Sluice, dur: Duration, mut run: impl FnMut(Duration) -> bool) -> (f64, f64) {
+    let start = Instant::now();
+    let mut peak = 0.0f64;
+    let mut next = start;
+    while start.elapsed() < dur {
+        if !run(dur - start.elapsed()) {
+            break;
+        }
+        if Instant::now() >= next {
+            peak = peak.max(server.usage().rss_mib);
+            next += Duration::from_millis(500);
+        }
+    }
+    let last = server.usage().rss_mib;
+    (peak.max(last), last)
+}
+
+/// The figures the README quotes. For each flood: 60 s of an attacker
+/// that floods as fast as its socket takes it and reconnects each time it
+/// is cut, then 60 s of one that stays just under the default message
+/// rate (4 500 a second, paced). Then the time until a connection sending
+/// a byte every 9 s is closed at the default `server.setup_timeout`.
+#[test]
+#[ignore = "measurement, about 7 minutes: cargo test --test security_ingest -- --ignored --nocapture"]
+fn measure_rss_under_floods_and_the_trickle_close_time() {
+    let _one = serial();
+    let server = Sluice::start(None);
+    let bystander = Bystander::start(&server, BYSTANDER, "", "", 400);
+    std::thread::sleep(Duration::from_secs(2));
+    let base = server.usage();
+    println!("baseline: {base}");
+    let path = "live/flood";
+    for kind in [Flood::TinyVideo, Flood::TinyAudio, Flood::EmptyVideo] {
+        let mut cut = 0u64;
+        let (peak, last) = rss_while(&server, Duration::from_secs(60), |left| {
+            let (mut p, _, _, _) = flood(&server, path, kind, left);
+            if p.wait_server_close(Duration::from_secs(2)).is_some() {
+                cut += 1;
+            }
+            drop(p);
+            server.wait_stream_gone(path, Duration::from_secs(5));
+            true
+        });
+        println!(
+            "{kind:?}, as fast as possible for 60 s: {cut} connections cut, \
+             RSS peak {peak:.1} MiB, last {last:.1} MiB (baseline {:.1})",
+            base.rss_mib
+        );
+        server.wait_usage_back(base, &format!("{kind:?} fastest"));
+
+        // Just under the cap: 450 messages every 100 ms.
+        let (mut p, _, _, _) = flood(&server, path, kind, Duration::ZERO);
+        let (_, payload) = kind.message();
+        let tick: Vec<u8> = (0..450)
+            .flat_map(|_| {
+                basic_header(3, 7)
+                    .into_iter()
+                    .chain(payload.iter().copied())
+            })
+            .collect();
+        let first = kind.wire(p.stream_id(), 0, 450);
+        let mut batch = &first;
+        let start = Instant::now();
+        let mut ticks = 0u32;
+        let (peak, last) = rss_while(&server, Duration::from_secs(60), |_| {
+            let due = start + Duration::from_millis(100) * ticks;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            ticks += 1;
+            let ok = p.send_raw(batch, Duration::from_secs(2)).is_ok();
+            batch = &tick;
+            ok
+        });
+        p.poll_events();
+        println!(
+            "{kind:?}, 4 500/s for {:?}: still publishing: {}, RSS peak {peak:.1} MiB, last {last:.1} MiB (baseline {:.1})",
+            start.elapsed(),
+            p.closed.is_none(),
+            base.rss_mib
+        );
+        p.close();
+        server.wait_stream_gone(path, Duration::from_secs(5));
+        server.wait_usage_back(base, &format!("{kind:?} under the cap"));
+    }
+    bystander.finish(60.0);
+
+    let t0 = Instant::now();
+    let mut sock = handshaken(&server);
+    let mut closed = None;
+    for _ in 0..3 {
+        let _ = sock.write_all(&[3]);
+        if wait_closed(&mut sock, Duration::from_secs(9)).is_ok() {
+            closed = Some(t0.elapsed());
+            break;
+        }
+    }
+    println!("a byte every 9 s, default server.setup_timeout: closed after {closed:?}");
 }
