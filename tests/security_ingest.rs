@@ -316,6 +316,47 @@ fn connections_that_never_publish_are_closed_at_the_setup_deadline() {
     bystander.finish(10.0);
 }
 
+/// The deadline is for connections that are not publishing: one that
+/// published, stopped (FCUnpublish + deleteStream) and stays gets
+/// `server.setup_timeout` again from there, and its next publish is set up
+/// against that, not against the long-past accept.
+#[test]
+fn a_connection_that_republishes_after_the_first_deadline_is_set_up_again() {
+    let _one = serial();
+    let server = Sluice::start(Some(SETUP_3S));
+    let file = flv::read_flv(&fixture_avc_aac(8));
+    let mut p = RtmpPublisher::connect(server.rtmp_addr(), "live", PublishOptions::default())
+        .expect("connect");
+    assert!(p.publish("again").is_accepted());
+    // 4 s of real-time media: the first publish outlives the accept's deadline.
+    let report = p.send_tags(&file.tags[..file.tags.len() / 2]);
+    assert!(report.error.is_none(), "{report:?}");
+    p.unpublish().expect("unpublish");
+    server.wait_stream_gone("live/again", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(p.publish("again").is_accepted(), "{:?}", p.closed);
+    let report = p.send_tags(&file.tags[..file.tags.len() / 4]);
+    assert!(report.error.is_none(), "second publish: {report:?}");
+    server.wait_log_fields(
+        &[("message", "stream ready"), ("stream", "live/again")],
+        Duration::from_secs(5),
+    );
+    let ready = server.log_json_matching(&[("message", "stream ready"), ("stream", "live/again")]);
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    p.unpublish().expect("unpublish");
+    // Then nothing: the connection is closed at the new deadline.
+    let t0 = Instant::now();
+    assert!(
+        p.wait_server_close(Duration::from_secs(8)).is_some(),
+        "a connection idle after its unpublish stayed"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(
+        server.metric(r#"sluice_stream_setup_failures_total{reason="no_keyframe"}"#),
+        None
+    );
+}
+
 /// A publish waiting on a webhook that never answers, while the client
 /// keeps sending as fast as it can: sluice stops reading (TCP pushes back,
 /// so the client can only fill the socket buffers), its memory does not

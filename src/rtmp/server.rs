@@ -225,10 +225,10 @@ struct Conn {
     app: String,
     pending_auth: Option<PendingAuth>,
     publishing: Option<Publishing>,
-    /// TCP accept: the stream setup deadline counts from here.
-    accepted: Instant,
-    /// The connection must be publishing `server.setup_timeout` after
-    /// this: the accept, or the end of its last publish.
+    /// Setup deadlines count from here: the accept, or the end of the
+    /// connection's last publish. Until it publishes, the connection must
+    /// do so within `server.setup_timeout`; its stream group's setup
+    /// deadline counts from the same instant.
     setup_from: Instant,
 }
 
@@ -251,7 +251,6 @@ where
         app: String::new(),
         pending_auth: None,
         publishing: None,
-        accepted,
         setup_from: accepted,
     };
     let close = conn.run(&mut sock).await;
@@ -519,7 +518,7 @@ impl Conn {
             name,
             peer: &peer,
             app,
-            accepted: self.accepted,
+            accepted: self.setup_from,
         });
         match started {
             Ok(group) => {
