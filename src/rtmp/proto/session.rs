@@ -5,7 +5,10 @@
 //! [`Session::accept_publish`], drain [`Session::poll_event`] and send what
 //! [`Session::take_transmit`] returns. When a `Connect` or `Publish` event is
 //! emitted the session stops reading input until the application answers
-//! with accept/reject, so no media is lost or misrouted while it decides.
+//! with accept/reject, so no media is lost or misrouted while it decides;
+//! the driver should stop reading the socket meanwhile (more than
+//! `PAUSED_INPUT_LIMIT`, 128 KiB, are refused). Every decoded message counts
+//! toward [`Limits::max_messages_per_second`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -50,7 +53,7 @@ const MAX_COMMAND_SIZE: usize = 256 * 1024;
 /// 64 KiB at a time) fits. A driver stops reading meanwhile (TCP pushes
 /// back on the peer); input beyond this is refused, so no driver can make
 /// a paused session grow.
-pub const PAUSED_INPUT_LIMIT: usize = 128 * 1024;
+const PAUSED_INPUT_LIMIT: usize = 128 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
