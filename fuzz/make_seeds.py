@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Write the seeds of the ts_demux, srt_streamid, srt_listener targets (and
-the srt_guard seeds of the issue 12 attacks).
+"""Write the seeds of the ts_demux, srt_streamid, srt_listener targets, the
+srt_guard seeds of the issue 12 attacks and the hand-made (attack) seeds of
+rtmp_session.
 
-Usage: make_seeds.py [ts_demux|srt_streamid|srt_listener|srt_guard ...]   (default: all)
+Usage: make_seeds.py [ts_demux|srt_streamid|srt_listener|srt_guard|rtmp_session ...]
+(default: all)
 ts_demux needs ffmpeg (5.1 made the committed files). srt_listener seeds
 here are built by hand from the wire format; capture_srt.py records real
 callers. Output is deterministic except for what ffmpeg embeds.
@@ -272,8 +274,76 @@ def srt_guard():
           hs(5, -1, 7, cookie=0x1234, sid="#!::r=*/cam1,m=request"))
 
 
+
+# ---------------------------------------------------------------- rtmp_session
+# What fuzz_session feeds after its own handshake: a chunk stream. The real
+# encoders' seeds come from capture_rtmp.py; these are the floods of issue
+# 12 (tiny, audio and empty messages with frozen timestamps), built by hand.
+
+def amf_str(v):
+    b = v.encode()
+    return b"\x02" + struct.pack(">H", len(b)) + b
+
+
+def amf_num(n):
+    return b"\x00" + struct.pack(">d", n)
+
+
+def amf_obj(pairs):
+    out = b"\x03"
+    for k, v in pairs:
+        out += struct.pack(">H", len(k)) + k.encode() + v
+    return out + b"\x00\x00\x09"
+
+
+def rtmp_msg(csid, type_id, stream_id, ts, payload, chunk=128):
+    """Type 0 header, then type 3 continuation chunks (csid < 64)."""
+    out = bytes([csid]) + ts.to_bytes(3, "big") + len(payload).to_bytes(3, "big")
+    out += bytes([type_id]) + struct.pack("<I", stream_id)
+    out += payload[:chunk]
+    for i in range(chunk, len(payload), chunk):
+        out += bytes([0xC0 | csid]) + payload[i:i + chunk]
+    return out
+
+
+def rtmp_publish(key):
+    """Set Chunk Size 4096, connect, createStream, publish on stream 1."""
+    cmd = lambda *v: b"".join(v)
+    return (rtmp_msg(2, 1, 0, 0, struct.pack(">I", 4096))
+            + rtmp_msg(3, 20, 0, 0, cmd(amf_str("connect"), amf_num(1),
+                                        amf_obj([("app", amf_str("live"))])), 4096)
+            + rtmp_msg(3, 20, 0, 0, cmd(amf_str("createStream"), amf_num(2), b"\x05"), 4096)
+            + rtmp_msg(8, 20, 1, 0, cmd(amf_str("publish"), amf_num(3), b"\x05",
+                                        amf_str(key), amf_str("live")), 4096))
+
+
+def frozen_flood(type_id, payload, n, ts=40):
+    """n messages on csid 7 at one timestamp: type 0, type 2 (delta 0),
+    then one-byte type 3 headers."""
+    out = rtmp_msg(7, type_id, 1, ts, payload, 4096)
+    out += bytes([0x80 | 7]) + b"\x00\x00\x00" + payload
+    return out + (bytes([0xC0 | 7]) + payload) * (n - 2)
+
+
+def rtmp_session():
+    avc_inter = bytes([0x27, 1, 0, 0, 0, 0, 0, 0, 2, 0x41, 0x9A])
+    head = rtmp_publish("flood")
+    write("rtmp_session", "flood-tiny-video-frozen-timestamps.bin",
+          head + frozen_flood(9, avc_inter, 1400))
+    write("rtmp_session", "flood-tiny-audio-frozen-timestamps.bin",
+          head + frozen_flood(8, bytes([0xAF, 1, 0x21]), 4000))
+    # More than rtmp.max_messages_per_second (5000) at one instant: the
+    # session stops the publish with message_rate.
+    write("rtmp_session", "flood-zero-length-video-over-message-rate.bin",
+          head + frozen_flood(9, b"", 6000))
+    # One aggregate of 1000 empty audio tags (each counts as a message).
+    agg = b"".join(bytes([8]) + b"\x00" * 10 + struct.pack(">I", 11) for _ in range(1000))
+    write("rtmp_session", "aggregate-of-1000-empty-tags.bin",
+          head + rtmp_msg(7, 22, 1, 40, agg, 4096))
+
+
 TARGETS = {"ts_demux": ts_demux, "srt_streamid": srt_streamid, "srt_listener": srt_listener,
-           "srt_guard": srt_guard}
+           "srt_guard": srt_guard, "rtmp_session": rtmp_session}
 
 if __name__ == "__main__":
     for t in sys.argv[1:] or TARGETS:

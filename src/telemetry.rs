@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+pub mod limit;
+pub use limit::LogLimiter;
+
 pub const RTMP_CONNECTIONS: &str = "sluice_rtmp_connections";
 pub const RTMP_CONNECTIONS_TOTAL: &str = "sluice_rtmp_connections_total";
 pub const RTMP_PUBLISHES_TOTAL: &str = "sluice_rtmp_publishes_total";
@@ -147,7 +150,7 @@ impl Family {
 pub const FAMILIES: &[Family] = &[
     Family::new(RTMP_CONNECTIONS, Kind::Gauge, "Open RTMP connections."),
     Family::new(RTMP_CONNECTIONS_TOTAL, Kind::Counter, "RTMP connections accepted."),
-    Family::new(RTMP_CONNECTIONS_REJECTED_TOTAL, Kind::Counter, "RTMP(S) connections refused before the RTMP handshake, by reason (max_connections, max_connections_per_ip, tls_handshake)."),
+    Family::new(RTMP_CONNECTIONS_REJECTED_TOTAL, Kind::Counter, "RTMP(S) connections refused at accept or closed before publishing, by reason (max_connections, max_connections_per_ip, tls_handshake, setup_timeout)."),
     Family::new(RTMPS_CONNECTIONS_TOTAL, Kind::Counter, "RTMPS connections whose TLS handshake completed."),
     Family::new(RTMP_PUBLISHES_TOTAL, Kind::Counter, "RTMP publish attempts, by result (accepted, rejected_busy, rejected_limit, ...)."),
     Family::new(RTMP_PROTOCOL_ERRORS_TOTAL, Kind::Counter, "RTMP connections closed for a protocol error or limit, by reason."),
@@ -478,6 +481,18 @@ impl std::fmt::Display for PromF64 {
 static CLOSED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
 /// A burst was seen and has not been followed by a trim yet.
 static BURST_PENDING: AtomicBool = AtomicBool::new(false);
+/// Bytes of buffered media (stream rings) freed since the last tick.
+static RELEASED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
+
+/// Buffered media freed within one upkeep tick that is worth a trim: a
+/// stream whose ring was full of small chunks (a publisher of tiny frames)
+/// leaves that much in the allocator's free lists.
+const TRIM_AFTER_RELEASED: usize = 16 << 20;
+
+/// Note buffered media freed (a stream's ring dropped).
+pub fn memory_released(bytes: usize) {
+    RELEASED_SINCE_TICK.fetch_add(bytes, Ordering::Relaxed);
+}
 
 /// Closed connections within one upkeep tick (5 s) that make a burst.
 const TRIM_AFTER_CLOSED: usize = 256;
@@ -492,11 +507,14 @@ pub fn connection_closed() {
 /// with at least `TRIM_AFTER_CLOSED` closes; it ends at the first quieter
 /// tick, so a burst spread over several ticks is trimmed once, after its
 /// last connection is gone. Cheap; resets the count.
+/// Also true after a tick in which rings holding at least
+/// `TRIM_AFTER_RELEASED` bytes were freed.
 pub fn burst_closed() -> bool {
     let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
+    let released = RELEASED_SINCE_TICK.swap(0, Ordering::Relaxed);
     let (trim, pending) = burst_step(closed, BURST_PENDING.load(Ordering::Relaxed));
     BURST_PENDING.store(pending, Ordering::Relaxed);
-    trim
+    trim || released >= TRIM_AFTER_RELEASED
 }
 
 /// (trim now, burst still pending) after a tick with `closed` closes.

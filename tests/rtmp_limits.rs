@@ -1,8 +1,8 @@
 //! RTMP-side limits, each through real sockets: `rtmp.max_connections_per_ip`
 //! refuses only the extra connection, `rtmp.max_publishes_per_ip` and
 //! `rtmp.max_streams` refuse only the extra publish (with the limit named),
-//! and `rtmp.max_ingest_bitrate` stops only the publisher above it. Every
-//! refusal is counted.
+//! and `rtmp.max_ingest_bitrate` and `rtmp.max_messages_per_second` stop
+//! only the publisher above them. Every refusal is counted.
 //!
 //! All clients here are 127.0.0.1 unless a test binds another loopback
 //! address (127.0.0.2) as its source, which Linux allows without setup.
@@ -60,7 +60,8 @@ fn background(server: &Sluice, path: &str) -> BackgroundPublish {
 fn connections_per_ip_refuse_only_the_extra_connection() {
     // Idle sockets must outlive the test's steps.
     let server = Sluice::start(Some(
-        "[rtmp]\nmax_connections_per_ip = 4\nhandshake_timeout = \"60s\"\n",
+        "[server]\nsetup_timeout = \"60s\"\n\
+         [rtmp]\nmax_connections_per_ip = 4\nhandshake_timeout = \"60s\"\n",
     ));
     let fixture = fixture_avc_aac(60);
     let mut ff = publish_fixture(
@@ -238,6 +239,65 @@ fn a_publisher_above_the_ingest_bitrate_cap_is_stopped_and_others_are_not() {
     assert!(server.stream("live/low").is_some());
     assert_eq!(
         server.metric(r#"sluice_stream_teardowns_total{cause="bitrate_limit"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_publisher_over_the_message_rate_is_stopped_and_a_real_time_one_is_not() {
+    // The fixture in real time is ~80 messages a second (30 fps video,
+    // ~47 AAC frames, metadata); as fast as the socket takes it, hundreds.
+    let server = Sluice::start(Some("[rtmp]\nmax_messages_per_second = 200\n"));
+    let tags = Arc::new(flv::read_flv(&fixture_avc_aac(8)).tags);
+    let steady = BackgroundPublish::spawn(
+        server.rtmp_addr(),
+        "live/steady",
+        tags.clone(),
+        PublishOptions::default(),
+    );
+    server.wait_for_stream("live/steady", |_| true, Duration::from_secs(10));
+
+    let mut fast = RtmpPublisher::connect(
+        server.rtmp_addr(),
+        "live",
+        PublishOptions {
+            realtime: false,
+            ..PublishOptions::default()
+        },
+    )
+    .expect("rtmp connect");
+    assert!(fast.publish("fast").is_accepted());
+    let report = fast.send_tags(&tags);
+    fast.wait_server_close(Duration::from_secs(5));
+    fast.poll_events();
+    let failed = fast
+        .statuses
+        .iter()
+        .find(|s| s.code == "NetStream.Publish.Failed")
+        .unwrap_or_else(|| {
+            panic!(
+                "no NetStream.Publish.Failed: {report:?} {:?}",
+                fast.statuses
+            )
+        });
+    assert!(
+        failed
+            .description
+            .contains("rtmp.max_messages_per_second is 200"),
+        "{failed:?}"
+    );
+    server.wait_stream_gone("live/fast", Duration::from_secs(3));
+    server.wait_metric(
+        r#"sluice_stream_teardowns_total{cause="message_rate"}"#,
+        |v| v == Some(1.0),
+        Duration::from_secs(5),
+    );
+
+    let report = steady.wait_report(Duration::from_secs(20));
+    assert!(report.error.is_none(), "{report:?}");
+    assert!(server.stream("live/steady").is_some());
+    assert_eq!(
+        server.metric(r#"sluice_rtmp_protocol_errors_total{reason="message_rate"}"#),
         Some(1.0)
     );
 }

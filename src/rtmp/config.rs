@@ -52,6 +52,17 @@ pub struct RtmpConfig {
         deserialize_with = "config::bitrate_kbps"
     )]
     pub max_ingest_kbps: u32,
+    /// RTMP messages (audio, video, data, commands, control, each
+    /// sub-message of an aggregate) one connection may send per second;
+    /// more close it with `NetStream.Publish.Failed` naming this key.
+    /// Real encoders stay far below: one video track at 60 fps and AAC at
+    /// 48 kHz send ~110 a second; Enhanced RTMP multitrack with 4 video
+    /// tracks at 120 fps, 8 audio tracks (~47 frames/s each) and metadata
+    /// stays under 1 000. The default, 5 000, leaves 5× that for bursts
+    /// (an encoder catching up after a stall); a flood of tiny or empty
+    /// messages, which the bitrate cap barely sees, is cut at once.
+    #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
+    pub max_messages_per_second: u32,
 }
 
 impl Default for RtmpConfig {
@@ -73,6 +84,7 @@ impl Default for RtmpConfig {
             max_publishes_per_ip: 8,
             max_streams: 1000,
             max_ingest_kbps: 100_000,
+            max_messages_per_second: limits.max_messages_per_second,
         }
     }
 }
@@ -88,6 +100,7 @@ impl RtmpConfig {
             idle_timeout: self.idle_timeout,
             chunk_size: self.chunk_size,
             window_ack_size: self.window_ack_size,
+            max_messages_per_second: self.max_messages_per_second,
         }
     }
 
@@ -139,6 +152,9 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_millis(500));
         assert_eq!(c.limits().handshake_timeout, Duration::from_millis(500));
         assert_eq!(c.max_ingest_kbps, 8000);
+        assert_eq!(c.max_messages_per_second, 5000);
+        let c = rtmp("max_messages_per_second = 800").unwrap();
+        assert_eq!(c.limits().max_messages_per_second, 800);
     }
 
     #[test]
@@ -155,5 +171,9 @@ mod tests {
         assert!(err("max_connections = \"many\"").contains("`rtmp.max_connections`"));
         assert!(err("window_ack_size = 4294967296").contains("`rtmp.window_ack_size`"));
         assert!(err("max_ingest_bitrate = 5").contains("`rtmp.max_ingest_bitrate`"));
+        assert_eq!(
+            err("max_messages_per_second = 0"),
+            "config key `rtmp.max_messages_per_second`: 0 is out of range; allowed 1..=1000000"
+        );
     }
 }

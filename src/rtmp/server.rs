@@ -3,6 +3,12 @@
 //! `proto::Session`, and a publish's media into its stream group. The
 //! protocol lives in `proto`, publish decisions in `publish`, the stream's
 //! lifecycle in `stream`; this loop reads, writes and waits.
+//!
+//! Every connection is under `server.setup_timeout` from its TCP accept
+//! until it publishes (then the stream group's deadline, counted from the
+//! same accept, takes over): one that never publishes is closed whatever
+//! it sends. While a publish waits for its webhook the socket is not read,
+//! so TCP pushes back on the client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,11 +34,14 @@ use crate::stream::config::{AppConfig, Apps};
 use crate::stream::driver::{GroupHandle, Publish, Stopped, Streams};
 use crate::stream::group::Input;
 use crate::stream::{Metadata, StreamPath};
-use crate::telemetry as t;
+use crate::telemetry::{self as t, LogLimiter};
 
 /// What every connection task shares.
 pub struct Context {
     pub rtmp: RtmpConfig,
+    /// `server.setup_timeout`: a connection not publishing this long after
+    /// its accept is closed.
+    pub setup_timeout: Duration,
     pub apps: Arc<Apps>,
     pub streams: Arc<Streams>,
     /// The server's root token: cancelled at the end of a drain.
@@ -158,6 +167,8 @@ enum Close {
     PeerClosed,
     Rejected,
     Shutdown,
+    /// Not publishing within `server.setup_timeout` of the accept.
+    SetupTimeout(Duration),
     /// The stream group ended the publish (its teardown cause).
     Stopped(&'static str),
     Io(std::io::Error),
@@ -170,6 +181,7 @@ impl Close {
             Close::PeerClosed => "peer_closed",
             Close::Rejected => "rejected",
             Close::Shutdown => "shutdown",
+            Close::SetupTimeout(_) => "setup_timeout",
             Close::Stopped(cause) => cause,
             Close::Io(_) => "io_error",
             Close::Proto(e) => e.reason(),
@@ -184,14 +196,25 @@ struct Publishing {
     flv: FlvIngest,
     tag_errors: Counter,
     jumps: Counter,
+    /// A publisher can jump its timestamps on every frame: one warning per
+    /// interval, counting the rest.
+    jump_log: LogLimiter,
 }
 
-/// A publish waiting for the webhook's answer (the session stays paused).
+/// A publish waiting for the webhook's answer (the session stays paused
+/// and the socket unread).
 struct PendingAuth {
     path: StreamPath,
     app: AppConfig,
     name: String,
     answer: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Drop for PendingAuth {
+    /// A connection that ends first abandons the webhook call.
+    fn drop(&mut self) {
+        self.answer.abort();
+    }
 }
 
 struct Conn {
@@ -202,8 +225,11 @@ struct Conn {
     app: String,
     pending_auth: Option<PendingAuth>,
     publishing: Option<Publishing>,
-    /// TCP accept: the stream setup deadline counts from here.
-    accepted: Instant,
+    /// Setup deadlines count from here: the accept, or the end of the
+    /// connection's last publish. Until it publishes, the connection must
+    /// do so within `server.setup_timeout`; its stream group's setup
+    /// deadline counts from the same instant.
+    setup_from: Instant,
 }
 
 /// Write `out` and flush it (TLS holds records until flushed).
@@ -225,7 +251,7 @@ where
         app: String::new(),
         pending_auth: None,
         publishing: None,
-        accepted,
+        setup_from: accepted,
     };
     let close = conn.run(&mut sock).await;
     // Best effort: the last words (a rejection, a status) may still be queued.
@@ -238,6 +264,15 @@ where
         Close::Proto(e) => {
             counter!(t::RTMP_PROTOCOL_ERRORS_TOTAL, "reason" => reason).increment(1);
             warn!(reason, error = %e, "rtmp connection closed");
+        }
+        Close::SetupTimeout(timeout) => {
+            counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => reason).increment(1);
+            warn!(
+                reason,
+                ?timeout,
+                why = "not publishing within server.setup_timeout of connecting",
+                "rtmp connection closed"
+            );
         }
         Close::Io(e) => info!(reason, error = %e, "rtmp connection closed"),
         _ => info!(reason, "rtmp connection closed"),
@@ -260,11 +295,16 @@ impl Conn {
         // connections then hold 4 KiB each, a publisher grows to 64 KiB.
         let mut buf = vec![0u8; READ_BUF_START];
         let shutdown = self.ctx.shutdown.clone();
+        let setup_timeout = self.ctx.setup_timeout;
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
             let publishing = self.publishing.is_some();
+            let setup_deadline = tokio::time::Instant::from_std(self.setup_from + setup_timeout);
+            // While the webhook decides, nothing is read: the session holds
+            // only what came with the publish, TCP pushes back on the rest.
+            let reading = self.pending_auth.is_none();
             tokio::select! {
-                r = sock.read(&mut buf) => match r {
+                r = sock.read(&mut buf), if reading => match r {
                     Ok(0) => return Close::PeerClosed,
                     Ok(n) => {
                         if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
@@ -281,6 +321,21 @@ impl Conn {
                         return Close::Proto(e);
                     }
                 }
+                // Once publishing, the stream group's own setup deadline
+                // (from the same accept) takes over.
+                _ = tokio::time::sleep_until(setup_deadline), if !publishing => {
+                    if let Some(pending) = self.pending_auth.take() {
+                        let why = format!(
+                            "not publishing within {setup_timeout:?} of connecting \
+                             (server.setup_timeout): the publish webhook did not answer"
+                        );
+                        warn!(stream = %pending.path, why, "publish refused");
+                        counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_setup_timeout")
+                            .increment(1);
+                        self.session.reject_publish("NetStream.Publish.Failed", &why);
+                    }
+                    return Close::SetupTimeout(setup_timeout);
+                }
                 stopped = group_stopped(&mut self.publishing) => {
                     self.publishing = None;
                     self.session.stop_publish(publish::status_code(stopped.kind), &stopped.description);
@@ -293,7 +348,7 @@ impl Conn {
                     if let Some(pending) = self.pending_auth.take() {
                         match answer {
                             Ok(()) => {
-                                if let Err(e) = self.start_publish(pending.path, &pending.name, &pending.app) {
+                                if let Err(e) = self.start_publish(pending.path.clone(), &pending.name, &pending.app) {
                                     return Close::Proto(e);
                                 }
                             }
@@ -354,6 +409,8 @@ impl Conn {
                     if let Some(p) = self.publishing.take() {
                         info!(stream = %p.group.stream().path, "publisher unpublished");
                         p.group.end("unpublished").await;
+                        // A connection that stays must publish again in time.
+                        self.setup_from = Instant::now();
                     }
                     None
                 }
@@ -461,7 +518,7 @@ impl Conn {
             name,
             peer: &peer,
             app,
-            accepted: self.accepted,
+            accepted: self.setup_from,
         });
         match started {
             Ok(group) => {
@@ -474,6 +531,7 @@ impl Conn {
                     flv: FlvIngest::new(self.ctx.rtmp.max_timestamp_jump),
                     tag_errors: stream.series.counter(t::INGEST_TAG_ERRORS_TOTAL, &[]),
                     jumps: stream.series.counter(t::TIMESTAMP_JUMPS_TOTAL, &[]),
+                    jump_log: LogLimiter::per_interval(),
                 });
                 // Media the publisher sent right after `publish` is read
                 // now; a protocol error in it closes the connection.
@@ -521,9 +579,12 @@ impl Conn {
         };
         if let Some(j) = jump {
             p.jumps.increment(1);
-            warn!(track = ?j.track, jump_ms = j.jump_ms,
-                limit_ms = self.ctx.rtmp.max_timestamp_jump.as_millis() as u64,
-                "timestamp jumped; timeline re-based");
+            if let Some(suppressed) = p.jump_log.check(now) {
+                warn!(track = ?j.track, jump_ms = j.jump_ms,
+                    limit_ms = self.ctx.rtmp.max_timestamp_jump.as_millis() as u64,
+                    suppressed,
+                    "timestamp jumped; timeline re-based");
+            }
         }
         Some(Input::Media {
             at: now,

@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     ));
     let ctx = Arc::new(Context {
         rtmp: config.rtmp.clone(),
+        setup_timeout: config.server.setup_timeout,
         apps: Arc::new(config.apps.clone()),
         streams: streams.clone(),
         shutdown: root.clone(),

@@ -437,7 +437,7 @@ impl Group {
             }
         }
         let Some(ev) = event else { return };
-        self.stats.observe(&ev);
+        self.stats.observe(at, &ev);
         let muxed = match &ev {
             MediaEvent::Frame(f) => {
                 match f.track {

@@ -28,9 +28,15 @@ pub use stats::{IngestStats, StatsSnapshot};
 use crate::telemetry::StreamSeries;
 use crate::ts::TsChunk;
 
+/// What a chunk in a ring costs besides its bytes: its slot in the
+/// ring's deque (~64 bytes) and the allocation and reference count behind
+/// its `Bytes` (~64). Counted so that a ring of tiny chunks (a publisher
+/// of tiny frames) stays within the ring's memory bound too.
+const RING_ITEM_OVERHEAD: usize = 128;
+
 impl RingItem for TsChunk {
     fn size(&self) -> usize {
-        self.data.len()
+        self.data.len() + RING_ITEM_OVERHEAD
     }
     fn is_keyframe(&self) -> bool {
         self.keyframe
@@ -401,6 +407,33 @@ mod tests {
 
     fn path(k: &str) -> StreamPath {
         StreamPath::from_rtmp("live", k).unwrap()
+    }
+
+    /// A publisher of tiny frames (one TS packet each, never a new
+    /// keyframe) fills the ring with small chunks; what each costs besides
+    /// its 188 bytes (its deque slot, the allocation and reference count
+    /// behind its `Bytes`, ~130 bytes) counts toward the ring's bound.
+    #[test]
+    fn a_ring_of_tiny_chunks_is_bounded_by_what_they_really_hold() {
+        let ring: Arc<Ring<TsChunk>> = Ring::new(RingConfig::default());
+        let chunk = |keyframe| TsChunk {
+            data: bytes::Bytes::from(vec![0x47; 188]),
+            keyframe,
+            dts_90k: 0,
+            origin: None,
+        };
+        ring.push(chunk(true));
+        for _ in 0..300_000 {
+            ring.push(chunk(false));
+        }
+        let st = ring.stats();
+        let held = st.items * (188 + 128);
+        assert!(
+            held <= RingConfig::default().max_bytes,
+            "{} chunks of 188 bytes hold ~{} MiB",
+            st.items,
+            held >> 20
+        );
     }
 
     fn policy(takeover: bool) -> ClaimPolicy {

@@ -66,6 +66,15 @@ pub struct Ring<T> {
     notify: Option<Arc<Notify>>,
 }
 
+impl<T> Drop for Ring<T> {
+    /// A full ring of small chunks leaves its memory in the allocator's
+    /// free lists; the upkeep gives it back (see `telemetry::trim`).
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        crate::telemetry::memory_released(st.bytes);
+    }
+}
+
 /// Result of one read.
 #[derive(Debug, PartialEq)]
 pub enum Read {

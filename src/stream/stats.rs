@@ -1,7 +1,10 @@
 //! What a stream's ingest looks like, measured on protocol-free media
 //! events: codecs and their parameters, frame and byte counts, fps over the
 //! last seconds of decode timestamps and bitrate over the last seconds of
-//! arrival. Sans-IO: arrival instants are passed in.
+//! arrival. Sans-IO: arrival instants are passed in. Its memory is fixed
+//! whatever the publisher sends: the bitrate is summed per slot of arrival
+//! time, and the fps window is pruned by arrival time as well as by decode
+//! time (frames whose timestamps do not advance) and capped.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -11,6 +14,18 @@ use crate::media::{AudioParams, Codec, CodecConfig, MediaEvent, Track, VideoPara
 /// Window over which fps and bitrate are measured.
 const WINDOW: Duration = Duration::from_secs(3);
 const WINDOW_MS: u64 = 3000;
+/// Arrivals are summed per slot of this length: the bitrate window holds
+/// `WINDOW / SLOT` numbers however many messages arrive.
+const SLOT_MS: u64 = 100;
+const WINDOW_SLOTS: u64 = WINDOW_MS / SLOT_MS;
+/// Most decode timestamps kept for the fps: 3 s of a 240 fps track fit
+/// with room to spare; a flood keeps only its newest.
+const MAX_FPS_SAMPLES: usize = 1024;
+/// What one message is charged at least for the bitrate (and so for
+/// `rtmp.max_ingest_bitrate`): an empty or tiny message still costs an
+/// event, a frame and, once muxed, a TS packet; counted as its size it
+/// would make a flood of them free.
+pub const MIN_MESSAGE_BYTES: u64 = 64;
 
 /// Counters and parameters of a stream's ingest (what the API shows).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,20 +45,32 @@ pub struct IngestStats {
 #[derive(Debug, Default)]
 pub struct MediaStats {
     pub stats: IngestStats,
-    video_dts: VecDeque<u64>,
-    arrivals: VecDeque<(Instant, u64)>,
+    /// Decode timestamps of the last video frames, with their arrival.
+    video_dts: VecDeque<(u64, Instant)>,
+    /// Bytes charged per arrival slot (`SLOT_MS` slots counted from
+    /// `origin`), oldest first; at most `WINDOW_SLOTS + 1`.
+    arrivals: VecDeque<(u64, u64)>,
+    origin: Option<Instant>,
     window_bytes: u64,
 }
 
 impl MediaStats {
-    /// `bytes` arrived at `at` (counted even when nothing decodable came of
-    /// them: they are what the publisher sent).
+    /// A message of `bytes` arrived at `at` (counted even when nothing
+    /// decodable came of it: it is what the publisher sent). The bitrate
+    /// charges it at least [`MIN_MESSAGE_BYTES`].
     pub fn arrived(&mut self, at: Instant, bytes: u64) {
         self.stats.bytes_in += bytes;
-        self.arrivals.push_back((at, bytes));
-        self.window_bytes += bytes;
-        while let Some(&(t, n)) = self.arrivals.front() {
-            if at.saturating_duration_since(t) <= WINDOW {
+        let charged = bytes.max(MIN_MESSAGE_BYTES);
+        let origin = *self.origin.get_or_insert(at);
+        let slot = at.saturating_duration_since(origin).as_millis() as u64 / SLOT_MS;
+        match self.arrivals.back_mut() {
+            // An instant older than the newest slot counts in it.
+            Some((last, n)) if *last >= slot => *n += charged,
+            _ => self.arrivals.push_back((slot, charged)),
+        }
+        self.window_bytes += charged;
+        while let Some(&(first, n)) = self.arrivals.front() {
+            if slot.saturating_sub(first) <= WINDOW_SLOTS {
                 break;
             }
             self.arrivals.pop_front();
@@ -51,8 +78,8 @@ impl MediaStats {
         }
     }
 
-    /// Count one media event.
-    pub fn observe(&mut self, ev: &MediaEvent) {
+    /// Count one media event that arrived at `at`.
+    pub fn observe(&mut self, at: Instant, ev: &MediaEvent) {
         let s = &mut self.stats;
         match ev {
             MediaEvent::Config(CodecConfig::Video { codec, params, .. }) => {
@@ -74,9 +101,15 @@ impl MediaStats {
                     s.keyframes += 1;
                 }
                 let dts = f.dts;
-                self.video_dts.push_back(dts);
-                while let Some(&first) = self.video_dts.front() {
-                    if dts.saturating_sub(first) <= WINDOW_MS && first <= dts {
+                self.video_dts.push_back((dts, at));
+                // Decode time alone would keep every frame of a publisher
+                // whose timestamps stand still: arrival time prunes too.
+                while let Some(&(first, first_at)) = self.video_dts.front() {
+                    if dts.saturating_sub(first) <= WINDOW_MS
+                        && first <= dts
+                        && at.saturating_duration_since(first_at) <= WINDOW
+                        && self.video_dts.len() <= MAX_FPS_SAMPLES
+                    {
                         break;
                     }
                     self.video_dts.pop_front();
@@ -92,7 +125,7 @@ impl MediaStats {
 
     /// Video frames per second over the last seconds of decode timestamps.
     pub fn fps(&self) -> Option<f64> {
-        let (first, last) = (*self.video_dts.front()?, *self.video_dts.back()?);
+        let (first, last) = (self.video_dts.front()?.0, self.video_dts.back()?.0);
         let span = last.checked_sub(first)?;
         if span == 0 || self.video_dts.len() < 2 {
             return None;
@@ -102,9 +135,10 @@ impl MediaStats {
 
     /// Ingest bitrate in bits per second over the last seconds of arrival.
     pub fn bitrate_bps(&self, now: Instant) -> u64 {
-        let Some(&(oldest, _)) = self.arrivals.front() else {
+        let (Some(&(slot, _)), Some(origin)) = (self.arrivals.front(), self.origin) else {
             return 0;
         };
+        let oldest = origin + Duration::from_millis(slot * SLOT_MS);
         let age = now.saturating_duration_since(oldest);
         if age > WINDOW + Duration::from_secs(1) {
             // Nothing arrived recently.
@@ -174,8 +208,10 @@ mod tests {
     #[test]
     fn fps_is_measured_from_decode_timestamps() {
         let mut s = MediaStats::default();
+        let t0 = Instant::now();
         for i in 0..120u64 {
-            s.observe(&video(0xFFFF_FF00 + i * 40, i % 50 == 0)); // 25 fps
+            let at = t0 + Duration::from_millis(i * 40);
+            s.observe(at, &video(0xFFFF_FF00 + i * 40, i % 50 == 0)); // 25 fps
         }
         let fps = s.fps().unwrap();
         assert!((fps - 25.0).abs() < 0.01, "{fps}");
@@ -183,20 +219,53 @@ mod tests {
         assert_eq!(s.stats.keyframes, 3);
     }
 
+    /// A flood of frames whose timestamps do not advance, arriving far
+    /// faster than any encoder sends: the windows stay small.
+    #[test]
+    fn frozen_timestamps_and_floods_keep_the_windows_bounded() {
+        let mut s = MediaStats::default();
+        let t0 = Instant::now();
+        for i in 0..200_000u64 {
+            let at = t0 + Duration::from_micros(i * 10); // 100 000 per second
+            s.arrived(at, 0);
+            s.observe(at, &video(5000, false));
+        }
+        assert!(s.video_dts.len() <= 1024, "{}", s.video_dts.len());
+        assert!(s.arrivals.len() <= 64, "{}", s.arrivals.len());
+        assert_eq!(s.fps(), None);
+        // Empty messages count toward the bitrate: 100 000/s at 64 bytes.
+        let bps = s.bitrate_bps(t0 + Duration::from_secs(2));
+        assert!(bps >= 100_000 * MIN_MESSAGE_BYTES * 8 * 9 / 10, "{bps}");
+        assert_eq!(s.stats.bytes_in, 0);
+    }
+
+    /// A burst of frames (a publisher catching up) is measured on its
+    /// decode timestamps, not on how fast it came.
+    #[test]
+    fn a_burst_keeps_the_media_fps() {
+        let mut s = MediaStats::default();
+        let t0 = Instant::now();
+        for i in 0..180u64 {
+            s.observe(t0, &video(i * 1000 / 30, i % 60 == 0));
+        }
+        let fps = s.fps().unwrap();
+        assert!((fps - 30.0).abs() < 0.5, "{fps}");
+    }
+
     #[test]
     fn bitrate_covers_the_recent_window() {
         let mut s = MediaStats::default();
         let t0 = Instant::now();
         for i in 0..30u64 {
-            s.arrived(t0 + Duration::from_millis(100 * i), 10);
+            s.arrived(t0 + Duration::from_millis(100 * i), 100);
         }
         let bps = s.bitrate_bps(t0 + Duration::from_millis(2900));
-        // 10 bytes every 100 ms = 800 bit/s
-        assert!((700..=900).contains(&bps), "{bps}");
+        // 100 bytes every 100 ms = 8000 bit/s
+        assert!((7000..=9000).contains(&bps), "{bps}");
         assert_eq!(s.bitrate_bps(t0 + Duration::from_secs(60)), 0);
         let snap = s.snapshot(t0 + Duration::from_millis(2900));
         assert_eq!(snap.bitrate_at(t0 + Duration::from_secs(3)), bps);
         assert_eq!(snap.bitrate_at(t0 + Duration::from_secs(60)), 0);
-        assert_eq!(snap.stats.bytes_in, 300);
+        assert_eq!(snap.stats.bytes_in, 3000);
     }
 }

@@ -715,9 +715,20 @@ async fn write_input(
     }
 }
 
+/// FFmpeg's stderr lines one FFmpeg may put in our log per
+/// [`t::limit::REPEATED_WARNING_INTERVAL`]; the next one that gets out
+/// says how many were held back.
+const STDERR_LOG_BURST: u32 = 5;
+
 /// FFmpeg's stderr (`-loglevel repeat+level+warning`: "[level] message")
-/// into our log at the matching level.
-async fn read_stderr(err: tokio::process::ChildStderr, shared: Arc<Shared>, stream: String) {
+/// into our log at the matching level, a few lines per interval: a broken
+/// input makes FFmpeg complain about every frame, and `repeat` prints
+/// every repetition. The tail kept for failure reasons sees every line.
+async fn read_stderr<R>(err: R, shared: Arc<Shared>, stream: String)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut limiter = t::LogLimiter::new(t::limit::REPEATED_WARNING_INTERVAL, STDERR_LOG_BURST);
     let mut lines = BufReader::new(err).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let line = line.trim().to_string();
@@ -735,12 +746,14 @@ async fn read_stderr(err: tokio::process::ChildStderr, shared: Arc<Shared>, stre
         }
         let is_error =
             line.contains("[error]") || line.contains("[fatal]") || line.contains("[panic]");
-        if is_error {
-            error!(stream, ffmpeg = %line, "ffmpeg");
-        } else if line.contains("[warning]") {
-            warn!(stream, ffmpeg = %line, "ffmpeg");
-        } else {
-            info!(stream, ffmpeg = %line, "ffmpeg");
+        if let Some(suppressed) = limiter.check(Instant::now()) {
+            if is_error {
+                error!(stream, ffmpeg = %line, suppressed, "ffmpeg");
+            } else if line.contains("[warning]") {
+                warn!(stream, ffmpeg = %line, suppressed, "ffmpeg");
+            } else {
+                info!(stream, ffmpeg = %line, suppressed, "ffmpeg");
+            }
         }
         let mut tail = shared.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == STDERR_TAIL {
@@ -1106,5 +1119,60 @@ mod tests {
         assert!(resolve(EncoderMode::Nvenc, true, &probe, &[VideoCodec::H264]).is_ok());
         let sw = resolve(EncoderMode::Software, true, &probe, &[VideoCodec::H264]).unwrap();
         assert_eq!(sw.h264.encoder, "x264");
+    }
+
+    /// What a test subscriber wrote, as JSON lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// FFmpeg runs with `-loglevel repeat+…`: a broken input makes it print
+    /// the same warning for every frame. Our log gets a few of them per
+    /// interval, the last-lines tail (for failure reasons) keeps them all.
+    #[tokio::test]
+    async fn a_warning_on_every_frame_reaches_the_log_a_few_times() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let text: String = (0..1000)
+            .map(|i| format!("[h264 @ 0x5581] [warning] error while decoding MB {i} 7\n"))
+            .collect();
+        let shared = Arc::new(Shared {
+            stderr_tail: Mutex::new(VecDeque::new()),
+            nvenc_refused: Default::default(),
+            last_output: Vec::new(),
+            clock: Arc::new(Offered::new(Instant::now())),
+        });
+        read_stderr(text.as_bytes(), shared.clone(), "live/cam1".into()).await;
+        let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logged.lines().collect();
+        assert!(
+            !lines.is_empty() && lines.len() <= 12,
+            "{} log lines for 1000 FFmpeg warnings",
+            lines.len()
+        );
+        assert!(
+            lines[0].contains("error while decoding MB 0 7"),
+            "{}",
+            lines[0]
+        );
+        let tail = shared.stderr_tail.lock().unwrap();
+        assert_eq!(
+            tail.back().map(String::as_str),
+            Some("[h264 @ 0x5581] [warning] error while decoding MB 999 7")
+        );
     }
 }

@@ -907,6 +907,15 @@ impl RtmpPublisher {
     /// releaseStream, FCPublish, createStream, publish; waits for the
     /// publish `onStatus`.
     pub fn publish(&mut self, key: &str) -> PublishOutcome {
+        if let Err(closed) = self.request_publish(key) {
+            return closed;
+        }
+        self.wait_publish_status()
+    }
+
+    /// releaseStream, FCPublish, createStream (waits for its stream id),
+    /// then sends `publish` without waiting for the answer.
+    pub fn request_publish(&mut self, key: &str) -> Result<(), PublishOutcome> {
         self.key = key.to_string();
         let sent = (|| -> io::Result<()> {
             self.command(
@@ -918,34 +927,39 @@ impl RtmpPublisher {
             self.command(3, 0, &[s("createStream"), Amf::Number(4.0), Amf::Null])
         })();
         if let Err(e) = sent {
-            return PublishOutcome::Closed(format!("write failed: {e}"));
+            return Err(PublishOutcome::Closed(format!("write failed: {e}")));
         }
         match self.wait_reply(4.0) {
             Ok((true, args)) => match args.iter().find_map(Amf::as_f64) {
                 Some(id) => self.stream_id = id as u32,
                 None => {
-                    return PublishOutcome::Closed(format!(
+                    return Err(PublishOutcome::Closed(format!(
                         "createStream _result without a stream id: {args:?}"
-                    ))
+                    )))
                 }
             },
             Ok((false, args)) => {
-                return PublishOutcome::Refused(status_of(&args).unwrap_or(Status {
-                    level: "error".into(),
-                    code: "createStream._error".into(),
-                    description: format!("{args:?}"),
-                }))
+                return Err(PublishOutcome::Refused(status_of(&args).unwrap_or(
+                    Status {
+                        level: "error".into(),
+                        code: "createStream._error".into(),
+                        description: format!("{args:?}"),
+                    },
+                )))
             }
-            Err(e) => return PublishOutcome::Closed(e),
+            Err(e) => return Err(PublishOutcome::Closed(e)),
         }
         let sid = self.stream_id;
-        if let Err(e) = self.command(
+        self.command(
             8,
             sid,
             &[s("publish"), Amf::Number(5.0), Amf::Null, s(key), s("live")],
-        ) {
-            return PublishOutcome::Closed(format!("write failed: {e}"));
-        }
+        )
+        .map_err(|e| PublishOutcome::Closed(format!("write failed: {e}")))
+    }
+
+    /// Waits for the `onStatus` answering `publish`.
+    pub fn wait_publish_status(&mut self) -> PublishOutcome {
         let deadline = Instant::now() + self.opts.reply_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -979,6 +993,14 @@ impl RtmpPublisher {
                 _ => {}
             }
         }
+    }
+
+    /// Writes `bytes` as they are (hand-made chunks), with `timeout` per
+    /// write: a server that stops reading makes it fail with `TimedOut` or
+    /// `WouldBlock`.
+    pub fn send_raw(&mut self, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.stream.write_all(bytes)
     }
 
     /// Handles whatever the server sent meanwhile, without blocking.

@@ -5,7 +5,10 @@
 //! [`Session::accept_publish`], drain [`Session::poll_event`] and send what
 //! [`Session::take_transmit`] returns. When a `Connect` or `Publish` event is
 //! emitted the session stops reading input until the application answers
-//! with accept/reject, so no media is lost or misrouted while it decides.
+//! with accept/reject, so no media is lost or misrouted while it decides;
+//! the driver should stop reading the socket meanwhile (more than
+//! `PAUSED_INPUT_LIMIT`, 128 KiB, are refused). Every decoded message counts
+//! toward [`Limits::max_messages_per_second`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,6 +48,12 @@ const MAX_STREAMS: u32 = 8;
 /// Command and data messages are small; decoded AMF takes several times
 /// the wire size in memory, so cap them well below `max_message_size`.
 const MAX_COMMAND_SIZE: usize = 256 * 1024;
+/// Input held while the application decides a `connect` or `publish`:
+/// the rest of the read that carried the command (drivers read at most
+/// 64 KiB at a time) fits. A driver stops reading meanwhile (TCP pushes
+/// back on the peer); input beyond this is refused, so no driver can make
+/// a paused session grow.
+const PAUSED_INPUT_LIMIT: usize = 128 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -57,6 +66,10 @@ pub struct Limits {
     pub chunk_size: u32,
     /// Window acknowledgement size we announce (and use until the peer sets one).
     pub window_ack_size: u32,
+    /// Messages (each sub-message of an aggregate too) the peer may send
+    /// in one second; more close the connection (`message_rate`). Real
+    /// encoders stay far below: see `rtmp.max_messages_per_second`.
+    pub max_messages_per_second: u32,
 }
 
 impl Default for Limits {
@@ -69,6 +82,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(10),
             chunk_size: 4096,
             window_ack_size: 2_500_000,
+            max_messages_per_second: 5000,
         }
     }
 }
@@ -128,6 +142,12 @@ pub enum ProtoError {
         "command/data message of {len} bytes exceeds the {MAX_COMMAND_SIZE}-byte limit, at {at}"
     )]
     CommandTooLarge { len: usize, at: Box<ChunkContext> },
+    #[error("more than {limit} messages in one second (rtmp.max_messages_per_second)")]
+    MessageRate { limit: u32 },
+    #[error(
+        "{len} bytes of input while a {what} was being decided; at most {PAUSED_INPUT_LIMIT} are held until the answer"
+    )]
+    InputWhilePaused { what: &'static str, len: usize },
 }
 
 impl ProtoError {
@@ -150,6 +170,8 @@ impl ProtoError {
             ProtoError::Amf { .. } => "amf_invalid",
             ProtoError::Violation { .. } => "protocol_violation",
             ProtoError::CommandTooLarge { .. } => "message_too_large",
+            ProtoError::MessageRate { .. } => "message_rate",
+            ProtoError::InputWhilePaused { .. } => "input_overflow",
         }
     }
 
@@ -163,7 +185,9 @@ impl ProtoError {
             | ProtoError::CommandTooLarge { at, .. } => Some(at),
             ProtoError::Handshake(_)
             | ProtoError::HandshakeTimeout(_)
-            | ProtoError::IdleTimeout(_) => None,
+            | ProtoError::IdleTimeout(_)
+            | ProtoError::MessageRate { .. }
+            | ProtoError::InputWhilePaused { .. } => None,
         }
     }
 }
@@ -188,6 +212,12 @@ pub struct Session {
     events: VecDeque<Event>,
     started: Instant,
     last_input: Instant,
+    /// The latest time given (input or timeout).
+    now: Instant,
+    /// Start of the current one-second window of the message rate limit,
+    /// and the messages counted in it.
+    rate_window: Instant,
+    rate_count: u32,
     bytes_in: u64,
     last_ack: u64,
     ack_window: u32,
@@ -219,6 +249,9 @@ impl Session {
             events: VecDeque::new(),
             started: now,
             last_input: now,
+            now,
+            rate_window: now,
+            rate_count: 0,
             bytes_in: 0,
             last_ack: 0,
             ack_window,
@@ -235,6 +268,17 @@ impl Session {
     /// Feed bytes received from the peer.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<(), ProtoError> {
         self.last_input = now;
+        self.now = now;
+        if self.pending != Pending::None && self.inbuf.len() + data.len() > PAUSED_INPUT_LIMIT {
+            let what = match self.pending {
+                Pending::Connect { .. } => "connect",
+                _ => "publish",
+            };
+            return Err(ProtoError::InputWhilePaused {
+                what,
+                len: self.inbuf.len() + data.len(),
+            });
+        }
         self.bytes_in += data.len() as u64;
         if let Some(hs) = self.handshake.as_mut() {
             let mut rng = self.rng;
@@ -262,10 +306,15 @@ impl Session {
 
     /// Call when [`Session::poll_timeout`] has passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ProtoError> {
+        self.now = now;
         if self.handshake.is_some() {
             if now >= self.started + self.limits.handshake_timeout {
                 return Err(ProtoError::HandshakeTimeout(self.limits.handshake_timeout));
             }
+        } else if self.pending != Pending::None {
+            // The driver is not reading while the application decides:
+            // silence is ours, not the peer's. The idle timer restarts.
+            self.last_input = now;
         } else if now >= self.last_input + self.limits.idle_timeout {
             return Err(ProtoError::IdleTimeout(self.limits.idle_timeout));
         }
@@ -421,9 +470,35 @@ impl Session {
             let Some(msg) = self.decoder.decode(&mut self.inbuf)? else {
                 break;
             };
+            self.count_message()?;
             self.on_message(msg)?;
         }
         Ok(())
+    }
+
+    /// `rtmp.max_messages_per_second`, over one-second windows. Every
+    /// message counts, whatever its type or size: each costs a decode and
+    /// an event, and tiny ones cost the most per byte. A publisher over it
+    /// is told which limit stopped it.
+    fn count_message(&mut self) -> Result<(), ProtoError> {
+        if self.now.saturating_duration_since(self.rate_window) >= Duration::from_secs(1) {
+            self.rate_window = self.now;
+            self.rate_count = 0;
+        }
+        self.rate_count += 1;
+        let limit = self.limits.max_messages_per_second;
+        if self.rate_count <= limit {
+            return Ok(());
+        }
+        if let Some(stream_id) = self.publishing.take() {
+            let description = format!(
+                "publish stopped: more than {limit} RTMP messages in one second \
+                 (rtmp.max_messages_per_second is {limit})"
+            );
+            self.send_status_error(stream_id, "NetStream.Publish.Failed", &description);
+        }
+        self.closing = true;
+        Err(ProtoError::MessageRate { limit })
     }
 
     fn maybe_ack(&mut self) {
@@ -523,6 +598,7 @@ impl Session {
             }
             let base = *first_ts.get_or_insert(ts);
             let timestamp = msg.timestamp.wrapping_add(ts.wrapping_sub(base));
+            self.count_message()?;
             if matches!(tag_type, AUDIO | VIDEO) && self.publishing == Some(msg.stream_id) {
                 self.events.push_back(Event::Media {
                     video: tag_type == VIDEO,
@@ -1056,6 +1132,157 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// connect accepted, publish asked and not answered yet.
+    fn pending_publish(now: Instant) -> (Session, Client) {
+        let mut s = Session::new(Limits::default(), now, 1);
+        let mut c = Client::new();
+        handshake(&mut s, now);
+        let input = minimal_publish(&mut c);
+        s.handle_input(now, &input).unwrap();
+        assert!(matches!(events(&mut s)[..], [Event::Connect { .. }]));
+        s.accept_connect().unwrap();
+        assert!(matches!(events(&mut s)[..], [Event::Publish { .. }]));
+        (s, c)
+    }
+
+    /// While the application decides a publish, the session reads nothing
+    /// and holds what arrives only up to a small cap: past it, the input
+    /// is refused (the driver should have stopped reading).
+    #[test]
+    fn input_while_a_publish_is_pending_is_capped() {
+        let now = Instant::now();
+        let (mut s, mut c) = pending_publish(now);
+        let mut media = BytesMut::new();
+        c.enc
+            .write(&mut media, 6, 0, VIDEO, 1, &vec![0x27; 60 * 1024]);
+        let mut fed = 0;
+        let err = loop {
+            match s.handle_input(now, &media) {
+                Ok(()) => fed += media.len(),
+                Err(e) => break e,
+            }
+            assert!(fed < 1 << 20, "{fed} bytes buffered while paused");
+        };
+        assert_eq!(err.reason(), "input_overflow");
+        assert!(fed <= PAUSED_INPUT_LIMIT, "{fed}");
+        assert!(
+            err.to_string()
+                .contains("while a publish was being decided"),
+            "{err}"
+        );
+    }
+
+    /// `max_messages_per_second` counts every message in one-second
+    /// windows: a steady rate under it passes, a burst over it closes the
+    /// connection with a status naming the limit. Aggregate sub-messages
+    /// count one by one.
+    #[test]
+    fn messages_over_the_rate_limit_stop_the_publish_naming_the_limit() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_messages_per_second: 100,
+            ..Limits::default()
+        };
+        let mut s = Session::new(limits.clone(), t0, 7);
+        let mut c = Client::new();
+        handshake(&mut s, t0);
+        s.handle_input(t0, &minimal_publish(&mut c)).unwrap();
+        s.accept_connect().unwrap();
+        s.accept_publish().unwrap();
+        events(&mut s);
+        c.read(&mut s);
+        // 90 per second for 5 s: fine.
+        for sec in 0..5u64 {
+            let now = t0 + Duration::from_secs(1 + sec);
+            let mut input = BytesMut::new();
+            for i in 0..90u32 {
+                c.enc.write(&mut input, 6, i, VIDEO, 1, &[]);
+            }
+            s.handle_input(now, &input).unwrap();
+            assert_eq!(events(&mut s).len(), 90);
+        }
+        // An aggregate of 60 tags and 50 more messages in the same second.
+        let now = t0 + Duration::from_secs(10);
+        let mut agg = BytesMut::new();
+        for _ in 0..60 {
+            agg.put_u8(AUDIO);
+            agg.put_uint(1, 3);
+            agg.put_uint(0, 4);
+            agg.put_uint(0, 3);
+            agg.put_u8(0xAF);
+            agg.put_u32(12);
+        }
+        let mut input = BytesMut::new();
+        c.enc.write(&mut input, 6, 0, AGGREGATE, 1, &agg);
+        s.handle_input(now, &input).unwrap();
+        let mut input = BytesMut::new();
+        for _ in 0..50 {
+            c.enc.write(&mut input, 4, 0, AUDIO, 1, &[0xAF, 1]);
+        }
+        let e = s.handle_input(now, &input).unwrap_err();
+        assert_eq!(e.reason(), "message_rate");
+        assert_eq!(
+            e.to_string(),
+            "more than 100 messages in one second (rtmp.max_messages_per_second)"
+        );
+        assert!(s.is_closing());
+        let status = c.read(&mut s).pop().unwrap();
+        assert_eq!(code_of(&status.1), Some("NetStream.Publish.Failed"));
+        let text = status.1[3].get("description").and_then(Amf0Value::as_str);
+        assert!(
+            text.is_some_and(|t| t.contains("rtmp.max_messages_per_second")),
+            "{text:?}"
+        );
+    }
+
+    /// The flood seeds of `fuzz/seeds/rtmp_session` (fuzz/make_seeds.py)
+    /// reach the media path, and the one over the message rate is cut.
+    #[test]
+    fn flood_seeds_reach_media_and_the_fastest_is_cut() {
+        let run = |name: &str| -> (usize, Option<&'static str>) {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/rtmp_session")
+                .join(name);
+            let data = std::fs::read(&path).unwrap();
+            let now = Instant::now();
+            let mut s = Session::new(Limits::default(), now, 1);
+            handshake(&mut s, now);
+            let mut media = 0;
+            // Accepting resumes decoding; its events come out of the same queue.
+            let mut r = s.handle_input(now, &data);
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::Connect { .. } => r = r.and(s.accept_connect()),
+                    Event::Publish { .. } => r = r.and(s.accept_publish()),
+                    Event::Media { .. } => media += 1,
+                    _ => {}
+                }
+            }
+            (media, r.err().map(|e| e.reason()))
+        };
+        assert_eq!(run("flood-tiny-video-frozen-timestamps.bin"), (1400, None));
+        assert_eq!(run("flood-tiny-audio-frozen-timestamps.bin"), (4000, None));
+        assert_eq!(run("aggregate-of-1000-empty-tags.bin"), (1000, None));
+        let (media, err) = run("flood-zero-length-video-over-message-rate.bin");
+        assert_eq!(err, Some("message_rate"));
+        assert!(media < 5000, "{media}");
+    }
+
+    /// The idle timer does not run while the application decides: the
+    /// driver is not reading then.
+    #[test]
+    fn the_idle_timer_waits_while_a_publish_is_decided() {
+        let t0 = Instant::now();
+        let (mut s, _) = pending_publish(t0);
+        let idle = Limits::default().idle_timeout;
+        let late = t0 + idle * 3;
+        assert!(s.handle_timeout(late).is_ok());
+        assert!(s.poll_timeout() > late, "the timer must move on, not spin");
+        s.accept_publish().unwrap();
+        let e = s.handle_timeout(late + idle).unwrap_err();
+        assert_eq!(e.reason(), "idle_timeout");
     }
 
     #[test]
