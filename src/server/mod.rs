@@ -104,6 +104,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let bound = bind(&config, tls).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
     srt.set_read_auth(srt_listener::ReadRules::from_apps(&config.apps)?);
+    // Handlers first: a supervisor may signal as soon as it reads `listening`.
+    let signals = Signals::install();
     log_listening(&bound);
 
     let streams = Arc::new(Streams::new(
@@ -146,7 +148,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     spawn_upkeep(metrics, registry.clone(), root.clone());
     ready.store(true, Ordering::SeqCst);
 
-    let signal = wait_for_signal().await;
+    let signal = signals.wait().await;
     info!(signal, drain_timeout = ?config.server.drain_timeout, "draining");
     registry.start_draining();
     // Running streams finish on their own until the drain timeout; this
@@ -280,18 +282,32 @@ fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// The first of them to arrive.
+    async fn wait(self) -> &'static str {
+        match (self.term, self.int) {
+            (Some(mut term), Some(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
         }
     }
 }
