@@ -472,7 +472,7 @@ impl Group {
     /// `rtmp.max_ingest_bitrate`, 10 % above the cap: encoders overshoot
     /// briefly at keyframes.
     fn over_bitrate(&mut self, now: Instant) -> bool {
-        let bps = self.stats.bitrate_bps(now);
+        let bps = self.stats.charged_bitrate_bps(now);
         let cap = u64::from(self.p.max_ingest_kbps) * 1000;
         if bps <= cap + cap / 10 {
             return false;

@@ -47,34 +47,59 @@ pub struct MediaStats {
     pub stats: IngestStats,
     /// Decode timestamps of the last video frames, with their arrival.
     video_dts: VecDeque<(u64, Instant)>,
-    /// Bytes charged per arrival slot (`SLOT_MS` slots counted from
-    /// `origin`), oldest first; at most `WINDOW_SLOTS + 1`.
-    arrivals: VecDeque<(u64, u64)>,
+    /// Per arrival slot (`SLOT_MS` slots counted from `origin`), oldest
+    /// first, at most `WINDOW_SLOTS + 1`: the slot, then the bytes that
+    /// arrived in it and the bytes charged for them.
+    arrivals: VecDeque<(u64, Window)>,
     origin: Option<Instant>,
-    window_bytes: u64,
+    /// Sums over `arrivals`.
+    window: Window,
+}
+
+/// Bytes over a stretch of arrival time: as sent (what the API shows) and
+/// as charged (what `rtmp.max_ingest_bitrate` judges).
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    sent: u64,
+    charged: u64,
+}
+
+impl Window {
+    fn add(&mut self, o: Window) {
+        self.sent += o.sent;
+        self.charged += o.charged;
+    }
+
+    fn sub(&mut self, o: Window) {
+        self.sent -= o.sent;
+        self.charged -= o.charged;
+    }
 }
 
 impl MediaStats {
     /// A message of `bytes` arrived at `at` (counted even when nothing
     /// decodable came of it: it is what the publisher sent). The bitrate
-    /// charges it at least [`MIN_MESSAGE_BYTES`].
+    /// cap charges it at least [`MIN_MESSAGE_BYTES`].
     pub fn arrived(&mut self, at: Instant, bytes: u64) {
         self.stats.bytes_in += bytes;
-        let charged = bytes.max(MIN_MESSAGE_BYTES);
+        let add = Window {
+            sent: bytes,
+            charged: bytes.max(MIN_MESSAGE_BYTES),
+        };
         let origin = *self.origin.get_or_insert(at);
         let slot = at.saturating_duration_since(origin).as_millis() as u64 / SLOT_MS;
         match self.arrivals.back_mut() {
             // An instant older than the newest slot counts in it.
-            Some((last, n)) if *last >= slot => *n += charged,
-            _ => self.arrivals.push_back((slot, charged)),
+            Some((last, w)) if *last >= slot => w.add(add),
+            _ => self.arrivals.push_back((slot, add)),
         }
-        self.window_bytes += charged;
-        while let Some(&(first, n)) = self.arrivals.front() {
+        self.window.add(add);
+        while let Some(&(first, w)) = self.arrivals.front() {
             if slot.saturating_sub(first) <= WINDOW_SLOTS {
                 break;
             }
             self.arrivals.pop_front();
-            self.window_bytes -= n;
+            self.window.sub(w);
         }
     }
 
@@ -133,8 +158,19 @@ impl MediaStats {
         Some((self.video_dts.len() - 1) as f64 * 1000.0 / span as f64)
     }
 
-    /// Ingest bitrate in bits per second over the last seconds of arrival.
+    /// Ingest bitrate in bits per second over the last seconds of arrival,
+    /// as sent (what the API shows).
     pub fn bitrate_bps(&self, now: Instant) -> u64 {
+        self.rate(now, self.window.sent)
+    }
+
+    /// The bitrate `rtmp.max_ingest_bitrate` judges: every message counted
+    /// at least [`MIN_MESSAGE_BYTES`].
+    pub fn charged_bitrate_bps(&self, now: Instant) -> u64 {
+        self.rate(now, self.window.charged)
+    }
+
+    fn rate(&self, now: Instant, bytes: u64) -> u64 {
         let (Some(&(slot, _)), Some(origin)) = (self.arrivals.front(), self.origin) else {
             return 0;
         };
@@ -145,7 +181,7 @@ impl MediaStats {
             return 0;
         }
         let span = age.max(Duration::from_secs(1));
-        (self.window_bytes as f64 * 8.0 / span.as_secs_f64()) as u64
+        (bytes as f64 * 8.0 / span.as_secs_f64()) as u64
     }
 
     /// A copy of what the API shows, taken at `now`.
@@ -233,9 +269,11 @@ mod tests {
         assert!(s.video_dts.len() <= 1024, "{}", s.video_dts.len());
         assert!(s.arrivals.len() <= 64, "{}", s.arrivals.len());
         assert_eq!(s.fps(), None);
-        // Empty messages count toward the bitrate: 100 000/s at 64 bytes.
-        let bps = s.bitrate_bps(t0 + Duration::from_secs(2));
+        // Empty messages count toward the cap: 100 000/s at 64 bytes; the
+        // bitrate shown is what was sent.
+        let bps = s.charged_bitrate_bps(t0 + Duration::from_secs(2));
         assert!(bps >= 100_000 * MIN_MESSAGE_BYTES * 8 * 9 / 10, "{bps}");
+        assert_eq!(s.bitrate_bps(t0 + Duration::from_secs(2)), 0);
         assert_eq!(s.stats.bytes_in, 0);
     }
 
