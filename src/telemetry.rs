@@ -489,6 +489,12 @@ static RELEASED_SINCE_TICK: AtomicUsize = AtomicUsize::new(0);
 /// leaves that much in the allocator's free lists.
 const TRIM_AFTER_RELEASED: usize = 16 << 20;
 
+/// Upkeep ticks (5 s) at least between two trims for freed rings: churn
+/// of a few large streams must not make every tick walk the arenas.
+const RELEASED_TRIM_EVERY_TICKS: usize = 12;
+/// Ticks since the last trim for freed rings (saturating).
+static TICKS_SINCE_RELEASED_TRIM: AtomicUsize = AtomicUsize::new(RELEASED_TRIM_EVERY_TICKS);
+
 /// Note buffered media freed (a stream's ring dropped).
 pub fn memory_released(bytes: usize) {
     RELEASED_SINCE_TICK.fetch_add(bytes, Ordering::Relaxed);
@@ -507,14 +513,31 @@ pub fn connection_closed() {
 /// with at least `TRIM_AFTER_CLOSED` closes; it ends at the first quieter
 /// tick, so a burst spread over several ticks is trimmed once, after its
 /// last connection is gone. Cheap; resets the count.
-/// Also true after a tick in which rings holding at least
-/// `TRIM_AFTER_RELEASED` bytes were freed.
+/// Also true once rings holding at least `TRIM_AFTER_RELEASED` bytes
+/// were freed, at most once a minute (what was freed in between waits).
 pub fn burst_closed() -> bool {
     let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
-    let released = RELEASED_SINCE_TICK.swap(0, Ordering::Relaxed);
     let (trim, pending) = burst_step(closed, BURST_PENDING.load(Ordering::Relaxed));
     BURST_PENDING.store(pending, Ordering::Relaxed);
-    trim || released >= TRIM_AFTER_RELEASED
+    let ticks = TICKS_SINCE_RELEASED_TRIM.load(Ordering::Relaxed);
+    let released = RELEASED_SINCE_TICK.load(Ordering::Relaxed);
+    let (released_trim, ticks) = released_step(released, ticks);
+    if released_trim {
+        RELEASED_SINCE_TICK.fetch_sub(released, Ordering::Relaxed);
+    }
+    TICKS_SINCE_RELEASED_TRIM.store(ticks, Ordering::Relaxed);
+    trim || released_trim
+}
+
+/// (trim now, ticks since the last such trim) after a tick with
+/// `released` bytes freed since the last trim for freed rings.
+fn released_step(released: usize, ticks: usize) -> (bool, usize) {
+    let ticks = ticks.saturating_add(1);
+    if released >= TRIM_AFTER_RELEASED && ticks >= RELEASED_TRIM_EVERY_TICKS {
+        (true, 0)
+    } else {
+        (false, ticks)
+    }
 }
 
 /// (trim now, burst still pending) after a tick with `closed` closes.
@@ -685,6 +708,23 @@ mod tests {
             "use the stream's StreamSeries instead:\n{}",
             found.join("\n")
         );
+    }
+
+    #[test]
+    fn freed_rings_trim_at_most_once_a_minute() {
+        let big = TRIM_AFTER_RELEASED;
+        // The first large release trims at once.
+        assert_eq!(released_step(big, RELEASED_TRIM_EVERY_TICKS), (true, 0));
+        // More within the minute waits, then trims.
+        let mut ticks = 0;
+        for _ in 1..RELEASED_TRIM_EVERY_TICKS {
+            let (trim, t) = released_step(big, ticks);
+            assert!(!trim);
+            ticks = t;
+        }
+        assert_eq!(released_step(big, ticks), (true, 0));
+        // Little freed: never.
+        assert!(!released_step(big - 1, usize::MAX).0);
     }
 
     #[test]
