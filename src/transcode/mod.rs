@@ -728,7 +728,10 @@ async fn read_stderr<R>(err: R, shared: Arc<Shared>, stream: String)
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    // Errors have their own budget: a flood of warnings must not hide the
+    // line that says why FFmpeg is about to stop.
     let mut limiter = t::LogLimiter::new(t::limit::REPEATED_WARNING_INTERVAL, STDERR_LOG_BURST);
+    let mut errors = t::LogLimiter::new(t::limit::REPEATED_WARNING_INTERVAL, STDERR_LOG_BURST);
     let mut lines = BufReader::new(err).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let line = line.trim().to_string();
@@ -746,7 +749,8 @@ where
         }
         let is_error =
             line.contains("[error]") || line.contains("[fatal]") || line.contains("[panic]");
-        if let Some(suppressed) = limiter.check(Instant::now()) {
+        let budget = if is_error { &mut errors } else { &mut limiter };
+        if let Some(suppressed) = budget.check(Instant::now()) {
             if is_error {
                 error!(stream, ffmpeg = %line, suppressed, "ffmpeg");
             } else if line.contains("[warning]") {
@@ -1147,9 +1151,11 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let text: String = (0..1000)
+        let mut text: String = (0..1000)
             .map(|i| format!("[h264 @ 0x5581] [warning] error while decoding MB {i} 7\n"))
             .collect();
+        // The error after the flood has its own budget: it is logged.
+        text.push_str("[libx264 @ 0x55] [error] final error after the flood\n");
         let shared = Arc::new(Shared {
             stderr_tail: Mutex::new(VecDeque::new()),
             nvenc_refused: Default::default(),
@@ -1169,9 +1175,15 @@ mod tests {
             "{}",
             lines[0]
         );
+        assert!(
+            lines.last().unwrap().contains("final error after the flood")
+                && lines.last().unwrap().contains("ERROR"),
+            "{}",
+            lines.last().unwrap()
+        );
         let tail = shared.stderr_tail.lock().unwrap();
         assert_eq!(
-            tail.back().map(String::as_str),
+            tail.iter().rev().nth(1).map(String::as_str),
             Some("[h264 @ 0x5581] [warning] error while decoding MB 999 7")
         );
     }
