@@ -379,6 +379,84 @@ fn streamid_tokens_never_reach_the_log_in_any_encoding() {
     finish(bystander, watched);
 }
 
+/// Every string in a JSON log value, however deep.
+fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn caller_controlled_names_never_put_control_characters_in_the_log() {
+    let mut server = Sluice::start(Some(
+        "[apps.live]\n[apps.club.read_tokens]\nalice = \"alice-token-1\"\n",
+    ));
+    let dir = TempDir::new("sid-control");
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let watched = Instant::now();
+    let _club = publish(&server, "club/cam2", "", 40);
+    let srt = server.srt_addr();
+    let base = server.usage();
+    // A user name that, printed raw in the text log format, would end the
+    // line and forge another (CR, LF, ESC, NEL, U+2028, NUL, DEL).
+    for (sid, want) in [
+        (
+            "#!::r=club/cam2,u=mallory%0A2027-01-01T00:00:00Z  INFO sluice: srt player connected FORGED,s=x",
+            "rejected 1403",
+        ),
+        (
+            "%23%21%3A%3Ar%3Dclub%2Fcam2%2Cu%3Dm%0D%1B%5B2KFORGED%C2%85%E2%80%A8%00%7F%2Cs%3Dx",
+            "rejected 1403",
+        ),
+    ] {
+        assert_eq!(libsrt_outcome(&dir, srt, sid), want, "{sid}");
+    }
+    // And raw bytes, not percent-encoded, from a raw caller.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let id = 0x0C0F_FEE0;
+    let cookie = induce(&sock, srt, id);
+    let raw = "#!::r=club/cam2,u=m\n\r\x1b[31mFORGED\x07\t,s=x";
+    let conclusion = handshake(5, 5, 1500, -1, id, cookie, &[hsreq(), sid_ext(raw)]);
+    assert_eq!(conclude(&sock, srt, &conclusion), 2403);
+    drop(sock);
+
+    let rejected = server.wait_metric(
+        r#"sluice_auth_rejects_total{action="read",reason="unknown_user"}"#,
+        |v| v >= Some(3.0),
+        Duration::from_secs(5),
+    );
+    assert!(rejected <= Some(6.0), "{rejected:?}");
+    let mut reasons = 0;
+    for line in server.log_lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let mut texts = Vec::new();
+        strings(&v, &mut texts);
+        for t in &texts {
+            assert!(
+                !t.chars()
+                    .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')),
+                "a log field holds a control character: {t:?} in {line}"
+            );
+        }
+        reasons += usize::from(
+            log_field(&v, "reason")
+                .and_then(|r| r.as_str())
+                .is_some_and(|r| r.starts_with("unknown user")),
+        );
+    }
+    assert!(reasons >= 3, "the rejections were not logged");
+    server.wait_usage_back(base, "control characters in the streamid");
+    server.assert_alive("after control characters in the streamid");
+    finish(bystander, watched);
+}
+
 /// The read webhook of `club`: the viewer's token at once; everyone else
 /// is refused, 3 s late (after sluice's 2 s timeout).
 fn slow_for_strangers(v: &serde_json::Value) -> (u16, Duration) {

@@ -1124,12 +1124,12 @@ fn check_token(
         Some(_) => Err((
             code::FORBIDDEN,
             "wrong_token",
-            format!("wrong token for user {user}"),
+            format!("wrong token for user {}", streamid::shown(user)),
         )),
         None => Err((
             code::FORBIDDEN,
             "unknown_user",
-            format!("unknown user {user}"),
+            format!("unknown user {}", streamid::shown(user)),
         )),
     }
 }
