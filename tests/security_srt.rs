@@ -133,10 +133,13 @@ fn unknown_applications_are_refused_once_any_is_configured() {
         |v| v == Some(spellings.len() as f64),
         Duration::from_secs(5),
     );
-    assert_eq!(
-        server.metric(r#"sluice_auth_rejects_total{action="read",reason="unknown_app"}"#),
-        Some(2.0)
+    // Two callers; a resent Conclusion crossing a refusal may add one each.
+    let refused = server.wait_metric(
+        r#"sluice_auth_rejects_total{action="read",reason="unknown_app"}"#,
+        |v| v >= Some(2.0),
+        Duration::from_secs(5),
     );
+    assert!(refused <= Some(4.0), "{refused:?}");
     // The configured application still works as configured.
     match publish_outcome(&server, "live", "cam1") {
         PublishOutcome::Refused(st) => assert!(st.description.contains("missing publish key")),
@@ -299,11 +302,14 @@ fn a_read_webhook_answer_is_never_reused_for_another_stream() {
             >= 2,
         "the webhook was not asked for club/secret"
     );
-    assert_eq!(
-        server
-            .metric_or_zero(r#"sluice_auth_rejects_total{action="read",reason="webhook_denied"}"#),
-        2.0
+    // Two refusals (libsrt's caller, the raw one); a resent Conclusion
+    // crossing a refusal may add one each.
+    let denied = server.wait_metric(
+        r#"sluice_auth_rejects_total{action="read",reason="webhook_denied"}"#,
+        |v| v >= Some(2.0),
+        Duration::from_secs(5),
     );
+    assert!(denied <= Some(4.0), "{denied:?}");
     drop(sock);
     server.wait_usage_back(base, "socket id reuse");
     finish(bystander, watched);
@@ -366,8 +372,10 @@ fn streamid_tokens_never_reach_the_log_in_any_encoding() {
         assert!(!log.contains(s), "{s} is in the log");
     }
     // The rejections are still logged, with the secrets masked.
+    // Six refused callers; a resent Conclusion crossing a refusal is
+    // refused (and logged) again.
     let rejected = server.log_json_matching(&[("message", "srt caller rejected")]);
-    assert_eq!(rejected.len(), 6, "{rejected:?}");
+    assert!((6..=12).contains(&rejected.len()), "{rejected:?}");
     assert!(
         rejected
             .iter()
