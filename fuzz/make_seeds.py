@@ -113,6 +113,10 @@ def srt_streamid():
         "secret-in-resource.bin": "#!::r=club/cam2?s=TOKEN,u=alice",
         "secret-tab-in-user.bin": "#!::r=club/cam2,u=al%09ice,s=TOKEN",
         "default-app-name.bin": "#!::r=*/cam1,m=request",
+        # A user name that would forge a log line if printed raw.
+        "control-chars-in-user.bin":
+            "#!::r=club/cam2,u=m%0A2027-01-01T00:00:00Z  INFO forged%0D%1B%5B2K%C2%85%E2%80%A8%00%7F,s=x",
+        "control-chars-raw-in-user.bin": "#!::r=club/cam2,u=m\n\r\x1b[31mforged\x07,s=x",
     }
     for name, s in forms.items():
         write("srt_streamid", name, s.encode())

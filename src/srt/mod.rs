@@ -1,10 +1,11 @@
 //! SRT egress: the `[srt]` section and push targets (`config`), streamid
 //! access control (`streamid`), a guard that pre-validates every datagram
-//! (`guard`), the sender core that feeds a connection from a ring
-//! (`sender`), the pull listener serving players from one UDP socket
-//! (`listener`) and push legs to destinations (`push`). See
-//! docs/srt-sans-io.md.
+//! (`guard`), per-address handshake and webhook budgets (`admission`), the
+//! sender core that feeds a connection from a ring (`sender`), the pull
+//! listener serving players from one UDP socket (`listener`) and push legs
+//! to destinations (`push`). See docs/srt-sans-io.md.
 
+mod admission;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -165,6 +165,17 @@ fn printable(s: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'=' | b'%'))
 }
 
+/// One caller-sent value (a user name, say) as a log or report may print
+/// it: itself when [`redact`] would show it, else [`MASK`]. Never a raw
+/// control character or line break, whatever the encoding it came in.
+pub fn shown(value: &str) -> &str {
+    if printable(value) {
+        value
+    } else {
+        MASK
+    }
+}
+
 /// A streamid for logs and reports, never its raw bytes: rebuilt from the
 /// parsed fields as `#!::r=APP/KEY[/RENDITION],m=MODE,k=v,...` with every
 /// value other than `u`, `h` and `t` replaced by `***`, whatever encoding
@@ -292,6 +303,12 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
 fn check_redacted(sid: &str) {
     let shown = redact(sid);
     assert!(shown.len() <= 3 * MAX_LEN, "{} bytes", shown.len());
+    // Nothing a log line could be forged with.
+    let clean = |t: &str| t.chars().all(|c| c == ' ' || c.is_ascii_graphic());
+    assert!(clean(&shown), "{shown:?}");
+    if let Ok(req) = parse(sid) {
+        assert!(req.params.values().all(|v| clean(self::shown(v))));
+    }
     if shown.starts_with('<') {
         assert!(!shown.contains('='), "{shown:?}");
         return;
@@ -436,6 +453,22 @@ mod tests {
             parse(&"a".repeat(513)),
             Err(StreamIdError::TooLong(513))
         ));
+    }
+
+    #[test]
+    fn a_value_is_shown_only_when_printable() {
+        assert_eq!(shown("alice"), "alice");
+        for v in [
+            "a\nb",
+            "a\rb",
+            "\u{1b}[2K",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a b",
+            "a,b",
+        ] {
+            assert_eq!(shown(v), MASK, "{v:?}");
+        }
     }
 
     #[test]
