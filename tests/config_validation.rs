@@ -7,7 +7,10 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::rtmp_client::{basic_header, handshake, ChunkWriter, MSG_SET_CHUNK_SIZE, MSG_VIDEO};
+use common::rtmp_client::{
+    basic_header, connect_and_publish, handshake, ChunkWriter, PublishOptions, MSG_SET_CHUNK_SIZE,
+    MSG_VIDEO,
+};
 use common::*;
 
 /// Runs sluice with `config` (if any) and `args`; it must exit non-zero
@@ -137,6 +140,28 @@ fn bad_takeover_value_is_rejected_and_named() {
         PORT_FLAGS,
         &["takeover"],
     );
+}
+
+/// `server.setup_timeout` is 1 s to 1 h: `0s` would close every
+/// connection before it could publish, and a value past `Instant`'s range
+/// would panic every connection task. Both bounds serve and publish.
+#[test]
+fn setup_timeout_out_of_range_is_rejected_and_named() {
+    for bad in ["0s", "999ms", "61m", "18446744073709551615s"] {
+        let stderr = expect_startup_error(
+            Some(&format!("[server]\nsetup_timeout = \"{bad}\"\n")),
+            PORT_FLAGS,
+            &["server.setup_timeout", "1s..=1h"],
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    for good in ["1s", "1h"] {
+        let server = Sluice::start(Some(&format!("[server]\nsetup_timeout = \"{good}\"\n")));
+        let publisher =
+            connect_and_publish(server.rtmp_addr(), "live/bound", PublishOptions::default());
+        publisher.close();
+        assert!(!server.log_contains("panicked"), "{}", server.log_tail(20));
+    }
 }
 
 #[test]
