@@ -421,6 +421,13 @@ mod tests {
         assert_eq!(format!("{:?}", c.transcode), format!("{:?}", d.transcode));
         assert!(!c.app("live").unwrap().takeover);
         assert!(c.app("live").unwrap().renditions.is_empty());
+        // Its applications behave as none at all: every name is served
+        // with the defaults.
+        for name in ["live", "other"] {
+            let app = c.app(name).expect(name);
+            assert_eq!(format!("{app:?}"), format!("{:?}", AppConfig::default()));
+        }
+        assert_eq!(c.apps.named().count(), 0);
     }
 
     /// README's "Configuration" and "Transcoded renditions" examples load.
