@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -41,6 +42,9 @@ struct Cli {
     #[arg(long, value_name = "SECRET")]
     hash_key: Option<String>,
 }
+
+/// How long the exit waits for blocking work still running after the drain.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -93,7 +97,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::server::run(config)) {
+    let result = runtime.block_on(sluice::server::run(config));
+    // Dropping the runtime would wait, without limit, for every thread of
+    // its blocking pool: one stuck in `getaddrinfo` for a push host would
+    // hold the exit after the drain.
+    runtime.shutdown_timeout(SHUTDOWN_LIMIT);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "sluice failed");

@@ -7,7 +7,10 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::rtmp_client::{basic_header, handshake, ChunkWriter, MSG_SET_CHUNK_SIZE, MSG_VIDEO};
+use common::rtmp_client::{
+    basic_header, connect_and_publish, handshake, ChunkWriter, PublishOptions, MSG_SET_CHUNK_SIZE,
+    MSG_VIDEO,
+};
 use common::*;
 
 /// Runs sluice with `config` (if any) and `args`; it must exit non-zero
@@ -137,6 +140,28 @@ fn bad_takeover_value_is_rejected_and_named() {
         PORT_FLAGS,
         &["takeover"],
     );
+}
+
+/// `server.setup_timeout` is 1 s to 1 h: `0s` would close every
+/// connection before it could publish, and a value past `Instant`'s range
+/// would panic every connection task. Both bounds serve and publish.
+#[test]
+fn setup_timeout_out_of_range_is_rejected_and_named() {
+    for bad in ["0s", "999ms", "61m", "18446744073709551615s"] {
+        let stderr = expect_startup_error(
+            Some(&format!("[server]\nsetup_timeout = \"{bad}\"\n")),
+            PORT_FLAGS,
+            &["server.setup_timeout", "1s..=1h"],
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    for good in ["1s", "1h"] {
+        let server = Sluice::start(Some(&format!("[server]\nsetup_timeout = \"{good}\"\n")));
+        let publisher =
+            connect_and_publish(server.rtmp_addr(), "live/bound", PublishOptions::default());
+        publisher.close();
+        assert!(!server.log_contains("panicked"), "{}", server.log_tail(20));
+    }
 }
 
 #[test]
@@ -303,6 +328,81 @@ fn every_documented_key_is_accepted_and_addresses_come_from_the_config() {
         assert_ne!(addr.port(), 0);
     }
     assert_eq!(server.get("/healthz").0, 200);
+}
+
+/// The application policy in force is logged once at start: which
+/// applications are configured and what happens to every other one (an
+/// upgrade from before the unknown-application policy must be able to see
+/// that its `[apps.live]` now refuses the rest). The shipped example
+/// config behaves as no config at all: every application is served.
+#[test]
+fn the_application_policy_is_logged_at_start() {
+    let example = include_str!("../deploy/sluice.example.toml");
+    for (config, configured, unknown) in [
+        (None, "", "open"),
+        (
+            Some("[apps.live]\n[apps.studio]\n"),
+            "live,studio",
+            "refused",
+        ),
+        (
+            Some("[apps.live]\n[apps.\"*\"]\n"),
+            "live",
+            "default section",
+        ),
+        (Some(example), "", "default section"),
+    ] {
+        let server = Sluice::start(config);
+        let line = server.wait_log_fields(&[("message", "applications")], Duration::from_secs(5));
+        let field = |k: &str| log_field(&line, k).and_then(|v| v.as_str().map(str::to_string));
+        assert_eq!(field("configured").as_deref(), Some(configured), "{line}");
+        assert_eq!(field("unknown").as_deref(), Some(unknown), "{line}");
+        assert_eq!(field("level").as_deref(), Some("INFO"), "{line}");
+        if config == Some(example) {
+            let publisher =
+                connect_and_publish(server.rtmp_addr(), "anyapp/cam1", PublishOptions::default());
+            publisher.close();
+        }
+    }
+}
+
+/// `[apps."*"]` that pushes while no key or webhook guards its publishes
+/// lets anyone publish under any name into those destinations: allowed
+/// (a private network may want it), but said at start, without the push
+/// URL's secrets.
+#[test]
+fn an_open_default_section_that_pushes_warns_at_start() {
+    let push = "push = [\"srt://127.0.0.1:9?streamid=secret-sid&passphrase=secret-pass\"]\n";
+    let server = Sluice::start(Some(&format!("[apps.\"*\"]\n{push}")));
+    let line = server.wait_log_fields(
+        &[(
+            "message",
+            "[apps.\"*\"] pushes without publish authentication",
+        )],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        log_field(&line, "level").and_then(|v| v.as_str()),
+        Some("WARN")
+    );
+    let text = line.to_string();
+    assert!(text.contains("srt://127.0.0.1:9"), "{text}");
+    assert!(text.contains("any application name"), "{text}");
+    assert!(!text.contains("secret-"), "{text}");
+    // Guarded by keys or a webhook, or only a named application: no warning.
+    for guarded in [
+        format!("[apps.\"*\"]\n{push}[apps.\"*\".publish_keys]\ncam1 = \"long enough key\"\n"),
+        format!("[apps.\"*\"]\n{push}publish_webhook = \"http://127.0.0.1:9/hook\"\n"),
+        format!("[apps.live]\n{push}"),
+    ] {
+        let server = Sluice::start(Some(&guarded));
+        server.wait_log_fields(&[("message", "applications")], Duration::from_secs(5));
+        assert!(
+            !server.log_contains("without publish authentication"),
+            "{guarded}: {}",
+            server.log_tail(20)
+        );
+    }
 }
 
 #[test]

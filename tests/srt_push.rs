@@ -2,13 +2,15 @@
 //! (srt-live-transmit listening on loopback, by name) and arrives playable;
 //! with the destination down, the publish fails within the setup deadline
 //! with a clear reason and nothing is left running. A host that does not
-//! resolve fails the publish naming the host; a resolver that hangs stalls
-//! nothing but its own legs; a push target's streamid and passphrase reach
-//! neither the log nor the publisher.
+//! resolve, or whose lookup hangs past the setup deadline, fails the
+//! publish naming the host; a resolver that hangs stalls nothing but its
+//! own legs, holds a bounded number of threads and does not hold the exit;
+//! a push target's streamid and passphrase reach neither the log nor the
+//! publisher.
 
 mod common;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,13 +191,13 @@ fn first_tags() -> Vec<FlvTag> {
 
 /// Publish `app/key` (accepted: legs start with the publish), send `tags`
 /// and wait for the server to end the publish; its `onStatus` infos.
-fn publish_until_stopped(server: &Sluice, app: &str, key: &str, tags: &[FlvTag]) -> Vec<Status> {
+fn publish_until_stopped(rtmp: SocketAddr, app: &str, key: &str, tags: &[FlvTag]) -> Vec<Status> {
     let opts = PublishOptions {
         realtime: false,
         ..PublishOptions::default()
     };
-    let mut p = RtmpPublisher::connect(server.rtmp_addr(), app, opts)
-        .unwrap_or_else(|e| panic!("connect {app}: {e}"));
+    let mut p =
+        RtmpPublisher::connect(rtmp, app, opts).unwrap_or_else(|e| panic!("connect {app}: {e}"));
     let outcome = p.publish(key);
     assert!(outcome.is_accepted(), "{app}/{key}: {outcome:?}");
     p.send_tags(tags);
@@ -242,14 +244,14 @@ push = ["srt://127.0.0.1:{port}?streamid=secret-sid-two&passphrase=secret-pass-t
 "#
     )));
     let tags = first_tags();
-    let unresolved = publish_until_stopped(&server, "live", "cam1", &tags);
+    let unresolved = publish_until_stopped(server.rtmp_addr(), "live", "cam1", &tags);
     let st = failed(&unresolved);
     assert!(
         st.description
             .contains(r#"cannot resolve push host "no-such-host.invalid""#),
         "{st:?}"
     );
-    let refused = publish_until_stopped(&server, "refused", "cam1", &tags);
+    let refused = publish_until_stopped(server.rtmp_addr(), "refused", "cam1", &tags);
     let st = failed(&refused);
     assert!(
         st.description.contains(&format!("srt://127.0.0.1:{port}")),
@@ -273,12 +275,30 @@ push = ["srt://127.0.0.1:{port}?streamid=secret-sid-two&passphrase=secret-pass-t
     );
 }
 
+/// Push hosts of the hanging-resolver case: more distinct names than
+/// sluice resolves at once, so some lookups wait for a slot.
+const SLOW_HOSTS: usize = 12;
+/// Publishers sharing the one name `slow-dns.invalid` (one lookup for all).
+const SHARED_HOST_PUBLISHERS: usize = 4;
+/// sluice's cap on name lookups in flight (`srt::push`).
+const MAX_LOOKUPS: usize = 8;
+
+/// sluice's threads, from `/proc`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// While every resolution of a push host hangs (the resolver reads an
 /// `/etc/hosts` that is a FIFO nobody writes, in sluice's own mount
-/// namespace), the other streams and the HTTP API go on: a recorded player
-/// of another stream loses no frame and `/healthz` answers at once. Once
-/// the resolver answers, the publishes fail naming the host, and sluice's
-/// fds, tasks and memory come back.
+/// namespace): the other streams and the HTTP API go on (a recorded player
+/// of another stream loses no frame, `/healthz` answers at once); each
+/// publish fails before its setup deadline naming its host; lookups in
+/// flight are capped (one per name, at most `MAX_LOOKUPS` threads blocked
+/// in `getaddrinfo`, however many publishes); once the resolver answers,
+/// fds, tasks and memory come back; and SIGTERM while lookups hang exits 0
+/// after the drain, without waiting for them.
 #[test]
 fn a_hanging_resolver_stalls_nothing_but_its_own_push_legs() {
     require_program("unshare", "the `util-linux` Debian package");
@@ -304,23 +324,37 @@ fn a_hanging_resolver_stalls_nothing_but_its_own_push_legs() {
         .arg(&hosts)
         // As many workers as hanging legs below would block.
         .env("TOKIO_WORKER_THREADS", "2");
-    let server = Sluice::start_wrapped(
-        wrapper,
-        Some(
-            r#"
+    let mut config = String::from(
+        r#"
+[server]
+setup_timeout = "3s"
+drain_timeout = "2s"
+[rtmp]
+max_publishes_per_ip = 64
 [apps.live]
 [apps.slow]
 push = ["srt://slow-dns.invalid:9000?streamid=x"]
 "#,
-        ),
     );
+    for i in 0..SLOW_HOSTS {
+        config.push_str(&format!(
+            "[apps.s{i}]\npush = [\"srt://h{i}.slow-dns.invalid:9000?streamid=x\"]\n"
+        ));
+    }
+    let mut server = Sluice::start_wrapped(wrapper, Some(&config));
     let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let base = server.usage();
+    let base_threads = threads(server.pid());
     let tags = first_tags();
     // The resolver hangs until `release`: then every open of the FIFO gets
     // an empty file at once (and the name goes to DNS, which fails).
     let release = AtomicBool::new(false);
     let done = AtomicBool::new(false);
+    let rtmp = server.rtmp_addr();
+    let targets: Vec<(String, String)> = (0..SLOW_HOSTS)
+        .map(|i| (format!("s{i}"), format!("h{i}.slow-dns.invalid")))
+        .chain((0..SHARED_HOST_PUBLISHERS).map(|_| ("slow".into(), "slow-dns.invalid".into())))
+        .collect();
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
@@ -339,17 +373,21 @@ push = ["srt://slow-dns.invalid:9000?streamid=x"]
             release.store(true, Ordering::Relaxed);
             done.store(true, Ordering::Relaxed);
         });
-        let publishers: Vec<_> = (0..4)
-            .map(|i| {
-                let (server, tags) = (&server, &tags);
-                s.spawn(move || publish_until_stopped(server, "slow", &format!("k{i}"), tags))
+        let publishers: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, (app, _))| {
+                let tags = &tags;
+                s.spawn(move || publish_until_stopped(rtmp, app, &format!("k{i}"), tags))
             })
             .collect();
-        // Let the legs start and hang, then check that the rest still runs.
+        // Let the legs start and hang, then check that the rest still runs
+        // (past the setup deadline: the publishes fail meanwhile).
         std::thread::sleep(Duration::from_millis(500));
         let hold = Instant::now();
         let mut slowest = Duration::ZERO;
         let mut failures = Vec::new();
+        let mut most_threads = 0;
         while hold.elapsed() < Duration::from_secs(5) {
             let t = Instant::now();
             match http_request(
@@ -362,22 +400,72 @@ push = ["srt://slow-dns.invalid:9000?streamid=x"]
                 other => failures.push(format!("{other:?}")),
             }
             slowest = slowest.max(t.elapsed());
+            most_threads = most_threads.max(threads(server.pid()));
             std::thread::sleep(Duration::from_millis(200));
         }
-        release.store(true, Ordering::Relaxed);
         println!("slowest /healthz while push hosts resolved: {slowest:?}");
         assert!(
             failures.is_empty() && slowest < Duration::from_secs(1),
             "/healthz took up to {slowest:?} while push hosts were resolving; failed: {failures:?}"
         );
-        for p in publishers {
+        // Each publish failed at its setup deadline, naming its host, while
+        // the resolver still hangs.
+        for (p, (app, host)) in publishers.into_iter().zip(&targets) {
             let statuses = p.join().unwrap();
             let st = failed(&statuses);
-            println!("slow publisher: {}", st.description);
+            println!("{app} publisher: {}", st.description);
+            assert!(
+                st.description
+                    .contains(&format!("cannot resolve push host \"{host}\"")),
+                "{app}: {st:?}"
+            );
+        }
+        println!(
+            "threads: {base_threads} before, at most {most_threads} with {} publishes \
+             to {} hanging names",
+            targets.len(),
+            SLOW_HOSTS + 1
+        );
+        assert!(
+            most_threads <= base_threads + MAX_LOOKUPS + 2,
+            "{most_threads} threads (from {base_threads}) with {} lookups hanging",
+            targets.len()
+        );
+        bystander.finish(5.0);
+        release.store(true, Ordering::Relaxed);
+        server.wait_usage_back(base, "hanging resolver");
+
+        // SIGTERM while lookups hang again: the drain runs and the process
+        // exits 0 without waiting for `getaddrinfo`.
+        release.store(false, Ordering::Relaxed);
+        let hanging: Vec<_> = (0..2)
+            .map(|i| {
+                let tags = &tags;
+                s.spawn(move || publish_until_stopped(rtmp, "slow", &format!("late{i}"), tags))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1000));
+        let kill = Command::new("kill")
+            .args(["-TERM", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let signalled = Instant::now();
+        let status = server.wait_exit(Duration::from_secs(10));
+        println!(
+            "exit {status:?} {:?} after SIGTERM with lookups hanging",
+            signalled.elapsed()
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "sluice did not exit 0 within drain_timeout (2 s) + 8 s of SIGTERM while \
+             push hosts were resolving: {status:?}; log tail:\n{}",
+            server.log_tail(10)
+        );
+        for p in hanging {
+            let _ = p.join();
         }
     });
-    server.wait_usage_back(base, "hanging resolver");
-    bystander.finish(5.0);
 }
 
 /// Runs its closure when dropped, panics included.

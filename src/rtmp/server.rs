@@ -282,6 +282,14 @@ where
     }
 }
 
+/// Sleep until `at`; `None` never wakes.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Read buffer of a new connection, and the most it grows to.
 const READ_BUF_START: usize = 4 * 1024;
 const READ_BUF_MAX: usize = 64 * 1024;
@@ -299,7 +307,9 @@ impl Conn {
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
             let publishing = self.publishing.is_some();
-            let setup_deadline = tokio::time::Instant::from_std(self.setup_from + setup_timeout);
+            // `server.setup_timeout` is at most an hour (checked at load);
+            // a value past `Instant`'s range would mean no deadline.
+            let setup_deadline = self.setup_from.checked_add(setup_timeout);
             // While the webhook decides, nothing is read: the session holds
             // only what came with the publish, TCP pushes back on the rest.
             let reading = self.pending_auth.is_none();
@@ -323,7 +333,7 @@ impl Conn {
                 }
                 // Once publishing, the stream group's own setup deadline
                 // (from the same accept) takes over.
-                _ = tokio::time::sleep_until(setup_deadline), if !publishing => {
+                _ = sleep_until_some(setup_deadline), if !publishing => {
                     if let Some(pending) = self.pending_auth.take() {
                         let why = format!(
                             "not publishing within {setup_timeout:?} of connecting \

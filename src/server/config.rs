@@ -84,6 +84,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// `server.setup_timeout`'s allowed values.
+pub const SETUP_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
 fn rtmps_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let a = String::deserialize(d)?;
     a.parse().map(Some).map_err(|_| {
@@ -96,6 +100,14 @@ fn rtmps_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::
 impl ServerConfig {
     /// Rules across keys; errors name keys relative to `[server]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // 0 would close every connection before it could publish; past
+        // `Instant`'s range every deadline computed from it would overflow.
+        if !SETUP_TIMEOUT_RANGE.contains(&self.setup_timeout) {
+            return Err(ConfigError::invalid(
+                "setup_timeout",
+                format!("{:?} is out of range; allowed 1s..=1h", self.setup_timeout),
+            ));
+        }
         if self.rtmps_addr.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err(ConfigError::invalid(
                 "rtmps_addr",
@@ -234,6 +246,31 @@ mod tests {
         assert!(err("[apps.live]\npush = [\"udp://x:1\"]").contains("`apps.live.push[0]`"));
         assert!(err("[apps.live]\npush = \"srt://x:1\"").contains("`apps.live.push`"));
         assert!(err("[srt]\nlatency = \"70s\"").contains("`srt.latency`"));
+    }
+
+    #[test]
+    fn setup_timeout_is_one_second_to_one_hour() {
+        for ok in ["1s", "8s", "1h", "60m"] {
+            let c = Config::from_toml(&format!("[server]\nsetup_timeout = \"{ok}\""));
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+        for (bad, shown) in [
+            ("0s", "0ns"),
+            ("999ms", "999ms"),
+            ("61m", "3660s"),
+            ("18446744073709551615s", "18446744073709551615s"),
+        ] {
+            assert_eq!(
+                err(&format!("[server]\nsetup_timeout = \"{bad}\"")),
+                format!(
+                    "config key `server.setup_timeout`: {shown} is out of range; allowed 1s..=1h"
+                )
+            );
+        }
+        // Checked again after flags override the file.
+        let mut c = Config::default();
+        c.server.setup_timeout = Duration::MAX;
+        assert!(c.validate().is_err());
     }
 
     #[test]
@@ -384,6 +421,13 @@ mod tests {
         assert_eq!(format!("{:?}", c.transcode), format!("{:?}", d.transcode));
         assert!(!c.app("live").unwrap().takeover);
         assert!(c.app("live").unwrap().renditions.is_empty());
+        // Its applications behave as none at all: every name is served
+        // with the defaults.
+        for name in ["live", "other"] {
+            let app = c.app(name).expect(name);
+            assert_eq!(format!("{app:?}"), format!("{:?}", AppConfig::default()));
+        }
+        assert_eq!(c.apps.named().count(), 0);
     }
 
     /// README's "Configuration" and "Transcoded renditions" examples load.

@@ -27,6 +27,7 @@ use crate::gpu::{self, Gpus};
 use crate::http::{self, AppState};
 use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
 use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
+use crate::stream::config::Apps;
 use crate::stream::driver::{StreamSettings, Streams};
 use crate::stream::{Registry, RingConfig, StreamLimits};
 use crate::telemetry;
@@ -106,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     srt.set_read_auth(srt_listener::ReadRules::from_apps(&config.apps)?);
     // Handlers first: a supervisor may signal as soon as it reads `listening`.
     let signals = Signals::install();
+    log_applications(&config.apps);
     log_listening(&bound);
 
     let streams = Arc::new(Streams::new(
@@ -212,6 +214,35 @@ async fn bind(config: &Config, tls: Option<TlsAcceptor>) -> Result<Bound, Server
         http,
         srt,
     })
+}
+
+/// The application policy in force, once: which applications are
+/// configured and what every other one gets (a config from before the
+/// unknown-application policy now refuses what it does not list), and a
+/// warning when the default section pushes without authenticating
+/// publishers.
+fn log_applications(apps: &Apps) {
+    let configured = apps.named().collect::<Vec<_>>().join(",");
+    info!(
+        configured,
+        unknown = apps.unknown().as_str(),
+        "applications"
+    );
+    if let Some(default) = apps.open_default_push() {
+        let push = default
+            .push
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        warn!(
+            push,
+            risk = "anyone can publish under any application name not configured by name, \
+                    and every such stream is pushed to these destinations; set publish_keys \
+                    or publish_webhook in [apps.\"*\"] unless the network is private",
+            "[apps.\"*\"] pushes without publish authentication"
+        );
+    }
 }
 
 /// The `listening` line with every bound address (`rtmps_addr` absent

@@ -87,25 +87,30 @@ pub struct PushTarget {
 
 /// Parse `srt://host:port?streamid=..&passphrase=..&latency=MS&rendition=NAME`
 /// (latency in milliseconds, as srt-live-transmit and libsrt URIs use).
-/// Errors show the URL without its streamid and passphrase.
+/// Errors show nothing past `srt://HOST:PORT` but option names: a secret
+/// typed where it does not belong (`srt://h:1&streamid=…`) never reaches a
+/// message, and a host must be a host name or an IP address.
 pub fn parse_push_url(raw: &str) -> Result<PushTarget, String> {
-    let url = &without_secrets(raw);
     let rest = raw
         .strip_prefix("srt://")
-        .ok_or_else(|| format!("{url:?} must start with srt://"))?;
+        .ok_or("must start with srt:// (srt://HOST:PORT?options)")?;
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (host, port) = hostport
         .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} needs host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("{url:?} has an empty host"));
+        .ok_or("needs srt://HOST:PORT (options after \"?\")")?;
+    let host = host_of(host)
+        .ok_or("the host is not a host name or an IP address (srt://HOST:PORT?options)")?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "\"{}\": the port is not a number 1 to 65535 (options start after \"?\")",
+            shown(host, "…")
+        ));
     }
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{url:?} has a bad port {port:?}"))?;
+        .ok_or_else(|| format!("\"{}\": the port must be 1 to 65535", shown(host, port)))?;
     let mut t = PushTarget {
         host: host.to_string(),
         port,
@@ -114,18 +119,22 @@ pub fn parse_push_url(raw: &str) -> Result<PushTarget, String> {
         latency: None,
         rendition: "source".to_string(),
     };
+    let url = shown(host, &port.to_string());
+    let bad = |what: &str| format!("\"{url}\": {what}");
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(bad("an option is not NAME=VALUE"));
+        };
         match k {
             "streamid" => {
                 if v.len() > super::streamid::MAX_LEN {
-                    return Err(format!("{url:?}: streamid longer than 512 bytes"));
+                    return Err(bad("streamid longer than 512 bytes"));
                 }
                 t.streamid = Some(v.to_string());
             }
             "passphrase" => {
                 if !(10..=79).contains(&v.len()) {
-                    return Err(format!("{url:?}: passphrase must be 10 to 79 characters"));
+                    return Err(bad("passphrase must be 10 to 79 characters"));
                 }
                 t.passphrase = Some(v.to_string());
             }
@@ -134,37 +143,54 @@ pub fn parse_push_url(raw: &str) -> Result<PushTarget, String> {
                     .parse()
                     .ok()
                     .filter(|ms| *ms <= 65_535)
-                    .ok_or_else(|| format!("{url:?}: latency {v:?} is not 0..=65535 ms"))?;
+                    .ok_or_else(|| bad("latency must be 0 to 65535 (ms)"))?;
                 t.latency = Some(Duration::from_millis(ms));
             }
             "rendition" => {
-                validate_segment(v).map_err(|e| format!("{url:?}: rendition {e}"))?;
+                validate_segment(v).map_err(|_| {
+                    bad("rendition must be a name of letters, digits, '-', '_', '.', '~'")
+                })?;
                 t.rendition = v.to_string();
             }
-            other => return Err(format!("{url:?}: unsupported option {other:?}")),
+            // An option's name is shown only when it looks like one.
+            other if is_option_name(other) => {
+                return Err(bad(&format!("unsupported option {other:?}")))
+            }
+            _ => return Err(bad("an option name is not letters, digits or '_'")),
         }
     }
     Ok(t)
 }
 
-/// `url` without the values of its secret options (`streamid`,
-/// `passphrase`), for error messages.
-fn without_secrets(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| {
-            let k = p.split_once('=').map_or(*p, |(k, _)| k);
-            !matches!(k, "streamid" | "passphrase")
-        })
-        .collect();
-    if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
+/// `host` (an IPv6 address in brackets, or bare) when it is an IP address
+/// or a DNS name (letters, digits, '-', '_' in dot-separated labels).
+fn host_of(host: &str) -> Option<&str> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok().then_some(v6);
     }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Some(host);
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (name.len() <= 253 && name.split('.').all(label_ok)).then_some(host)
+}
+
+/// `srt://HOST:PORT` as errors show it.
+fn shown(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("srt://[{host}]:{port}")
+    } else {
+        format!("srt://{host}:{port}")
+    }
+}
+
+fn is_option_name(k: &str) -> bool {
+    (1..=32).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl fmt::Display for PushTarget {
@@ -257,7 +283,19 @@ mod tests {
         let t = parse_push_url("srt://[::1]:9000?passphrase=0123456789abc").unwrap();
         assert_eq!(t.host, "::1");
         assert_eq!(t.to_string(), "srt://[::1]:9000");
+        for ok in [
+            "srt://localhost:1",
+            "srt://ingest.example.net.:9000",
+            "srt://a_b-c.d:1",
+            "srt://[fe80::1]:1",
+            "srt://::1:1",
+        ] {
+            assert!(parse_push_url(ok).is_ok(), "{ok}");
+        }
         for bad in [
+            "srt://a..b:1",
+            "srt://h h:1",
+            "srt://[h]:1",
             "udp://h:1",
             "srt://h",
             "srt://h:0",
@@ -268,6 +306,61 @@ mod tests {
         ] {
             assert!(parse_push_url(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Whatever the shape of a bad URL, its error shows nothing past
+    /// `srt://HOST:PORT` but option names: a secret mistyped into the
+    /// host, the port or an option's value never reaches the message.
+    #[test]
+    fn malformed_push_urls_never_echo_a_secret() {
+        for bad in [
+            "srt://h:1&streamid=S3CRET",
+            "srt://h:1&passphrase=S3CRET-0123",
+            "srt://h:1#streamid=S3CRET",
+            "srt://h:1/streamid=S3CRET",
+            "srt://h:1;passphrase=S3CRET-0123",
+            "srt://h:1&streamid=a:S3CRET",
+            "srt://streamid=S3CRET@h:1",
+            "srt://streamid=S3CRET@h:1?latency=x",
+            "srt://h:1?Streamid=S3CRET",
+            "srt://h:1?STREAMID=S3CRET&mode=x",
+            "srt://h:1?streamid:S3CRET",
+            "srt://h:1?x=1&streamid=S3CRET&passphrase=short",
+            "srt://h:1?latency=80?streamid=S3CRET",
+            "srt://h:1?rendition=720p?streamid=S3CRET",
+            "srt://h:1?passphrase=S3CRET",
+            "srtt://h:1?streamid=S3CRET",
+            "streamid=S3CRET",
+        ] {
+            let e = parse_push_url(bad).expect_err(bad);
+            assert!(!e.contains("S3CRET"), "{bad}: {e}");
+        }
+        // Still says what is wrong, and where.
+        let e = |url: &str| parse_push_url(url).unwrap_err();
+        assert_eq!(
+            e("srt://h:1&streamid=S3CRET"),
+            r#""srt://h:…": the port is not a number 1 to 65535 (options start after "?")"#
+        );
+        assert_eq!(
+            e("srt://h:0"),
+            r#""srt://h:0": the port must be 1 to 65535"#
+        );
+        assert_eq!(
+            e("srt://streamid=S3CRET@h:1"),
+            "the host is not a host name or an IP address (srt://HOST:PORT?options)"
+        );
+        assert_eq!(
+            e("srt://h:1?Streamid=S3CRET"),
+            r#""srt://h:1": unsupported option "Streamid""#
+        );
+        assert_eq!(
+            e("srt://h:1?streamid:S3CRET"),
+            r#""srt://h:1": an option is not NAME=VALUE"#
+        );
+        assert_eq!(
+            e("srt://h:1?latency=80?streamid=S3CRET"),
+            r#""srt://h:1": latency must be 0 to 65535 (ms)"#
+        );
     }
 
     #[test]
@@ -292,6 +385,6 @@ mod tests {
             assert!(e.contains("srt://h:"), "{e}");
         }
         let e = parse_push_url("srt://h:1?passphrase=pass-secret-1&mode=listener").unwrap_err();
-        assert_eq!(e, r#""srt://h:1?mode=listener": unsupported option "mode""#);
+        assert_eq!(e, r#""srt://h:1": unsupported option "mode""#);
     }
 }

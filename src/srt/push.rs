@@ -3,12 +3,15 @@
 //! once connected, the shared sender core (`sender`) feeds the connection
 //! from the rendition's ring. Every call into srt-protocol is
 //! panic-isolated and inbound packets pass the listener's guard. The
-//! destination's name is resolved without blocking the runtime, under the
-//! stream's setup deadline. Targets show as `PushTarget`'s `Display`:
-//! never with their streamid or passphrase.
+//! destination's name is resolved off the runtime's workers, at most
+//! `MAX_LOOKUPS` names at once and one lookup per name, giving up before
+//! the stream's setup deadline with the host named. Targets show as
+//! `PushTarget`'s `Display`: never with their streamid or passphrase.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -19,6 +22,7 @@ use srt_protocol::protocol::pending_connection::connect::Connect;
 use srt_protocol::protocol::pending_connection::{ConnectionReject, ConnectionResult};
 use srt_protocol::settings::{ConnInitSettings, KeySettings};
 use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -34,6 +38,17 @@ const HANDSHAKE_TICK: Duration = Duration::from_millis(100);
 /// A push leg feeds everything the ring has in one turn (it is alone on
 /// its socket).
 const FEED_BATCH: usize = usize::MAX;
+/// Most host-name lookups in flight at once, every push leg together. Each
+/// holds a thread of tokio's blocking pool until `getaddrinfo` returns,
+/// which no cancellation shortens: a hanging resolver can take this many
+/// threads, never the pool.
+pub const MAX_LOOKUPS: usize = 8;
+/// A lookup gives up this long before the stream's setup deadline, so that
+/// its failure (naming the host) reaches the group before the deadline.
+const RESOLVE_MARGIN: Duration = Duration::from_millis(250);
+/// How long a leg started on a live stream (no setup deadline) waits for
+/// its lookup.
+const RESOLVE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -105,10 +120,22 @@ async fn run(
         Some(r) => r.ring.clone(),
         None => return Err(PushError::NoRendition(name, target.rendition.clone())),
     };
-    // The stream's setup deadline (or its end) cancels a slow resolver.
+    // A slow resolver fails the leg, naming the host, just before the
+    // stream's setup deadline; the stream's end stops the wait earlier.
+    let now = Instant::now();
+    let by = match ctx.events.setup_deadline() {
+        Some(d) => Deadline {
+            at: d.checked_sub(RESOLVE_MARGIN).unwrap_or(now).max(now),
+            what: ", before the stream's setup deadline (server.setup_timeout)",
+        },
+        None => Deadline {
+            at: now + RESOLVE_LIMIT,
+            what: " (the push host lookup limit)",
+        },
+    };
     let remote = tokio::select! {
         _ = ctx.cancel.cancelled() => return Ok(()),
-        r = resolve(&target) => r?,
+        r = resolve(&target, by) => r?,
     };
     let (sock, remote) = bind(&name, remote).await?;
     let latency = target.latency.unwrap_or(default_latency);
@@ -142,22 +169,137 @@ async fn run(
     stream(sock, remote, sender, name, ctx.cancel).await
 }
 
-/// The destination's address: `getaddrinfo` on tokio's blocking pool,
-/// never on a runtime worker (a slow DNS server would stall every task on
-/// it). An IPv4 address is preferred, as libsrt's own tools do, so that
-/// `localhost` reaches a listener bound to IPv4 only.
-async fn resolve(target: &PushTarget) -> Result<SocketAddr, PushError> {
+/// The destination's address by `by`; an IPv4 address is preferred, as
+/// libsrt's own tools do, so that `localhost` reaches a listener bound to
+/// IPv4 only.
+async fn resolve(target: &PushTarget, by: Deadline) -> Result<SocketAddr, PushError> {
     let fail = |why: String| PushError::Resolve(target.host.clone(), why);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
+    let ips = match target.host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => lookup(&target.host, by).await.map_err(fail)?,
+    };
+    ips.iter()
+        .find(|ip| ip.is_ipv4())
+        .or(ips.first())
+        .map(|ip| SocketAddr::new(*ip, target.port))
         .ok_or_else(|| fail("no address".into()))
+}
+
+/// When a leg stops waiting for its lookup, and what that limit is (as
+/// its error says it, after the time waited).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    what: &'static str,
+}
+
+/// A name's lookup as its waiters see it.
+#[derive(Debug, Clone)]
+enum Lookup {
+    /// Waiting for one of the `MAX_LOOKUPS` slots.
+    Queued,
+    /// `getaddrinfo` runs.
+    Running,
+    Done(Result<Vec<IpAddr>, String>),
+}
+
+/// The lookup slots, and the lookups in flight by name: a leg joins the
+/// one running for its host instead of starting another.
+static SLOTS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
+type InFlight = HashMap<String, Arc<watch::Sender<Lookup>>>;
+static IN_FLIGHT: LazyLock<Mutex<InFlight>> = LazyLock::new(Mutex::default);
+
+fn in_flight() -> std::sync::MutexGuard<'static, InFlight> {
+    IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `host`'s addresses, from the lookup in flight for it or a new one;
+/// gives up at `by` (the lookup itself runs on until `getaddrinfo`
+/// returns, then frees its slot).
+async fn lookup(host: &str, by: Deadline) -> Result<Vec<IpAddr>, String> {
+    let started = Instant::now();
+    let mut rx = {
+        let mut map = in_flight();
+        match map.get(host) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let tx = Arc::new(watch::Sender::new(Lookup::Queued));
+                let rx = tx.subscribe();
+                map.insert(host.to_string(), tx.clone());
+                tokio::spawn(run_lookup(host.to_string(), tx));
+                rx
+            }
+        }
+    };
+    let done = |l: &Lookup| matches!(l, Lookup::Done(_));
+    let waited = {
+        let w = tokio::time::timeout_at(by.at.into(), rx.wait_for(done)).await;
+        w.map(|r| {
+            r.ok().and_then(|l| match &*l {
+                Lookup::Done(answer) => Some(answer.clone()),
+                _ => None,
+            })
+        })
+    };
+    match waited {
+        Ok(Some(answer)) => answer,
+        Ok(None) => Err("the lookup ended without an answer".into()),
+        Err(_) => {
+            let waited = Duration::from_millis(started.elapsed().as_millis() as u64);
+            Err(if matches!(*rx.borrow(), Lookup::Queued) {
+                format!(
+                    "no lookup slot free within {waited:?} ({MAX_LOOKUPS} push host lookups \
+                     in flight){}",
+                    by.what
+                )
+            } else {
+                format!("timed out after {waited:?}{}", by.what)
+            })
+        }
+    }
+}
+
+/// One name's lookup: wait for a slot (unless every waiter has gone), run
+/// `getaddrinfo` on the blocking pool holding it, publish the answer.
+async fn run_lookup(host: String, tx: Arc<watch::Sender<Lookup>>) {
+    let slot = loop {
+        tokio::select! {
+            slot = SLOTS.acquire() => break slot,
+            _ = tx.closed() => {
+                let mut map = in_flight();
+                if tx.receiver_count() == 0 {
+                    forget(&mut map, &host, &tx);
+                    return;
+                }
+            }
+        }
+    };
+    let answer = match slot {
+        Ok(slot) => {
+            tx.send_replace(Lookup::Running);
+            let name = host.clone();
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                (name.as_str(), 0)
+                    .to_socket_addrs()
+                    .map(|addrs| addrs.map(|a| a.ip()).collect())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the lookup failed: {e}")))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let mut map = in_flight();
+    forget(&mut map, &host, &tx);
+    tx.send_replace(Lookup::Done(answer));
+}
+
+/// Remove `host`'s entry if it is still this lookup's.
+fn forget(map: &mut InFlight, host: &str, tx: &Arc<watch::Sender<Lookup>>) {
+    if map.get(host).is_some_and(|t| Arc::ptr_eq(t, tx)) {
+        map.remove(host);
+    }
 }
 
 /// Open a UDP socket connected to the destination.
@@ -320,5 +462,46 @@ async fn stream(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::srt::config::parse_push_url;
+
+    fn deadline(at: Instant) -> Deadline {
+        Deadline {
+            at,
+            what: " (test)",
+        }
+    }
+
+    #[tokio::test]
+    async fn addresses_resolve_and_an_expired_wait_names_the_host() {
+        // A literal address needs no lookup, however late.
+        let t = parse_push_url("srt://127.0.0.1:9000").unwrap();
+        let past = deadline(Instant::now());
+        assert_eq!(
+            resolve(&t, past).await.unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        // Names are looked up; IPv4 first.
+        let t = parse_push_url("srt://localhost:9001").unwrap();
+        let soon = deadline(Instant::now() + Duration::from_secs(10));
+        assert_eq!(
+            resolve(&t, soon).await.unwrap(),
+            "127.0.0.1:9001".parse().unwrap()
+        );
+        // A wait that is over fails at once, naming the host and the limit.
+        let t = parse_push_url("srt://expired.invalid:9000").unwrap();
+        let e = resolve(&t, deadline(Instant::now())).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(r#"cannot resolve push host "expired.invalid": "#),
+            "{text}"
+        );
+        assert!(text.ends_with(" (test)"), "{text}");
+        assert_eq!(e.reason(), "push_resolve");
     }
 }

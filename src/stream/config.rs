@@ -73,6 +73,11 @@ fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
 }
 
 impl AppConfig {
+    /// Whether publishes need a key or the webhook's answer.
+    pub fn authenticates_publishers(&self) -> bool {
+        !self.publish_keys.is_empty() || self.publish_webhook.is_some()
+    }
+
     /// Rules across keys, after the table was read: names of streams and
     /// users, the rendition table (which also fills in size-based
     /// bitrates), and pushes of renditions that exist. `name` is the
@@ -116,6 +121,28 @@ impl AppConfig {
 /// every application not configured by name.
 pub const DEFAULT_APP: &str = "*";
 
+/// What an application not configured by name gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownApps {
+    /// No application is configured: every one is served with the defaults.
+    Open,
+    /// `[apps."*"]` gives its settings.
+    DefaultSection,
+    /// Publishes and reads are refused (`unknown_app`).
+    Refused,
+}
+
+impl UnknownApps {
+    /// As the start-up log says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownApps::Open => "open",
+            UnknownApps::DefaultSection => "default section",
+            UnknownApps::Refused => "refused",
+        }
+    }
+}
+
 /// Every `[apps.NAME]`, by name (and `[apps."*"]`, the default).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(transparent)]
@@ -148,6 +175,34 @@ impl Apps {
             return Some(&OPEN);
         }
         self.0.get(name).or_else(|| self.0.get(DEFAULT_APP))
+    }
+
+    /// The applications configured by name (not the default section).
+    pub fn named(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .filter(|n| *n != DEFAULT_APP)
+    }
+
+    /// What [`Apps::lookup`] does for a name not configured.
+    pub fn unknown(&self) -> UnknownApps {
+        if self.0.is_empty() {
+            UnknownApps::Open
+        } else if self.0.contains_key(DEFAULT_APP) {
+            UnknownApps::DefaultSection
+        } else {
+            UnknownApps::Refused
+        }
+    }
+
+    /// The default section when it pushes and nothing authenticates its
+    /// publishers: anyone may then publish under any unlisted name into
+    /// its destinations.
+    pub fn open_default_push(&self) -> Option<&AppConfig> {
+        self.0
+            .get(DEFAULT_APP)
+            .filter(|d| !d.push.is_empty() && !d.authenticates_publishers())
     }
 
     /// Whether any application transcodes.
@@ -256,6 +311,31 @@ mod tests {
         let live = a.lookup("live").unwrap();
         assert!(live.takeover && live.publish_keys.is_empty() && live.push.is_empty());
         assert!(a.has_renditions());
+    }
+
+    #[test]
+    fn the_policy_for_unknown_applications_is_described() {
+        let open = Apps::default();
+        assert_eq!(open.unknown(), UnknownApps::Open);
+        assert_eq!(open.named().count(), 0);
+        let a = apps("[live]\n[studio]").unwrap();
+        assert_eq!(a.unknown(), UnknownApps::Refused);
+        assert_eq!(a.named().collect::<Vec<_>>(), ["live", "studio"]);
+        let push = "push = [\"srt://h:1\"]";
+        let a = apps(&format!("[live]\n[\"*\"]\n{push}")).unwrap();
+        assert_eq!(a.unknown(), UnknownApps::DefaultSection);
+        assert_eq!(a.named().collect::<Vec<_>>(), ["live"]);
+        assert_eq!(a.open_default_push().unwrap().push[0].port, 1);
+        for guarded in [
+            format!("[\"*\"]\n{push}\npublish_webhook = \"http://h/\""),
+            format!("[\"*\"]\n{push}\n[\"*\".publish_keys]\ncam1 = \"long enough\""),
+            format!("[\"*\"]\n[live]\n{push}"),
+        ] {
+            assert!(
+                apps(&guarded).unwrap().open_default_push().is_none(),
+                "{guarded}"
+            );
+        }
     }
 
     #[test]

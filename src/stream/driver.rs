@@ -383,11 +383,15 @@ impl Driver {
             self.feeds[leg.0] = Some(feed);
             input
         });
+        let mut events = LegEvents::new(leg, ev_tx.clone());
+        if !self.group.is_ready() {
+            events = events.with_setup_deadline(self.group.setup_deadline());
+        }
         let ctx = LegContext {
             id: leg,
             stream: self.stream.clone(),
             cancel: self.stream.cancel.clone(),
-            events: LegEvents::new(leg, ev_tx.clone()),
+            events,
             media,
         };
         let fut = self.starter.start(spec, ctx);

@@ -343,7 +343,13 @@ impl Group {
 
     /// The setup deadline: the ingest connection's accept plus `setup_timeout`.
     pub fn setup_deadline(&self) -> Instant {
-        self.p.setup_start + self.p.setup_timeout
+        // `server.setup_timeout` is checked at load (at most an hour); a
+        // larger one saturates here instead of overflowing `Instant`.
+        let year = Duration::from_secs(365 * 86_400);
+        let start = self.p.setup_start;
+        start
+            .checked_add(self.p.setup_timeout)
+            .unwrap_or_else(|| start + year)
     }
 
     /// `server.setup_timeout` as this group was given it.

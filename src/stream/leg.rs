@@ -59,11 +59,30 @@ pub enum LegEvent {
 pub struct LegEvents {
     id: LegId,
     tx: mpsc::UnboundedSender<(LegId, LegEvent)>,
+    setup_deadline: Option<Instant>,
 }
 
 impl LegEvents {
     pub(crate) fn new(id: LegId, tx: mpsc::UnboundedSender<(LegId, LegEvent)>) -> Self {
-        LegEvents { id, tx }
+        LegEvents {
+            id,
+            tx,
+            setup_deadline: None,
+        }
+    }
+
+    /// A leg started while its stream is set up must report by `at`.
+    pub(crate) fn with_setup_deadline(mut self, at: Instant) -> Self {
+        self.setup_deadline = Some(at);
+        self
+    }
+
+    /// Until when the group waits for this leg's `connected` (or first
+    /// IDR): past it the stream fails setup with what was missing. A leg
+    /// whose own step may hang (a name lookup) gives up before it, so that
+    /// its failure says what hung. `None`: the stream is already live.
+    pub fn setup_deadline(&self) -> Option<Instant> {
+        self.setup_deadline
     }
 
     pub fn connected(&self) {

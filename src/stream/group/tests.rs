@@ -416,3 +416,22 @@ fn an_ingest_over_the_bitrate_cap_is_stopped_after_the_warmup() {
         .1
         .contains("exceeds rtmp.max_ingest_bitrate (10000 kbit/s)"));
 }
+
+/// A setup timeout too large for `Instant` (the config refuses one over an
+/// hour) neither panics nor ends the stream.
+#[test]
+fn a_huge_setup_timeout_does_not_overflow() {
+    let t0 = Instant::now();
+    let p = GroupParams {
+        published: t0,
+        setup_start: t0,
+        setup_timeout: Duration::MAX,
+        max_ingest_kbps: 10_000,
+        legs: vec![],
+    };
+    let mut g = Group::new(p, GroupMetrics::noop());
+    let later = t0 + Duration::from_secs(3600);
+    g.handle_input(later, Input::Timeout);
+    assert!(matches!(g.poll_output(), Output::Timeout(Some(t)) if t > later));
+    assert!(!g.is_ended());
+}
