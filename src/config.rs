@@ -254,8 +254,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
         _ => return Err(err()),
     };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the most any setting takes (24h)"
+        ));
+    }
     Ok(d)
 }
+
+/// The longest duration a setting takes: deadlines are added to the clock,
+/// and an absurd value must be refused here rather than overflow there.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg(test)]
 mod tests {
@@ -362,5 +371,10 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        // Longer than any setting takes: refused, not overflowed later.
+        assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
+        let e = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(e.contains("24h"), "{e}");
+        assert!(parse_duration("1441m").is_err());
     }
 }

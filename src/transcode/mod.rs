@@ -1176,7 +1176,10 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines.last().unwrap().contains("final error after the flood")
+            lines
+                .last()
+                .unwrap()
+                .contains("final error after the flood")
                 && lines.last().unwrap().contains("ERROR"),
             "{}",
             lines.last().unwrap()
