@@ -491,7 +491,7 @@ const TRIM_AFTER_RELEASED: usize = 16 << 20;
 
 /// Upkeep ticks (5 s) at least between two trims for freed rings: churn
 /// of a few large streams must not make every tick walk the arenas.
-const RELEASED_TRIM_EVERY_TICKS: usize = 12;
+const RELEASED_TRIM_EVERY_TICKS: usize = 6;
 /// Ticks since the last trim for freed rings (saturating).
 static TICKS_SINCE_RELEASED_TRIM: AtomicUsize = AtomicUsize::new(RELEASED_TRIM_EVERY_TICKS);
 
@@ -514,7 +514,7 @@ pub fn connection_closed() {
 /// tick, so a burst spread over several ticks is trimmed once, after its
 /// last connection is gone. Cheap; resets the count.
 /// Also true once rings holding at least `TRIM_AFTER_RELEASED` bytes
-/// were freed, at most once a minute (what was freed in between waits).
+/// were freed, at most once per 30 s (what was freed in between waits).
 pub fn burst_closed() -> bool {
     let closed = CLOSED_SINCE_TICK.swap(0, Ordering::Relaxed);
     let (trim, pending) = burst_step(closed, BURST_PENDING.load(Ordering::Relaxed));
@@ -711,11 +711,11 @@ mod tests {
     }
 
     #[test]
-    fn freed_rings_trim_at_most_once_a_minute() {
+    fn freed_rings_trim_at_most_once_per_30_s() {
         let big = TRIM_AFTER_RELEASED;
         // The first large release trims at once.
         assert_eq!(released_step(big, RELEASED_TRIM_EVERY_TICKS), (true, 0));
-        // More within the minute waits, then trims.
+        // More within 30 s waits, then trims.
         let mut ticks = 0;
         for _ in 1..RELEASED_TRIM_EVERY_TICKS {
             let (trim, t) = released_step(big, ticks);

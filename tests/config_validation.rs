@@ -162,10 +162,16 @@ fn setup_timeout_out_of_range_is_rejected_and_named() {
     }
     // Every other duration has the same outer bound: a value past
     // `Instant`'s range panicked a connection task at its first message.
-    for key in ["rtmp.idle_timeout", "rtmp.handshake_timeout", "server.drain_timeout"] {
+    for key in [
+        "rtmp.idle_timeout",
+        "rtmp.handshake_timeout",
+        "server.drain_timeout",
+    ] {
         let (section, name) = key.split_once('.').unwrap();
         expect_startup_error(
-            Some(&format!("[{section}]\n{name} = \"18446744073709551615s\"\n")),
+            Some(&format!(
+                "[{section}]\n{name} = \"18446744073709551615s\"\n"
+            )),
             PORT_FLAGS,
             &[key, "24h"],
         );
@@ -415,6 +421,43 @@ fn an_open_default_section_that_pushes_warns_at_start() {
         assert!(
             !server.log_contains("without publish authentication"),
             "{guarded}: {}",
+            server.log_tail(20)
+        );
+    }
+}
+
+/// A keyed application beside an open `[apps."*"]` is an open relay one
+/// letter away (`Live/x`): said at start, naming the applications.
+#[test]
+fn an_open_default_section_beside_authenticated_applications_warns_at_start() {
+    let keyed = "[apps.live.publish_keys]\ncam1 = \"long enough key\"\n";
+    let server = Sluice::start(Some(&format!("[apps.\"*\"]\n{keyed}")));
+    let line = server.wait_log_fields(
+        &[(
+            "message",
+            "[apps.\"*\"] is open beside authenticated applications",
+        )],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        log_field(&line, "level").and_then(|v| v.as_str()),
+        Some("WARN")
+    );
+    assert_eq!(
+        log_field(&line, "guarded").and_then(|v| v.as_str()),
+        Some("live")
+    );
+    assert!(!line.to_string().contains("long enough key"), "{line}");
+    // A guarded default section, or none: no warning.
+    for quiet in [
+        format!("[apps.\"*\"]\npublish_webhook = \"http://127.0.0.1:9/hook\"\n{keyed}"),
+        keyed.to_string(),
+    ] {
+        let server = Sluice::start(Some(&quiet));
+        server.wait_log_fields(&[("message", "applications")], Duration::from_secs(5));
+        assert!(
+            !server.log_contains("open beside authenticated"),
+            "{quiet}: {}",
             server.log_tail(20)
         );
     }

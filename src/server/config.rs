@@ -254,11 +254,7 @@ mod tests {
             let c = Config::from_toml(&format!("[server]\nsetup_timeout = \"{ok}\""));
             assert!(c.is_ok(), "{ok}: {c:?}");
         }
-        for (bad, shown) in [
-            ("0s", "0ns"),
-            ("999ms", "999ms"),
-            ("61m", "3660s"),
-        ] {
+        for (bad, shown) in [("0s", "0ns"), ("999ms", "999ms"), ("61m", "3660s")] {
             assert_eq!(
                 err(&format!("[server]\nsetup_timeout = \"{bad}\"")),
                 format!(
@@ -268,7 +264,10 @@ mod tests {
         }
         // Past every duration's bound (24h): refused where it is read.
         let e = err("[server]\nsetup_timeout = \"18446744073709551615s\"");
-        assert!(e.contains("server.setup_timeout") && e.contains("24h"), "{e}");
+        assert!(
+            e.contains("server.setup_timeout") && e.contains("24h"),
+            "{e}"
+        );
         // Checked again after flags override the file.
         let mut c = Config::default();
         c.server.setup_timeout = Duration::MAX;

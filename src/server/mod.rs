@@ -228,6 +228,17 @@ fn log_applications(apps: &Apps) {
         unknown = apps.unknown().as_str(),
         "applications"
     );
+    let guarded = apps.guarded_beside_open_default();
+    if !guarded.is_empty() {
+        warn!(
+            guarded = guarded.join(","),
+            risk = "these applications authenticate publishers or players, but [apps.\"*\"] \
+                    authenticates nothing, so anyone can publish and play without \
+                    credentials under any other application name (`Live`, `other`); give [apps.\"*\"] keys, a webhook or \
+                    read authentication, or remove it to refuse unlisted applications",
+            "[apps.\"*\"] is open beside authenticated applications"
+        );
+    }
     if let Some(default) = apps.open_default_push() {
         let push = default
             .push

@@ -218,15 +218,17 @@ fn in_flight() -> std::sync::MutexGuard<'static, InFlight> {
 /// returns, then frees its slot).
 async fn lookup(host: &str, by: Deadline) -> Result<Vec<IpAddr>, String> {
     let started = Instant::now();
+    // Spellings of one name (`Host.Example.`) share its lookup.
+    let key = host.trim_end_matches('.').to_ascii_lowercase();
     let mut rx = {
         let mut map = in_flight();
-        match map.get(host) {
+        match map.get(&key) {
             Some(tx) => tx.subscribe(),
             None => {
                 let tx = Arc::new(watch::Sender::new(Lookup::Queued));
                 let rx = tx.subscribe();
-                map.insert(host.to_string(), tx.clone());
-                tokio::spawn(run_lookup(host.to_string(), tx));
+                map.insert(key.clone(), tx.clone());
+                tokio::spawn(run_lookup(host.to_string(), key, tx));
                 rx
             }
         }
@@ -261,14 +263,31 @@ async fn lookup(host: &str, by: Deadline) -> Result<Vec<IpAddr>, String> {
 
 /// One name's lookup: wait for a slot (unless every waiter has gone), run
 /// `getaddrinfo` on the blocking pool holding it, publish the answer.
-async fn run_lookup(host: String, tx: Arc<watch::Sender<Lookup>>) {
+async fn run_lookup(host: String, key: String, tx: Arc<watch::Sender<Lookup>>) {
+    // However this task ends (answered, abandoned, dropped with its
+    // runtime), later legs must not join a lookup nobody runs.
+    struct Entry {
+        key: String,
+        tx: Arc<watch::Sender<Lookup>>,
+    }
+    impl Drop for Entry {
+        fn drop(&mut self) {
+            forget(&mut in_flight(), &self.key, &self.tx);
+        }
+    }
+    let entry = Entry {
+        key,
+        tx: tx.clone(),
+    };
     let slot = loop {
         tokio::select! {
             slot = SLOTS.acquire() => break slot,
             _ = tx.closed() => {
+                // Under the map's lock: no leg can join between the count
+                // and the removal.
                 let mut map = in_flight();
                 if tx.receiver_count() == 0 {
-                    forget(&mut map, &host, &tx);
+                    forget(&mut map, &entry.key, &tx);
                     return;
                 }
             }
@@ -290,8 +309,7 @@ async fn run_lookup(host: String, tx: Arc<watch::Sender<Lookup>>) {
         }
         Err(e) => Err(e.to_string()),
     };
-    let mut map = in_flight();
-    forget(&mut map, &host, &tx);
+    drop(entry);
     tx.send_replace(Lookup::Done(answer));
 }
 

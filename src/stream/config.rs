@@ -78,6 +78,14 @@ impl AppConfig {
         !self.publish_keys.is_empty() || self.publish_webhook.is_some()
     }
 
+    /// Whether its players must prove anything (a passphrase of its own,
+    /// user tokens or the read webhook).
+    pub fn authenticates_readers(&self) -> bool {
+        self.read_passphrase.is_some()
+            || !self.read_tokens.is_empty()
+            || self.read_webhook.is_some()
+    }
+
     /// Rules across keys, after the table was read: names of streams and
     /// users, the rendition table (which also fills in size-based
     /// bitrates), and pushes of renditions that exist. `name` is the
@@ -203,6 +211,25 @@ impl Apps {
         self.0
             .get(DEFAULT_APP)
             .filter(|d| !d.push.is_empty() && !d.authenticates_publishers())
+    }
+
+    /// Named applications that authenticate publishers or players while
+    /// the default section authenticates neither: such an application is
+    /// open anyway under any other spelling (`Live`, `other`), through the
+    /// default section — the hole the unknown-application policy closes.
+    /// Empty without a default section, or when it authenticates.
+    pub fn guarded_beside_open_default(&self) -> Vec<&str> {
+        match self.0.get(DEFAULT_APP) {
+            Some(d) if !d.authenticates_publishers() && !d.authenticates_readers() => self
+                .0
+                .iter()
+                .filter(|(n, a)| {
+                    *n != DEFAULT_APP && (a.authenticates_publishers() || a.authenticates_readers())
+                })
+                .map(|(n, _)| n.as_str())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether any application transcodes.
@@ -336,6 +363,36 @@ mod tests {
                 "{guarded}"
             );
         }
+    }
+
+    #[test]
+    fn an_open_default_beside_guarded_applications_is_found() {
+        let keyed = "[live.publish_keys]\ncam1 = \"long enough\"";
+        let a = apps(&format!(
+            "[\"*\"]\n[open]\n{keyed}\n[club]\nread_tokens = {{ alice = \"long enough\" }}"
+        ))
+        .unwrap();
+        assert_eq!(a.guarded_beside_open_default(), ["club", "live"]);
+        // No default section, or one that authenticates: nothing to say.
+        assert!(apps(keyed)
+            .unwrap()
+            .guarded_beside_open_default()
+            .is_empty());
+        let guarded = format!("[\"*\"]\npublish_webhook = \"http://h/\"\n{keyed}");
+        assert!(apps(&guarded)
+            .unwrap()
+            .guarded_beside_open_default()
+            .is_empty());
+        let read_guarded = format!("[\"*\"]\nread_passphrase = \"long enough pass\"\n{keyed}");
+        assert!(apps(&read_guarded)
+            .unwrap()
+            .guarded_beside_open_default()
+            .is_empty());
+        // Nothing named authenticates: the default is as open as they are.
+        assert!(apps("[\"*\"]\n[live]")
+            .unwrap()
+            .guarded_beside_open_default()
+            .is_empty());
     }
 
     #[test]

@@ -282,7 +282,19 @@ impl Driver {
                     }
                     batch.push(self.leg_ended(done));
                 }
-                _ = tokio::time::sleep_until(wake.map_or(far, Into::into)) => batch.push(Input::Timeout),
+                _ = tokio::time::sleep_until(wake.map_or(far, Into::into)) => {
+                    // A leg that failed just before the deadline (a push
+                    // host that did not resolve in time) names the cause
+                    // better than the deadline: what legs said and how
+                    // they ended goes first, whichever branch won.
+                    while let Ok((leg, ev)) = ev_rx.try_recv() {
+                        batch.push(leg_input(leg, ev));
+                    }
+                    while let Some(done) = self.legs.try_join_next_with_id() {
+                        batch.push(self.leg_ended(done));
+                    }
+                    batch.push(Input::Timeout);
+                }
                 _ = cancel.cancelled() => batch.push(if self.stream.was_taken_over() {
                     Input::TakenOver
                 } else {

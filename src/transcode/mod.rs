@@ -728,8 +728,8 @@ async fn read_stderr<R>(err: R, shared: Arc<Shared>, stream: String)
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    // Errors have their own budget: a flood of warnings must not hide the
-    // line that says why FFmpeg is about to stop.
+    // Errors have their own budget: a flood of warnings must not hide
+    // them; fatal lines (why FFmpeg is about to stop) always pass.
     let mut limiter = t::LogLimiter::new(t::limit::REPEATED_WARNING_INTERVAL, STDERR_LOG_BURST);
     let mut errors = t::LogLimiter::new(t::limit::REPEATED_WARNING_INTERVAL, STDERR_LOG_BURST);
     let mut lines = BufReader::new(err).lines();
@@ -749,8 +749,15 @@ where
         }
         let is_error =
             line.contains("[error]") || line.contains("[fatal]") || line.contains("[panic]");
+        // FFmpeg stops after a fatal line: those are never held back.
+        let fatal = line.contains("[fatal]") || line.contains("[panic]");
         let budget = if is_error { &mut errors } else { &mut limiter };
-        if let Some(suppressed) = budget.check(Instant::now()) {
+        let shown = if fatal {
+            Some(0)
+        } else {
+            budget.check(Instant::now())
+        };
+        if let Some(suppressed) = shown {
             if is_error {
                 error!(stream, ffmpeg = %line, suppressed, "ffmpeg");
             } else if line.contains("[warning]") {
@@ -1156,6 +1163,12 @@ mod tests {
             .collect();
         // The error after the flood has its own budget: it is logged.
         text.push_str("[libx264 @ 0x55] [error] final error after the flood\n");
+        // A flood of errors (corrupt input is logged at error level)…
+        for i in 0..100 {
+            text.push_str(&format!("[h264 @ 0x5581] [error] corrupt MB {i}\n"));
+        }
+        // …does not hide the fatal line.
+        text.push_str("[out#0 @ 0x55] [fatal] the fatal line\n");
         let shared = Arc::new(Shared {
             stderr_tail: Mutex::new(VecDeque::new()),
             nvenc_refused: Default::default(),
@@ -1177,17 +1190,19 @@ mod tests {
         );
         assert!(
             lines
-                .last()
-                .unwrap()
-                .contains("final error after the flood")
-                && lines.last().unwrap().contains("ERROR"),
+                .iter()
+                .any(|l| l.contains("final error after the flood") && l.contains("ERROR")),
+            "{logged}"
+        );
+        assert!(
+            lines.last().unwrap().contains("the fatal line"),
             "{}",
             lines.last().unwrap()
         );
         let tail = shared.stderr_tail.lock().unwrap();
         assert_eq!(
-            tail.iter().rev().nth(1).map(String::as_str),
-            Some("[h264 @ 0x5581] [warning] error while decoding MB 999 7")
+            tail.back().map(String::as_str),
+            Some("[out#0 @ 0x55] [fatal] the fatal line")
         );
     }
 }
