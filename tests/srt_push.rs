@@ -143,21 +143,28 @@ fn with_the_destination_down_the_publish_fails_within_the_deadline() {
     assert_eq!(server.metric_or_zero("sluice_rtmp_connections"), 0.0);
 }
 
-/// A destination that disappears while the stream runs is a failed leg: the
-/// whole group is torn down and the publisher told why.
-#[test]
-fn losing_the_destination_tears_the_stream_down() {
+/// An srt-live-transmit listener on a free port (URL options `extra`,
+/// e.g. `&passphrase=…`) writing what it receives to its stdout, started.
+fn discarding_listener(extra: &str) -> (u16, ChildGuard) {
     require_program("srt-live-transmit", "the `srt-tools` Debian package");
     let port = free_udp_port();
     let mut cmd = Command::new("srt-live-transmit");
     cmd.args([
         "-q",
         "-a:no",
-        &format!("srt://:{port}?mode=listener"),
+        &format!("srt://:{port}?mode=listener{extra}"),
         "file://con",
     ]);
-    let mut receiver = ChildGuard::spawn("srt-live-transmit", cmd);
+    let receiver = ChildGuard::spawn("srt-live-transmit", cmd);
     std::thread::sleep(Duration::from_millis(300));
+    (port, receiver)
+}
+
+/// A destination that disappears while the stream runs is a failed leg: the
+/// whole group is torn down and the publisher told why.
+#[test]
+fn losing_the_destination_tears_the_stream_down() {
+    let (port, mut receiver) = discarding_listener("");
     let server = Sluice::start(Some(&format!(
         "[srt]\npeer_idle_timeout = \"2s\"\n[apps.live]\npush = [\"srt://127.0.0.1:{port}\"]\n"
     )));
@@ -222,17 +229,7 @@ fn failed(statuses: &[Status]) -> &Status {
 /// the publisher reads or anywhere in the log.
 #[test]
 fn push_failures_name_the_destination_without_its_secrets() {
-    require_program("srt-live-transmit", "the `srt-tools` Debian package");
-    let port = free_udp_port();
-    let mut cmd = Command::new("srt-live-transmit");
-    cmd.args([
-        "-q",
-        "-a:no",
-        &format!("srt://:{port}?mode=listener&passphrase=the-right-passphrase"),
-        "file://con",
-    ]);
-    let _receiver = ChildGuard::spawn("srt-live-transmit", cmd);
-    std::thread::sleep(Duration::from_millis(300));
+    let (port, _receiver) = discarding_listener("&passphrase=the-right-passphrase");
     let server = Sluice::start(Some(&format!(
         r#"
 [server]
