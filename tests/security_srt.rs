@@ -105,7 +105,7 @@ fn unknown_applications_are_refused_once_any_is_configured() {
         "[apps.live.publish_keys]\ncam1 = \"bystander-key-1\"\n",
     ));
     let dir = TempDir::new("unknown-app");
-    let bystander = Bystander::start(&server, "live/cam1", "?key=bystander-key-1", "", 40);
+    let bystander = Bystander::start(&server, "live/cam1", "?key=bystander-key-1", "", 60);
     let watched = Instant::now();
     let base = server.usage();
 
@@ -160,7 +160,7 @@ fn a_default_section_gives_unlisted_applications_its_keys_and_tokens() {
     ));
     let dir = TempDir::new("default-app");
     // The named application has no keys: open.
-    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let watched = Instant::now();
     let base = server.usage();
 
@@ -174,7 +174,7 @@ fn a_default_section_gives_unlisted_applications_its_keys_and_tokens() {
             other => panic!("{app}/{name}: {other:?}"),
         }
     }
-    let _other = publish(&server, "other/cam1", "?key=star-publish-key-1", 40);
+    let _other = publish(&server, "other/cam1", "?key=star-publish-key-1", 60);
     let srt = server.srt_addr();
     assert_eq!(libsrt_outcome(&dir, srt, "other/cam1"), "rejected 1401");
     assert_eq!(
@@ -217,66 +217,66 @@ fn zero_config_stays_open() {
 /// The raw caller of the webhook-reuse case.
 const RAW_CALLER: &str = "127.0.0.3";
 
-/// Set once the webhook was asked about club/secret by [`RAW_CALLER`].
-static SECRET_ASKED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// Set by the test once [`RAW_CALLER`] got its answer for club/secret.
+static SECRET_REFUSED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 /// The read webhook of `club`: allows `club/public`, refuses everything
 /// else, 200 ms late. To [`RAW_CALLER`] it refuses club/secret at once and
-/// allows club/public only once it has been asked about club/secret (1 s
-/// at most, then 500 ms more: within sluice's 2 s), so that caller has
-/// both questions open at once and club/secret is answered first.
+/// allows club/public only after the test has seen club/secret refused
+/// (sluice's webhook_timeout is 10 s, this waits 30 s at most): that
+/// caller has both questions open at once and club/secret is answered
+/// first, however slow the machine.
 fn public_only(v: &serde_json::Value) -> (u16, Duration) {
     let public = v["path"] == "club/public";
     let raw = v["client"]
         .as_str()
         .is_some_and(|c| c.starts_with(&format!("{RAW_CALLER}:")));
-    let (asked, cv) = &SECRET_ASKED;
     match (raw, public) {
         (false, _) => (if public { 204 } else { 403 }, Duration::from_millis(200)),
-        (true, false) => {
-            *asked.lock().unwrap() = true;
-            cv.notify_all();
-            (403, Duration::ZERO)
-        }
+        (true, false) => (403, Duration::ZERO),
         (true, true) => {
-            let wait = Duration::from_secs(1);
-            drop(cv.wait_timeout_while(asked.lock().unwrap(), wait, |a| !*a));
-            (204, Duration::from_millis(500))
+            let (refused, cv) = &SECRET_REFUSED;
+            let wait = Duration::from_secs(30);
+            drop(cv.wait_timeout_while(refused.lock().unwrap(), wait, |r| !*r));
+            (204, Duration::ZERO)
         }
     }
 }
 
 /// Sends `conclusion` from `sock` until a handshake comes back (the
-/// listener says nothing while its webhook is asked); returns its shake
-/// type (-1 accepted, 1000 + code rejected).
+/// listener says nothing while its webhook is asked), every 250 ms like
+/// libsrt, for 10 s at most; returns its shake type (-1 accepted, 1000 +
+/// code rejected). `sock` must have a read timeout.
 fn conclude(sock: &UdpSocket, srt: SocketAddr, conclusion: &[u8]) -> i32 {
     let mut buf = [0u8; 1500];
-    for _ in 0..20 {
+    for _ in 0..40 {
         sock.send_to(conclusion, srt).unwrap();
         let deadline = Instant::now() + Duration::from_millis(250);
         while Instant::now() < deadline {
+            // A read timeout: wait on until the next resend.
             let Ok((n, _)) = sock.recv_from(&mut buf) else {
-                break;
+                continue;
             };
             if n >= 64 && buf[0] == 0x80 && buf[1] == 0 {
                 return i32::from_be_bytes(buf[36..40].try_into().unwrap());
             }
         }
     }
-    panic!("no answer to the Conclusion in 5 s");
+    panic!("no answer to the Conclusion in 10 s");
 }
 
 #[test]
 fn a_read_webhook_answer_is_never_reused_for_another_stream() {
     let (port, seen) = webhook_server(public_only);
     let server = Sluice::start(Some(&format!(
-        "[apps.live]\n[apps.club]\nread_webhook = \"http://127.0.0.1:{port}/read\"\n"
+        "[apps.live]\n[apps.club]\nread_webhook = \"http://127.0.0.1:{port}/read\"\n\
+         webhook_timeout = \"10s\"\n"
     )));
     let dir = TempDir::new("webhook-reuse");
-    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let watched = Instant::now();
-    let _public = publish(&server, "club/public", "", 40);
-    let _secret = publish(&server, "club/secret", "", 40);
+    let _public = publish(&server, "club/public", "", 60);
+    let _secret = publish(&server, "club/secret", "", 60);
     let srt = server.srt_addr();
     // The webhook's own rule, one caller each.
     assert_eq!(libsrt_outcome(&dir, srt, "club/public"), "connected");
@@ -316,8 +316,15 @@ fn a_read_webhook_answer_is_never_reused_for_another_stream() {
             >= 2,
         "the webhook was not asked for club/secret"
     );
-    // club/public's answer serves club/public, sent as soon as the webhook
-    // answers (the caller does not retransmit it)...
+    // Only now may the webhook allow club/public. Its answer serves
+    // club/public: the raw caller resends that Conclusion as libsrt would
+    // (every 250 ms) until it is accepted, by the listener's replay of the
+    // held one or on a retransmission...
+    let (refused, cv) = &SECRET_REFUSED;
+    *refused.lock().unwrap() = true;
+    cv.notify_all();
+    let shake = conclude(&sock, srt, &hs("club/public"));
+    assert_eq!(shake, -1, "club/public was answered with shake {shake}");
     let peer = sock.local_addr().unwrap().to_string();
     server.wait_log_fields(
         &[
@@ -352,9 +359,9 @@ fn streamid_tokens_never_reach_the_log_in_any_encoding() {
         "[apps.live]\n[apps.club.read_tokens]\nalice = \"alice-token-1\"\n",
     ));
     let dir = TempDir::new("sid-secrets");
-    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let watched = Instant::now();
-    let _club = publish(&server, "club/cam2", "", 40);
+    let _club = publish(&server, "club/cam2", "", 60);
     let srt = server.srt_addr();
     let base = server.usage();
     let secrets = [
@@ -434,9 +441,9 @@ fn caller_controlled_names_never_put_control_characters_in_the_log() {
         "[apps.live]\n[apps.club.read_tokens]\nalice = \"alice-token-1\"\n",
     ));
     let dir = TempDir::new("sid-control");
-    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let watched = Instant::now();
-    let _club = publish(&server, "club/cam2", "", 40);
+    let _club = publish(&server, "club/cam2", "", 60);
     let srt = server.srt_addr();
     let base = server.usage();
     // A user name that, printed raw in the text log format, would end the
@@ -513,9 +520,9 @@ fn a_conclusion_flood_from_one_address_locks_no_player_out() {
         "[apps.live]\n[apps.club]\nread_webhook = \"http://127.0.0.1:{port}/read\"\n"
     )));
     let dir = TempDir::new("conclusion-flood");
-    let bystander = Bystander::start(&server, "live/cam1", "", "", 50);
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 60);
     let watched = Instant::now();
-    let _club = publish(&server, "club/cam1", "", 50);
+    let _club = publish(&server, "club/cam1", "", 60);
     let srt = server.srt_addr();
     let viewer = "#!::r=club/cam1,u=viewer,s=viewer-token-1";
     let quiet = libsrt_play(&dir, srt, viewer, 50_000);
@@ -543,10 +550,13 @@ fn a_conclusion_flood_from_one_address_locks_no_player_out() {
         }
     };
     let mut sent = 0u32;
+    // 2 000 a second: enough to have filled the pending table within a
+    // webhook's lifetime, slow enough that sluice reads every one (the
+    // count below is of rate-limited ones, not of kernel drops).
     for id in 2..1200 {
         let _ = flood.send_to(&conclusion(id), srt);
         sent += 1;
-        if id % 100 == 0 {
+        if id % 20 == 0 {
             std::thread::sleep(Duration::from_millis(10));
             drain(&flood);
         }

@@ -238,16 +238,18 @@ impl<C> PendingReads<C> {
     }
 
     /// The held Conclusions whose webhook has answered since the last
-    /// call, each with its caller's address; each is handed out once (its
-    /// answer stays for [`PendingReads::take`]).
-    pub fn answered(&mut self) -> Vec<(SocketAddr, C)> {
+    /// call, each with its request (the caller's address is `key.from`);
+    /// each is handed out once. The answer stays for
+    /// [`PendingReads::take`]: whoever replays the Conclusion, or decides
+    /// not to, takes it, so that it holds no place any longer.
+    pub fn answered(&mut self) -> Vec<(ReadKey, C)> {
         let ready = std::mem::take(&mut self.ready);
         ready
             .into_iter()
             .filter_map(|key| {
                 let e = self.map.get_mut(&key)?;
                 e.answer.as_ref()?;
-                Some((key.from, e.conclusion.take()?))
+                Some((key, e.conclusion.take()?))
             })
             .collect()
     }
@@ -384,7 +386,7 @@ mod tests {
         p.hold(&b, "b");
         assert!(p.answered().is_empty(), "nothing answered yet");
         p.answer(&a, Err("no".into()));
-        assert_eq!(p.answered(), vec![(a.from, "latest")]);
+        assert_eq!(p.answered(), vec![(a, "latest")]);
         assert!(p.answered().is_empty(), "handed out once");
         // The answer itself stays for the replayed Conclusion.
         assert_eq!(p.take(&a), PendingState::Answered(Err("no".into())));

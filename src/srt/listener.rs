@@ -50,6 +50,11 @@ const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 const COOKIE_BUCKET: Duration = Duration::from_secs(10);
 /// Datagrams handled per wake before timers and feeding get a turn.
 const RECV_BATCH: usize = 64;
+/// A held Conclusion is replayed when its webhook answers only if its
+/// caller sent it this recently: libsrt resends every 250 ms to 1 s while
+/// connecting, so a caller silent for longer gave up (or is another
+/// connection now) and must not get a player.
+const HELD_FRESH: Duration = Duration::from_millis(1500);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -125,15 +130,18 @@ pub struct Listener {
     read_auth: ReadRules,
     /// Read-webhook calls in flight, each with the Conclusion it holds.
     pending_reads: Arc<std::sync::Mutex<PendingReads<HeldConclusion>>>,
-    /// Woken when a webhook answers (see [`Listener::webhook_answered`]).
-    answers: Arc<tokio::sync::Notify>,
+    /// Sent to (at most one wake queued) when a webhook answers.
+    answers: tokio::sync::mpsc::Sender<()>,
+    /// Its receiving end, until [`Listener::take_answers`].
+    answers_rx: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
-/// A Conclusion waiting for its read webhook, as it came in (with the
-/// guard's forced rejection, if any): replayed when the webhook answers.
+/// The latest retransmission of a Conclusion waiting for its read webhook
+/// (a forced rejection is never held): replayed when the webhook answers,
+/// if its caller is still retransmitting ([`HELD_FRESH`]).
 struct HeldConclusion {
     packet: Packet,
-    forced: Option<RejectReason>,
+    last_seen: Instant,
 }
 
 /// Who may play an application's streams.
@@ -349,6 +357,7 @@ impl Listener {
         };
         let mut cookie_key = [0u8; 32];
         rand::fill(&mut cookie_key);
+        let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
         Ok(Listener {
             registry,
             cfg: cfg.clone(),
@@ -362,7 +371,8 @@ impl Listener {
             conclusions: HandshakeLimiter::default(),
             read_auth: ReadRules::default(),
             pending_reads: Arc::default(),
-            answers: Arc::default(),
+            answers,
+            answers_rx: Some(answers_rx),
         })
     }
 
@@ -546,10 +556,15 @@ impl Listener {
         from: SocketAddr,
         forced: Option<RejectReason>,
     ) {
-        let Some(h) = handshake_of(&packet).cloned() else {
+        let Packet::Control(ControlPacket {
+            timestamp,
+            dest_sockid,
+            control_type: ControlTypes::Handshake(h),
+        }) = &packet
+        else {
             return;
         };
-        let held = packet.clone();
+        let (timestamp, dest_sockid, h) = (*timestamp, *dest_sockid, h.clone());
         let sid = match &h.info {
             HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
             HandshakeVsInfo::V4(_) => String::new(),
@@ -563,10 +578,15 @@ impl Listener {
         let decision = self.decide(&request, &h, forced, passphrase, from, now);
         if let Some(key) = decision.waiting {
             // Waiting for the webhook: say nothing until it answers (the
-            // caller retransmits meanwhile).
+            // caller retransmits meanwhile). `packet` went to srt-protocol;
+            // `h` is the whole of it but for the header.
             let conclusion = HeldConclusion {
-                packet: held,
-                forced,
+                packet: Packet::Control(ControlPacket {
+                    timestamp,
+                    dest_sockid,
+                    control_type: ControlTypes::Handshake(h),
+                }),
+                last_seen: now,
             };
             self.pending_reads().hold(&key, conclusion);
             return;
@@ -898,7 +918,8 @@ impl Listener {
             slot.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .answer(&key, answer);
-            answers.notify_one();
+            // Full: a wake is queued already and finds this answer too.
+            let _ = answers.try_send(());
         });
         WebhookVerdict::Waiting(key)
     }
@@ -907,27 +928,38 @@ impl Listener {
         self.pending_reads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notified (a stored permit: no wake is lost) when a read webhook has
-    /// answered; then call [`Listener::webhook_answered`].
-    pub fn answers(&self) -> Arc<tokio::sync::Notify> {
-        self.answers.clone()
+    /// The wake for [`Listener::webhook_answered`]: a message after a read
+    /// webhook has answered (at most one queued, so none is lost and none
+    /// piles up). Handed out once; `None` after.
+    pub fn take_answers(&mut self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        self.answers_rx.take()
     }
 
     /// Answer the callers whose read webhook has answered, without waiting
     /// for their next retransmission (libsrt's come 250 ms to 1 s apart).
+    /// A held Conclusion is replayed only to a caller still retransmitting
+    /// it and with no player at its address; otherwise the answer is
+    /// forgotten (a player there: it would replace that player) or left
+    /// for a retransmission (the caller was silent for [`HELD_FRESH`]).
     pub fn webhook_answered(&mut self, now: Instant) {
         let answered = self.pending_reads().answered();
-        for (from, held) in answered {
-            // Already connected (its own retransmission was answered).
-            let sockid = handshake_of(&held.packet).map(|h| h.socket_id);
-            if self
-                .players
-                .get(&from)
-                .is_some_and(|p| Some(p.remote_sockid) == sockid)
-            {
+        for (key, held) in answered {
+            let from = key.from;
+            if self.players.contains_key(&from) {
+                // Connected meanwhile (its retransmission took the answer),
+                // or another socket id of the same address:port plays now:
+                // the caller that asked gave up on this question.
+                self.pending_reads().take(&key);
                 continue;
             }
-            self.conclude(now, held.packet, from, held.forced);
+            if now.saturating_duration_since(held.last_seen) > HELD_FRESH {
+                continue;
+            }
+            self.conclude(now, held.packet, from, None);
+            // When the decision was made before the webhook's answer was
+            // looked at (the stream ended, a player limit), it is still
+            // there, holding a place of its prefix: forget it.
+            self.pending_reads().take(&key);
         }
     }
 
@@ -1077,7 +1109,7 @@ enum WebhookVerdict {
 /// gracefully (bounded by about 1.5 s) and return.
 pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: CancellationToken) {
     let notify = listener.registry.data_ready().clone();
-    let answers = listener.answers();
+    let mut answers = listener.take_answers().expect("a listener is served once");
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::new();
     let mut wire = BytesMut::with_capacity(1500);
@@ -1098,7 +1130,7 @@ pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: Cancella
             _ = notify.notified() => {
                 listener.pump_all(Instant::now(), true);
             }
-            _ = answers.notified() => {
+            Some(()) = answers.recv() => {
                 listener.webhook_answered(Instant::now());
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -1440,15 +1472,15 @@ mod tests {
         url
     }
 
-    /// Waits for webhook answers and replays them until the listener sends
-    /// something; returns the shake type of what it sent.
-    async fn next_answer(l: &mut Listener) -> ShakeType {
-        let answers = l.answers();
+    /// Waits for webhook answers and replays them as at `at` until the
+    /// listener sends something; returns the shake type of what it sent.
+    async fn next_answer(l: &mut Listener, at: Instant) -> ShakeType {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let woken = tokio::time::timeout_at(deadline, answers.notified()).await;
+            let answers = l.answers_rx.as_mut().unwrap();
+            let woken = tokio::time::timeout_at(deadline, answers.recv()).await;
             assert!(woken.is_ok(), "no webhook answer in 5 s");
-            l.webhook_answered(Instant::now());
+            l.webhook_answered(at);
             if let Some((p, to)) = take(l).into_iter().next() {
                 assert_eq!(to, caller());
                 return shake(&p);
@@ -1474,12 +1506,12 @@ mod tests {
         l.handle_datagram(now, &hs(5, 5, -1, 77, cookie, "club/secret"), caller());
         assert!(take(&mut l).is_empty(), "answered before the webhook");
         // club/secret gets the webhook's own answer to club/secret...
-        let refused = next_answer(&mut l).await;
+        let refused = next_answer(&mut l, now).await;
         assert_eq!(refused, ShakeType::Rejection(reject_code(code::FORBIDDEN)));
         assert_eq!(l.players(), 0);
         // ...and club/public's, once given, opens club/public only.
         release.notify_one();
-        assert_eq!(next_answer(&mut l).await, ShakeType::Conclusion);
+        assert_eq!(next_answer(&mut l, now).await, ShakeType::Conclusion);
         assert_eq!(l.players[&caller()].stream, "club/public");
         l.handle_datagram(
             Instant::now(),
@@ -1487,6 +1519,124 @@ mod tests {
             caller(),
         );
         assert_eq!(l.players[&caller()].stream, "club/public");
+        l.pending_reads().check_invariants();
+    }
+
+    /// A listener whose `club` asks [`public_only_webhook`] (answering
+    /// club/public when `release` is notified) and whose `live` is open,
+    /// with club/public and live/cam1 live; and the cookie of [`caller`].
+    async fn club_listener(
+        now: Instant,
+    ) -> (
+        Listener,
+        Arc<tokio::sync::Notify>,
+        [crate::stream::PublishGuard; 2],
+        i32,
+    ) {
+        let (mut l, registry) = listener();
+        let guards = [live(&registry, "club/public"), live(&registry, "live/cam1")];
+        let release = Arc::new(tokio::sync::Notify::new());
+        let url = public_only_webhook(release.clone()).await;
+        l.set_read_auth(rules(&format!(
+            "[live]\n[club]\nread_webhook = \"{url}\"\n"
+        )));
+        l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
+        let cookie = handshake_of(&take(&mut l)[0].0).unwrap().syn_cookie;
+        (l, release, guards, cookie)
+    }
+
+    /// Waits (5 s at most) until a read webhook has answered, then lets the
+    /// listener act on it as at `at`.
+    async fn answered_at(l: &mut Listener, at: Instant) {
+        let answers = l.answers_rx.as_mut().unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(5), answers.recv()).await;
+        assert!(woken.is_ok(), "no webhook answer in 5 s");
+        l.webhook_answered(at);
+    }
+
+    #[tokio::test]
+    async fn a_late_webhook_answer_never_replaces_the_next_caller_from_its_address() {
+        let now = Instant::now();
+        let (mut l, release, _guards, cookie) = club_listener(now).await;
+        // Socket id 1 waits for the webhook, gives up, and reconnects from
+        // the same address and port (NAT, a fixed local port) as socket
+        // id 2, to a stream without a webhook.
+        l.handle_datagram(now, &hs(5, 5, -1, 1, cookie, "club/public"), caller());
+        assert!(take(&mut l).is_empty());
+        l.handle_datagram(now, &hs(5, 5, -1, 2, cookie, "live/cam1"), caller());
+        assert_eq!(shake(&take(&mut l)[0].0), ShakeType::Conclusion);
+        // Socket id 1's answer comes while 2 plays: 2 is left alone...
+        release.notify_one();
+        answered_at(&mut l, now).await;
+        let sent = take(&mut l);
+        assert!(
+            sent.iter().all(|(p, _)| matches!(p, Packet::Data(_))),
+            "{sent:?}"
+        );
+        let p = &l.players[&caller()];
+        assert_eq!(
+            (p.remote_sockid, p.stream.as_str()),
+            (SocketId(2), "live/cam1")
+        );
+        // ...and the answer is forgotten: it holds no place.
+        assert_eq!(l.pending_reads().len(), 0);
+        l.pending_reads().check_invariants();
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_the_caller_stopped_retransmitting_starts_no_player() {
+        let now = Instant::now();
+        let (mut l, release, _guards, cookie) = club_listener(now).await;
+        let conclusion = hs(5, 5, -1, 1, cookie, "club/public");
+        l.handle_datagram(now, &conclusion, caller());
+        release.notify_one();
+        // Answered 2 s after the caller's last Conclusion (libsrt resends
+        // every 250 ms to 1 s, and gives up after 3 s): no player sending
+        // to a port nobody reads.
+        let later = now + Duration::from_secs(2);
+        answered_at(&mut l, later).await;
+        assert!(take(&mut l).is_empty());
+        assert_eq!(l.players(), 0);
+        // Should the caller still be there, its next Conclusion gets it.
+        assert_eq!(l.pending_reads().len(), 1);
+        l.handle_datagram(later, &conclusion, caller());
+        assert_eq!(shake(&take(&mut l)[0].0), ShakeType::Conclusion);
+        assert_eq!(l.players(), 1);
+        assert_eq!(l.pending_reads().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_retransmission_keeps_a_held_conclusion_fresh() {
+        let now = Instant::now();
+        let (mut l, release, _guards, cookie) = club_listener(now).await;
+        let conclusion = hs(5, 5, -1, 1, cookie, "club/public");
+        let resent = now + Duration::from_secs(1);
+        l.handle_datagram(now, &conclusion, caller());
+        l.handle_datagram(resent, &conclusion, caller());
+        assert!(take(&mut l).is_empty());
+        release.notify_one();
+        answered_at(&mut l, resent + Duration::from_secs(1)).await;
+        assert_eq!(shake(&take(&mut l)[0].0), ShakeType::Conclusion);
+        assert_eq!(l.players[&caller()].stream, "club/public");
+        assert_eq!(l.pending_reads().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_replay_refused_before_the_webhook_question_frees_its_place() {
+        let now = Instant::now();
+        let (mut l, release, [public, _cam], cookie) = club_listener(now).await;
+        l.handle_datagram(now, &hs(5, 5, -1, 1, cookie, "club/public"), caller());
+        // The stream ends while the webhook decides: the replay is refused
+        // (1404) before the webhook's answer is looked at.
+        drop(public);
+        release.notify_one();
+        answered_at(&mut l, now).await;
+        let sent = take(&mut l);
+        assert_eq!(
+            shake(&sent[0].0),
+            ShakeType::Rejection(reject_code(code::NOT_FOUND))
+        );
+        assert_eq!(l.pending_reads().len(), 0);
         l.pending_reads().check_invariants();
     }
 
