@@ -34,6 +34,18 @@ impl Prefix {
     }
 }
 
+impl Prefix {
+    /// The network around a prefix: an IPv4 /24 or an IPv6 /48 (what one
+    /// site is commonly given), for the second-level share of
+    /// [`PendingReads`].
+    pub fn network(self) -> Prefix {
+        match self.0 {
+            IpAddr::V4(v4) => Prefix(IpAddr::V4((u32::from(v4) & 0xFFFF_FF00).into())),
+            IpAddr::V6(v6) => Prefix(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
+        }
+    }
+}
+
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
@@ -116,7 +128,9 @@ pub const PENDING_READ_GRACE: Duration = Duration::from_secs(5);
 /// Places one prefix may hold when `taken` are taken in all: the fuller
 /// the table, the smaller each prefix's share (8, then 4 past half full,
 /// then 1 past three quarters: a waiting player needs one). Filling the
-/// table takes about 512/8 + 256/4 + 256 = 384 prefixes, not 1024/8.
+/// table takes about 512/8 + 256/4 + 256 = 384 prefixes, not 1024/8; and
+/// as those must come from many networks ([`network_cap`]), one site with
+/// a /48 of its own cannot.
 fn prefix_cap(taken: usize) -> usize {
     if taken < MAX_PENDING_READS / 2 {
         MAX_PENDING_READS_PER_PREFIX
@@ -125,6 +139,13 @@ fn prefix_cap(taken: usize) -> usize {
     } else {
         1
     }
+}
+
+/// Places the prefixes of one network ([`Prefix::network`]: IPv4 /24,
+/// IPv6 /48) may hold together: four prefixes' share (32, 16, then 4).
+/// Filling the table then takes at least 16 + 16 + 64 = 96 networks.
+fn network_cap(taken: usize) -> usize {
+    4 * prefix_cap(taken)
 }
 
 /// Read-webhook calls and their answers for callers whose Conclusion is
@@ -138,6 +159,8 @@ pub struct PendingReads<C> {
     map: HashMap<ReadKey, PendingRead<C>>,
     /// Entries of `map` per prefix (prefixes holding none are absent).
     per_prefix: HashMap<Prefix, usize>,
+    /// Entries of `map` per network ([`Prefix::network`]), likewise.
+    per_network: HashMap<Prefix, usize>,
     /// `(expires, key)` of every entry of `map`, and of some already gone
     /// (skipped when popped, dropped when the heap is rebuilt).
     expiry: BinaryHeap<Reverse<(Instant, ReadKey)>>,
@@ -156,6 +179,7 @@ impl<C> Default for PendingReads<C> {
         PendingReads {
             map: HashMap::new(),
             per_prefix: HashMap::new(),
+            per_network: HashMap::new(),
             expiry: BinaryHeap::new(),
             ready: Vec::new(),
         }
@@ -200,6 +224,13 @@ impl<C> PendingReads<C> {
                 "{held} players from {prefix} are already waiting for the read webhook"
             ));
         }
+        let network = prefix.network();
+        let around = self.per_network.get(&network).copied().unwrap_or(0);
+        if around >= network_cap(self.map.len()) {
+            return Err(format!(
+                "{around} players from around {prefix} are already waiting for the read webhook"
+            ));
+        }
         if self.map.len() >= MAX_PENDING_READS {
             return Err("too many players waiting for the read webhook".into());
         }
@@ -213,6 +244,7 @@ impl<C> PendingReads<C> {
             },
         );
         *self.per_prefix.entry(prefix).or_insert(0) += 1;
+        *self.per_network.entry(network).or_insert(0) += 1;
         self.expiry.push(Reverse((expires, key)));
         Ok(())
     }
@@ -278,10 +310,16 @@ impl<C> PendingReads<C> {
 
     fn forget(&mut self, key: &ReadKey) -> Option<PendingRead<C>> {
         let e = self.map.remove(key)?;
-        if let Entry::Occupied(mut n) = self.per_prefix.entry(Prefix::of(key.from.ip())) {
-            *n.get_mut() -= 1;
-            if *n.get() == 0 {
-                n.remove();
+        let prefix = Prefix::of(key.from.ip());
+        for (counts, at) in [
+            (&mut self.per_prefix, prefix),
+            (&mut self.per_network, prefix.network()),
+        ] {
+            if let Entry::Occupied(mut n) = counts.entry(at) {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
             }
         }
         Some(e)
@@ -301,6 +339,11 @@ impl<C> PendingReads<C> {
             *counts.entry(Prefix::of(k.from.ip())).or_insert(0) += 1;
         }
         assert_eq!(counts, self.per_prefix, "per-prefix counts");
+        let mut networks: HashMap<Prefix, usize> = HashMap::new();
+        for (p, n) in &counts {
+            *networks.entry(p.network()).or_insert(0) += n;
+        }
+        assert_eq!(networks, self.per_network, "per-network counts");
         assert!(self.map.len() <= MAX_PENDING_READS);
         assert!(self.ready.len() <= MAX_PENDING_READS);
         assert!(self.expiry.len() <= 2 * MAX_PENDING_READS + 65);
@@ -324,8 +367,14 @@ mod tests {
         ReadKey::new(from.parse().unwrap(), sockid, Mode::Request, &body)
     }
 
+    /// An address of /64 number `net`, each in a /48 of its own.
     fn v6(net: u16, host: u16) -> IpAddr {
-        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, host).into()
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, host).into()
+    }
+
+    /// An address of /64 number `net` inside the one /48 2001:db8:ffff::/48.
+    fn in_one_site(net: u16, host: u16) -> IpAddr {
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xffff, net, 0, 0, 0, host).into()
     }
 
     fn mapped(last: u8) -> IpAddr {
@@ -453,6 +502,42 @@ mod tests {
             .admit(now, at(IpAddr::from([10, 0, 0, 1]), 99), t)
             .unwrap_err();
         assert!(why.contains("10.0.0.1"), "{why}");
+        p.check_invariants();
+    }
+
+    #[test]
+    fn one_site_cannot_fill_the_table_with_its_many_64s() {
+        let mut p = PendingReads::<()>::default();
+        let now = Instant::now();
+        let t = Duration::from_secs(2);
+        // A /48 has 65 536 /64s; together they get four prefixes' share.
+        let mut admitted = 0;
+        for net in 0..1000u16 {
+            for id in 0..MAX_PENDING_READS_PER_PREFIX as u32 {
+                if p.admit(now, at(in_one_site(net, 1), id), t).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 4 * MAX_PENDING_READS_PER_PREFIX);
+        let why = p.admit(now, at(in_one_site(5000, 1), 0), t).unwrap_err();
+        assert!(why.contains("around 2001:db8:ffff:"), "{why}");
+        // Another site, and an IPv4 /24, are not affected.
+        p.admit(now, at(v6(1, 1), 0), t).unwrap();
+        p.admit(now, at(IpAddr::from([192, 0, 2, 7]), 0), t)
+            .unwrap();
+        // An IPv4 /24 likewise: its addresses share four addresses' share.
+        let mut v4 = 0;
+        for last in 0..=255u8 {
+            for id in 0..MAX_PENDING_READS_PER_PREFIX as u32 {
+                if p.admit(now, at(IpAddr::from([198, 51, 100, last]), id), t)
+                    .is_ok()
+                {
+                    v4 += 1;
+                }
+            }
+        }
+        assert_eq!(v4, 4 * MAX_PENDING_READS_PER_PREFIX);
         p.check_invariants();
     }
 
