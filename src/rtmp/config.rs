@@ -177,3 +177,147 @@ mod tests {
         );
     }
 }
+
+/// An RTMP(S) destination a stream is restreamed to, as platforms give it:
+/// `rtmp://a.rtmp.youtube.com/live2/KEY`, `rtmps://host:443/app/KEY`. The
+/// last path segment (with any query) is the stream key, what comes
+/// before it the application. It displays (and debug-prints) as
+/// `rtmp://host:port/app/…`: the key, a credential on every platform,
+/// never reaches a log line, a status text or the API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RtmpTarget {
+    /// `rtmps://`: TLS, the server certificate verified against the
+    /// system roots.
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The application (`connect`'s `app`), possibly with `/`.
+    pub app: String,
+    /// The stream key (`publish`'s name), with its query if any.
+    pub key: String,
+}
+
+impl RtmpTarget {
+    /// `tcUrl` of `connect`: the URL without the stream key.
+    pub fn tc_url(&self) -> String {
+        let scheme = if self.tls { "rtmps" } else { "rtmp" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}/{}", self.host, self.port, self.app)
+        } else {
+            format!("{scheme}://{}:{}/{}", self.host, self.port, self.app)
+        }
+    }
+}
+
+/// Parse `rtmp://HOST[:PORT]/APP/KEY` or `rtmps://…` (port 1935 and 443
+/// by default). Errors never quote the key.
+pub fn parse_rtmp_url(raw: &str) -> Result<RtmpTarget, String> {
+    let (tls, rest) = if let Some(r) = raw.strip_prefix("rtmp://") {
+        (false, r)
+    } else if let Some(r) = raw.strip_prefix("rtmps://") {
+        (true, r)
+    } else {
+        return Err("must start with rtmp:// or rtmps:// (rtmp://HOST/APP/KEY)".into());
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or("needs rtmp://HOST/APP/KEY: no application and stream key")?;
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[::1]` alone has colons but no port after its bracket.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host = crate::srt::config::host_of(host)
+        .ok_or("the host is not a host name or an IP address (rtmp://HOST/APP/KEY)")?;
+    let port = match port {
+        None => {
+            if tls {
+                443
+            } else {
+                1935
+            }
+        }
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("the port must be 1 to 65535 (rtmp://HOST:PORT/APP/KEY)")?,
+    };
+    let (app, key) = path
+        .rsplit_once('/')
+        .ok_or("needs rtmp://HOST/APP/KEY: the stream key is missing")?;
+    if app.is_empty() || app.split('/').any(str::is_empty) {
+        return Err("needs rtmp://HOST/APP/KEY: the application is empty".into());
+    }
+    let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(app) || app.contains('?') || app.len() > 256 {
+        return Err("the application must be printable ASCII without '?', at most 256 bytes".into());
+    }
+    if key.is_empty() || !printable(key) || key.len() > 1024 {
+        return Err("the stream key must be 1 to 1024 printable ASCII characters".into());
+    }
+    Ok(RtmpTarget {
+        tls,
+        host: host.to_string(),
+        port,
+        app: app.to_string(),
+        key: key.to_string(),
+    })
+}
+
+impl std::fmt::Display for RtmpTarget {
+    /// The URL with the stream key hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/…", self.tc_url())
+    }
+}
+
+impl std::fmt::Debug for RtmpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmpTarget")
+            .field("url", &format_args!("{self}"))
+            .field("key", &"<set>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    #[test]
+    fn platform_urls_parse_and_never_show_the_key() {
+        let t = parse_rtmp_url("rtmp://a.rtmp.youtube.com/live2/abcd-efgh-1234").unwrap();
+        assert_eq!((t.tls, t.port, t.app.as_str()), (false, 1935, "live2"));
+        assert_eq!(t.key, "abcd-efgh-1234");
+        assert_eq!(t.tc_url(), "rtmp://a.rtmp.youtube.com:1935/live2");
+        let shown = format!("{t} {t:?}");
+        assert!(!shown.contains("abcd"), "{shown}");
+        let fb = parse_rtmp_url("rtmps://live-api-s.facebook.com:443/rtmp/FB-123?s_bl=1").unwrap();
+        assert_eq!((fb.tls, fb.port, fb.key.as_str()), (true, 443, "FB-123?s_bl=1"));
+        let v6 = parse_rtmp_url("rtmps://[::1]/app/inst/k").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port, v6.app.as_str()), ("::1", 443, "app/inst"));
+        assert_eq!(
+            parse_rtmp_url("rtmp://[::1]:1936/a/k").unwrap().tc_url(),
+            "rtmp://[::1]:1936/a"
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong_without_the_key() {
+        for (url, needle) in [
+            ("http://h/a/k", "must start with"),
+            ("rtmp://h", "no application"),
+            ("rtmp://h/secretkey", "stream key is missing"),
+            ("rtmp://h:0/a/secretkey", "port"),
+            ("rtmp://h:99999/a/secretkey", "port"),
+            ("rtmp://bad host/a/secretkey", "host"),
+            ("rtmp://h//secretkey", "application is empty"),
+            ("rtmp://h/a/", "stream key"),
+        ] {
+            let e = parse_rtmp_url(url).unwrap_err();
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(!e.contains("secretkey"), "{url}: {e}");
+        }
+    }
+}

@@ -164,7 +164,7 @@ pub fn parse_push_url(raw: &str) -> Result<PushTarget, String> {
 
 /// `host` (an IPv6 address in brackets, or bare) when it is an IP address
 /// or a DNS name (letters, digits, '-', '_' in dot-separated labels).
-fn host_of(host: &str) -> Option<&str> {
+pub(crate) fn host_of(host: &str) -> Option<&str> {
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return v6.parse::<std::net::Ipv6Addr>().is_ok().then_some(v6);
     }
