@@ -468,6 +468,26 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
             }
             v
         }).collect::<Vec<_>>(),
+        "legs": st.legs().iter().map(|l| describe_leg(l, now)).collect::<Vec<_>>(),
+    })
+}
+
+/// One leg: what and where, its state, retries and last error.
+fn describe_leg(l: &crate::stream::LegView, now: Instant) -> Value {
+    let retry_in = match l.status.state {
+        crate::stream::group::LegState::Retrying { at } => {
+            Some(at.saturating_duration_since(now).as_millis() as u64)
+        }
+        _ => None,
+    };
+    json!({
+        "kind": l.kind,
+        "target": l.target,
+        "required": l.required,
+        "state": l.status.state.as_str(),
+        "retries": l.status.retries,
+        "last_error": l.status.last_error,
+        "retry_in_ms": retry_in,
     })
 }
 

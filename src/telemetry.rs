@@ -32,6 +32,8 @@ pub const STREAM_SETUP_SECONDS: &str = "sluice_stream_setup_seconds";
 pub const RELAY_LATENCY_SECONDS: &str = "sluice_relay_latency_seconds";
 pub const STREAM_TEARDOWNS_TOTAL: &str = "sluice_stream_teardowns_total";
 pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
+pub const LEG_FAILURES_TOTAL: &str = "sluice_leg_failures_total";
+pub const LEG_RETRIES_TOTAL: &str = "sluice_leg_retries_total";
 pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
 pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
@@ -163,6 +165,8 @@ pub const FAMILIES: &[Family] = &[
     Family::new(RELAY_LATENCY_SECONDS, Kind::Histogram, "RTMP message parsed to its last SRT packet first sent, per live chunk and player."),
     Family::new(STREAM_TEARDOWNS_TOTAL, Kind::Counter, "Streams ended, by cause (unpublished, peer_closed, leg_failed, setup_timeout, taken_over, shutdown, bitrate_limit, ...)."),
     Family::new(STREAM_SETUP_FAILURES_TOTAL, Kind::Counter, "Publishes closed because the stream was not playable within server.setup_timeout, by reason."),
+    Family::new(LEG_FAILURES_TOTAL, Kind::Counter, "Legs (push, restream, transcode, recording) that failed, by kind, reason and whether the stream required them."),
+    Family::new(LEG_RETRIES_TOTAL, Kind::Counter, "Optional legs started again after a failure (capped exponential backoff), by kind."),
     Family::new(TS_MUX_ERRORS_TOTAL, Kind::Counter, "Frames or codec configs the MPEG-TS muxer refused, by stream."),
     Family::new(SRT_PLAYERS, Kind::Gauge, "Connected SRT players."),
     Family::new(SRT_PLAYERS_TOTAL, Kind::Counter, "SRT players accepted."),

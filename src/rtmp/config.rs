@@ -251,7 +251,9 @@ pub fn parse_rtmp_url(raw: &str) -> Result<RtmpTarget, String> {
     }
     let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
     if !printable(app) || app.contains('?') || app.len() > 256 {
-        return Err("the application must be printable ASCII without '?', at most 256 bytes".into());
+        return Err(
+            "the application must be printable ASCII without '?', at most 256 bytes".into(),
+        );
     }
     if key.is_empty() || !printable(key) || key.len() > 1024 {
         return Err("the stream key must be 1 to 1024 printable ASCII characters".into());
@@ -294,9 +296,15 @@ mod target_tests {
         let shown = format!("{t} {t:?}");
         assert!(!shown.contains("abcd"), "{shown}");
         let fb = parse_rtmp_url("rtmps://live-api-s.facebook.com:443/rtmp/FB-123?s_bl=1").unwrap();
-        assert_eq!((fb.tls, fb.port, fb.key.as_str()), (true, 443, "FB-123?s_bl=1"));
+        assert_eq!(
+            (fb.tls, fb.port, fb.key.as_str()),
+            (true, 443, "FB-123?s_bl=1")
+        );
         let v6 = parse_rtmp_url("rtmps://[::1]/app/inst/k").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port, v6.app.as_str()), ("::1", 443, "app/inst"));
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.app.as_str()),
+            ("::1", 443, "app/inst")
+        );
         assert_eq!(
             parse_rtmp_url("rtmp://[::1]:1936/a/k").unwrap().tc_url(),
             "rtmp://[::1]:1936/a"

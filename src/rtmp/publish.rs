@@ -213,7 +213,7 @@ mod tests {
             assert_eq!(path.to_string(), format!("{app}/cam1"));
             // Its streams get the default's renditions and push legs.
             assert_eq!(settings.renditions[0].name, "480p");
-            assert_eq!(settings.push[0].rendition, "480p");
+            assert_eq!(settings.push[0].rendition(), "480p");
         }
         // The named application keeps its own (open) settings.
         let Decision::Allow { app: live, .. } = decide("live", "any", peer(), &apps) else {

@@ -32,12 +32,22 @@ impl Legs {
 impl LegStarter for Legs {
     fn start(&self, spec: &LegSpec, ctx: LegContext) -> LegFuture {
         match spec {
-            LegSpec::SrtPush(target) => Box::pin(crate::srt::push::run_leg(
+            LegSpec::SrtPush { target, .. } => Box::pin(crate::srt::push::run_leg(
                 target.clone(),
                 self.srt_latency,
                 self.srt_idle_timeout,
                 ctx,
             )),
+            // Replaced by the RTMP client leg (rtmp::client) when it lands.
+            LegSpec::RtmpPush { target, .. } => {
+                let detail = format!("{target}: RTMP restream is not available in this build");
+                Box::pin(async move {
+                    Err(crate::stream::leg::LegFailure {
+                        reason: "rtmp_unavailable",
+                        detail,
+                    })
+                })
+            }
             LegSpec::Transcode(renditions) => {
                 let params = transcode::Params {
                     config: self.transcode.clone(),

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use super::path::validate_segment;
 use crate::auth::Secret;
 use crate::config::{self, ConfigError};
-use crate::srt::config::{passphrase, PushTarget};
+use crate::rtmp::config::{parse_rtmp_url, RtmpTarget};
+use crate::srt::config::{parse_push_url, passphrase, PushTarget};
 use crate::transcode::config::{rendition_rules, RenditionSpec, VideoCodec};
 
 /// Per-application settings (`[apps.NAME]`).
@@ -23,9 +24,11 @@ use crate::transcode::config::{rendition_rules, RenditionSpec, VideoCodec};
 pub struct AppConfig {
     /// A new publisher on a live path replaces the old one instead of being refused.
     pub takeover: bool,
-    /// SRT destinations every stream of this application is pushed to; each
-    /// must connect during setup, and a failing one ends the stream.
-    pub push: Vec<PushTarget>,
+    /// Destinations every stream of this application is pushed to (SRT,
+    /// RTMP, RTMPS). A required one (a plain URL) must connect during setup
+    /// and a failing one ends the stream; an optional one
+    /// (`{ url = "…", required = false }`) is retried while the stream runs.
+    pub push: Vec<PushEntry>,
     /// Transcoded renditions every stream of this application gets, besides
     /// "source". Empty: no FFmpeg runs for it.
     pub renditions: Vec<RenditionSpec>,
@@ -72,6 +75,123 @@ fn webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
     Ok(Some(url))
 }
 
+/// Where a `push` entry goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushDest {
+    Srt(PushTarget),
+    /// `rtmp://` or `rtmps://` (restream to a platform or another server).
+    Rtmp(RtmpTarget),
+}
+
+/// One `push` entry: a URL (a required leg), or a table
+/// `{ url = "…", required = false, rendition = "720p" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushEntry {
+    pub dest: PushDest,
+    /// A required leg must connect during setup and ends the stream when
+    /// it fails; an optional one is retried with backoff and never does.
+    pub required: bool,
+}
+
+impl PushEntry {
+    /// A required entry from its URL (`srt://`, `rtmp://`, `rtmps://`).
+    pub fn parse(url: &str) -> Result<PushEntry, String> {
+        let dest = if url.starts_with("srt://") {
+            PushDest::Srt(parse_push_url(url)?)
+        } else if url.starts_with("rtmp://") || url.starts_with("rtmps://") {
+            PushDest::Rtmp(parse_rtmp_url(url)?)
+        } else {
+            return Err(
+                "must start with srt://, rtmp:// or rtmps:// (srt://HOST:PORT?options, rtmp://HOST/APP/KEY)"
+                    .into(),
+            );
+        };
+        Ok(PushEntry {
+            dest,
+            required: true,
+        })
+    }
+
+    /// The rendition pushed ("source" unless named).
+    pub fn rendition(&self) -> &str {
+        match &self.dest {
+            PushDest::Srt(t) => &t.rendition,
+            PushDest::Rtmp(_) => "source",
+        }
+    }
+}
+
+impl std::fmt::Display for PushEntry {
+    /// The destination without its secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.dest {
+            PushDest::Srt(t) => t.fmt(f),
+            PushDest::Rtmp(t) => t.fmt(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PushEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = PushEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a URL (srt://…, rtmp://…, rtmps://…) or a table { url = \"…\", required = false, rendition = \"NAME\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, url: &str) -> Result<PushEntry, E> {
+                PushEntry::parse(url).map_err(E::custom)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<PushEntry, A::Error> {
+                let mut url: Option<String> = None;
+                let mut required = None;
+                let mut rendition: Option<String> = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    match k.as_str() {
+                        "url" => url = Some(map.next_value()?),
+                        "required" => required = Some(map.next_value::<bool>()?),
+                        "rendition" => rendition = Some(map.next_value()?),
+                        other => {
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["url", "required", "rendition"],
+                            ))
+                        }
+                    }
+                }
+                let url = url.ok_or_else(|| de::Error::missing_field("url"))?;
+                let mut e = PushEntry::parse(&url).map_err(de::Error::custom)?;
+                e.required = required.unwrap_or(true);
+                if let Some(r) = rendition {
+                    validate_segment(&r).map_err(|_| {
+                        de::Error::custom(
+                            "rendition must be a name of letters, digits, '-', '_', '.', '~'",
+                        )
+                    })?;
+                    match &mut e.dest {
+                        PushDest::Srt(t) if t.rendition != "source" && t.rendition != r => {
+                            return Err(de::Error::custom(
+                                "the URL's rendition= and the table's rendition differ",
+                            ))
+                        }
+                        PushDest::Srt(t) => t.rendition = r,
+                        PushDest::Rtmp(_) if r != "source" => {
+                            return Err(de::Error::custom(
+                                "an RTMP push carries the source rendition only",
+                            ))
+                        }
+                        PushDest::Rtmp(_) => {}
+                    }
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl AppConfig {
     /// Whether publishes need a key or the webhook's answer.
     pub fn authenticates_publishers(&self) -> bool {
@@ -111,12 +231,12 @@ impl AppConfig {
         }
         rendition_rules(&mut self.renditions).map_err(|e| e.under("renditions"))?;
         for (i, t) in self.push.iter().enumerate() {
-            if t.rendition != "source" && !self.renditions.iter().any(|r| r.name == t.rendition) {
+            let rendition = t.rendition();
+            if rendition != "source" && !self.renditions.iter().any(|r| r.name == rendition) {
                 return Err(ConfigError::invalid(
                     format!("push[{i}]"),
                     format!(
-                        "pushes rendition {:?}, which apps.{name}.renditions does not define",
-                        t.rendition
+                        "pushes rendition {rendition:?}, which apps.{name}.renditions does not define"
                     ),
                 ));
             }
@@ -292,7 +412,7 @@ mod tests {
         .unwrap();
         let live = a.lookup("live").unwrap();
         assert!(live.takeover);
-        assert_eq!(live.push[0].port, 9100);
+        assert!(live.push[0].to_string().contains(":9100"));
         assert_eq!(live.webhook_timeout, Duration::from_millis(500));
         assert!(live.publish_keys["cam1"].verify("long enough"));
         assert_eq!(live.renditions[0].video_bitrate_kbps, 2800);
@@ -333,7 +453,7 @@ mod tests {
         let other = a.lookup("other").unwrap();
         assert!(other.publish_keys["cam1"].verify("long enough"));
         assert_eq!(other.renditions[0].name, "480p");
-        assert_eq!(other.push[0].port, 9100);
+        assert!(other.push[0].to_string().contains(":9100"));
         assert_eq!(other.webhook_timeout, Duration::from_secs(1));
         let live = a.lookup("live").unwrap();
         assert!(live.takeover && live.publish_keys.is_empty() && live.push.is_empty());
@@ -352,7 +472,9 @@ mod tests {
         let a = apps(&format!("[live]\n[\"*\"]\n{push}")).unwrap();
         assert_eq!(a.unknown(), UnknownApps::DefaultSection);
         assert_eq!(a.named().collect::<Vec<_>>(), ["live"]);
-        assert_eq!(a.open_default_push().unwrap().push[0].port, 1);
+        assert!(a.open_default_push().unwrap().push[0]
+            .to_string()
+            .ends_with(":1"));
         for guarded in [
             format!("[\"*\"]\n{push}\npublish_webhook = \"http://h/\""),
             format!("[\"*\"]\n{push}\n[\"*\".publish_keys]\ncam1 = \"long enough\""),

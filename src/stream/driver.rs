@@ -16,11 +16,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use super::config::AppConfig;
-use super::group::{Cause, Group, GroupMetrics, GroupParams, Input, LegKind, Output, StatusKind};
+use super::group::{
+    Cause, Group, GroupMetrics, GroupParams, Input, LegKind, LegState, Output, StatusKind,
+};
 use super::leg::{
     LegContext, LegEvent, LegEvents, LegFailure, LegId, LegSpec, LegStarter, MediaFeed,
 };
-use super::{ClaimError, ClaimPolicy, PublishGuard, Registry, RingConfig, Stream, StreamPath};
+use super::{
+    ClaimError, ClaimPolicy, LegView, PublishGuard, Registry, RingConfig, Stream, StreamPath,
+};
 use crate::telemetry as t;
 
 /// Inputs queued from the ingest to its group; a full queue makes the
@@ -99,7 +103,7 @@ impl Streams {
     /// Claim the path and start the stream's group; its legs that start
     /// with the publish connect while the first keyframe is on its way.
     pub fn start(&self, p: Publish<'_>) -> Result<GroupHandle, ClaimError> {
-        let mut specs: Vec<LegSpec> = p.app.push.iter().cloned().map(LegSpec::SrtPush).collect();
+        let mut specs: Vec<LegSpec> = p.app.push.iter().map(LegSpec::push).collect();
         if !p.app.renditions.is_empty() {
             specs.push(LegSpec::Transcode(p.app.renditions.clone()));
         }
@@ -312,7 +316,17 @@ impl Driver {
                     self.stream.touch(now);
                     self.stats_dirty = true;
                 }
+                let ended = match &input {
+                    Input::LegEnded(leg, Err(f)) => Some((*leg, f.clone())),
+                    _ => None,
+                };
                 self.group.handle_input(now, input);
+                if let Some((leg, failure)) = ended {
+                    self.leg_failed(now, leg, failure);
+                }
+            }
+            if self.group.take_legs_changed() {
+                self.publish_legs();
             }
         }
         // The ingest's sends fail from here on.
@@ -432,6 +446,55 @@ impl Driver {
         Input::LegEnded(leg, result)
     }
 
+    /// Count a leg's failure; an optional one is retried, which is said.
+    fn leg_failed(&self, now: Instant, leg: LegId, failure: LegFailure) {
+        let (Some(spec), Some(status)) =
+            (self.specs.get(leg.0), self.group.leg_statuses().nth(leg.0))
+        else {
+            return;
+        };
+        let info = spec.info();
+        counter!(
+            t::LEG_FAILURES_TOTAL,
+            "kind" => info.kind.label(),
+            "reason" => failure.reason,
+            "required" => if info.required { "true" } else { "false" }
+        )
+        .increment(1);
+        if let LegState::Retrying { at } = status.state {
+            counter!(t::LEG_RETRIES_TOTAL, "kind" => info.kind.label()).increment(1);
+            warn!(
+                stream = %self.stream.path,
+                leg = info.kind.label(),
+                target = %spec.target(),
+                reason = failure.reason,
+                error = %failure.detail,
+                retry_in_ms = at.saturating_duration_since(now).as_millis() as u64,
+                retries = status.retries,
+                "optional leg failed; retrying"
+            );
+        }
+    }
+
+    /// The API's copy of the legs' states.
+    fn publish_legs(&self) {
+        let legs = self
+            .specs
+            .iter()
+            .zip(self.group.leg_statuses())
+            .map(|(spec, status)| {
+                let info = spec.info();
+                LegView {
+                    kind: info.kind.label(),
+                    target: spec.target(),
+                    required: info.required,
+                    status: status.clone(),
+                }
+            })
+            .collect();
+        self.stream.set_legs(legs);
+    }
+
     fn publish_stats(&mut self, now: Instant) {
         let snap = self.group.stats().snapshot(now);
         self.shown_bitrate = snap.bitrate_bps;
@@ -446,7 +509,7 @@ impl Driver {
         info!(
             stream = %self.stream.path,
             setup_ms = took.as_millis() as u64,
-            push_legs = count(|s| usize::from(matches!(s, LegSpec::SrtPush(_)))),
+            push_legs = count(|s| usize::from(matches!(s, LegSpec::SrtPush { .. } | LegSpec::RtmpPush { .. }))),
             renditions = count(|s| match s {
                 LegSpec::Transcode(r) => r.len(),
                 _ => 0,
@@ -470,8 +533,11 @@ impl Driver {
                 warn!(%stream, reason, why, "stream setup failed");
             }
             Cause::LegFailed {
-                kind: LegKind::SrtPush,
+                kind: LegKind::SrtPush | LegKind::RtmpPush,
             } => warn!(%stream, why, "push leg failed; stopping the stream"),
+            Cause::LegFailed {
+                kind: LegKind::Record,
+            } => warn!(%stream, why, "recording leg failed; stopping the stream"),
             Cause::LegFailed { .. } => {
                 warn!(%stream, why, "transcode leg failed; stopping the stream")
             }
@@ -519,7 +585,7 @@ mod tests {
     //! what ingests and the server rely on (release before `end` returns,
     //! statuses, drain completion).
     use super::*;
-    use crate::srt::config::parse_push_url;
+    use crate::stream::config::PushEntry;
     use crate::stream::group::fixtures::{audio_config, video, video_config};
 
     /// Push legs that connect, then stay (`streamid=ok`) or fail 20 ms
@@ -528,7 +594,7 @@ mod tests {
 
     impl LegStarter for ScriptedLegs {
         fn start(&self, spec: &LegSpec, ctx: LegContext) -> super::super::leg::LegFuture {
-            let fail = matches!(spec, LegSpec::SrtPush(t) if t.streamid.as_deref() == Some("fail"));
+            let fail = matches!(spec, LegSpec::SrtPush { target, .. } if target.streamid.as_deref() == Some("fail"));
             Box::pin(async move {
                 ctx.events.connected();
                 if fail {
@@ -561,7 +627,7 @@ mod tests {
     fn app(push: &[&str], takeover: bool) -> AppConfig {
         AppConfig {
             takeover,
-            push: push.iter().map(|u| parse_push_url(u).unwrap()).collect(),
+            push: push.iter().map(|u| PushEntry::parse(u).unwrap()).collect(),
             ..AppConfig::default()
         }
     }

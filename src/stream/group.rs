@@ -18,6 +18,12 @@ const RATE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// The ingest bitrate is judged only after this much publishing: the
 /// measuring window (3 s) must be full.
 const RATE_WARMUP: Duration = Duration::from_secs(3);
+/// An optional leg that failed is started again after 1 s, 2 s, 4 s, …
+/// up to this.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// An optional leg that stayed connected this long starts its backoff
+/// over when it fails.
+const RETRY_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// A leg of the group, by its index in [`GroupParams::legs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,25 +37,98 @@ pub enum LegKind {
     /// publish (it connects while the first keyframe is on its way); ready
     /// once connected.
     SrtPush,
+    /// Restreams to an RTMP(S) server. Starts with the publish and is fed
+    /// media from the first keyframe on (the codec configurations first);
+    /// ready once publishing.
+    RtmpPush,
     /// FFmpeg making the transcoded renditions. Starts at the first video
     /// keyframe (the codec configurations are known then), is fed every
     /// media event from it on; ready once each of its renditions has its
     /// first IDR.
     Transcode { renditions: usize },
+    /// Writes the source rendition's ring to files. Starts with the
+    /// publish; ready once its first file is open.
+    Record,
 }
 
 impl LegKind {
     fn starts_at_publish(self) -> bool {
-        matches!(self, LegKind::SrtPush)
+        !matches!(self, LegKind::Transcode { .. })
+    }
+
+    /// The leg is given media events ([`Output::Feed`]).
+    fn fed(self) -> bool {
+        matches!(self, LegKind::RtmpPush | LegKind::Transcode { .. })
     }
 
     /// Renditions the leg must produce before the stream is ready.
     fn renditions(self) -> usize {
         match self {
-            LegKind::SrtPush => 0,
             LegKind::Transcode { renditions } => renditions,
+            _ => 0,
         }
     }
+
+    /// The short name of the kind (metric label `kind`, the API).
+    pub fn label(self) -> &'static str {
+        match self {
+            LegKind::SrtPush => "srt_push",
+            LegKind::RtmpPush => "rtmp_push",
+            LegKind::Transcode { .. } => "transcode",
+            LegKind::Record => "record",
+        }
+    }
+
+    /// What its failure is called in a publisher's status.
+    fn failure_text(self) -> &'static str {
+        match self {
+            LegKind::SrtPush => "SRT push failed",
+            LegKind::RtmpPush => "RTMP push failed",
+            LegKind::Transcode { .. } => "transcoding failed",
+            LegKind::Record => "recording failed",
+        }
+    }
+
+    fn is_push(self) -> bool {
+        matches!(self, LegKind::SrtPush | LegKind::RtmpPush)
+    }
+}
+
+/// Where a leg is in its life, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// Not started yet (a transcode waits for the first keyframe).
+    Waiting,
+    /// Started, not connected (or not producing) yet.
+    Starting,
+    /// Connected, or producing every rendition.
+    Up,
+    /// An optional leg that failed, started again at `at`.
+    Retrying { at: Instant },
+    /// Ended (the stream is ending, or an optional leg ended cleanly).
+    Stopped,
+}
+
+impl LegState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegState::Waiting => "waiting",
+            LegState::Starting => "starting",
+            LegState::Up => "up",
+            LegState::Retrying { .. } => "retrying",
+            LegState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A leg's state, retries and last failure, for the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegStatus {
+    pub state: LegState,
+    /// Times an optional leg was started again after failing.
+    pub retries: u32,
+    /// Its last failure's detail (no secrets: legs never put them there).
+    pub last_error: Option<String>,
 }
 
 /// A leg as the group sees it.
@@ -227,6 +306,15 @@ struct Leg {
     started: bool,
     connected: bool,
     renditions_ready: usize,
+    /// A fed leg is given media from a start point on (a video keyframe,
+    /// or an audio frame in a stream without video).
+    feeding: bool,
+    status: LegStatus,
+    /// When it was last up (an optional leg's backoff starts over after a
+    /// long run).
+    up_since: Option<Instant>,
+    /// Failures since the backoff last started over.
+    failures_in_row: u32,
 }
 
 impl Leg {
@@ -235,11 +323,30 @@ impl Leg {
         if !self.info.required {
             return true;
         }
+        self.is_up()
+    }
+
+    fn is_up(&self) -> bool {
         match self.info.kind {
-            LegKind::SrtPush => self.connected,
             LegKind::Transcode { renditions } => self.renditions_ready >= renditions,
+            _ => self.connected,
         }
     }
+
+    /// When this leg is to be started again.
+    fn restart_at(&self) -> Option<Instant> {
+        match self.status.state {
+            LegState::Retrying { at } => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// The wait before an optional leg's `n`th start after failing in a row:
+/// 1 s, 2 s, 4 s, … up to [`RETRY_MAX`].
+pub fn retry_backoff(n: u32) -> Duration {
+    let secs = 1u64 << n.saturating_sub(1).min(10);
+    Duration::from_secs(secs).min(RETRY_MAX)
 }
 
 /// Counters the group increments per frame (handles looked up once).
@@ -295,6 +402,8 @@ pub struct Group {
     next_rate_check: Instant,
     /// The publisher is still there to be told.
     publisher: bool,
+    /// A leg's status changed since [`Group::take_legs_changed`].
+    legs_changed: bool,
     out: VecDeque<Output>,
 }
 
@@ -310,6 +419,14 @@ impl Group {
                 started: false,
                 connected: false,
                 renditions_ready: 0,
+                feeding: false,
+                status: LegStatus {
+                    state: LegState::Waiting,
+                    retries: 0,
+                    last_error: None,
+                },
+                up_since: None,
+                failures_in_row: 0,
             })
             .collect();
         let mut g = Group {
@@ -327,18 +444,42 @@ impl Group {
             keyframe_seen: false,
             last_mux_error: None,
             publisher: true,
+            legs_changed: true,
             out: VecDeque::new(),
         };
         for i in 0..g.legs.len() {
             if g.legs[i].info.kind.starts_at_publish() {
-                g.legs[i].started = true;
-                g.out.push_back(Output::StartLeg {
-                    leg: LegId(i),
-                    source: None,
-                });
+                g.start_leg(i);
             }
         }
         g
+    }
+
+    /// Start leg `i` (again): fed legs get what is known of the source and
+    /// are fed from the next start point.
+    fn start_leg(&mut self, i: usize) {
+        let source = self.legs[i].info.kind.fed().then(|| self.source_info());
+        let leg = &mut self.legs[i];
+        leg.started = true;
+        leg.connected = false;
+        leg.renditions_ready = 0;
+        leg.feeding = false;
+        leg.status.state = LegState::Starting;
+        self.legs_changed = true;
+        self.out.push_back(Output::StartLeg {
+            leg: LegId(i),
+            source,
+        });
+    }
+
+    /// Every leg's status, by [`LegId`].
+    pub fn leg_statuses(&self) -> impl Iterator<Item = &LegStatus> {
+        self.legs.iter().map(|l| &l.status)
+    }
+
+    /// Whether a leg's status changed since the last call.
+    pub fn take_legs_changed(&mut self) -> bool {
+        std::mem::take(&mut self.legs_changed)
     }
 
     /// The setup deadline: the ingest connection's accept plus `setup_timeout`.
@@ -380,6 +521,7 @@ impl Group {
             self.fail_setup();
             return;
         }
+        self.restart_due(now);
         match input {
             Input::Media {
                 at,
@@ -392,15 +534,15 @@ impl Group {
                 if let Some(l) = self.legs.get_mut(id.0) {
                     l.connected = true;
                 }
-                self.check_ready(now);
+                self.leg_progress(now, id);
             }
             Input::RenditionReady(id) => {
                 if let Some(l) = self.legs.get_mut(id.0) {
                     l.renditions_ready += 1;
                 }
-                self.check_ready(now);
+                self.leg_progress(now, id);
             }
-            Input::LegEnded(id, result) => self.on_leg_ended(id, result),
+            Input::LegEnded(id, result) => self.on_leg_ended(now, id, result),
             Input::PublisherGone { reason } => {
                 self.publisher = false;
                 self.end(Cause::Publisher(reason), "the publisher left".into());
@@ -424,9 +566,37 @@ impl Group {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        match self.phase {
-            Phase::Setup => Output::Timeout(Some(self.setup_deadline())),
-            Phase::Live | Phase::Ended => Output::Timeout(None),
+        let restart = self.legs.iter().filter_map(Leg::restart_at).min();
+        let deadline = match self.phase {
+            Phase::Setup => Some(self.setup_deadline()),
+            Phase::Live => None,
+            Phase::Ended => return Output::Timeout(None),
+        };
+        Output::Timeout(match (deadline, restart) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        })
+    }
+
+    /// A leg connected or produced a rendition: its status, then readiness.
+    fn leg_progress(&mut self, now: Instant, id: LegId) {
+        if let Some(l) = self.legs.get_mut(id.0) {
+            if l.is_up() && l.status.state == LegState::Starting {
+                l.status.state = LegState::Up;
+                l.up_since = Some(now);
+                self.legs_changed = true;
+            }
+        }
+        self.check_ready(now);
+    }
+
+    /// Start again the optional legs whose backoff has passed.
+    fn restart_due(&mut self, now: Instant) {
+        for i in 0..self.legs.len() {
+            if self.legs[i].restart_at().is_some_and(|at| at <= now) {
+                self.legs[i].status.retries += 1;
+                self.start_leg(i);
+            }
         }
     }
 
@@ -495,8 +665,9 @@ impl Group {
         true
     }
 
-    /// Remember codec configurations, start media-fed legs at the first
-    /// video keyframe, and feed those that run.
+    /// Remember codec configurations, start the transcode at the first
+    /// video keyframe, and feed the fed legs that run from their start
+    /// point on (a leg started before it gets the configurations first).
     fn feed_legs(&mut self, ev: &MediaEvent) {
         match ev {
             MediaEvent::Config(CodecConfig::Video { .. }) => self.video_config = Some(ev.clone()),
@@ -505,21 +676,39 @@ impl Group {
         }
         let video_keyframe =
             matches!(ev, MediaEvent::Frame(f) if f.track == Track::Video && f.keyframe);
+        // A stream without video starts anywhere on its audio.
+        let start_point = video_keyframe
+            || (self.video_config.is_none()
+                && matches!(ev, MediaEvent::Frame(f) if f.track == Track::Audio));
         for i in 0..self.legs.len() {
-            let leg = &mut self.legs[i];
-            if leg.info.kind.starts_at_publish() {
+            let kind = self.legs[i].info.kind;
+            if !kind.fed() {
                 continue;
             }
-            if !leg.started {
-                if !video_keyframe {
+            if !self.legs[i].started {
+                if kind.starts_at_publish()
+                    || !video_keyframe
+                    || self.legs[i].restart_at().is_some()
+                {
                     continue;
                 }
-                leg.started = true;
-                let source = self.source_info();
-                self.out.push_back(Output::StartLeg {
-                    leg: LegId(i),
-                    source: Some(source),
-                });
+                // Started here with the configurations in its source info.
+                self.start_leg(i);
+                self.legs[i].feeding = true;
+            }
+            if !self.legs[i].feeding {
+                if !start_point || self.legs[i].restart_at().is_some() {
+                    continue;
+                }
+                self.legs[i].feeding = true;
+                for config in self.video_config.iter().chain(self.audio_config.iter()) {
+                    if config != ev {
+                        self.out.push_back(Output::Feed {
+                            leg: LegId(i),
+                            event: config.clone(),
+                        });
+                    }
+                }
             }
             self.out.push_back(Output::Feed {
                 leg: LegId(i),
@@ -549,18 +738,44 @@ impl Group {
         }
     }
 
-    fn on_leg_ended(&mut self, id: LegId, result: Result<(), LegFailure>) {
-        let Some(leg) = self.legs.get(id.0) else {
+    fn on_leg_ended(&mut self, now: Instant, id: LegId, result: Result<(), LegFailure>) {
+        let Some(leg) = self.legs.get_mut(id.0) else {
             return;
         };
-        let (Err(failure), true) = (result, leg.info.required) else {
+        if self.phase == Phase::Ended {
             return;
+        }
+        self.legs_changed = true;
+        leg.started = false;
+        leg.feeding = false;
+        let failure = match result {
+            Ok(()) => {
+                leg.status.state = LegState::Stopped;
+                return;
+            }
+            Err(f) => f,
         };
+        leg.status.last_error = Some(failure.detail.clone());
         let kind = leg.info.kind;
+        if !leg.info.required {
+            if leg
+                .up_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= RETRY_RESET_AFTER)
+            {
+                leg.failures_in_row = 0;
+            }
+            leg.failures_in_row += 1;
+            leg.up_since = None;
+            leg.status.state = LegState::Retrying {
+                at: now + retry_backoff(leg.failures_in_row),
+            };
+            return;
+        }
+        leg.status.state = LegState::Stopped;
         match kind {
-            // A transcode that fails before the stream is ready is a setup
-            // failure with the transcode's own reason.
-            LegKind::Transcode { .. } if self.phase == Phase::Setup => self.stop_because(
+            // A leg that fails before the stream is ready is a setup failure
+            // with the leg's own reason.
+            _ if self.phase == Phase::Setup && !kind.is_push() => self.stop_because(
                 StatusKind::Failed,
                 format!("stream setup failed: {}", failure.detail),
                 Cause::SetupFailed {
@@ -568,15 +783,9 @@ impl Group {
                 },
                 failure.detail,
             ),
-            LegKind::Transcode { .. } => self.stop_because(
+            _ => self.stop_because(
                 StatusKind::Failed,
-                format!("transcoding failed: {}", failure.detail),
-                Cause::LegFailed { kind },
-                failure.detail,
-            ),
-            LegKind::SrtPush => self.stop_because(
-                StatusKind::Failed,
-                format!("SRT push failed: {}", failure.detail),
+                format!("{}: {}", kind.failure_text(), failure.detail),
                 Cause::LegFailed { kind },
                 failure.detail,
             ),
@@ -599,7 +808,7 @@ impl Group {
 
     /// The deadline passed: say what was missing.
     fn fail_setup(&mut self) {
-        let push = |l: &&Leg| l.info.required && l.info.kind == LegKind::SrtPush;
+        let push = |l: &&Leg| l.info.required && l.info.kind.is_push();
         let pushes = self.legs.iter().filter(push).count();
         let connected = self
             .legs
@@ -609,7 +818,16 @@ impl Group {
             .count();
         let renditions: usize = self.legs.iter().map(|l| l.info.kind.renditions()).sum();
         let produced: usize = self.legs.iter().map(|l| l.renditions_ready).sum();
-        let (reason, why) = if self.keyframe_seen && connected >= pushes {
+        let recording = self
+            .legs
+            .iter()
+            .any(|l| l.info.required && l.info.kind == LegKind::Record && !l.connected);
+        let (reason, why) = if self.keyframe_seen && recording {
+            (
+                "record_start",
+                "the recording did not open its first file".to_string(),
+            )
+        } else if self.keyframe_seen && connected >= pushes {
             (
                 "transcode_first_idr",
                 format!(
@@ -619,7 +837,10 @@ impl Group {
         } else if self.keyframe_seen {
             (
                 "push_connect",
-                format!("{connected} of {pushes} SRT push destinations connected"),
+                format!(
+                    "{connected} of {pushes} {}push destinations connected",
+                    self.push_kinds()
+                ),
             )
         } else if let Some(e) = &self.last_mux_error {
             ("unsupported_media", e.clone())
@@ -638,6 +859,22 @@ impl Group {
             Cause::SetupTimeout { reason },
             why,
         );
+    }
+
+    /// "SRT " or "RTMP " when every required push leg is of that kind.
+    fn push_kinds(&self) -> &'static str {
+        let mut kinds = self
+            .legs
+            .iter()
+            .filter(|l| l.info.required && l.info.kind.is_push())
+            .map(|l| l.info.kind);
+        match kinds.next() {
+            Some(first) if kinds.all(|k| k == first) => match first {
+                LegKind::SrtPush => "SRT ",
+                _ => "RTMP ",
+            },
+            _ => "",
+        }
     }
 
     /// Tell the publisher, then end; the description is also the why.
@@ -660,6 +897,10 @@ impl Group {
             return;
         }
         self.phase = Phase::Ended;
+        for l in &mut self.legs {
+            l.status.state = LegState::Stopped;
+        }
+        self.legs_changed = true;
         // Nothing queued for the stream matters any more, but what the
         // publisher and the legs were already given stays in order.
         self.out.retain(|o| !matches!(o, Output::StartLeg { .. }));

@@ -13,28 +13,51 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{MediaEvent, Track};
+use crate::rtmp::config::RtmpTarget;
 use crate::srt::config::PushTarget;
 use crate::transcode::config::RenditionSpec;
 
-pub use super::group::{LegFailure, LegId, LegInfo, LegKind, SourceInfo};
+pub use super::config::{PushDest, PushEntry};
+pub use super::group::{LegFailure, LegId, LegInfo, LegKind, LegState, LegStatus, SourceInfo};
 use super::Stream;
 
 /// A leg as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LegSpec {
-    /// `push = ["srt://…"]`: required, connects during setup.
-    SrtPush(PushTarget),
+    /// `push = ["srt://…"]`: connects during setup when required.
+    SrtPush { target: PushTarget, required: bool },
+    /// `push = ["rtmp://…"]`, `rtmps://`: a restream.
+    RtmpPush { target: RtmpTarget, required: bool },
     /// `[[apps.NAME.renditions]]`: one FFmpeg making them all.
     Transcode(Vec<RenditionSpec>),
 }
 
 impl LegSpec {
+    /// The leg of a `push` entry.
+    pub fn push(entry: &PushEntry) -> LegSpec {
+        let required = entry.required;
+        match &entry.dest {
+            PushDest::Srt(t) => LegSpec::SrtPush {
+                target: t.clone(),
+                required,
+            },
+            PushDest::Rtmp(t) => LegSpec::RtmpPush {
+                target: t.clone(),
+                required,
+            },
+        }
+    }
+
     /// What the group core needs to know of it.
     pub fn info(&self) -> LegInfo {
         match self {
-            LegSpec::SrtPush(_) => LegInfo {
+            LegSpec::SrtPush { required, .. } => LegInfo {
                 kind: LegKind::SrtPush,
-                required: true,
+                required: *required,
+            },
+            LegSpec::RtmpPush { required, .. } => LegInfo {
+                kind: LegKind::RtmpPush,
+                required: *required,
             },
             LegSpec::Transcode(r) => LegInfo {
                 kind: LegKind::Transcode {
@@ -42,6 +65,19 @@ impl LegSpec {
                 },
                 required: true,
             },
+        }
+    }
+
+    /// Where it goes, as the API and logs show it (no secrets).
+    pub fn target(&self) -> String {
+        match self {
+            LegSpec::SrtPush { target, .. } => target.to_string(),
+            LegSpec::RtmpPush { target, .. } => target.to_string(),
+            LegSpec::Transcode(r) => r
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }

@@ -110,10 +110,23 @@ pub struct Stream {
     /// The ingest's figures as its group last published them.
     stats: Mutex<StatsSnapshot>,
     metadata: Mutex<Option<Metadata>>,
+    /// Its legs as its group last published them.
+    legs: Mutex<Vec<LegView>>,
     /// Fixed when the stream is created; "source" first.
     pub renditions: Vec<Rendition>,
     /// Its labelled metric series: rendered while it is live, gone with it.
     pub series: StreamSeries,
+}
+
+/// One leg of a live stream as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegView {
+    /// `srt_push`, `rtmp_push`, `transcode`, `record`.
+    pub kind: &'static str,
+    /// Where it goes, without secrets.
+    pub target: String,
+    pub required: bool,
+    pub status: group::LegStatus,
 }
 
 /// What the publisher declared in `onMetaData`; used where the bitstream
@@ -160,6 +173,15 @@ impl Stream {
 
     pub fn set_metadata(&self, m: Metadata) {
         *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+    }
+
+    pub fn set_legs(&self, legs: Vec<LegView>) {
+        *self.legs.lock().unwrap_or_else(|e| e.into_inner()) = legs;
+    }
+
+    /// Its legs, their state, retries and last error.
+    pub fn legs(&self) -> Vec<LegView> {
+        self.legs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn metadata(&self) -> Option<Metadata> {
@@ -318,6 +340,7 @@ impl Registry {
             last_media_ms: AtomicU64::new(0),
             stats: Mutex::new(StatsSnapshot::new(now)),
             metadata: Mutex::new(None),
+            legs: Mutex::new(Vec::new()),
             series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))

@@ -435,3 +435,128 @@ fn a_huge_setup_timeout_does_not_overflow() {
     assert!(matches!(g.poll_output(), Output::Timeout(Some(t)) if t > later));
     assert!(!g.is_ended());
 }
+
+fn optional(kind: LegKind) -> LegInfo {
+    LegInfo {
+        kind,
+        required: false,
+    }
+}
+
+fn starts(out: &[Output]) -> Vec<(usize, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::StartLeg { leg, source } => Some((leg.0, source.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failure() -> Result<(), LegFailure> {
+    Err(LegFailure {
+        reason: "push_connect",
+        detail: "rtmp://127.0.0.1:9/live/…: connection refused".into(),
+    })
+}
+
+#[test]
+fn an_optional_leg_never_holds_setup_and_is_retried_with_capped_backoff() {
+    let mut t = T::new(vec![optional(LegKind::RtmpPush), push_leg()]);
+    // Both start with the publish; the fed restream gets the source info.
+    assert_eq!(starts(&t.take()), vec![(0, true), (1, false)]);
+    t.at(100).input(Input::LegConnected(LegId(1)));
+    t.keyframe();
+    assert!(t.ready(), "setup does not wait for the optional leg");
+    t.take();
+    // Each failure in a row doubles the wait, up to 30 s.
+    let mut now = 200;
+    for (n, wait) in [1u64, 2, 4, 8, 16, 30, 30].into_iter().enumerate() {
+        let wake = t.at(now).input(Input::LegEnded(LegId(0), failure()));
+        assert_eq!(wake, Some(t.t0 + Duration::from_millis(now + wait * 1000)));
+        assert!(t.teardown().is_none() && t.status().is_none());
+        let st = t.g.leg_statuses().next().unwrap().clone();
+        assert!(matches!(st.state, LegState::Retrying { .. }), "{st:?}");
+        assert_eq!(st.retries, n as u32);
+        assert!(st.last_error.unwrap().contains("connection refused"));
+        // Nothing before its time; then it starts again.
+        t.at(now + wait * 1000 - 1).input(Input::Timeout);
+        assert!(starts(&t.take()).is_empty());
+        now += wait * 1000;
+        t.at(now).input(Input::Timeout);
+        assert_eq!(starts(&t.take()), vec![(0, true)]);
+        assert_eq!(t.g.leg_statuses().next().unwrap().state, LegState::Starting);
+    }
+    // Connected for a minute, then failing: the backoff starts over.
+    t.at(now).input(Input::LegConnected(LegId(0)));
+    assert_eq!(t.g.leg_statuses().next().unwrap().state, LegState::Up);
+    now += 61_000;
+    let wake = t.at(now).input(Input::LegEnded(LegId(0), failure()));
+    assert_eq!(wake, Some(t.t0 + Duration::from_millis(now + 1000)));
+    // A required leg failing still ends the stream.
+    t.at(now + 10).input(Input::LegEnded(LegId(1), failure()));
+    let (cause, _) = t.teardown().unwrap();
+    assert_eq!(cause.label(), "leg_failed");
+    assert!(t.g.leg_statuses().all(|s| s.state == LegState::Stopped));
+}
+
+#[test]
+fn a_fed_leg_started_at_publish_gets_the_configs_then_the_keyframe_first() {
+    let mut t = T::new(vec![optional(LegKind::RtmpPush)]);
+    t.take();
+    t.at(100);
+    t.media(video_config());
+    t.media(audio_config());
+    t.media(video(0, false));
+    assert!(
+        !t.take().iter().any(|o| matches!(o, Output::Feed { .. })),
+        "nothing before a keyframe"
+    );
+    t.media(video(33, true));
+    t.media(video(66, false));
+    let fed: Vec<MediaEvent> = t
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Feed { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fed,
+        vec![
+            video_config(),
+            audio_config(),
+            video(33, true),
+            video(66, false)
+        ]
+    );
+    // Restarted after a failure: configs again, from the next keyframe.
+    t.at(200).input(Input::LegEnded(LegId(0), failure()));
+    t.at(1200).input(Input::Timeout);
+    t.media(video(99, false));
+    t.media(video(133, true));
+    let fed: Vec<MediaEvent> = t
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Feed { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fed, vec![video_config(), audio_config(), video(133, true)]);
+}
+
+#[test]
+fn a_required_recording_that_never_opens_fails_setup_naming_it() {
+    let mut t = T::new(vec![LegInfo {
+        kind: LegKind::Record,
+        required: true,
+    }]);
+    assert_eq!(starts(&t.take()), vec![(0, false)]);
+    t.at(100).keyframe();
+    assert!(!t.ready());
+    t.at(8000).input(Input::Timeout);
+    let (cause, why) = t.teardown().unwrap();
+    assert_eq!(cause.setup_reason(), Some("record_start"));
+    assert!(why.contains("recording"), "{why}");
+}
