@@ -71,6 +71,7 @@ pub fn fixture() -> PathBuf {
 
 /// Publishes `fixture` to the stream `path` of `server` in real time, in a
 /// loop, until the returned guard is dropped.
+#[allow(dead_code)] // ingest_latency publishes from its own clients
 pub fn publish_looped(server: &Sluice, fixture: &Path, path: &str) -> ChildGuard {
     let cmd = publish_fixture_command(fixture, &server.rtmp_url(path), PublishFor::Forever);
     ChildGuard::spawn_foreground("ffmpeg publisher", cmd)
