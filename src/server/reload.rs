@@ -75,7 +75,9 @@ impl Reloader {
                 };
                 info!(
                     trigger,
-                    changed, "config reloaded; it applies to streams, players and connections that start from now on"
+                    changed,
+                    applies_to = "streams, players, legs and connections that start from now on",
+                    "config reloaded"
                 );
             }
             _ => warn!(
