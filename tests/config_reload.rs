@@ -2,7 +2,8 @@
 //! process: publish keys, read tokens and the API token it adds or removes
 //! apply to what starts afterwards while a stream from before plays on
 //! without losing a frame; an invalid file or a restart-only change keeps
-//! the running configuration and says which key; every outcome is counted.
+//! the running configuration and says which key; every outcome is counted;
+//! a reload swaps the RTMPS certificate for new connections.
 
 mod common;
 
@@ -258,4 +259,82 @@ fn a_read_token_added_by_reload_lets_a_new_player_in() {
     let (st, _, err) = run_to_exit("ffmpeg", cmd, Duration::from_secs(30));
     assert!(st.success(), "{err}");
     assert!(!server.log_contains("bob-token-0123"));
+}
+
+/// A self-signed certificate for localhost and its key, as PEM files
+/// `NAME.pem` and `NAME.key` in `dir`; returns their paths and the
+/// certificate (DER).
+fn self_signed(
+    dir: &TempDir,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    rustls_pki_types::CertificateDer<'static>,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .expect("generate a self-signed certificate");
+    let (cert, key) = (
+        dir.join(&format!("{name}.pem")),
+        dir.join(&format!("{name}.key")),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().clone())
+}
+
+/// Whether a TLS handshake with `addr` succeeds trusting only `root`: the
+/// server presents that certificate.
+fn presents(addr: std::net::SocketAddr, root: &rustls_pki_types::CertificateDer<'static>) -> bool {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn a_reload_swaps_the_rtmps_certificate_for_new_connections() {
+    let dir = TempDir::new("reload-tls");
+    let (cert_a, key_a, der_a) = self_signed(&dir, "a");
+    let (cert_b, key_b, der_b) = self_signed(&dir, "b");
+    let config = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[server]\nrtmps_addr = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let server = Sluice::start(Some(&config(&cert_a, &key_a)));
+    let addr: std::net::SocketAddr = log_str(server.listening_line(), "rtmps_addr")
+        .parse()
+        .unwrap();
+    assert!(presents(addr, &der_a) && !presents(addr, &der_b));
+
+    // A key file that is not there: refused by name, certificate A stays.
+    server.write_config(&config(&cert_b, &dir.join("missing.key")));
+    let r = server.post_reload(&[]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("server.tls_key"), "{}", r.body);
+    assert!(presents(addr, &der_a));
+
+    server.write_config(&config(&cert_b, &key_b));
+    let r = server.post_reload(&[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(presents(addr, &der_b) && !presents(addr, &der_a));
 }
