@@ -138,6 +138,36 @@ fn toml_words(message: &str) -> String {
     format!("invalid type: {got}, expected {expected}")
 }
 
+/// One setting's current value, shared by every task that starts
+/// something with it and replaced as a whole by a config reload. A reader
+/// takes the `Arc` in force ([`Live::get`]: a read lock held only for the
+/// clone) and keeps it for what it starts, so a reload never changes a
+/// stream, a player or a connection that is already running.
+#[derive(Debug, Default)]
+pub struct Live<T>(std::sync::RwLock<std::sync::Arc<T>>);
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Live<T> {
+        Live(std::sync::RwLock::new(std::sync::Arc::new(value)))
+    }
+
+    /// The value in force now.
+    pub fn get(&self) -> std::sync::Arc<T> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace it for everything that starts from now on.
+    pub fn set(&self, value: T) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(value);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Values shared by sections: `#[serde(deserialize_with = "config::...")]`
 // ---------------------------------------------------------------------------
@@ -351,6 +381,14 @@ mod tests {
         assert_eq!(e.to_string(), "config key `push[0]`: m");
         let e = ConfigError::invalid("name", "m").under("renditions[1]");
         assert_eq!(e.to_string(), "config key `renditions[1].name`: m");
+    }
+
+    #[test]
+    fn live_values_are_replaced_for_later_readers_only() {
+        let v = Live::new(1);
+        let before = v.get();
+        v.set(2);
+        assert_eq!((*before, *v.get()), (1, 2));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::config::Live;
 use crate::gpu::Gpus;
 use crate::stream::{Registry, Stream, StreamPath};
 use crate::transcode::config::{TranscodeConfig, VideoCodec};
@@ -37,13 +38,69 @@ pub struct AppState {
     /// `POST /api/v1/encoders/probe`).
     pub encoders: Arc<EncoderState>,
     pub gpus: Arc<Gpus>,
-    /// What a re-probe decides with: `[transcode]` and the codecs the
-    /// configured renditions use.
-    pub transcode: TranscodeConfig,
-    pub codecs: Vec<VideoCodec>,
+    /// What a re-probe decides with (replaced by a config reload).
+    pub encoder_inputs: Arc<Live<EncoderInputs>>,
     /// `[server] api_token`: what every request but [`OPEN_PATHS`] must
     /// present; `None` leaves reads open and changes to loopback clients.
-    pub api_token: Option<ApiToken>,
+    /// A config reload replaces it.
+    pub api_token: Arc<Live<Option<ApiToken>>>,
+    /// Re-reads the config file (`POST /api/v1/config/reload`).
+    pub reload: Arc<dyn Reload>,
+}
+
+/// `[transcode]` and the codecs the configured renditions use.
+#[derive(Debug, Clone)]
+pub struct EncoderInputs {
+    pub transcode: TranscodeConfig,
+    pub codecs: Vec<VideoCodec>,
+}
+
+/// The server's config reload, as the API triggers it.
+pub trait Reload: Send + Sync {
+    /// Re-read the config file; `trigger` names who asked, for the log.
+    fn reload(&self, trigger: &'static str) -> BoxFuture<'_, ReloadOutcome>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a config reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// In force for whatever starts from now on; `changed` names the
+    /// sections that differ (`rtmp`, `apps.live`), never their values.
+    Reloaded { changed: Vec<String> },
+    /// The file does not load (a TOML error or a bad value, named by its
+    /// key): the old configuration stays.
+    Invalid(String),
+    /// The file loads but cannot be applied live (a key only a restart
+    /// changes, an encoder that does not work): the old one stays.
+    Refused(String),
+    /// There is nothing to reload: started without `--config`.
+    NoFile,
+}
+
+impl ReloadOutcome {
+    /// The `result` label of `sluice_config_reloads_total` and the API's.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ReloadOutcome::Reloaded { .. } => "ok",
+            ReloadOutcome::Invalid(_) => "invalid",
+            ReloadOutcome::Refused(_) => "refused",
+            ReloadOutcome::NoFile => "error",
+        }
+    }
+
+    /// What went wrong, for the log and the API; `None` when reloaded.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            ReloadOutcome::Reloaded { .. } => None,
+            ReloadOutcome::Invalid(e) => Some(format!("{e}; the running configuration is kept")),
+            ReloadOutcome::Refused(e) => Some(format!("{e}; the running configuration is kept")),
+            ReloadOutcome::NoFile => {
+                Some("sluice was started without --config: there is no file to reload".to_string())
+            }
+        }
+    }
 }
 
 /// The router. Serve it with
@@ -59,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/encoders", get(encoders))
         .route("/api/v1/encoders/probe", post(reprobe))
+        .route("/api/v1/config/reload", post(reload))
         .fallback(not_found)
         // Around the fallback too: unknown paths tell a caller without the
         // token nothing about which exist.
@@ -203,8 +261,9 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let token = s.api_token.get();
     let decision = access(
-        s.api_token.as_ref(),
+        token.as_ref().as_ref(),
         req.method(),
         req.uri().path(),
         req.headers().get(header::AUTHORIZATION),
@@ -297,7 +356,9 @@ async fn reprobe(State(s): State<AppState>) -> Response {
         return (StatusCode::CONFLICT, Json(body)).into_response();
     };
     let started = std::time::Instant::now();
-    let result = crate::transcode::choose_encoders(&s.transcode, &s.codecs, &s.gpus).await;
+    let inputs = s.encoder_inputs.get();
+    let result =
+        crate::transcode::choose_encoders(&inputs.transcode, &inputs.codecs, &s.gpus).await;
     let took_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(enc) => {
@@ -314,6 +375,25 @@ async fn reprobe(State(s): State<AppState>) -> Response {
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
     }
+}
+
+/// Re-read the config file for whatever starts from now on (as SIGHUP
+/// does): 200 with the sections that changed, 400 for a file that does not
+/// load, 409 for a change only a restart applies or without a file; the
+/// running configuration stays unless the answer is 200.
+async fn reload(State(s): State<AppState>) -> Response {
+    let outcome = s.reload.reload("api").await;
+    let code = match &outcome {
+        ReloadOutcome::Reloaded { .. } => StatusCode::OK,
+        ReloadOutcome::Invalid(_) => StatusCode::BAD_REQUEST,
+        ReloadOutcome::Refused(_) | ReloadOutcome::NoFile => StatusCode::CONFLICT,
+    };
+    let mut body = json!({"result": outcome.result()});
+    match &outcome {
+        ReloadOutcome::Reloaded { changed } => body["changed"] = json!(changed),
+        _ => body["error"] = json!(outcome.error()),
+    }
+    (code, Json(body)).into_response()
 }
 
 /// NVML inventory, read fresh (NVML calls block briefly).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use sluice::server::Config;
+use sluice::server::{Config, Source};
 use sluice::telemetry::LogFormat;
 
 /// Low-latency live ingest relay: RTMP in, MPEG-TS over SRT out.
@@ -52,40 +52,30 @@ fn main() -> ExitCode {
         println!("{}", sluice::auth::Secret::hash(secret));
         return ExitCode::SUCCESS;
     }
-    let mut config = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("sluice: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    // The reload (SIGHUP) reads the file through the same source, so the
+    // flags override it then exactly as now.
+    let source = Source {
+        file: cli.config.clone(),
+        rtmp_addr: cli.rtmp_addr,
+        srt_addr: cli.srt_addr,
+        http_addr: cli.http_addr,
+        api_token_file: cli.api_token_file.clone(),
+        log_format: cli
+            .log_format
+            .as_deref()
+            .map(|f| f.parse::<LogFormat>().unwrap_or(LogFormat::Text)),
     };
-    let s = &mut config.server;
-    if let Some(a) = cli.rtmp_addr {
-        s.rtmp_addr = a;
-    }
-    if let Some(a) = cli.srt_addr {
-        s.srt_addr = a;
-    }
-    if let Some(a) = cli.http_addr {
-        s.http_addr = a;
-    }
-    if let Some(f) = &cli.api_token_file {
-        s.api_token = None;
-        s.api_token_file = Some(f.clone());
-    }
-    if let Some(f) = cli.log_format.as_deref() {
-        s.log_format = f.parse::<LogFormat>().unwrap_or(LogFormat::Text);
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("sluice: {e}");
-        return ExitCode::from(2);
-    }
+    let loaded = match source.load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = &loaded.config;
     sluice::telemetry::init_logging(config.server.log_format);
     if cli.probe_gpu {
-        return probe_gpu(&config);
+        return probe_gpu(config);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(sluice::server::run(config));
+    let result = runtime.block_on(sluice::server::run(loaded, source));
     // Dropping the runtime would wait, without limit, for every thread of
     // its blocking pool: one stuck in `getaddrinfo` for a push host would
     // hold the exit after the drain.

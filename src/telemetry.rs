@@ -47,6 +47,7 @@ pub const PROCESS_OPEN_FDS: &str = "sluice_process_open_fds";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "sluice_process_resident_memory_bytes";
 pub const TOKIO_ALIVE_TASKS: &str = "sluice_tokio_alive_tasks";
 pub const AUTH_REJECTS_TOTAL: &str = "sluice_auth_rejects_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
 pub const TRANSCODE_ENCODER: &str = "sluice_transcode_encoder";
 pub const TRANSCODE_ENCODER_FALLBACKS_TOTAL: &str = "sluice_transcode_encoder_fallbacks_total";
 pub const TRANSCODE_FFMPEG_STARTS_TOTAL: &str = "sluice_transcode_ffmpeg_starts_total";
@@ -181,6 +182,7 @@ pub const FAMILIES: &[Family] = &[
     Family::new(PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, "Resident memory of the sluice process."),
     Family::new(TOKIO_ALIVE_TASKS, Kind::Gauge, "Live tokio tasks in sluice."),
     Family::new(AUTH_REJECTS_TOTAL, Kind::Counter, "Requests refused by authorization, by action (publish) and reason."),
+    Family::new(CONFIG_RELOADS_TOTAL, Kind::Counter, "Config reloads (SIGHUP, POST /api/v1/config/reload), by result (ok, invalid, refused, error)."),
     Family::new(TRANSCODE_ENCODER, Kind::Gauge, "Encoder new streams use for each rendition codec: 1 in use, 0 replaced by a re-probe."),
     Family::new(TRANSCODE_ENCODER_FALLBACKS_TOTAL, Kind::Counter, "NVENC not used for a codec: at start (trial failed), by a re-probe, or per stream (session refused)."),
     Family::new(TRANSCODE_FFMPEG_STARTS_TOTAL, Kind::Counter, "FFmpeg processes started."),

@@ -30,6 +30,7 @@ use super::config::RtmpConfig;
 use super::ingest::FlvIngest;
 use super::proto::{Event, ProtoError, Session};
 use super::publish::{self, Decision};
+use crate::config::Live;
 use crate::stream::config::{AppConfig, Apps};
 use crate::stream::driver::{GroupHandle, Publish, Stopped, Streams};
 use crate::stream::group::Input;
@@ -38,35 +39,80 @@ use crate::telemetry::{self as t, LogLimiter};
 
 /// What every connection task shares.
 pub struct Context {
-    pub rtmp: RtmpConfig,
-    /// `server.setup_timeout`: a connection not publishing this long after
-    /// its accept is closed.
-    pub setup_timeout: Duration,
-    pub apps: Arc<Apps>,
+    /// The settings in force, replaced by a config reload: a connection
+    /// takes them at its accept and keeps them; a publish reads the
+    /// applications in force when it asks.
+    pub settings: Live<Settings>,
     pub streams: Arc<Streams>,
     /// The server's root token: cancelled at the end of a drain.
     pub shutdown: CancellationToken,
 }
 
+/// The configuration the RTMP side reads.
+pub struct Settings {
+    pub rtmp: RtmpConfig,
+    /// `server.setup_timeout`: a connection not publishing this long after
+    /// its accept is closed.
+    pub setup_timeout: Duration,
+    pub apps: Arc<Apps>,
+    /// The RTMPS listener's TLS configuration (`server.tls_cert`,
+    /// `server.tls_key`); `None` without RTMPS.
+    pub tls: Option<TlsAcceptor>,
+}
+
 /// The bound RTMP listener and, when `server.rtmps_addr` is set, the RTMPS
-/// one with its TLS configuration.
+/// one (its TLS configuration is in [`Settings::tls`]).
 pub struct Listeners {
     pub rtmp: TcpListener,
-    pub rtmps: Option<(TcpListener, TlsAcceptor)>,
+    pub rtmps: Option<TcpListener>,
+}
+
+/// `rtmp.max_connections` as a semaphore whose size follows config
+/// reloads: raised at once, lowered as open connections end (returned
+/// permits are forgotten until the new size is reached), so a lower limit
+/// never closes a connection.
+struct ConnLimit {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    /// Permits still to forget after a lowered limit.
+    owed: usize,
+}
+
+impl ConnLimit {
+    fn new(limit: usize) -> ConnLimit {
+        ConnLimit {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            owed: 0,
+        }
+    }
+
+    fn resize(&mut self, limit: usize) {
+        if limit > self.limit {
+            let more = limit - self.limit;
+            let repaid = more.min(self.owed);
+            self.owed -= repaid;
+            self.permits.add_permits(more - repaid);
+        } else {
+            self.owed += self.limit - limit;
+        }
+        self.limit = limit;
+        self.owed -= self.permits.forget_permits(self.owed);
+    }
 }
 
 /// Accept connections on both listeners until `ctx.shutdown` is cancelled,
 /// then wait for the connection tasks to finish. `rtmp.max_connections`
 /// and `rtmp.max_connections_per_ip` count RTMP and RTMPS together.
 pub async fn serve(listeners: Listeners, ctx: Arc<Context>) {
-    let permits = Arc::new(Semaphore::new(ctx.rtmp.max_connections));
+    let mut limit = ConnLimit::new(ctx.settings.get().rtmp.max_connections);
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = JoinSet::new();
     loop {
         let (accepted, tls) = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            r = listeners.rtmp.accept() => (r, None),
-            (r, acceptor) = accept_tls(&listeners.rtmps) => (r, Some(acceptor)),
+            r = listeners.rtmp.accept() => (r, false),
+            r = accept_tls(&listeners.rtmps) => (r, true),
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (sock, peer) = match accepted {
@@ -78,16 +124,26 @@ pub async fn serve(listeners: Listeners, ctx: Arc<Context>) {
                 continue;
             }
         };
-        let Some(admission) = admission::admit(&ctx.rtmp, &permits, &per_ip, peer) else {
+        let settings = ctx.settings.get();
+        limit.resize(settings.rtmp.max_connections);
+        let Some(admission) = admission::admit(&settings.rtmp, &limit.permits, &per_ip, peer)
+        else {
             drop(sock);
             continue;
+        };
+        let tls = match (tls, &settings.tls) {
+            (false, _) => None,
+            (true, Some(acceptor)) => Some(acceptor.clone()),
+            // The RTMPS listener exists only with TLS files (checked with
+            // the config, and at every reload).
+            (true, None) => continue,
         };
         let ctx = ctx.clone();
         let span = info_span!("rtmp", %peer, tls = tls.is_some(), stream = tracing::field::Empty);
         tasks.spawn(
             async move {
                 let _admission = admission;
-                connection(sock, tls, peer, ctx).await;
+                connection(sock, tls, peer, ctx, settings).await;
             }
             .instrument(span),
         );
@@ -96,11 +152,9 @@ pub async fn serve(listeners: Listeners, ctx: Arc<Context>) {
 }
 
 /// The next RTMPS connection; pending forever without an RTMPS listener.
-async fn accept_tls(
-    l: &Option<(TcpListener, TlsAcceptor)>,
-) -> (std::io::Result<(TcpStream, SocketAddr)>, TlsAcceptor) {
+async fn accept_tls(l: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match l {
-        Some((listener, acceptor)) => (listener.accept().await, acceptor.clone()),
+        Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
 }
@@ -112,6 +166,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     ctx: Arc<Context>,
+    cfg: Arc<Settings>,
 ) {
     let accepted = Instant::now();
     let _ = sock.set_nodelay(true);
@@ -127,9 +182,9 @@ async fn connection(
     let open = Open(gauge!(t::RTMP_CONNECTIONS));
     open.0.increment(1.0);
     match tls {
-        None => handle(sock, peer, accepted, ctx).await,
+        None => handle(sock, peer, accepted, ctx, cfg).await,
         Some(acceptor) => {
-            let limit = ctx.rtmp.handshake_timeout;
+            let limit = cfg.rtmp.handshake_timeout;
             let shutdown = ctx.shutdown.clone();
             let result = tokio::select! {
                 r = tokio::time::timeout(limit, acceptor.accept(sock)) => match r {
@@ -145,7 +200,7 @@ async fn connection(
                 Ok(stream) => {
                     counter!(t::RTMPS_CONNECTIONS_TOTAL).increment(1);
                     debug!("tls handshake done");
-                    handle(stream, peer, accepted, ctx).await;
+                    handle(stream, peer, accepted, ctx, cfg).await;
                 }
                 Err(why) => {
                     counter!(t::RTMP_CONNECTIONS_REJECTED_TOTAL, "reason" => "tls_handshake")
@@ -219,6 +274,8 @@ impl Drop for PendingAuth {
 
 struct Conn {
     ctx: Arc<Context>,
+    /// The settings in force at the accept.
+    cfg: Arc<Settings>,
     peer: SocketAddr,
     session: Session,
     /// The application as sent in `connect`.
@@ -239,14 +296,20 @@ async fn send<S: AsyncWrite + Unpin>(sock: &mut S, out: &[u8]) -> std::io::Resul
 }
 
 /// Run RTMP on an established byte stream (TCP or TLS over TCP).
-async fn handle<S>(mut sock: S, peer: SocketAddr, accepted: Instant, ctx: Arc<Context>)
-where
+async fn handle<S>(
+    mut sock: S,
+    peer: SocketAddr,
+    accepted: Instant,
+    ctx: Arc<Context>,
+    cfg: Arc<Settings>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let seed = rand::random::<u64>();
     let mut conn = Conn {
-        session: Session::new(ctx.rtmp.limits(), Instant::now(), seed),
+        session: Session::new(cfg.rtmp.limits(), Instant::now(), seed),
         ctx,
+        cfg,
         peer,
         app: String::new(),
         pending_auth: None,
@@ -303,7 +366,7 @@ impl Conn {
         // connections then hold 4 KiB each, a publisher grows to 64 KiB.
         let mut buf = vec![0u8; READ_BUF_START];
         let shutdown = self.ctx.shutdown.clone();
-        let setup_timeout = self.ctx.setup_timeout;
+        let setup_timeout = self.cfg.setup_timeout;
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
             let publishing = self.publishing.is_some();
@@ -375,7 +438,7 @@ impl Conn {
             }
             if let Some(out) = self.session.take_transmit() {
                 // A peer that stops reading must not pin this task forever.
-                let idle = self.ctx.rtmp.idle_timeout;
+                let idle = self.cfg.rtmp.idle_timeout;
                 match tokio::time::timeout(idle, send(sock, &out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Close::Io(e),
@@ -456,7 +519,10 @@ impl Conn {
     }
 
     fn on_publish(&mut self, name: &str) -> Result<(), ProtoError> {
-        match publish::decide(&self.app, name, self.peer, &self.ctx.apps) {
+        // The applications in force now: a publish after a reload gets
+        // its keys, even on a connection from before it.
+        let apps = self.ctx.settings.get().apps.clone();
+        match publish::decide(&self.app, name, self.peer, &apps) {
             Decision::Allow { path, app } => return self.start_publish(path, name, &app),
             Decision::Refuse {
                 path,
@@ -538,7 +604,7 @@ impl Conn {
                 let stream = group.stream().clone();
                 self.publishing = Some(Publishing {
                     group,
-                    flv: FlvIngest::new(self.ctx.rtmp.max_timestamp_jump),
+                    flv: FlvIngest::new(self.cfg.rtmp.max_timestamp_jump),
                     tag_errors: stream.series.counter(t::INGEST_TAG_ERRORS_TOTAL, &[]),
                     jumps: stream.series.counter(t::TIMESTAMP_JUMPS_TOTAL, &[]),
                     jump_log: LogLimiter::per_interval(),
@@ -591,7 +657,7 @@ impl Conn {
             p.jumps.increment(1);
             if let Some(suppressed) = p.jump_log.check(now) {
                 warn!(track = ?j.track, jump_ms = j.jump_ms,
-                    limit_ms = self.ctx.rtmp.max_timestamp_jump.as_millis() as u64,
+                    limit_ms = self.cfg.rtmp.max_timestamp_jump.as_millis() as u64,
                     suppressed,
                     "timestamp jumped; timeline re-based");
             }
@@ -621,5 +687,40 @@ async fn auth_answer(p: &mut Option<PendingAuth>) -> Result<(), String> {
             Err(e) => Err(format!("webhook task failed: {e}")),
         },
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_follows_reloads_without_closing_anyone() {
+        let mut l = ConnLimit::new(3);
+        let held: Vec<_> = (0..3)
+            .map(|_| l.permits.clone().try_acquire_owned().unwrap())
+            .collect();
+        // Lowered below what is open: nobody is closed, nobody new gets in
+        // until enough have left.
+        l.resize(1);
+        assert!(l.permits.clone().try_acquire_owned().is_err());
+        let mut held = held.into_iter();
+        drop(held.next());
+        l.resize(1);
+        assert!(l.permits.clone().try_acquire_owned().is_err());
+        drop(held.next());
+        l.resize(1);
+        assert!(l.permits.clone().try_acquire_owned().is_err());
+        drop(held.next());
+        l.resize(1);
+        let one = l.permits.clone().try_acquire_owned().unwrap();
+        assert!(l.permits.clone().try_acquire_owned().is_err());
+        // Raised: room at once, a debt still owed is paid first.
+        l.resize(0);
+        l.resize(4);
+        assert_eq!(l.permits.available_permits(), 3);
+        drop(one);
+        l.resize(4);
+        assert_eq!((l.permits.available_permits(), l.owed), (4, 0));
     }
 }

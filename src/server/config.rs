@@ -140,13 +140,139 @@ impl ServerConfig {
     }
 }
 
+/// Where the configuration comes from: the file given with `--config` (the
+/// built-in defaults without one) and the flags that override it. The
+/// start and every reload read through here, so a reload applies the flags
+/// exactly as the start did.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub rtmp_addr: Option<SocketAddr>,
+    pub srt_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    /// Replaces `server.api_token` and `server.api_token_file`.
+    pub api_token_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Source {
+    /// The configuration, checked: the file's keys, the flags over them,
+    /// then the rules across keys again.
+    pub fn read(&self) -> Result<Config, ConfigError> {
+        self.load().map(|l| l.config)
+    }
+
+    /// Like [`read`](Self::read), with the file's text.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let (mut config, text) = match &self.file {
+            Some(path) => {
+                let text = read_file(path)?;
+                (Config::from_file_text(path, &text)?, text)
+            }
+            None => (Config::default(), String::new()),
+        };
+        self.overlay(&mut config);
+        config.validate()?;
+        Ok(Loaded { config, text })
+    }
+
+    /// Put the flags over `config`.
+    fn overlay(&self, config: &mut Config) {
+        let s = &mut config.server;
+        if let Some(a) = self.rtmp_addr {
+            s.rtmp_addr = a;
+        }
+        if let Some(a) = self.srt_addr {
+            s.srt_addr = a;
+        }
+        if let Some(a) = self.http_addr {
+            s.http_addr = a;
+        }
+        if let Some(f) = &self.api_token_file {
+            s.api_token = None;
+            s.api_token_file = Some(f.clone());
+        }
+        if let Some(f) = self.log_format {
+            s.log_format = f;
+        }
+    }
+}
+
+/// A configuration as [`Source::load`] read it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file's text (empty without a file): what the next reload
+    /// compares with ([`changed_sections`]).
+    pub text: String,
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The sections that differ between two config files' texts, by name
+/// (`server`, `rtmp`, `apps.live`, ...): what a reload log line says
+/// changed. Only names, never values (keys and tokens are secrets); a text
+/// that does not parse counts as empty.
+pub fn changed_sections(old: &str, new: &str) -> Vec<String> {
+    let table = |t: &str| t.parse::<toml::Table>().unwrap_or_default();
+    let (old, new) = (table(old), table(new));
+    let mut changed = Vec::new();
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let (a, b) = (old.get(name), new.get(name));
+        if name != "apps" {
+            if a != b {
+                changed.push(name.clone());
+            }
+            continue;
+        }
+        let apps = |v: Option<&toml::Value>| v.and_then(toml::Value::as_table).cloned();
+        let (a, b) = (apps(a).unwrap_or_default(), apps(b).unwrap_or_default());
+        let apps: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for app in apps {
+            if a.get(app) != b.get(app) {
+                changed.push(format!("apps.{app}"));
+            }
+        }
+    }
+    changed
+}
+
 impl Config {
+    /// The first key whose new value only a restart can apply: listeners
+    /// are bound, the log format and the webhook CA bundle are installed
+    /// once per process, the NVML poller runs on its interval. `None`:
+    /// everything in `new` can take effect live.
+    pub fn restart_only_change(&self, new: &Config) -> Option<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        [
+            ("server.rtmp_addr", a.rtmp_addr != b.rtmp_addr),
+            ("server.srt_addr", a.srt_addr != b.srt_addr),
+            ("server.http_addr", a.http_addr != b.http_addr),
+            ("server.rtmps_addr", a.rtmps_addr != b.rtmps_addr),
+            ("server.log_format", a.log_format != b.log_format),
+            ("server.webhook_ca", a.webhook_ca != b.webhook_ca),
+            (
+                "transcode.gpu_poll_interval",
+                self.transcode.gpu_poll_interval != new.transcode.gpu_poll_interval,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(key, changed)| changed.then_some(key))
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        Config::from_file_text(path, &read_file(path)?)
+    }
+
+    /// [`from_toml`](Self::from_toml), with syntax errors naming `path`.
+    fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.display().to_string(),
                 message,
@@ -408,6 +534,78 @@ mod tests {
         let e = c.server.load_api_token().unwrap_err().to_string();
         assert!(e.contains("cannot read it"), "{e}");
         assert!(err("[server]\napi_token = \"short\"").contains("`server.api_token`"));
+    }
+
+    #[test]
+    fn a_reload_names_the_changed_sections_never_their_values() {
+        let old = "[rtmp]\nmax_streams = 5\n[apps.live.publish_keys]\ncam1 = \"secret-one-0123\"\n[apps.club]\n";
+        let new = "[rtmp]\nmax_streams = 5\n[apps.live.publish_keys]\ncam1 = \"secret-two-0123\"\n[apps.news]\n[srt]\n";
+        assert_eq!(
+            changed_sections(old, new),
+            ["apps.club", "apps.live", "apps.news", "srt"]
+        );
+        assert!(changed_sections(old, old).is_empty());
+        assert_eq!(changed_sections("", "[server]\n"), ["server"]);
+    }
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let base = Config::default();
+        assert_eq!(base.restart_only_change(&base.clone()), None);
+        for (text, key) in [
+            ("[server]\nrtmp_addr = \"127.0.0.1:1\"", "server.rtmp_addr"),
+            ("[server]\nsrt_addr = \"127.0.0.1:1\"", "server.srt_addr"),
+            ("[server]\nhttp_addr = \"127.0.0.1:1\"", "server.http_addr"),
+            ("[server]\nlog_format = \"json\"", "server.log_format"),
+            ("[server]\nwebhook_ca = \"/x.pem\"", "server.webhook_ca"),
+            (
+                "[transcode]\ngpu_poll_interval = \"1s\"",
+                "transcode.gpu_poll_interval",
+            ),
+        ] {
+            let new = Config::from_toml(text).unwrap();
+            assert_eq!(base.restart_only_change(&new), Some(key), "{text}");
+        }
+        // Everything else changes live.
+        let new = Config::from_toml(
+            "[server]\nsetup_timeout = \"3s\"\ndrain_timeout = \"1s\"\n\
+             api_token = \"0123456789abcdef\"\n[rtmp]\nmax_streams = 3\n\
+             [srt]\nlatency = \"300ms\"\n[transcode]\nencoder = \"x264\"\n[apps.live]\n",
+        )
+        .unwrap();
+        assert_eq!(base.restart_only_change(&new), None);
+    }
+
+    #[test]
+    fn flags_override_the_file_at_every_read() {
+        let dir = std::env::temp_dir().join(format!("sluice-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sluice.toml");
+        std::fs::write(&file, "[server]\nrtmp_addr = \"127.0.0.1:1\"\nlog_format = \"text\"\napi_token = \"0123456789abcdef\"\n").unwrap();
+        let source = Source {
+            file: Some(file.clone()),
+            rtmp_addr: Some("127.0.0.1:2".parse().unwrap()),
+            log_format: Some(LogFormat::Json),
+            api_token_file: Some(dir.join("token")),
+            ..Source::default()
+        };
+        let loaded = source.load().unwrap();
+        let s = &loaded.config.server;
+        assert_eq!(s.rtmp_addr.port(), 2);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.api_token.is_none() && s.api_token_file.is_some());
+        assert!(loaded.text.contains("rtmp_addr"));
+        // The file changes, the flags still win.
+        std::fs::write(&file, "[server]\nrtmp_addr = \"127.0.0.1:3\"\n").unwrap();
+        assert_eq!(source.read().unwrap().server.rtmp_addr.port(), 2);
+        std::fs::write(&file, "[server\n").unwrap();
+        let e = source.read().unwrap_err().to_string();
+        assert!(
+            e.contains("sluice.toml") && e.contains("not valid TOML"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(Source::default().load().unwrap().text.is_empty());
     }
 
     /// deploy/sluice.example.toml documents the defaults; keep it true.

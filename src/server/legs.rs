@@ -5,37 +5,58 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Config;
+use crate::config::Live;
 use crate::stream::leg::{LegContext, LegFuture, LegSpec, LegStarter};
 use crate::transcode::config::TranscodeConfig;
 use crate::transcode::{self, EncoderState};
 
 /// What starting a leg needs from the server's configuration.
 pub(super) struct Legs {
+    /// Replaced by a config reload: legs that start afterwards read the
+    /// new settings, running ones keep theirs.
+    settings: Live<LegSettings>,
+    /// New transcodes take the encoder choice in force when they start.
+    encoders: Arc<EncoderState>,
+}
+
+struct LegSettings {
     srt_latency: Duration,
     srt_idle_timeout: Duration,
     transcode: TranscodeConfig,
-    /// New transcodes take the encoder choice in force when they start.
-    encoders: Arc<EncoderState>,
+}
+
+impl LegSettings {
+    fn of(config: &Config) -> LegSettings {
+        LegSettings {
+            srt_latency: config.srt.latency,
+            srt_idle_timeout: config.srt.peer_idle_timeout,
+            transcode: config.transcode.clone(),
+        }
+    }
 }
 
 impl Legs {
     pub(super) fn new(config: &Config, encoders: Arc<EncoderState>) -> Legs {
         Legs {
-            srt_latency: config.srt.latency,
-            srt_idle_timeout: config.srt.peer_idle_timeout,
-            transcode: config.transcode.clone(),
+            settings: Live::new(LegSettings::of(config)),
             encoders,
         }
+    }
+
+    /// Settings for legs that start from now on.
+    pub(super) fn reload(&self, config: &Config) {
+        self.settings.set(LegSettings::of(config));
     }
 }
 
 impl LegStarter for Legs {
     fn start(&self, spec: &LegSpec, ctx: LegContext) -> LegFuture {
+        let settings = self.settings.get();
         match spec {
             LegSpec::SrtPush { target, .. } => Box::pin(crate::srt::push::run_leg(
                 target.clone(),
-                self.srt_latency,
-                self.srt_idle_timeout,
+                settings.srt_latency,
+                settings.srt_idle_timeout,
                 ctx,
             )),
             // Replaced by the RTMP client leg (rtmp::client) when it lands.
@@ -50,7 +71,7 @@ impl LegStarter for Legs {
             }
             LegSpec::Transcode(renditions) => {
                 let params = transcode::Params {
-                    config: self.transcode.clone(),
+                    config: settings.transcode.clone(),
                     encoders: self.encoders.get(),
                     renditions: renditions.clone(),
                 };

@@ -6,9 +6,10 @@
 
 pub mod config;
 mod legs;
+mod reload;
 mod tls;
 
-pub use config::{Config, ServerConfig};
+pub use config::{Config, Loaded, ServerConfig, Source};
 pub use tls::load_tls;
 
 use std::path::PathBuf;
@@ -18,20 +19,24 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::Signal;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::Live;
 use crate::gpu::{self, Gpus};
-use crate::http::{self, AppState};
-use crate::rtmp::server::{self as rtmp_server, Context, Listeners};
-use crate::srt::listener::{self as srt_listener, Listener as SrtListener};
+use crate::http::{self, AppState, EncoderInputs};
+use crate::rtmp::server::{self as rtmp_server, Context, Listeners, Settings as RtmpSettings};
+use crate::srt::listener::{self as srt_listener, Listener as SrtListener, ListenerSettings};
 use crate::stream::config::Apps;
 use crate::stream::driver::{StreamSettings, Streams};
 use crate::stream::{Registry, RingConfig, StreamLimits};
 use crate::telemetry;
 use crate::transcode::{self, EncoderState};
+use reload::Reloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -69,25 +74,67 @@ pub enum ServerError {
 /// Every listener, bound.
 struct Bound {
     rtmp: TcpListener,
-    rtmps: Option<(TcpListener, TlsAcceptor)>,
+    rtmps: Option<TcpListener>,
     http: TcpListener,
     srt: UdpSocket,
 }
 
-/// Run until a shutdown signal has been handled; returns after the drain.
-pub async fn run(config: Config) -> Result<(), ServerError> {
-    // Bad TLS or token files stop the start before anything else is set up.
+/// What the configuration needs besides its own keys, checked the same way
+/// at the start and at every reload: the API token file, the TLS files and
+/// the webhook CA bundle read, the applications' SRT read rules built.
+struct Checked {
+    api_token: Option<crate::http::ApiToken>,
+    /// The RTMPS acceptor, when `server.rtmps_addr` is set.
+    tls: Option<TlsAcceptor>,
+}
+
+fn check(config: &Config) -> Result<Checked, ServerError> {
     let api_token = config
         .server
         .load_api_token()
         .map_err(|e| ServerError::Config(e.under("server")))?;
-    let tls = tls::prepare(&config)?;
-    let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
-    let codecs = config.apps.rendition_codecs();
-    let registry = Registry::with_limits(StreamLimits {
+    let tls = tls::prepare(config)?;
+    srt_listener::ReadRules::from_apps(&config.apps)?;
+    Ok(Checked { api_token, tls })
+}
+
+/// What the RTMP side reads from the configuration.
+fn rtmp_settings(config: &Config, apps: Arc<Apps>, tls: Option<TlsAcceptor>) -> RtmpSettings {
+    RtmpSettings {
+        rtmp: config.rtmp.clone(),
+        setup_timeout: config.server.setup_timeout,
+        apps,
+        tls,
+    }
+}
+
+/// What every new stream group reads from the configuration.
+fn stream_settings(config: &Config) -> StreamSettings {
+    StreamSettings {
+        setup_timeout: config.server.setup_timeout,
+        max_ingest_kbps: config.rtmp.max_ingest_kbps,
+        stale_after: config.rtmp.stale_publisher_timeout,
+        ring: RingConfig::default(),
+    }
+}
+
+fn stream_limits(config: &Config) -> StreamLimits {
+    StreamLimits {
         max_streams: config.rtmp.max_streams,
         max_publishes_per_ip: config.rtmp.max_publishes_per_ip,
-    });
+    }
+}
+
+/// Run until a shutdown signal has been handled; returns after the drain.
+/// `source` is where `loaded` came from: SIGHUP and `POST
+/// /api/v1/config/reload` read it again.
+pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
+    let config = &loaded.config;
+    // Bad TLS or token files stop the start before anything else is set up.
+    let checked = check(config)?;
+    let metrics = telemetry::install_metrics().map_err(ServerError::Metrics)?;
+    let codecs = config.apps.rendition_codecs();
+    let registry = Registry::with_limits(stream_limits(config));
     let root = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let gpus = Arc::new(Gpus::init());
@@ -102,32 +149,51 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config.transcode.gpu_poll_interval,
         root.clone(),
     ));
-    let bound = bind(&config, tls).await?;
+    let bound = bind(config).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
-    srt.set_read_auth(srt_listener::ReadRules::from_apps(&config.apps)?);
+    srt_listener::apply_apps(&mut srt, &config.apps)?;
     // Handlers first: a supervisor may signal as soon as it reads `listening`.
     let signals = Signals::install();
     log_applications(&config.apps);
     log_listening(&bound);
 
+    let legs = Arc::new(legs::Legs::new(config, encoders.clone()));
     let streams = Arc::new(Streams::new(
         registry.clone(),
-        Arc::new(legs::Legs::new(&config, encoders.clone())),
+        legs.clone(),
         root.clone(),
-        StreamSettings {
-            setup_timeout: config.server.setup_timeout,
-            max_ingest_kbps: config.rtmp.max_ingest_kbps,
-            stale_after: config.rtmp.stale_publisher_timeout,
-            ring: RingConfig::default(),
-        },
+        stream_settings(config),
     ));
+    let apps = Arc::new(config.apps.clone());
     let ctx = Arc::new(Context {
-        rtmp: config.rtmp.clone(),
-        setup_timeout: config.server.setup_timeout,
-        apps: Arc::new(config.apps.clone()),
+        settings: Live::new(rtmp_settings(config, apps.clone(), checked.tls)),
         streams: streams.clone(),
         shutdown: root.clone(),
     });
+    let (srt_settings, srt_reloads) = watch::channel(Arc::new(ListenerSettings {
+        srt: config.srt.clone(),
+        apps,
+    }));
+    let api_token = Arc::new(Live::new(checked.api_token));
+    let encoder_inputs = Arc::new(Live::new(EncoderInputs {
+        transcode: config.transcode.clone(),
+        codecs,
+    }));
+    let reloader = Arc::new(Reloader::new(
+        source,
+        loaded,
+        reload::Targets {
+            ctx: ctx.clone(),
+            streams: streams.clone(),
+            registry: registry.clone(),
+            legs,
+            srt: srt_settings,
+            api_token: api_token.clone(),
+            encoder_inputs: encoder_inputs.clone(),
+            encoders: encoders.clone(),
+            gpus: gpus.clone(),
+        },
+    ));
     let Bound {
         rtmp,
         rtmps,
@@ -135,27 +201,35 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         srt: srt_socket,
     } = bound;
     let rtmp_task = tokio::spawn(rtmp_server::serve(Listeners { rtmp, rtmps }, ctx));
-    let srt_task = tokio::spawn(srt_listener::serve(srt_socket, srt, root.clone()));
+    let srt_task = tokio::spawn(srt_listener::serve(
+        srt_socket,
+        srt,
+        Some(srt_reloads),
+        root.clone(),
+    ));
     let app = http::router(AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
         encoders,
         gpus,
-        transcode: config.transcode.clone(),
-        codecs,
+        encoder_inputs,
         api_token,
+        reload: reloader.clone(),
     });
     let http_task = serve_http(http, app, root.clone());
     spawn_upkeep(metrics, registry.clone(), root.clone());
+    let Signals { term, int, hup } = signals;
+    spawn_reloads(hup, reloader.clone(), root.clone());
     ready.store(true, Ordering::SeqCst);
 
-    let signal = signals.wait().await;
-    info!(signal, drain_timeout = ?config.server.drain_timeout, "draining");
+    let signal = Signals::wait(term, int).await;
+    let drain_timeout = reloader.current().server.drain_timeout;
+    info!(signal, ?drain_timeout, "draining");
     registry.start_draining();
     // Running streams finish on their own until the drain timeout; this
     // waits on the stream groups themselves, not on the registry.
-    if !streams.wait_ended(config.server.drain_timeout).await {
+    if !streams.wait_ended(drain_timeout).await {
         warn!(
             streams = registry.len(),
             "drain timeout reached; stopping live streams"
@@ -182,7 +256,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 }
 
 /// Bind every configured listener; errors say where the address is set.
-async fn bind(config: &Config, tls: Option<TlsAcceptor>) -> Result<Bound, ServerError> {
+/// RTMPS is bound when `server.rtmps_addr` is set (its TLS files were
+/// checked with the config).
+async fn bind(config: &Config) -> Result<Bound, ServerError> {
     let s = &config.server;
     let tcp = |what: &'static str, addr, hint: &'static str| async move {
         TcpListener::bind(addr)
@@ -195,11 +271,9 @@ async fn bind(config: &Config, tls: Option<TlsAcceptor>) -> Result<Bound, Server
             })
     };
     let rtmp = tcp("rtmp", s.rtmp_addr, "set --rtmp-addr or server.rtmp_addr").await?;
-    let rtmps = match (s.rtmps_addr, tls) {
-        (Some(addr), Some(acceptor)) => {
-            Some((tcp("rtmps", addr, "set server.rtmps_addr").await?, acceptor))
-        }
-        _ => None,
+    let rtmps = match s.rtmps_addr {
+        Some(addr) => Some(tcp("rtmps", addr, "set server.rtmps_addr").await?),
+        None => None,
     };
     let http = tcp("http", s.http_addr, "set --http-addr or server.http_addr").await?;
     let srt = bind_udp(s.srt_addr).map_err(|source| ServerError::Bind {
@@ -260,7 +334,7 @@ fn log_applications(apps: &Apps) {
 /// when RTMPS is off).
 fn log_listening(b: &Bound) {
     let addr = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).ok();
-    let rtmps_addr = b.rtmps.as_ref().and_then(|(l, _)| addr(l.local_addr()));
+    let rtmps_addr = b.rtmps.as_ref().and_then(|l| addr(l.local_addr()));
     info!(
         rtmp_addr = addr(b.rtmp.local_addr()).unwrap_or_default(),
         rtmps_addr,
@@ -324,10 +398,12 @@ fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed
+/// (SIGHUP's default action would end the process).
 struct Signals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
+    term: Option<Signal>,
+    int: Option<Signal>,
+    hup: Option<Signal>,
 }
 
 impl Signals {
@@ -336,12 +412,13 @@ impl Signals {
         Signals {
             term: signal(SignalKind::terminate()).ok(),
             int: signal(SignalKind::interrupt()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
         }
     }
 
-    /// The first of them to arrive.
-    async fn wait(self) -> &'static str {
-        match (self.term, self.int) {
+    /// The first of SIGTERM and SIGINT to arrive.
+    async fn wait(term: Option<Signal>, int: Option<Signal>) -> &'static str {
+        match (term, int) {
             (Some(mut term), Some(mut int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
@@ -352,4 +429,26 @@ impl Signals {
             }
         }
     }
+}
+
+/// Reload the config file on every SIGHUP until the drain ends; reloads
+/// never overlap (a second SIGHUP during one waits for it).
+fn spawn_reloads(hup: Option<Signal>, reloader: Arc<Reloader>, root: CancellationToken) {
+    let Some(mut hup) = hup else {
+        warn!("cannot catch SIGHUP: the config reload is only available over HTTP");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = root.cancelled() => break,
+                got = hup.recv() => match got {
+                    Some(()) => {
+                        reloader.run("SIGHUP").await;
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
 }

@@ -336,25 +336,51 @@ fn handshake_acceptable(
     Err((RejectReason::Core(reason), why.into()))
 }
 
+/// What a config reload hands the listener: `[srt]` and the applications,
+/// for callers that arrive afterwards (connected players keep theirs).
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub srt: SrtConfig,
+    pub apps: Arc<Apps>,
+}
+
+/// Which applications exist and who may play them: the one place the
+/// listener takes `[apps]`, at start and at every reload.
+pub fn apply_apps(listener: &mut Listener, apps: &Apps) -> Result<(), ListenerError> {
+    listener.set_read_auth(ReadRules::from_apps(apps)?);
+    Ok(())
+}
+
+fn passphrase_of(cfg: &SrtConfig) -> Result<Option<Passphrase>, ListenerError> {
+    match &cfg.passphrase {
+        Some(p) => Ok(Some(
+            Passphrase::try_from(p.clone()).map_err(ListenerError::Passphrase)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The settings every new connection starts from.
+fn base_settings(cfg: &SrtConfig, passphrase: &Option<Passphrase>) -> ConnInitSettings {
+    ConnInitSettings {
+        send_latency: cfg.latency,
+        recv_latency: cfg.latency,
+        peer_idle_timeout: cfg.peer_idle_timeout,
+        // Room for the largest GOP-cache burst: srt-protocol drops the
+        // oldest packet when this is full (docs/srt-sans-io.md §4).
+        send_buffer_size: PacketCount(u64::from(guard::MAX_LOSS)),
+        key_settings: passphrase.clone().map(|p| KeySettings {
+            key_size: KeySize::Unspecified,
+            passphrase: p,
+        }),
+        ..ConnInitSettings::default()
+    }
+}
+
 impl Listener {
     pub fn new(registry: Arc<Registry>, cfg: &SrtConfig) -> Result<Listener, ListenerError> {
-        let passphrase = match &cfg.passphrase {
-            Some(p) => Some(Passphrase::try_from(p.clone()).map_err(ListenerError::Passphrase)?),
-            None => None,
-        };
-        let base = ConnInitSettings {
-            send_latency: cfg.latency,
-            recv_latency: cfg.latency,
-            peer_idle_timeout: cfg.peer_idle_timeout,
-            // Room for the largest GOP-cache burst: srt-protocol drops the
-            // oldest packet when this is full (docs/srt-sans-io.md §4).
-            send_buffer_size: PacketCount(u64::from(guard::MAX_LOSS)),
-            key_settings: passphrase.clone().map(|p| KeySettings {
-                key_size: KeySize::Unspecified,
-                passphrase: p,
-            }),
-            ..ConnInitSettings::default()
-        };
+        let passphrase = passphrase_of(cfg)?;
+        let base = base_settings(cfg, &passphrase);
         let mut cookie_key = [0u8; 32];
         rand::fill(&mut cookie_key);
         let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
@@ -380,6 +406,17 @@ impl Listener {
     /// which applications exist). Until called: zero config, all open.
     pub fn set_read_auth(&mut self, rules: ReadRules) {
         self.read_auth = rules;
+    }
+
+    /// A config reload: `[srt]` (latency, passphrase, limits) and the
+    /// applications for callers from now on. On an error nothing changes.
+    pub fn reload(&mut self, s: &ListenerSettings) -> Result<(), ListenerError> {
+        let passphrase = passphrase_of(&s.srt)?;
+        apply_apps(self, &s.apps)?;
+        self.base = base_settings(&s.srt, &passphrase);
+        self.passphrase = passphrase;
+        self.cfg = s.srt.clone();
+        Ok(())
     }
 
     /// The passphrase a caller asking for `sid` must use: its application's
@@ -1106,8 +1143,14 @@ enum WebhookVerdict {
 }
 
 /// Serve SRT players on `socket` until `shutdown`; then close every player
-/// gracefully (bounded by about 1.5 s) and return.
-pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: CancellationToken) {
+/// gracefully (bounded by about 1.5 s) and return. Settings sent on
+/// `reloads` apply to callers that arrive afterwards.
+pub async fn serve(
+    socket: UdpSocket,
+    mut listener: Listener,
+    mut reloads: Option<tokio::sync::watch::Receiver<Arc<ListenerSettings>>>,
+    shutdown: CancellationToken,
+) {
     let notify = listener.registry.data_ready().clone();
     let mut answers = listener.take_answers().expect("a listener is served once");
     let mut buf = vec![0u8; 2048];
@@ -1132,6 +1175,12 @@ pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: Cancella
             }
             Some(()) = answers.recv() => {
                 listener.webhook_answered(Instant::now());
+            }
+            Some(settings) = next_reload(&mut reloads) => {
+                // Checked by the reload before it was sent.
+                if let Err(e) = listener.reload(&settings) {
+                    warn!(error = %e, "srt settings not reloaded");
+                }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -1175,6 +1224,22 @@ pub async fn serve(socket: UdpSocket, mut listener: Listener, shutdown: Cancella
             }
         }
     }
+}
+
+/// The next settings sent on `reloads`; pending forever without a channel
+/// or once its sender is gone.
+async fn next_reload(
+    reloads: &mut Option<tokio::sync::watch::Receiver<Arc<ListenerSettings>>>,
+) -> Option<Arc<ListenerSettings>> {
+    let changed = match reloads {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        *reloads = None;
+        return std::future::pending().await;
+    }
+    reloads.as_mut().map(|rx| rx.borrow_and_update().clone())
 }
 
 #[cfg(test)]

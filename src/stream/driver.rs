@@ -25,6 +25,7 @@ use super::leg::{
 use super::{
     ClaimError, ClaimPolicy, LegView, PublishGuard, Registry, RingConfig, Stream, StreamPath,
 };
+use crate::config::Live;
 use crate::telemetry as t;
 
 /// Inputs queued from the ingest to its group; a full queue makes the
@@ -73,7 +74,8 @@ pub struct Streams {
     registry: Arc<Registry>,
     legs: Arc<dyn LegStarter>,
     root: CancellationToken,
-    settings: StreamSettings,
+    /// Read by each [`Streams::start`]; a config reload replaces it.
+    settings: Live<StreamSettings>,
     /// Every group driver (mini-redis's shutdown-complete pattern: drain
     /// waits on this, not on the registry).
     drivers: TaskTracker,
@@ -91,13 +93,19 @@ impl Streams {
             registry,
             legs,
             root,
-            settings,
+            settings: Live::new(settings),
             drivers: TaskTracker::new(),
         }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Settings for streams that start from now on (a config reload);
+    /// running ones keep theirs.
+    pub fn set_settings(&self, settings: StreamSettings) {
+        self.settings.set(settings);
     }
 
     /// Claim the path and start the stream's group; its legs that start
@@ -107,14 +115,15 @@ impl Streams {
         if !p.app.renditions.is_empty() {
             specs.push(LegSpec::Transcode(p.app.renditions.clone()));
         }
+        let settings = self.settings.get();
         let guard = self.registry.claim(
             p.path.clone(),
             p.name,
             p.peer,
             ClaimPolicy {
                 takeover: p.app.takeover,
-                stale_after: self.settings.stale_after,
-                ring: self.settings.ring,
+                stale_after: settings.stale_after,
+                ring: settings.ring,
                 renditions: p.app.renditions.iter().map(|r| r.name.clone()).collect(),
             },
             &self.root,
@@ -124,8 +133,8 @@ impl Streams {
             GroupParams {
                 published: Instant::now(),
                 setup_start: p.accepted,
-                setup_timeout: self.settings.setup_timeout,
-                max_ingest_kbps: self.settings.max_ingest_kbps,
+                setup_timeout: settings.setup_timeout,
+                max_ingest_kbps: settings.max_ingest_kbps,
                 legs: specs.iter().map(LegSpec::info).collect(),
             },
             GroupMetrics {

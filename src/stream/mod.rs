@@ -253,7 +253,8 @@ pub struct Registry {
     streams: Mutex<HashMap<StreamPath, Arc<Stream>>>,
     generation: AtomicU64,
     draining: AtomicBool,
-    limits: StreamLimits,
+    /// Replaced by a config reload; claims read them as they come.
+    limits: Mutex<StreamLimits>,
     /// Poked whenever any rendition ring gets data or closes.
     data_ready: Arc<tokio::sync::Notify>,
 }
@@ -266,9 +267,15 @@ impl Registry {
 
     pub fn with_limits(limits: StreamLimits) -> Arc<Registry> {
         Arc::new(Registry {
-            limits,
+            limits: Mutex::new(limits),
             ..Registry::default()
         })
+    }
+
+    /// New limits for claims from now on (a config reload); live streams
+    /// stay, even past a lowered limit.
+    pub fn set_limits(&self, limits: StreamLimits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<StreamPath, Arc<Stream>>> {
@@ -304,7 +311,7 @@ impl Registry {
                 return Err(ClaimError::Busy(path.to_string()));
             }
         }
-        let limits = self.limits;
+        let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
         if old.is_none() && map.len() >= limits.max_streams {
             return Err(ClaimError::MaxStreams {
                 limit: limits.max_streams,

@@ -510,3 +510,66 @@ impl Sluice {
         url
     }
 }
+
+// Config reload
+impl Sluice {
+    /// The file given with `--config` (the server must have been started
+    /// with a config).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.join("sluice.toml")
+    }
+
+    /// Replace the config file's content (read at the next reload).
+    pub fn write_config(&self, config_toml: &str) {
+        fs::write(self.config_path(), config_toml).expect("rewrite config");
+    }
+
+    /// The JSON log lines a config reload ended with so far.
+    fn reload_lines(&self) -> Vec<Value> {
+        self.log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                matches!(
+                    log_field(v, "message").and_then(Value::as_str),
+                    Some("config reloaded" | "config not reloaded")
+                )
+            })
+            .collect()
+    }
+
+    /// Send SIGHUP and wait for the reload's log line (`config reloaded`
+    /// or `config not reloaded`), which it returns.
+    pub fn sighup(&self) -> Value {
+        let before = self.reload_lines().len();
+        let st = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -HUP failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self.reload_lines().into_iter().nth(before) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload log line after SIGHUP; stderr tail:\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `POST /api/v1/config/reload` with extra `headers`.
+    pub fn post_reload(&self, headers: &[(&str, &str)]) -> HttpResponse {
+        super::http::http_request_with(
+            self.http,
+            "POST",
+            "/api/v1/config/reload",
+            headers,
+            Duration::from_secs(30),
+        )
+        .expect("POST /api/v1/config/reload")
+    }
+}

@@ -20,6 +20,7 @@ pub mod net;
 pub mod process;
 pub mod prometheus;
 pub mod rtmp_client;
+pub mod srt_caller;
 pub mod srt_packets;
 pub mod webhook;
 
@@ -27,5 +28,5 @@ pub mod webhook;
 #[allow(unused_imports)]
 pub use {
     bystander::*, expect::*, harness::*, http::*, json::*, media::*, net::*, process::*,
-    prometheus::*, webhook::*,
+    prometheus::*, srt_caller::*, webhook::*,
 };
