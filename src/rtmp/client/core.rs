@@ -17,7 +17,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::flv::{self, AudioTag, FlvError, VideoTag};
 use crate::media::{Codec, CodecConfig, MediaEvent, Track};
 use crate::rtmp::amf0::{self, Amf0Error, Amf0Value};
-use crate::rtmp::proto::chunk::{ChunkContext, ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};
+use crate::rtmp::proto::chunk::{
+    ChunkContext, ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits,
+};
 use crate::rtmp::proto::handshake::PACKET_SIZE;
 
 const RTMP_VERSION: u8 = 3;
@@ -85,7 +87,9 @@ pub enum ClientEvent {
 /// Why the session cannot go on. Texts never contain the stream key.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the server answered the handshake with version {0} (expected 3: is this an RTMP server?)")]
+    #[error(
+        "the server answered the handshake with version {0} (expected 3: is this an RTMP server?)"
+    )]
     BadVersion(u8),
     #[error("no NetStream.Publish.Start from the server within {0:?} ({1})")]
     SetupTimeout(Duration, &'static str),
@@ -326,13 +330,11 @@ impl ClientSession {
             WINDOW_ACK_SIZE if p.len() >= 4 => {
                 self.ack_window = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
             }
-            USER_CONTROL if p.len() >= 6 => {
-                if u16::from_be_bytes([p[0], p[1]]) == UC_PING_REQUEST {
-                    let mut resp = [0u8; 6];
-                    resp[..2].copy_from_slice(&UC_PING_RESPONSE.to_be_bytes());
-                    resp[2..].copy_from_slice(&p[2..6]);
-                    self.write_control(USER_CONTROL, &resp);
-                }
+            USER_CONTROL if p.len() >= 6 && u16::from_be_bytes([p[0], p[1]]) == UC_PING_REQUEST => {
+                let mut resp = [0u8; 6];
+                resp[..2].copy_from_slice(&UC_PING_RESPONSE.to_be_bytes());
+                resp[2..].copy_from_slice(&p[2..6]);
+                self.write_control(USER_CONTROL, &resp);
             }
             COMMAND_AMF0 => self.on_command(msg, p)?,
             // AMF3 commands start with a format byte (RTMP spec 7.1.1).
@@ -349,12 +351,11 @@ impl ClientSession {
         msg: &crate::rtmp::proto::chunk::Message,
         body: &[u8],
     ) -> Result<(), ClientError> {
-        let values = amf0::decode_all(body, amf0::DEFAULT_MAX_DEPTH).map_err(|source| {
-            ClientError::Amf {
+        let values =
+            amf0::decode_all(body, amf0::DEFAULT_MAX_DEPTH).map_err(|source| ClientError::Amf {
                 source,
                 at: self.decoder.message_context(msg),
-            }
-        })?;
+            })?;
         let name = values.first().and_then(Amf0Value::as_str).unwrap_or("");
         let txn = values.get(1).and_then(Amf0Value::as_f64).unwrap_or(0.0);
         // `_result`/`_error`/`onStatus`: (name, txn, null or properties, info).
@@ -587,8 +588,14 @@ impl ClientSession {
             ],
             &mut body,
         );
-        self.encoder
-            .write(&mut self.out, CSID_DATA, 0, DATA_AMF0, self.stream_id, &body);
+        self.encoder.write(
+            &mut self.out,
+            CSID_DATA,
+            0,
+            DATA_AMF0,
+            self.stream_id,
+            &body,
+        );
         for config in [self.video_config.clone(), self.audio_config.clone()]
             .into_iter()
             .flatten()
@@ -614,7 +621,10 @@ impl ClientSession {
         if let Some(CodecConfig::Audio { codec, params, .. }) = &self.audio_config {
             put("audiocodecid", Amf0Value::Number(audio_codec_id(*codec)));
             if let Some(p) = params {
-                put("audiosamplerate", Amf0Value::Number(f64::from(p.sample_rate)));
+                put(
+                    "audiosamplerate",
+                    Amf0Value::Number(f64::from(p.sample_rate)),
+                );
                 put("stereo", Amf0Value::Boolean(p.channels >= 2));
             }
         }
@@ -628,7 +638,9 @@ impl ClientSession {
                 let body = flv::build_video(&VideoTag::Config(config.clone()))?;
                 self.write_media(VIDEO, CSID_VIDEO, self.last_ts, &body);
             }
-            CodecConfig::Audio { codec: Codec::Mp3, .. } => {} // MP3 has no sequence header.
+            CodecConfig::Audio {
+                codec: Codec::Mp3, ..
+            } => {} // MP3 has no sequence header.
             CodecConfig::Audio { .. } => {
                 let body = flv::build_audio(&AudioTag::Config(config.clone()))?;
                 self.write_media(AUDIO, CSID_AUDIO, self.last_ts, &body);

@@ -102,7 +102,11 @@ pub async fn run_leg(
     })
 }
 
-async fn run(target: RtmpTarget, settings: PushSettings, mut ctx: LegContext) -> Result<(), PushError> {
+async fn run(
+    target: RtmpTarget,
+    settings: PushSettings,
+    mut ctx: LegContext,
+) -> Result<(), PushError> {
     let started = Instant::now();
     let name = target.to_string();
     let Some(media) = ctx.media.take() else {
@@ -137,8 +141,12 @@ async fn run(target: RtmpTarget, settings: PushSettings, mut ctx: LegContext) ->
         .await
         .unwrap_or_else(|e| Err(format!("loading the system CA certificates failed: {e}")))
         .map_err(|e| PushError::Tls(name.clone(), e))?;
-    let server_name = rustls_pki_types::ServerName::try_from(target.host.clone())
-        .map_err(|e| PushError::Tls(name.clone(), format!("{:?} is not a TLS server name: {e}", target.host)))?;
+    let server_name = rustls_pki_types::ServerName::try_from(target.host.clone()).map_err(|e| {
+        PushError::Tls(
+            name.clone(),
+            format!("{:?} is not a TLS server name: {e}", target.host),
+        )
+    })?;
     let handshake = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp);
     let tls = tokio::select! {
         _ = ctx.cancel.cancelled() => return Ok(()),
@@ -220,7 +228,9 @@ where
         if let Some(ClientEvent::Publishing) = core.poll_event() {
             break;
         }
-        let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + settings.publish_timeout);
+        let wake = core
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + settings.publish_timeout);
         tokio::select! {
             _ = ctx.cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(wake.into()) => core.handle_timeout(Instant::now()).map_err(fail)?,

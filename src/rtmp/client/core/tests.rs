@@ -41,7 +41,9 @@ impl Pair {
             let mut moved = false;
             while let Some(b) = self.client.take_transmit() {
                 moved = true;
-                self.server.handle_input(self.now, &b).expect("server input");
+                self.server
+                    .handle_input(self.now, &b)
+                    .expect("server input");
                 while let Some(ev) = self.server.poll_event() {
                     match &ev {
                         Event::Connect { .. } => self.server.accept_connect().unwrap(),
@@ -163,9 +165,18 @@ fn publishes_to_the_server_core_with_metadata_configs_and_rebased_frames() {
         _ => None,
     });
     let meta = meta.expect("onMetaData reached the server");
-    assert_eq!(meta.get("videocodecid").and_then(Amf0Value::as_f64), Some(7.0));
-    assert_eq!(meta.get("audiocodecid").and_then(Amf0Value::as_f64), Some(10.0));
-    assert_eq!(meta.get("framerate").and_then(Amf0Value::as_f64), Some(30.0));
+    assert_eq!(
+        meta.get("videocodecid").and_then(Amf0Value::as_f64),
+        Some(7.0)
+    );
+    assert_eq!(
+        meta.get("audiocodecid").and_then(Amf0Value::as_f64),
+        Some(10.0)
+    );
+    assert_eq!(
+        meta.get("framerate").and_then(Amf0Value::as_f64),
+        Some(30.0)
+    );
     assert_eq!(meta.get("width").and_then(Amf0Value::as_f64), Some(640.0));
     assert_eq!(meta.get("height").and_then(Amf0Value::as_f64), Some(360.0));
     let media = p.media();
@@ -192,9 +203,7 @@ fn publishes_to_the_server_core_with_metadata_configs_and_rebased_frames() {
         .collect();
     assert_eq!(cts, vec![66, 100, -33]);
     // A repeated config is not sent again.
-    p.client
-        .send_media(&MediaEvent::Config(h264))
-        .unwrap();
+    p.client.send_media(&MediaEvent::Config(h264)).unwrap();
     assert!(p.client.take_transmit().is_none());
 }
 
@@ -238,7 +247,12 @@ fn hevc_goes_out_as_enhanced_rtmp() {
     assert_eq!(&media[0].2[1..5], b"hvc1");
     assert!(matches!(
         flv::parse_video(media[1].2.clone()),
-        Ok(VideoTag::Frame { codec: Codec::H265, keyframe: true, cts: 40, .. })
+        Ok(VideoTag::Frame {
+            codec: Codec::H265,
+            keyframe: true,
+            cts: 40,
+            ..
+        })
     ));
 }
 
@@ -265,8 +279,10 @@ fn a_refused_publish_carries_the_servers_text_without_the_key() {
 #[test]
 fn a_publish_stopped_later_is_not_a_refusal() {
     let mut p = Pair::live("cam1");
-    p.server
-        .stop_publish("NetStream.Publish.BadName", "taken over by a newer publisher");
+    p.server.stop_publish(
+        "NetStream.Publish.BadName",
+        "taken over by a newer publisher",
+    );
     let out = p.server.take_transmit().unwrap();
     let err = p.client.handle_input(p.now, &out).unwrap_err();
     assert_eq!(err.reason(), "push_stopped");
@@ -288,7 +304,7 @@ fn pings_are_answered_and_acknowledgements_carry_the_running_total() {
         max_chunk_streams: 16,
     });
     let mut stream = BytesMut::from(&sent[PACKET_SIZE..]);
-    let mut next = |dec: &mut ChunkDecoder, stream: &mut BytesMut| {
+    let next = |dec: &mut ChunkDecoder, stream: &mut BytesMut| {
         dec.decode(stream).unwrap().expect("a whole message")
     };
     assert_eq!(next(&mut dec, &mut stream).type_id, SET_CHUNK_SIZE);
@@ -333,14 +349,19 @@ fn a_silent_server_times_out_naming_the_step() {
     assert!(c.handle_timeout(at - Duration::from_millis(1)).is_ok());
     let err = c.handle_timeout(at).unwrap_err();
     assert_eq!(err.reason(), "push_handshake");
-    assert!(err.to_string().contains("handshake did not finish"), "{err}");
+    assert!(
+        err.to_string().contains("handshake did not finish"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_non_rtmp_answer_is_refused_at_once() {
     let now = Instant::now();
     let mut c = ClientSession::new(params("k"), now, 1);
-    let err = c.handle_input(now, b"HTTP/1.1 400 Bad Request\r\n").unwrap_err();
+    let err = c
+        .handle_input(now, b"HTTP/1.1 400 Bad Request\r\n")
+        .unwrap_err();
     assert!(err.to_string().contains("version 72"), "{err}");
 }
 
