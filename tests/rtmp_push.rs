@@ -437,3 +437,66 @@ fn a_required_leg_to_a_dead_address_fails_the_publish() {
         started.elapsed()
     );
 }
+
+/// Seconds since midnight of a log line's RFC 3339 UTC `timestamp`.
+fn log_secs(line: &Value) -> f64 {
+    let ts = line["timestamp"].as_str().unwrap_or("");
+    let time = ts.split('T').nth(1).unwrap_or("").trim_end_matches('Z');
+    let mut it = time.split(':').map(|p| p.parse::<f64>().unwrap_or(0.0));
+    let (h, m, s) = (it.next(), it.next(), it.next());
+    h.unwrap_or(0.0) * 3600.0 + m.unwrap_or(0.0) * 60.0 + s.unwrap_or(0.0)
+}
+
+/// Restream start time, printed (no assertion on time): from the publish
+/// accepted on A to the stream ready on B (its first keyframe in B's
+/// source ring, readable by players), and the leg's own connect time.
+#[test]
+fn restream_start_time_is_measured() {
+    let b = Sluice::start(None);
+    let mut config = String::new();
+    for i in 0..3 {
+        config.push_str(&format!(
+            "[apps.m{i}]\npush = [\"rtmp://{}/live/m{i}\"]\n",
+            b.rtmp_addr()
+        ));
+    }
+    let a = Sluice::start(Some(&config));
+    let mut figures = Vec::new();
+    for i in 0..3 {
+        let path = format!("m{i}/cam");
+        let publisher = publish_fixture(
+            &fixture_avc_aac(60),
+            &a.rtmp_url(&path),
+            PublishFor::Secs(3),
+        );
+        let accepted = a.wait_log_fields(
+            &[("message", "publish accepted"), ("stream", &path)],
+            Duration::from_secs(15),
+        );
+        // This run's leg is the (i+1)-th to connect.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let connected = loop {
+            let lines = a.log_json_matching(&[("message", "restream connected")]);
+            if let Some(line) = lines.get(i) {
+                break line.clone();
+            }
+            assert!(Instant::now() < deadline, "run {i}: no restream connected");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let b_path = format!("live/m{i}");
+        let ready = b.wait_log_fields(
+            &[("message", "stream ready"), ("stream", &b_path)],
+            Duration::from_secs(15),
+        );
+        let total_ms = (log_secs(&ready) - log_secs(&accepted)) * 1000.0;
+        let leg_ms = log_field(&connected, "setup_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        figures.push(total_ms);
+        println!("run {i}: publish accepted on A -> stream ready on B {total_ms:.1} ms (leg connect {leg_ms} ms)");
+        drop(publisher);
+        a.wait_stream_gone(&path, Duration::from_secs(10));
+    }
+    // Causality, not speed: B is ready after A accepted the publish.
+    assert!(figures.iter().all(|ms| *ms > 0.0), "{figures:?}");
+}

@@ -462,4 +462,3 @@ fn hostile_server_bytes_never_panic() {
     c.handle_input(now, &[RTMP_VERSION; 100]).unwrap();
     assert!(c.poll_timeout().is_some());
 }
-
