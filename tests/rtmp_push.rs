@@ -36,8 +36,9 @@ fn start_on_rtmp_port(port: u16, config: Option<&str>) -> Sluice {
     Sluice::start_raw(config, args)
 }
 
+/// `extra` (top-level sections) first, then `[apps.live]` pushing to `url`.
 fn push_config(url: &str, extra: &str) -> String {
-    format!("[apps.live]\npush = [\"{url}\"]\n{extra}")
+    format!("{extra}[apps.live]\npush = [\"{url}\"]\n")
 }
 
 fn ffprobe(args: &[&str]) -> String {
@@ -499,4 +500,37 @@ fn restream_start_time_is_measured() {
     }
     // Causality, not speed: B is ready after A accepted the publish.
     assert!(figures.iter().all(|ms| *ms > 0.0), "{figures:?}");
+}
+
+/// A destination that accepts TCP and never answers the handshake: the
+/// required leg is not publishing by the setup deadline, and the publish
+/// fails saying so.
+#[test]
+fn a_silent_destination_fails_setup_by_the_deadline() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let (conn, _) = silent.accept().expect("the leg connects");
+        std::thread::sleep(Duration::from_secs(6));
+        drop(conn);
+    });
+    let a = Sluice::start(Some(&push_config(
+        &format!("rtmp://127.0.0.1:{port}/live/x"),
+        "[server]\nsetup_timeout = \"2s\"\n",
+    )));
+    let mut publisher = publish_fixture(
+        &fixture_avc_aac(60),
+        &a.rtmp_url("live/silent"),
+        PublishFor::Secs(20),
+    );
+    let line = a.wait_log_fields(
+        &[("message", "stream setup failed")],
+        Duration::from_secs(15),
+    );
+    let why = log_field(&line, "why")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    assert_eq!(why, "0 of 1 RTMP push destinations connected");
+    assert!(publisher.wait_exit(Duration::from_secs(15)).is_some());
+    held.join().unwrap();
 }
