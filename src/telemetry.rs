@@ -34,6 +34,7 @@ pub const STREAM_TEARDOWNS_TOTAL: &str = "sluice_stream_teardowns_total";
 pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_total";
 pub const LEG_FAILURES_TOTAL: &str = "sluice_leg_failures_total";
 pub const LEG_RETRIES_TOTAL: &str = "sluice_leg_retries_total";
+pub const RTMP_PUSH_BYTES_TOTAL: &str = "sluice_rtmp_push_bytes_total";
 pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
 pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
@@ -168,6 +169,7 @@ pub const FAMILIES: &[Family] = &[
     Family::new(STREAM_SETUP_FAILURES_TOTAL, Kind::Counter, "Publishes closed because the stream was not playable within server.setup_timeout, by reason."),
     Family::new(LEG_FAILURES_TOTAL, Kind::Counter, "Legs (push, restream, transcode, recording) that failed, by kind, reason and whether the stream required them."),
     Family::new(LEG_RETRIES_TOTAL, Kind::Counter, "Optional legs started again after a failure (capped exponential backoff), by kind."),
+    Family::new(RTMP_PUSH_BYTES_TOTAL, Kind::Counter, "Bytes written to RTMP(S) restream destinations (RTMP chunks, before TLS)."),
     Family::new(TS_MUX_ERRORS_TOTAL, Kind::Counter, "Frames or codec configs the MPEG-TS muxer refused, by stream."),
     Family::new(SRT_PLAYERS, Kind::Gauge, "Connected SRT players."),
     Family::new(SRT_PLAYERS_TOTAL, Kind::Counter, "SRT players accepted."),
@@ -247,6 +249,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         SRT_LAG_DISCONNECTS_TOTAL,
         SRT_PROTOCOL_PANICS_TOTAL,
         RTMPS_CONNECTIONS_TOTAL,
+        RTMP_PUSH_BYTES_TOTAL,
     ] {
         metrics::counter!(c).absolute(0);
     }

@@ -33,6 +33,11 @@ fn rtmp_session_seeds_replay_without_panic() {
 }
 
 #[test]
+fn rtmp_client_seeds_replay_without_panic() {
+    assert!(replay("rtmp_client", sluice::rtmp::client::core::fuzz_client) >= 2);
+}
+
+#[test]
 fn amf0_seeds_round_trip() {
     assert!(replay("amf0", sluice::rtmp::amf0::fuzz_roundtrip) >= 4);
 }

@@ -1,5 +1,6 @@
 //! The stream groups' legs, wired to the modules that implement them: SRT
-//! push legs (`srt::push`) and the transcode (`transcode`).
+//! push legs (`srt::push`), RTMP(S) restreams (`rtmp::client`) and the
+//! transcode (`transcode`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,16 +60,11 @@ impl LegStarter for Legs {
                 settings.srt_idle_timeout,
                 ctx,
             )),
-            // Replaced by the RTMP client leg (rtmp::client) when it lands.
-            LegSpec::RtmpPush { target, .. } => {
-                let detail = format!("{target}: RTMP restream is not available in this build");
-                Box::pin(async move {
-                    Err(crate::stream::leg::LegFailure {
-                        reason: "rtmp_unavailable",
-                        detail,
-                    })
-                })
-            }
+            LegSpec::RtmpPush { target, .. } => Box::pin(crate::rtmp::client::run_leg(
+                target.clone(),
+                crate::rtmp::client::PushSettings::default(),
+                ctx,
+            )),
             LegSpec::Transcode(renditions) => {
                 let params = transcode::Params {
                     config: settings.transcode.clone(),

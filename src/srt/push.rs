@@ -122,20 +122,11 @@ async fn run(
     };
     // A slow resolver fails the leg, naming the host, just before the
     // stream's setup deadline; the stream's end stops the wait earlier.
-    let now = Instant::now();
-    let by = match ctx.events.setup_deadline() {
-        Some(d) => Deadline {
-            at: d.checked_sub(RESOLVE_MARGIN).unwrap_or(now).max(now),
-            what: ", before the stream's setup deadline (server.setup_timeout)",
-        },
-        None => Deadline {
-            at: now + RESOLVE_LIMIT,
-            what: " (the push host lookup limit)",
-        },
-    };
     let remote = tokio::select! {
         _ = ctx.cancel.cancelled() => return Ok(()),
-        r = resolve(&target, by) => r?,
+        r = resolve_host(&target.host, target.port, ctx.events.setup_deadline()) => {
+            r.map_err(|why| PushError::Resolve(target.host.clone(), why))?
+        }
     };
     let (sock, remote) = bind(&name, remote).await?;
     let latency = target.latency.unwrap_or(default_latency);
@@ -169,20 +160,42 @@ async fn run(
     stream(sock, remote, sender, name, ctx.cancel).await
 }
 
+/// A push destination's address (SRT and RTMP legs share this): looked up
+/// by the stream's setup deadline less a margin, or within the lookup limit
+/// for a leg started on a live stream (`setup_deadline` `None`). The error
+/// says why, and which limit ran out, without the host (the caller names it).
+pub async fn resolve_host(
+    host: &str,
+    port: u16,
+    setup_deadline: Option<Instant>,
+) -> Result<SocketAddr, String> {
+    let now = Instant::now();
+    let by = match setup_deadline {
+        Some(d) => Deadline {
+            at: d.checked_sub(RESOLVE_MARGIN).unwrap_or(now).max(now),
+            what: ", before the stream's setup deadline (server.setup_timeout)",
+        },
+        None => Deadline {
+            at: now + RESOLVE_LIMIT,
+            what: " (the push host lookup limit)",
+        },
+    };
+    resolve(host, port, by).await
+}
+
 /// The destination's address by `by`; an IPv4 address is preferred, as
 /// libsrt's own tools do, so that `localhost` reaches a listener bound to
 /// IPv4 only.
-async fn resolve(target: &PushTarget, by: Deadline) -> Result<SocketAddr, PushError> {
-    let fail = |why: String| PushError::Resolve(target.host.clone(), why);
-    let ips = match target.host.parse::<IpAddr>() {
+async fn resolve(host: &str, port: u16, by: Deadline) -> Result<SocketAddr, String> {
+    let ips = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => lookup(&target.host, by).await.map_err(fail)?,
+        Err(_) => lookup(host, by).await?,
     };
     ips.iter()
         .find(|ip| ip.is_ipv4())
         .or(ips.first())
-        .map(|ip| SocketAddr::new(*ip, target.port))
-        .ok_or_else(|| fail("no address".into()))
+        .map(|ip| SocketAddr::new(*ip, port))
+        .ok_or_else(|| "no address".into())
 }
 
 /// When a leg stops waiting for its lookup, and what that limit is (as
@@ -506,19 +519,22 @@ mod tests {
         let t = parse_push_url("srt://127.0.0.1:9000").unwrap();
         let past = deadline(Instant::now());
         assert_eq!(
-            resolve(&t, past).await.unwrap(),
+            resolve(&t.host, t.port, past).await.unwrap(),
             "127.0.0.1:9000".parse().unwrap()
         );
         // Names are looked up; IPv4 first.
         let t = parse_push_url("srt://localhost:9001").unwrap();
         let soon = deadline(Instant::now() + Duration::from_secs(10));
         assert_eq!(
-            resolve(&t, soon).await.unwrap(),
+            resolve(&t.host, t.port, soon).await.unwrap(),
             "127.0.0.1:9001".parse().unwrap()
         );
         // A wait that is over fails at once, naming the host and the limit.
         let t = parse_push_url("srt://expired.invalid:9000").unwrap();
-        let e = resolve(&t, deadline(Instant::now())).await.unwrap_err();
+        let e = resolve(&t.host, t.port, deadline(Instant::now()))
+            .await
+            .map_err(|why| PushError::Resolve(t.host.clone(), why))
+            .unwrap_err();
         let text = e.to_string();
         assert!(
             text.starts_with(r#"cannot resolve push host "expired.invalid": "#),
