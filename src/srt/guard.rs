@@ -84,6 +84,33 @@ pub fn check(d: &[u8]) -> Verdict {
     }
 }
 
+/// Classify a datagram addressed to a publishing connection (its socket
+/// id is one of our receivers): its media (data packets) and its drop
+/// requests pass besides what [`check`] lets through. srt-protocol's
+/// receiver drops `start..=end` by buffer index (a reversed range panics,
+/// a huge one is walked), so a drop request must name an ordered range
+/// of at most [`MAX_LOSS`] packets (SRT RFC draft §3.2.9).
+pub fn check_publisher(d: &[u8]) -> Verdict {
+    if d.len() < HEADER {
+        return Verdict::Drop("shorter than an SRT header");
+    }
+    if d[0] & 0x80 == 0 {
+        return Verdict::Pass;
+    }
+    if u16::from_be_bytes([d[0], d[1]]) & 0x7FFF != 7 {
+        return check(d);
+    }
+    let body = &d[HEADER..];
+    match (be32(body, 0), be32(body, 4)) {
+        (Some(start), Some(end))
+            if body.len() == 8 && start <= end && end < 0x8000_0000 && end - start < MAX_LOSS =>
+        {
+            Verdict::Pass
+        }
+        _ => Verdict::Drop("drop request range"),
+    }
+}
+
 /// Most RTT or RTT variance (µs) a full ACK may report.
 const MAX_ACK_RTT_US: i32 = 10_000_000;
 
