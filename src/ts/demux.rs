@@ -37,6 +37,21 @@ pub struct Pes {
     pub data: Bytes,
     /// H.264 IDR (nal 5) / HEVC IRAP (16..=21) found in Annex B data, or random_access_indicator.
     pub keyframe: bool,
+    /// Data was lost on this PID since the previous PES handed out (a
+    /// continuity gap, or a PES dropped as damaged): whatever the lost bytes
+    /// held is missing before this PES. Decoders that predict across frames
+    /// (video) must wait for the next random access point.
+    pub after_loss: bool,
+}
+
+/// An elementary stream listed by a PMT (2.4.4.8), as the demuxer follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EsInfo {
+    pub pid: u16,
+    /// stream_type (Table 2-34).
+    pub stream_type: u8,
+    /// The PID of the PMT that lists it.
+    pub pmt_pid: u16,
 }
 
 /// An elementary PID from a PMT and the PES being assembled on it.
@@ -54,6 +69,8 @@ struct Stream {
     start_offset: u64,
     /// Index of the packet that started the PES.
     start_packet: u64,
+    /// Data was lost since the last PES handed out (see [`Pes::after_loss`]).
+    lost: bool,
 }
 
 /// Where a packet is in the input, for errors.
@@ -176,6 +193,7 @@ impl Demuxer {
         for s in &mut self.streams {
             if s.active && !s.buf.is_empty() && finish_pes(s, out).is_err() {
                 self.dropped_pes += 1;
+                s.lost = true;
             }
             s.active = false;
             s.buf.clear();
@@ -190,6 +208,25 @@ impl Demuxer {
     /// PES packets dropped so far: damaged, truncated, lost data, or over [`MAX_PES`].
     pub fn dropped_pes(&self) -> u64 {
         self.dropped_pes
+    }
+
+    /// Transport packets read so far.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    /// PMT PIDs in PAT order (the first is the first program's).
+    pub fn programs(&self) -> &[u16] {
+        &self.pmt_pids
+    }
+
+    /// The elementary streams followed, in the order their PMTs list them.
+    pub fn streams(&self) -> impl Iterator<Item = EsInfo> + '_ {
+        self.streams.iter().map(|s| EsInfo {
+            pid: s.pid,
+            stream_type: s.stream_type,
+            pmt_pid: s.pmt_pid,
+        })
     }
 
     /// One transport packet (2.4.3.2), adaptation field (2.4.3.4) and
@@ -296,6 +333,7 @@ impl Demuxer {
             return Ok(());
         };
         let mut result = Ok(());
+        s.lost |= lost;
         if lost && s.active {
             // The PES in progress lost a packet: drop it rather than hand out corrupt data.
             s.active = false;
@@ -306,6 +344,7 @@ impl Demuxer {
             if s.active && !s.buf.is_empty() {
                 if let Err(e) = finish_pes(s, out) {
                     self.dropped_pes += 1;
+                    s.lost = true;
                     result = Err(e);
                 }
             }
@@ -321,6 +360,7 @@ impl Demuxer {
         if s.buf.len() + payload.len() > MAX_PES {
             s.active = false;
             s.buf.clear();
+            s.lost = true;
             self.dropped_pes += 1;
             return Err(TsError::PesTooLarge {
                 pid: s.pid,
@@ -338,6 +378,7 @@ impl Demuxer {
                 s.active = false;
                 if let Err(e) = finish_pes(s, out) {
                     self.dropped_pes += 1;
+                    s.lost = true;
                     result = result.and(Err(e));
                 }
                 s.buf.clear();
@@ -500,6 +541,7 @@ impl Demuxer {
                             random_access: false,
                             start_offset: 0,
                             start_packet: 0,
+                            lost: false,
                         });
                     }
                 }
@@ -598,6 +640,7 @@ fn finish_pes(s: &mut Stream, out: &mut Vec<Pes>) -> Result<(), TsError> {
         dts,
         data,
         keyframe,
+        after_loss: std::mem::take(&mut s.lost),
     });
     Ok(())
 }
