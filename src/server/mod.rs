@@ -104,7 +104,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     ));
     let bound = bind(&config, tls).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
-    srt.set_read_auth(srt_listener::ReadRules::from_apps(&config.apps)?);
+    srt.set_apps(Arc::new(config.apps.clone()))?;
     // Handlers first: a supervisor may signal as soon as it reads `listening`.
     let signals = Signals::install();
     log_applications(&config.apps);
@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             ring: RingConfig::default(),
         },
     ));
+    srt.enable_publish(streams.clone(), config.rtmp.max_timestamp_jump);
     let ctx = Arc::new(Context {
         rtmp: config.rtmp.clone(),
         setup_timeout: config.server.setup_timeout,

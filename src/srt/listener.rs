@@ -1346,7 +1346,7 @@ impl Listener {
         });
         Decision {
             response: AccessControlResponse::Accepted(keys),
-            target: Some(Target::Publish(path, app.clone())),
+            target: Some(Target::Publish(path, Box::new(app.clone()))),
             streamid: sid.clone(),
             why: String::new(),
             waiting: None,
@@ -1673,7 +1673,7 @@ enum Target {
     /// Play a rendition's ring: (ring, `APP/KEY`, rendition).
     Play((Arc<crate::stream::Ring<TsChunk>>, String, String)),
     /// Publish this path with its application's settings.
-    Publish(StreamPath, AppConfig),
+    Publish(StreamPath, Box<AppConfig>),
 }
 
 enum WebhookVerdict {

@@ -220,8 +220,8 @@ async fn feed(group: &GroupHandle, payload: &Bytes, out: &mut Vec<crate::ts::ing
             timestamp_jump: ing.timestamp_jump,
         };
         if !group.send(input).await {
-            out.clear();
-            return;
+            // The group ended: the rest goes nowhere (the drain drops it).
+            break;
         }
     }
 }
