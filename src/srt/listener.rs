@@ -963,15 +963,14 @@ impl Listener {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let span = tracing::info_span!("srt_publish", peer = %from, stream = %path);
-                rt.spawn(tracing::Instrument::instrument(publish_task::run(task), span));
+                rt.spawn(tracing::Instrument::instrument(
+                    publish_task::run(task),
+                    span,
+                ));
             }
             Err(_) => {
                 // Streams::start has spawned already, so this cannot be.
-                return Err((
-                    "rejected_internal",
-                    code::UNAVAILABLE,
-                    "no runtime".into(),
-                ));
+                return Err(("rejected_internal", code::UNAVAILABLE, "no runtime".into()));
             }
         }
         let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
@@ -1299,7 +1298,8 @@ impl Listener {
             .get("s")
             .or_else(|| parsed.params.get("key"))
             .map(String::as_str);
-        if let Err(refusal) = crate::auth::check_publish_key(&app.publish_keys, &path.key, presented)
+        if let Err(refusal) =
+            crate::auth::check_publish_key(&app.publish_keys, &path.key, presented)
         {
             auth_reject(refusal.reason());
             let code = match refusal {

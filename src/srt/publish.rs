@@ -106,8 +106,12 @@ pub async fn run(mut task: PublishTask) {
         continuity: stream
             .series
             .counter(t::SRT_PUBLISH_CONTINUITY_ERRORS_TOTAL, &[]),
-        dropped_frames: stream.series.counter(t::SRT_PUBLISH_DROPPED_FRAMES_TOTAL, &[]),
-        truncated: stream.series.counter(t::SRT_PUBLISH_TRUNCATED_PES_TOTAL, &[]),
+        dropped_frames: stream
+            .series
+            .counter(t::SRT_PUBLISH_DROPPED_FRAMES_TOTAL, &[]),
+        truncated: stream
+            .series
+            .counter(t::SRT_PUBLISH_TRUNCATED_PES_TOTAL, &[]),
         jumps: stream.series.counter(t::TIMESTAMP_JUMPS_TOTAL, &[]),
         last: [0; 4],
     };

@@ -174,7 +174,9 @@ fn short_form(decoded: &str) -> Result<(Mode, &str, BTreeMap<String, String>), S
             .split_once('=')
             .ok_or(StreamIdError::Malformed("a key without '='"))?;
         if k.is_empty() || k == "r" || k == "m" {
-            return Err(StreamIdError::Malformed("an empty key, r or m in the query"));
+            return Err(StreamIdError::Malformed(
+                "an empty key, r or m in the query",
+            ));
         }
         params.insert(k.to_string(), v.to_string());
     }
@@ -455,13 +457,21 @@ mod tests {
     fn a_short_form_carries_its_parameters_as_a_query() {
         let r = parse("publish:live/cam1?key=s3cret&x=1").unwrap();
         assert_eq!((r.path.as_str(), r.mode), ("live/cam1", Mode::Publish));
-        assert_eq!((r.params["key"].as_str(), r.params["x"].as_str()), ("s3cret", "1"));
+        assert_eq!(
+            (r.params["key"].as_str(), r.params["x"].as_str()),
+            ("s3cret", "1")
+        );
         assert_eq!(parse("publish%3Alive%2Fcam1%3Fkey%3Ds3cret").unwrap(), {
             let mut r = r.clone();
             r.params.remove("x");
             r
         });
-        for bad in ["publish:live/cam1?m=request", "publish:live/a?key=a,b", "live/a?=1", "live/a?k"] {
+        for bad in [
+            "publish:live/cam1?m=request",
+            "publish:live/a?key=a,b",
+            "live/a?=1",
+            "live/a?k",
+        ] {
             assert_eq!(parse(bad).unwrap_err().code(), code::BAD_REQUEST, "{bad}");
         }
         // The key never shows in logs.

@@ -20,6 +20,7 @@ pub mod net;
 pub mod process;
 pub mod prometheus;
 pub mod rtmp_client;
+pub mod srt_caller;
 pub mod srt_packets;
 pub mod webhook;
 
