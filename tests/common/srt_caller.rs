@@ -70,14 +70,16 @@ pub fn decode_errors(ts: &Path) -> String {
 
 /// The codec of every stream of `ts`, in order (ffprobe).
 pub fn ts_codecs(ts: &Path) -> Vec<String> {
-    let out = ffprobe(
-        ts,
-        &["-show_entries", "stream=codec_name", "-of", "csv=p=0"],
-    );
-    out.lines()
-        .map(|l| l.trim().trim_end_matches(',').to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    let out = ffprobe(ts, &["-show_entries", "stream=codec_name", "-of", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["codec_name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The picture types of the first `n` video frames of `ts` in decode
