@@ -457,6 +457,10 @@ mod tests {
                 "`apps.live.read_passphrase`",
             ),
             (
+                "[live]\npublish_passphrase = \"short\"",
+                "`apps.live.publish_passphrase`",
+            ),
+            (
                 "[live.read_tokens]\nalice = \"short\"",
                 "`apps.live.read_tokens.alice`",
             ),
