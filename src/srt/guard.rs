@@ -325,6 +325,39 @@ mod tests {
         assert_eq!(check(&light), Verdict::Pass);
     }
 
+    #[test]
+    fn publishers_may_send_media_and_ordered_drop_requests_only() {
+        let data = [vec![0u8; 16], vec![0x47; 1316]].concat();
+        assert_eq!(
+            check(&data),
+            Verdict::Drop("data packet from a pull player")
+        );
+        assert_eq!(check_publisher(&data), Verdict::Pass);
+        assert_eq!(
+            check_publisher(&data[..15]),
+            Verdict::Drop("shorter than an SRT header")
+        );
+        let drop_req = |a: u32, b: u32| {
+            let body = [a.to_be_bytes(), b.to_be_bytes()].concat();
+            ctrl(7, 0, 1, &body)
+        };
+        assert_eq!(check_publisher(&drop_req(10, 20)), Verdict::Pass);
+        assert_eq!(check_publisher(&drop_req(10, 10)), Verdict::Pass);
+        for bad in [
+            drop_req(20, 10),
+            drop_req(0, MAX_LOSS),
+            drop_req(5, 0x8000_0000),
+            ctrl(7, 0, 1, &[0; 4]),
+        ] {
+            assert_eq!(check_publisher(&bad), Verdict::Drop("drop request range"));
+        }
+        // Everything else as for a player.
+        assert_eq!(
+            check_publisher(&ctrl(4, 0, 0, &[0; 4])),
+            Verdict::Drop("congestion warning")
+        );
+    }
+
     fn ctrl(ty: u16, subtype: u16, add: u32, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend((0x8000 | ty).to_be_bytes());
