@@ -2223,6 +2223,103 @@ mod tests {
         l.pending_reads().check_invariants();
     }
 
+    /// Streams whose groups start no legs (no application configures any).
+    fn streams(registry: &Arc<Registry>) -> Arc<Streams> {
+        struct NoLegs;
+        impl crate::stream::leg::LegStarter for NoLegs {
+            fn start(
+                &self,
+                _: &crate::stream::leg::LegSpec,
+                _: crate::stream::leg::LegContext,
+            ) -> crate::stream::leg::LegFuture {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        Arc::new(Streams::new(
+            registry.clone(),
+            Arc::new(NoLegs),
+            tokio_util::sync::CancellationToken::new(),
+            crate::stream::driver::StreamSettings {
+                setup_timeout: Duration::from_secs(8),
+                max_ingest_kbps: 100_000,
+                stale_after: Duration::from_secs(3),
+                ring: RingConfig::default(),
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_publisher_claims_its_path_a_second_gets_1409_and_its_media_is_routed_by_socket_id() {
+        let (mut l, registry) = listener();
+        l.enable_publish(streams(&registry), Duration::from_secs(10));
+        let now = Instant::now();
+        let reply = connect(&mut l, now, "#!::r=live/cam1,m=publish");
+        assert_eq!(shake(&reply), ShakeType::Conclusion, "{reply:?}");
+        assert_eq!((l.publishers(), l.players()), (1, 0));
+        let path = StreamPath::from_rtmp("live", "cam1").unwrap();
+        assert!(registry.get(&path).is_some(), "the path is claimed");
+        // Its retransmitted Conclusion gets the same reply, nothing new.
+        let cookie = l.cookie(caller(), l.bucket(now));
+        l.handle_datagram(
+            now,
+            &hs(5, 5, -1, 77, cookie, "#!::r=live/cam1,m=publish"),
+            caller(),
+        );
+        assert_eq!(shake(&take(&mut l)[0].0), ShakeType::Conclusion);
+        assert_eq!(l.publishers(), 1);
+        // A second publisher (another socket of the same address) is refused.
+        l.handle_datagram(
+            now,
+            &hs(5, 5, -1, 78, cookie, "publish:live/cam1"),
+            caller(),
+        );
+        let out = take(&mut l);
+        assert_eq!(
+            shake(&out[0].0),
+            ShakeType::Rejection(reject_code(code::CONFLICT)),
+            "{out:?}"
+        );
+        assert_eq!(l.publishers(), 1);
+        // A data packet addressed to the publisher's socket id reaches its
+        // receiver; the same packet to another id is a player's (dropped).
+        let local = *l.publishers.keys().next().unwrap();
+        let data = |sockid: u32| {
+            let mut d = vec![0u8; 16];
+            d[0..4].copy_from_slice(&12345u32.to_be_bytes()); // the caller's ISN
+            d[4..8].copy_from_slice(&0xC000_0001u32.to_be_bytes()); // solo message 1
+            d[12..16].copy_from_slice(&sockid.to_be_bytes());
+            d.extend([0x47; 1316]);
+            d
+        };
+        l.handle_datagram(now, &data(local.0 ^ 1), caller());
+        let p = &l.publishers[&local];
+        assert_eq!(p.receiver.statistics().rx_data, 0);
+        l.handle_datagram(now, &data(local.0), caller());
+        assert_eq!(l.publishers[&local].receiver.statistics().rx_data, 1);
+        // The stream's group ends (shutdown): the listener closes the
+        // connection and forgets it.
+        l.close_all(now);
+        assert_eq!(l.publishers(), 0);
+        let out = take(&mut l);
+        assert!(out.iter().any(|(p, _)| matches!(
+            p,
+            Packet::Control(ControlPacket {
+                control_type: ControlTypes::Shutdown,
+                ..
+            })
+        )));
+    }
+
+    #[test]
+    fn without_publishing_enabled_a_publish_gets_1405() {
+        let (mut l, _) = listener();
+        let reply = connect(&mut l, Instant::now(), "publish:live/cam1");
+        assert_eq!(
+            shake(&reply),
+            ShakeType::Rejection(reject_code(code::BAD_MODE))
+        );
+    }
+
     #[test]
     fn a_caller_is_accepted_fed_from_the_gop_cache_and_closed_when_the_stream_ends() {
         let (mut l, registry) = listener();
