@@ -200,6 +200,29 @@ impl Demuxer {
         }
     }
 
+    /// Data was lost before the next input (the transport says so): every
+    /// PES in progress is dropped, and the next PES of every PID comes with
+    /// [`Pes::after_loss`]. Partial input is dropped too, as the bytes that
+    /// follow are not its continuation.
+    pub fn discontinuity(&mut self) {
+        for s in &mut self.streams {
+            if s.active && !s.buf.is_empty() {
+                self.dropped_pes += 1;
+            }
+            s.active = false;
+            s.buf.clear();
+            s.lost = true;
+        }
+        for sb in &mut self.sections {
+            sb.active = false;
+            sb.buf.clear();
+        }
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        // The counters jump over the gap; the next packet of each PID starts afresh.
+        self.cc.fill(CC_NONE);
+    }
+
     /// Continuity errors seen so far (2.4.3.3): lost or reordered packets.
     pub fn continuity_errors(&self) -> u64 {
         self.continuity_errors

@@ -21,6 +21,11 @@ const MAX_NOTES: usize = 8;
 /// AAC frames are 1024 samples (14496-3 4.5.1.1; 960-sample frames cannot
 /// be signalled in ADTS).
 const AAC_SAMPLES_PER_FRAME: u64 = 1024;
+/// Where the first timestamp seen lands on the timeline: 1 s, so a track
+/// that starts up to 1 s before the other keeps its place instead of
+/// clamping at 0 (the first PES to complete need not be the first to start:
+/// a video PES without a length ends only when the next one starts).
+const ORIGIN_90K: i64 = 90_000;
 /// 33-bit timestamps' half range: a step further than this is the shorter
 /// way round the other direction.
 const HALF_RANGE: u64 = 1 << 32;
@@ -98,7 +103,7 @@ pub struct TsIngest {
     /// Scratch: NAL unit ranges of one access unit.
     nals: Vec<(usize, usize)>,
     max_jump_90k: u64,
-    /// The first timestamp seen on any carried track: position 0 of both tracks.
+    /// The first timestamp seen on any carried track: position [`ORIGIN_90K`] of both tracks.
     origin: Option<u64>,
     /// The position most recently given to any frame, where a track whose
     /// first timestamp is far from the origin starts.
@@ -122,7 +127,7 @@ impl TsIngest {
             nals: Vec::new(),
             max_jump_90k: u64::try_from(ticks).unwrap_or(u64::MAX).min(HALF_RANGE - 1),
             origin: None,
-            latest: 0,
+            latest: ORIGIN_90K,
             video: None,
             audio: None,
             reported: Box::new([0; 128]),
@@ -148,6 +153,17 @@ impl TsIngest {
         self.demux.flush(&mut pes);
         self.process(&mut pes, out);
         self.pes = pes;
+    }
+
+    /// The transport lost data here (SRT knows by its sequence numbers, even
+    /// where the continuity counters cannot tell: 16 lost packets of one PID
+    /// look continuous). Every PES in progress is dropped and video waits for
+    /// its next keyframe; audio resumes at its next PES.
+    pub fn discontinuity(&mut self) {
+        self.demux.discontinuity();
+        if let Some(v) = self.video.as_mut() {
+            v.waiting = true;
+        }
     }
 
     pub fn stats(&self) -> &TsIngestStats {
@@ -281,7 +297,7 @@ impl TsIngest {
     }
 
     /// Maps a raw 33-bit timestamp of a track onto the shared timeline
-    /// (90 kHz ticks, position 0 = the first timestamp of any track). Steps
+    /// (90 kHz ticks; the first timestamp of any track is at [`ORIGIN_90K`]). Steps
     /// are the shorter way round the 2^33 circle, so the wrap (every 26.5 h)
     /// is seamless; a step over `max_jump` holds the track where it was and
     /// goes on from the new value (the policy of [`crate::media::Timeline`]).
@@ -301,7 +317,7 @@ impl TsIngest {
                 if d.unsigned_abs() > max_jump {
                     (*latest, true)
                 } else {
-                    (d, false)
+                    (d.saturating_add(ORIGIN_90K), false)
                 }
             }
             Some((last_raw, last_pos)) => {
@@ -359,6 +375,7 @@ impl TsIngest {
         split_annex_b(&p.data, &mut self.nals);
         let (mut vps, mut sps, mut pps) = (Vec::new(), Vec::new(), Vec::new());
         let mut keyframe = false;
+        let mut other_slices = false;
         let mut size = 0usize;
         for &(s, e) in &self.nals {
             let Some(nal) = p.data.get(s..e) else {
@@ -370,6 +387,7 @@ impl TsIngest {
                 NalKind::Sps if sps.len() < MAX_PARAM_SETS => sps.push(p.data.slice(s..e)),
                 NalKind::Pps if pps.len() < MAX_PARAM_SETS => pps.push(p.data.slice(s..e)),
                 NalKind::Keyframe => keyframe = true,
+                NalKind::Other => other_slices |= is_non_irap_slice(nal, hevc),
                 _ => {}
             }
             if kind.kept(false) {
@@ -381,6 +399,19 @@ impl TsIngest {
                 *have = new;
                 v.dirty = true;
             }
+        }
+        if keyframe && other_slices {
+            // Every slice of a picture has the same kind (14496-10 7.4.1.2.4,
+            // 23008-2 7.4.2.4.4): this is two pictures glued together by a
+            // loss the continuity counter did not show (16 packets of the
+            // PID lost).
+            v.waiting = true;
+            self.stats.dropped_frames += 1;
+            self.note(format!(
+                "video PES on PID {:#06x} mixes keyframe and other slices (undetected loss); dropped, waiting for the next keyframe",
+                p.pid
+            ));
+            return;
         }
         if v.waiting && !keyframe {
             self.stats.dropped_frames += 1;
@@ -622,6 +653,20 @@ impl NalKind {
             NalKind::Vps | NalKind::Sps | NalKind::Pps => !keyframe,
             NalKind::Keyframe | NalKind::Other => true,
         }
+    }
+}
+
+/// A coded slice that is not an IDR (H.264 types 1..=4) / not IRAP (HEVC
+/// VCL types 0..=15, 22..=31).
+fn is_non_irap_slice(nal: &[u8], hevc: bool) -> bool {
+    let Some(&b) = nal.first() else {
+        return false;
+    };
+    if hevc {
+        let t = (b >> 1) & 0x3F;
+        t <= 15 || (22..=31).contains(&t)
+    } else {
+        (1..=4).contains(&(b & 0x1F))
     }
 }
 
