@@ -737,5 +737,105 @@ fn split_annex_b(data: &[u8], out: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// Split sizes the fuzz entry picks from: single bytes, around one packet, SRT payloads.
+#[cfg(feature = "fuzzing")]
+const FUZZ_SPLITS: [usize; 8] = [1, 7, 187, 188, 189, 1316, 2632, 5000];
+
+/// Fuzzing entry point. The first byte seeds the splits (and whether some
+/// splits report a transport gap); the rest is TS. Never panics on input;
+/// checks bounded state after every push, that every frame is well formed
+/// (AVCC lengths that add up, no AUD; ADTS-sized AAC), that each track's
+/// configuration comes before its frames, and that our own muxer accepts
+/// every configuration and frame the ingest produced.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_ingest(data: &[u8]) {
+    fn check(ing: &TsIngest) {
+        assert!(ing.notes.len() <= MAX_NOTES);
+        if let Some(v) = &ing.video {
+            assert!(v.vps.len() <= MAX_PARAM_SETS);
+            assert!(v.sps.len() <= MAX_PARAM_SETS);
+            assert!(v.pps.len() <= MAX_PARAM_SETS);
+        }
+        assert!(ing.pes.is_empty());
+    }
+    let Some((&seed, ts)) = data.split_first() else {
+        return;
+    };
+    let mut ing = TsIngest::new(Duration::from_secs(u64::from(seed % 16)));
+    let mut out = Vec::new();
+    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
+    let mut rest = ts;
+    while !rest.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
+        if seed & 0x80 != 0 && rng % 29 == 0 {
+            ing.discontinuity();
+        }
+        ing.push(&rest[..n], &mut out);
+        check(&ing);
+        rest = &rest[n..];
+    }
+    ing.flush(&mut out);
+    check(&ing);
+    let _ = ing.drain_notes();
+    let _ = ing.describe();
+
+    let mut mux = super::Muxer::new();
+    let mut chunks = Vec::new();
+    let mut configured = (None, None);
+    for i in &out {
+        match &i.event {
+            MediaEvent::Config(c) => {
+                mux.set_config(c)
+                    .expect("the muxer accepts the ingest's configuration");
+                match c.track() {
+                    Track::Video => configured.0 = Some(c.codec()),
+                    Track::Audio => configured.1 = Some(c.codec()),
+                }
+            }
+            MediaEvent::Frame(f) => {
+                match f.track {
+                    Track::Video => {
+                        assert_eq!(
+                            configured.0,
+                            Some(f.codec),
+                            "video frame before its configuration"
+                        );
+                        let hevc = f.codec == Codec::H265;
+                        let mut rest = &f.data[..];
+                        assert!(!rest.is_empty());
+                        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                            let len = u32::from_be_bytes(*len) as usize;
+                            let nal = tail.get(..len).expect("NAL length within the frame");
+                            assert_ne!(
+                                nal_kind(nal, hevc),
+                                NalKind::Dropped,
+                                "AUD or filler left in"
+                            );
+                            rest = &tail[len..];
+                        }
+                        assert!(rest.is_empty(), "trailing bytes after the last NAL unit");
+                    }
+                    Track::Audio => {
+                        assert_eq!(
+                            configured.1,
+                            Some(Codec::Aac),
+                            "audio frame before its configuration"
+                        );
+                        assert!(!f.data.is_empty() && f.data.len() <= 0x1FFF - 7);
+                    }
+                }
+                mux.push(f, &mut chunks)
+                    .expect("the muxer accepts the ingest's frame");
+                chunks.clear();
+            }
+            MediaEvent::EndOfSequence(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
