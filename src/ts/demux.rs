@@ -965,6 +965,45 @@ mod tests {
     }
 
     #[test]
+    fn the_pes_after_a_loss_says_so() {
+        let (ts, n) = muxed();
+        let video_packets: Vec<usize> = (0..ts.len() / 188)
+            .filter(|i| {
+                let p = &ts[i * 188..];
+                (u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])) == 0x100 && p[1] & 0x40 == 0
+            })
+            .collect();
+        let cut = video_packets[video_packets.len() / 2] * 188;
+        let mut input = ts.clone();
+        input.drain(cut..cut + 188);
+        let mut d = Demuxer::new();
+        let (pes, _) = demux_all(&mut d, &input);
+        let flagged: Vec<&Pes> = pes.iter().filter(|p| p.after_loss).collect();
+        assert_eq!(flagged.len(), 1, "only the next PES of that PID");
+        assert_eq!(flagged[0].pid, 0x100);
+        assert!(pes.len() == n - 1);
+
+        // A gap the transport reports: what was in progress is dropped and
+        // the next PES of every PID is flagged.
+        let mut d = Demuxer::new();
+        let mut out = Vec::new();
+        let half = ts.len() / 2 + 100;
+        let _ = d.push(&ts[..half], &mut out);
+        let before = out.len();
+        d.discontinuity();
+        let _ = d.push(&ts[half..], &mut out);
+        d.flush(&mut out);
+        let after = out.get(before..).unwrap_or_default();
+        for pid in [0x100, 0x101] {
+            let first = after.iter().find(|p| p.pid == pid).unwrap();
+            assert!(first.after_loss, "PID {pid:#x}");
+        }
+        assert_eq!(after.iter().filter(|p| p.after_loss).count(), 2);
+        assert_eq!(d.programs(), &[0x1000]);
+        assert_eq!(d.streams().count(), 2);
+    }
+
+    #[test]
     fn truncations_and_noise_never_panic() {
         let (ts, _) = muxed();
         for cut in (0..ts.len()).step_by(61) {
