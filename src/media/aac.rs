@@ -358,4 +358,70 @@ mod tests {
         let p = parse_audio_specific_config(&[0x11, 0xB8]).unwrap();
         assert_eq!(p.channels, 8);
     }
+
+    #[test]
+    fn adts_headers_give_the_audio_specific_config() {
+        // AAC LC, 48 kHz (3), stereo, no CRC, frame_length 0x123.
+        let len: u32 = 0x123;
+        let h = [
+            0xFF,
+            0xF1,
+            (1 << 6) | (3 << 2),
+            (2 << 6) | ((len >> 11) & 3) as u8,
+            (len >> 3) as u8,
+            ((len & 7) << 5) as u8 | 0x1F,
+            0xFC,
+        ];
+        let a = AdtsHeader::parse(&h).unwrap();
+        assert_eq!(
+            (
+                a.object_type,
+                a.sampling_frequency_index,
+                a.channel_configuration
+            ),
+            (2, 3, 2)
+        );
+        assert_eq!(
+            (a.frame_length, a.header_length, a.sample_rate()),
+            (0x123, 7, 48_000)
+        );
+        assert_eq!(a.audio_specific_config(), [0x11, 0x90]);
+        // With CRC: a 9-byte header.
+        let mut crc = h;
+        crc[1] = 0xF0;
+        assert_eq!(AdtsHeader::parse(&crc).unwrap().header_length, 9);
+        // Errors: sync word, layer, reserved frequency, short length, several blocks.
+        let mut bad = h;
+        bad[0] = 0xFE;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("syncword"));
+        let mut bad = h;
+        bad[1] = 0xF3;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("layer"));
+        let mut bad = h;
+        bad[2] = (1 << 6) | (13 << 2);
+        assert!(AdtsHeader::parse(&bad).is_err());
+        let mut bad = h;
+        bad[3] = 2 << 6;
+        bad[4] = 0;
+        bad[5] = 0x1F;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("frame_length"));
+        let mut bad = h;
+        bad[6] = 0xFD;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("raw_data_blocks"));
+        for n in 0..7 {
+            assert!(AdtsHeader::parse(&h[..n]).is_err());
+        }
+    }
 }

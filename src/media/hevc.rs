@@ -638,4 +638,41 @@ mod tests {
             .to_string()
             .contains("Annex B"));
     }
+
+    #[test]
+    fn builds_a_record_from_the_sps() {
+        // build_sps ends with bit_depth_luma_minus8 ue(0) and a 1 bit, which
+        // reads as bit_depth_chroma_minus8 ue(0).
+        let sps = build_sps(2, 1, 1280, 720, None);
+        let vps = Bytes::from_static(&[0x40, 0x01, 0x0C]);
+        let pps = Bytes::from_static(&[0x44, 0x01, 0xC1]);
+        let rec = hevc_decoder_config_record(
+            std::slice::from_ref(&vps),
+            &[Bytes::from(sps.clone())],
+            std::slice::from_ref(&pps),
+        )
+        .unwrap();
+        let c = parse_hevc_decoder_config(&rec).unwrap();
+        assert_eq!((c.vps, c.pps), (vec![vps.clone()], vec![pps.clone()]));
+        assert_eq!(c.sps, vec![Bytes::from(sps.clone())]);
+        assert_eq!((c.general_profile_idc, c.general_level_idc), (1, 123));
+        assert_eq!(c.nal_length_size, 4);
+        assert_eq!(c.params.map(|p| (p.width, p.height)), Some((1280, 720)));
+        // chromaFormat 4:2:0; three temporal layers, nested.
+        assert_eq!(rec[16], 0xFD);
+        assert_eq!(rec[21], (3 << 3) | (1 << 2) | 3);
+        assert!(
+            hevc_decoder_config_record(&[], &[Bytes::from(sps.clone())], &[pps.clone()]).is_err()
+        );
+        assert!(
+            hevc_decoder_config_record(&[vps.clone()], &[pps.clone()], &[pps.clone()]).is_err()
+        );
+        for n in 0..sps.len() {
+            let _ = hevc_decoder_config_record(
+                &[vps.clone()],
+                &[Bytes::copy_from_slice(&sps[..n])],
+                &[pps.clone()],
+            );
+        }
+    }
 }

@@ -200,6 +200,29 @@ impl Demuxer {
         }
     }
 
+    /// Data was lost before the next input (the transport says so): every
+    /// PES in progress is dropped, and the next PES of every PID comes with
+    /// [`Pes::after_loss`]. Partial input is dropped too, as the bytes that
+    /// follow are not its continuation.
+    pub fn discontinuity(&mut self) {
+        for s in &mut self.streams {
+            if s.active && !s.buf.is_empty() {
+                self.dropped_pes += 1;
+            }
+            s.active = false;
+            s.buf.clear();
+            s.lost = true;
+        }
+        for sb in &mut self.sections {
+            sb.active = false;
+            sb.buf.clear();
+        }
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        // The counters jump over the gap; the next packet of each PID starts afresh.
+        self.cc.fill(CC_NONE);
+    }
+
     /// Continuity errors seen so far (2.4.3.3): lost or reordered packets.
     pub fn continuity_errors(&self) -> u64 {
         self.continuity_errors
@@ -939,6 +962,45 @@ mod tests {
         assert_eq!(d.continuity_errors(), 1);
         assert_eq!(d.dropped_pes(), 1);
         assert_eq!(pes.len(), n - 1);
+    }
+
+    #[test]
+    fn the_pes_after_a_loss_says_so() {
+        let (ts, n) = muxed();
+        let video_packets: Vec<usize> = (0..ts.len() / 188)
+            .filter(|i| {
+                let p = &ts[i * 188..];
+                (u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])) == 0x100 && p[1] & 0x40 == 0
+            })
+            .collect();
+        let cut = video_packets[video_packets.len() / 2] * 188;
+        let mut input = ts.clone();
+        input.drain(cut..cut + 188);
+        let mut d = Demuxer::new();
+        let (pes, _) = demux_all(&mut d, &input);
+        let flagged: Vec<&Pes> = pes.iter().filter(|p| p.after_loss).collect();
+        assert_eq!(flagged.len(), 1, "only the next PES of that PID");
+        assert_eq!(flagged[0].pid, 0x100);
+        assert!(pes.len() == n - 1);
+
+        // A gap the transport reports: what was in progress is dropped and
+        // the next PES of every PID is flagged.
+        let mut d = Demuxer::new();
+        let mut out = Vec::new();
+        let half = ts.len() / 2 + 100;
+        let _ = d.push(&ts[..half], &mut out);
+        let before = out.len();
+        d.discontinuity();
+        let _ = d.push(&ts[half..], &mut out);
+        d.flush(&mut out);
+        let after = out.get(before..).unwrap_or_default();
+        for pid in [0x100, 0x101] {
+            let first = after.iter().find(|p| p.pid == pid).unwrap();
+            assert!(first.after_loss, "PID {pid:#x}");
+        }
+        assert_eq!(after.iter().filter(|p| p.after_loss).count(), 2);
+        assert_eq!(d.programs(), &[0x1000]);
+        assert_eq!(d.streams().count(), 2);
     }
 
     #[test]

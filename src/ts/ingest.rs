@@ -21,6 +21,11 @@ const MAX_NOTES: usize = 8;
 /// AAC frames are 1024 samples (14496-3 4.5.1.1; 960-sample frames cannot
 /// be signalled in ADTS).
 const AAC_SAMPLES_PER_FRAME: u64 = 1024;
+/// Where the first timestamp seen lands on the timeline: 1 s, so a track
+/// that starts up to 1 s before the other keeps its place instead of
+/// clamping at 0 (the first PES to complete need not be the first to start:
+/// a video PES without a length ends only when the next one starts).
+const ORIGIN_90K: i64 = 90_000;
 /// 33-bit timestamps' half range: a step further than this is the shorter
 /// way round the other direction.
 const HALF_RANGE: u64 = 1 << 32;
@@ -98,7 +103,7 @@ pub struct TsIngest {
     /// Scratch: NAL unit ranges of one access unit.
     nals: Vec<(usize, usize)>,
     max_jump_90k: u64,
-    /// The first timestamp seen on any carried track: position 0 of both tracks.
+    /// The first timestamp seen on any carried track: position [`ORIGIN_90K`] of both tracks.
     origin: Option<u64>,
     /// The position most recently given to any frame, where a track whose
     /// first timestamp is far from the origin starts.
@@ -122,7 +127,7 @@ impl TsIngest {
             nals: Vec::new(),
             max_jump_90k: u64::try_from(ticks).unwrap_or(u64::MAX).min(HALF_RANGE - 1),
             origin: None,
-            latest: 0,
+            latest: ORIGIN_90K,
             video: None,
             audio: None,
             reported: Box::new([0; 128]),
@@ -148,6 +153,17 @@ impl TsIngest {
         self.demux.flush(&mut pes);
         self.process(&mut pes, out);
         self.pes = pes;
+    }
+
+    /// The transport lost data here (SRT knows by its sequence numbers, even
+    /// where the continuity counters cannot tell: 16 lost packets of one PID
+    /// look continuous). Every PES in progress is dropped and video waits for
+    /// its next keyframe; audio resumes at its next PES.
+    pub fn discontinuity(&mut self) {
+        self.demux.discontinuity();
+        if let Some(v) = self.video.as_mut() {
+            v.waiting = true;
+        }
     }
 
     pub fn stats(&self) -> &TsIngestStats {
@@ -281,7 +297,7 @@ impl TsIngest {
     }
 
     /// Maps a raw 33-bit timestamp of a track onto the shared timeline
-    /// (90 kHz ticks, position 0 = the first timestamp of any track). Steps
+    /// (90 kHz ticks; the first timestamp of any track is at [`ORIGIN_90K`]). Steps
     /// are the shorter way round the 2^33 circle, so the wrap (every 26.5 h)
     /// is seamless; a step over `max_jump` holds the track where it was and
     /// goes on from the new value (the policy of [`crate::media::Timeline`]).
@@ -301,7 +317,7 @@ impl TsIngest {
                 if d.unsigned_abs() > max_jump {
                     (*latest, true)
                 } else {
-                    (d, false)
+                    (d.saturating_add(ORIGIN_90K), false)
                 }
             }
             Some((last_raw, last_pos)) => {
@@ -359,6 +375,7 @@ impl TsIngest {
         split_annex_b(&p.data, &mut self.nals);
         let (mut vps, mut sps, mut pps) = (Vec::new(), Vec::new(), Vec::new());
         let mut keyframe = false;
+        let mut other_slices = false;
         let mut size = 0usize;
         for &(s, e) in &self.nals {
             let Some(nal) = p.data.get(s..e) else {
@@ -370,6 +387,7 @@ impl TsIngest {
                 NalKind::Sps if sps.len() < MAX_PARAM_SETS => sps.push(p.data.slice(s..e)),
                 NalKind::Pps if pps.len() < MAX_PARAM_SETS => pps.push(p.data.slice(s..e)),
                 NalKind::Keyframe => keyframe = true,
+                NalKind::Other => other_slices |= is_non_irap_slice(nal, hevc),
                 _ => {}
             }
             if kind.kept(false) {
@@ -381,6 +399,19 @@ impl TsIngest {
                 *have = new;
                 v.dirty = true;
             }
+        }
+        if keyframe && other_slices {
+            // Every slice of a picture has the same kind (14496-10 7.4.1.2.4,
+            // 23008-2 7.4.2.4.4): this is two pictures glued together by a
+            // loss the continuity counter did not show (16 packets of the
+            // PID lost).
+            v.waiting = true;
+            self.stats.dropped_frames += 1;
+            self.note(format!(
+                "video PES on PID {:#06x} mixes keyframe and other slices (undetected loss); dropped, waiting for the next keyframe",
+                p.pid
+            ));
+            return;
         }
         if v.waiting && !keyframe {
             self.stats.dropped_frames += 1;
@@ -625,6 +656,20 @@ impl NalKind {
     }
 }
 
+/// A coded slice that is not an IDR (H.264 types 1..=4) / not IRAP (HEVC
+/// VCL types 0..=15, 22..=31).
+fn is_non_irap_slice(nal: &[u8], hevc: bool) -> bool {
+    let Some(&b) = nal.first() else {
+        return false;
+    };
+    if hevc {
+        let t = (b >> 1) & 0x3F;
+        t <= 15 || (22..=31).contains(&t)
+    } else {
+        (1..=4).contains(&(b & 0x1F))
+    }
+}
+
 /// Classifies a NAL unit by its header (14496-10 Table 7-1, 23008-2 Table 7-1).
 fn nal_kind(nal: &[u8], hevc: bool) -> NalKind {
     let Some(&b) = nal.first() else {
@@ -689,6 +734,106 @@ fn split_annex_b(data: &[u8], out: &mut Vec<(usize, usize)>) {
     }
     if let Some(s) = start {
         push(s, data.len(), out);
+    }
+}
+
+/// Split sizes the fuzz entry picks from: single bytes, around one packet, SRT payloads.
+#[cfg(feature = "fuzzing")]
+const FUZZ_SPLITS: [usize; 8] = [1, 7, 187, 188, 189, 1316, 2632, 5000];
+
+/// Fuzzing entry point. The first byte seeds the splits (and whether some
+/// splits report a transport gap); the rest is TS. Never panics on input;
+/// checks bounded state after every push, that every frame is well formed
+/// (AVCC lengths that add up, no AUD; ADTS-sized AAC), that each track's
+/// configuration comes before its frames, and that our own muxer accepts
+/// every configuration and frame the ingest produced.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_ingest(data: &[u8]) {
+    fn check(ing: &TsIngest) {
+        assert!(ing.notes.len() <= MAX_NOTES);
+        if let Some(v) = &ing.video {
+            assert!(v.vps.len() <= MAX_PARAM_SETS);
+            assert!(v.sps.len() <= MAX_PARAM_SETS);
+            assert!(v.pps.len() <= MAX_PARAM_SETS);
+        }
+        assert!(ing.pes.is_empty());
+    }
+    let Some((&seed, ts)) = data.split_first() else {
+        return;
+    };
+    let mut ing = TsIngest::new(Duration::from_secs(u64::from(seed % 16)));
+    let mut out = Vec::new();
+    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
+    let mut rest = ts;
+    while !rest.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
+        if seed & 0x80 != 0 && rng % 29 == 0 {
+            ing.discontinuity();
+        }
+        ing.push(&rest[..n], &mut out);
+        check(&ing);
+        rest = &rest[n..];
+    }
+    ing.flush(&mut out);
+    check(&ing);
+    let _ = ing.drain_notes();
+    let _ = ing.describe();
+
+    let mut mux = super::Muxer::new();
+    let mut chunks = Vec::new();
+    let mut configured = (None, None);
+    for i in &out {
+        match &i.event {
+            MediaEvent::Config(c) => {
+                mux.set_config(c)
+                    .expect("the muxer accepts the ingest's configuration");
+                match c.track() {
+                    Track::Video => configured.0 = Some(c.codec()),
+                    Track::Audio => configured.1 = Some(c.codec()),
+                }
+            }
+            MediaEvent::Frame(f) => {
+                match f.track {
+                    Track::Video => {
+                        assert_eq!(
+                            configured.0,
+                            Some(f.codec),
+                            "video frame before its configuration"
+                        );
+                        let hevc = f.codec == Codec::H265;
+                        let mut rest = &f.data[..];
+                        assert!(!rest.is_empty());
+                        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                            let len = u32::from_be_bytes(*len) as usize;
+                            let nal = tail.get(..len).expect("NAL length within the frame");
+                            assert_ne!(
+                                nal_kind(nal, hevc),
+                                NalKind::Dropped,
+                                "AUD or filler left in"
+                            );
+                            rest = &tail[len..];
+                        }
+                        assert!(rest.is_empty(), "trailing bytes after the last NAL unit");
+                    }
+                    Track::Audio => {
+                        assert_eq!(
+                            configured.1,
+                            Some(Codec::Aac),
+                            "audio frame before its configuration"
+                        );
+                        assert!(!f.data.is_empty() && f.data.len() <= 0x1FFF - 7);
+                    }
+                }
+                mux.push(f, &mut chunks)
+                    .expect("the muxer accepts the ingest's frame");
+                chunks.clear();
+            }
+            MediaEvent::EndOfSequence(_) => {}
+        }
     }
 }
 
