@@ -113,8 +113,11 @@ struct Publisher {
     /// Our Conclusion reply, replayed to a retransmitted Conclusion.
     conclusion_reply: Option<Packet>,
     since: Instant,
-    /// To its ingest task; never waited on (full: the payload is dropped).
-    payloads: tokio::sync::mpsc::Sender<Bytes>,
+    /// To its ingest task, each payload with whether data was lost before
+    /// it; never waited on (full: the payload is dropped).
+    payloads: tokio::sync::mpsc::Sender<(Bytes, bool)>,
+    /// A payload was dropped: the next one sent carries the gap.
+    gap: bool,
     /// How the connection ended, for the task's log and its group.
     ended: Option<tokio::sync::oneshot::Sender<ConnectionEnd>>,
     queue_drops: u64,
@@ -158,8 +161,8 @@ pub struct Listener {
     /// Ingest tasks ask for their connection to be closed here.
     closes: tokio::sync::mpsc::UnboundedSender<CloseRequest>,
     closes_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CloseRequest>>,
-    /// Payloads released by one pump, reused.
-    released: Vec<Bytes>,
+    /// Payloads released by one pump (with their gap flags), reused.
+    released: Vec<(Bytes, bool)>,
     outbox: Vec<(Packet, SocketAddr)>,
     /// Inductions per client prefix in the current second (flood limit).
     inductions: HandshakeLimiter,
@@ -995,6 +998,7 @@ impl Listener {
                 conclusion_reply,
                 since: now,
                 payloads,
+                gap: false,
                 ended: Some(ended),
                 queue_drops: 0,
             },
@@ -1057,14 +1061,18 @@ impl Listener {
         let res = caught("connection", p.peer, || {
             p.receiver.pump(now, outbox, released)
         });
-        for payload in self.released.drain(..) {
+        for (payload, gap) in self.released.drain(..) {
             metrics::counter!(telemetry::SRT_PUBLISH_BYTES_IN_TOTAL)
                 .increment(payload.len() as u64);
-            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
-                p.payloads.try_send(payload)
-            {
-                p.queue_drops += 1;
-                metrics::counter!(telemetry::SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL).increment(1);
+            let gap = gap || p.gap;
+            match p.payloads.try_send((payload, gap)) {
+                Ok(()) => p.gap = false,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    p.gap = true;
+                    p.queue_drops += 1;
+                    metrics::counter!(telemetry::SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL).increment(1);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         match res {

@@ -56,7 +56,8 @@ pub struct PublishTask {
     pub group: GroupHandle,
     pub peer: SocketAddr,
     pub local_sockid: SocketId,
-    pub payloads: mpsc::Receiver<Bytes>,
+    /// Released payloads, each with whether data was lost before it.
+    pub payloads: mpsc::Receiver<(Bytes, bool)>,
     pub ended: oneshot::Receiver<ConnectionEnd>,
     pub close: mpsc::UnboundedSender<CloseRequest>,
     /// `rtmp.max_timestamp_jump`: the same timeline policy as RTMP's.
@@ -132,9 +133,14 @@ pub async fn run(mut task: PublishTask) {
                 stopped = Some(s);
             }
             payload = task.payloads.recv() => {
-                let Some(payload) = payload else { break };
+                let Some((payload, gap)) = payload else { break };
                 if stopped.is_some() {
                     continue;
+                }
+                if gap {
+                    // SRT gave up on packets (too late) or the queue was
+                    // full: nothing in progress may be spliced across.
+                    ingest.discontinuity();
                 }
                 ingest.push(&payload, &mut out);
                 feed(&task.group, &payload, &mut out).await;

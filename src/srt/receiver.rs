@@ -32,6 +32,10 @@ pub struct Receiver {
     /// Released payloads and their bytes.
     payloads: u64,
     bytes_in: u64,
+    /// Packets srt-protocol gave up on (too late, or the peer's drop
+    /// request) as last seen; more means a gap before the next payload.
+    dropped_seen: u64,
+    gap: bool,
 }
 
 impl Receiver {
@@ -41,6 +45,8 @@ impl Receiver {
             next_wake: now,
             payloads: 0,
             bytes_in: 0,
+            dropped_seen: 0,
+            gap: false,
         }
     }
 
@@ -50,13 +56,15 @@ impl Receiver {
     }
 
     /// One turn: run timers (ACK, NAK, keepalive, idle), append the packets
-    /// to send to `out` and the payloads due for release to `released`.
-    /// `Some(end)`: the connection is closed.
+    /// to send to `out` and the payloads due for release to `released`,
+    /// each with whether data was lost just before it (packets SRT gave up
+    /// on: the TS ingest must not splice across them). `Some(end)`: the
+    /// connection is closed.
     pub fn pump(
         &mut self,
         now: Instant,
         out: &mut Vec<(Packet, SocketAddr)>,
-        released: &mut Vec<Bytes>,
+        released: &mut Vec<(Bytes, bool)>,
     ) -> Option<End> {
         let mut next = self.conn.check_timers(now);
         let mut more = false;
@@ -65,12 +73,14 @@ impl Receiver {
                 more = true;
                 break;
             }
-            let Some((_, payload)) = self.conn.next_data(now) else {
+            let next = self.conn.next_data(now);
+            self.note_drops();
+            let Some((_, payload)) = next else {
                 break;
             };
             self.payloads += 1;
             self.bytes_in += payload.len() as u64;
-            released.push(payload);
+            released.push((payload, std::mem::take(&mut self.gap)));
         }
         while let Some(p) = self.conn.next_packet(now) {
             out.push(p);
@@ -83,6 +93,15 @@ impl Receiver {
         }
         self.next_wake = next;
         None
+    }
+
+    /// Whether srt-protocol dropped packets since the last look.
+    fn note_drops(&mut self) {
+        let dropped = self.conn.statistics().rx_dropped_data;
+        if dropped > self.dropped_seen {
+            self.dropped_seen = dropped;
+            self.gap = true;
+        }
     }
 
     /// When the receiver next needs a turn without new packets.
