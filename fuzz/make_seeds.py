@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Write the seeds of the ts_demux, srt_streamid, srt_listener targets, the
+"""Write the seeds of the ts_demux, ts_ingest, srt_streamid, srt_listener targets, the
 srt_guard seeds of the issue 12 attacks and the hand-made (attack) seeds of
 rtmp_session.
 
-Usage: make_seeds.py [ts_demux|srt_streamid|srt_listener|srt_guard|rtmp_session ...]
+Usage: make_seeds.py [ts_demux|ts_ingest|srt_streamid|srt_listener|srt_guard|rtmp_session ...]
 (default: all)
-ts_demux needs ffmpeg (5.1 made the committed files). srt_listener seeds
+ts_demux and ts_ingest need ffmpeg (5.1 made the committed files). srt_listener seeds
 here are built by hand from the wire format; capture_srt.py records real
 callers. Output is deterministic except for what ffmpeg embeds.
 """
@@ -78,6 +78,32 @@ def ts_demux():
     for i in range(0, len(sync), 188):
         sync[i] = 0x47
     write("ts_demux", "sync-bytes-and-noise.bin", b"\x07" + bytes(sync))
+
+
+# ---------------------------------------------------------------- ts_ingest
+# The first byte seeds the splits and, with its top bit, transport gaps
+# (fuzz_ingest); the rest is TS as a publisher sends it.
+
+def ts_ingest():
+    x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-b:v", "100k", "-g", "4", "-bf", "2",
+            "-x264-params", "log-level=none"]
+    aac = ["-c:a", "aac", "-b:a", "32k"]
+    h264_aac = ffmpeg_ts([*LAVFI_V, *LAVFI_A, "-t", "0.3", *x264, *aac])
+    write("ts_ingest", "ffmpeg5.1-x264-bframes-aac.bin", b"\x01" + h264_aac)
+    # Timestamps crossing 2^33 (95443.7 s).
+    write("ts_ingest", "ffmpeg5.1-x264-aac-33-bit-wrap.bin", b"\x02" + ffmpeg_ts(
+        [*LAVFI_V, *LAVFI_A, "-t", "0.3", *x264, *aac, "-output_ts_offset", "95443.6"]))
+    write("ts_ingest", "ffmpeg5.1-x265-bframes.bin", b"\x03" + ffmpeg_ts(
+        [*LAVFI_V, "-t", "0.3", "-c:v", "libx265", "-preset", "ultrafast", "-b:v", "150k",
+         "-x265-params", "log-level=none:keyint=4:bframes=2"]))
+    write("ts_ingest", "ffmpeg5.1-aac-only.bin", b"\x04" + ffmpeg_ts(
+        [*LAVFI_A, "-t", "0.5", *aac]))
+    # Whole 1316-byte SRT payloads lost; the top bit of the first byte
+    # makes the fuzz entry report gaps too.
+    ts = bytearray(h264_aac)
+    del ts[1316 * 3 : 1316 * 4]
+    del ts[1316 * 6 : 1316 * 8]
+    write("ts_ingest", "lost-srt-payloads-x264-aac.bin", b"\x85" + bytes(ts))
 
 
 # ---------------------------------------------------------------- srt_streamid
@@ -346,7 +372,7 @@ def rtmp_session():
           head + rtmp_msg(7, 22, 1, 40, agg, 4096))
 
 
-TARGETS = {"ts_demux": ts_demux, "srt_streamid": srt_streamid, "srt_listener": srt_listener,
+TARGETS = {"ts_demux": ts_demux, "ts_ingest": ts_ingest, "srt_streamid": srt_streamid, "srt_listener": srt_listener,
            "srt_guard": srt_guard, "rtmp_session": rtmp_session}
 
 if __name__ == "__main__":

@@ -151,15 +151,24 @@ pub fn check_publish(
     app_raw: &str,
     name_raw: &str,
 ) -> Result<(), Refusal> {
+    let presented = query_param(name_raw, "key").or_else(|| query_param(app_raw, "key"));
+    check_publish_key(keys, stream, presented)
+}
+
+/// Check a publish of `stream` with the key the publisher presented, however
+/// its protocol carried it (RTMP `?key=`, SRT streamid `s=`).
+pub fn check_publish_key(
+    keys: &std::collections::BTreeMap<String, Secret>,
+    stream: &str,
+    presented: Option<&str>,
+) -> Result<(), Refusal> {
     if keys.is_empty() {
         return Ok(());
     }
     let secret = keys
         .get(stream)
         .ok_or_else(|| Refusal::UnknownStream(stream.to_string()))?;
-    let presented = query_param(name_raw, "key")
-        .or_else(|| query_param(app_raw, "key"))
-        .ok_or(Refusal::MissingKey)?;
+    let presented = presented.ok_or(Refusal::MissingKey)?;
     if secret.verify(presented) {
         Ok(())
     } else {

@@ -44,6 +44,13 @@ pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
+pub const SRT_PUBLISHERS: &str = "sluice_srt_publishers";
+pub const SRT_PUBLISHES_TOTAL: &str = "sluice_srt_publishes_total";
+pub const SRT_PUBLISH_BYTES_IN_TOTAL: &str = "sluice_srt_publish_bytes_in_total";
+pub const SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL: &str = "sluice_srt_publish_dropped_payloads_total";
+pub const SRT_PUBLISH_CONTINUITY_ERRORS_TOTAL: &str = "sluice_srt_publish_continuity_errors_total";
+pub const SRT_PUBLISH_DROPPED_FRAMES_TOTAL: &str = "sluice_srt_publish_dropped_frames_total";
+pub const SRT_PUBLISH_TRUNCATED_PES_TOTAL: &str = "sluice_srt_publish_truncated_pes_total";
 pub const PROCESS_OPEN_FDS: &str = "sluice_process_open_fds";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "sluice_process_resident_memory_bytes";
 pub const TOKIO_ALIVE_TASKS: &str = "sluice_tokio_alive_tasks";
@@ -180,6 +187,13 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_LAG_DISCONNECTS_TOTAL, Kind::Counter, "SRT players closed for staying behind."),
     Family::new(SRT_PROTOCOL_PANICS_TOTAL, Kind::Counter, "Panics caught inside srt-protocol; each dropped one peer."),
     Family::new(SRT_DROPPED_DATAGRAMS_TOTAL, Kind::Counter, "Datagrams on the SRT port ignored before or at parsing, by reason."),
+    Family::new(SRT_PUBLISHERS, Kind::Gauge, "Connected SRT publishers."),
+    Family::new(SRT_PUBLISHES_TOTAL, Kind::Counter, "SRT publish attempts, by result (accepted, rejected_busy, rejected_limit, rejected_unauthorized, ...)."),
+    Family::new(SRT_PUBLISH_BYTES_IN_TOTAL, Kind::Counter, "MPEG-TS payload bytes SRT publishers' connections released to the ingest."),
+    Family::new(SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL, Kind::Counter, "SRT payloads dropped because a publisher's ingest task fell a whole queue behind (the TS ingest then drops the damaged frames)."),
+    Family::new(SRT_PUBLISH_CONTINUITY_ERRORS_TOTAL, Kind::Counter, "MPEG-TS continuity-counter gaps in what SRT publishers sent (loss SRT could not recover), by stream."),
+    Family::new(SRT_PUBLISH_DROPPED_FRAMES_TOTAL, Kind::Counter, "Frames the SRT ingest dropped as damaged or undecodable after a loss, by stream."),
+    Family::new(SRT_PUBLISH_TRUNCATED_PES_TOTAL, Kind::Counter, "PES packets from SRT publishers cut short or longer than declared, by stream."),
     Family::new(PROCESS_OPEN_FDS, Kind::Gauge, "Open file descriptors of the sluice process."),
     Family::new(PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, "Resident memory of the sluice process."),
     Family::new(TOKIO_ALIVE_TASKS, Kind::Gauge, "Live tokio tasks in sluice."),
@@ -239,6 +253,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     metrics::gauge!(RTMP_CONNECTIONS).set(0.0);
     metrics::gauge!(STREAMS).set(0.0);
     metrics::gauge!(SRT_PLAYERS).set(0.0);
+    metrics::gauge!(SRT_PUBLISHERS).set(0.0);
     metrics::counter!(RTMP_CONNECTIONS_TOTAL).absolute(0);
     metrics::counter!(SRT_PLAYERS_TOTAL).absolute(0);
     // Unlabelled counters start at 0 so the first event shows in rate().
@@ -248,6 +263,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         SRT_LAG_SKIPS_TOTAL,
         SRT_LAG_DISCONNECTS_TOTAL,
         SRT_PROTOCOL_PANICS_TOTAL,
+        SRT_PUBLISH_BYTES_IN_TOTAL,
+        SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL,
         RTMPS_CONNECTIONS_TOTAL,
         RTMP_PUSH_BYTES_TOTAL,
     ] {
@@ -346,6 +363,9 @@ pub const STREAM_FAMILIES: &[&str] = &[
     INGEST_TAG_ERRORS_TOTAL,
     TIMESTAMP_JUMPS_TOTAL,
     TS_MUX_ERRORS_TOTAL,
+    SRT_PUBLISH_CONTINUITY_ERRORS_TOTAL,
+    SRT_PUBLISH_DROPPED_FRAMES_TOTAL,
+    SRT_PUBLISH_TRUNCATED_PES_TOTAL,
     TRANSCODE_INPUT_DROPPED_TOTAL,
     TRANSCODE_FPS,
     TRANSCODE_SPEED,

@@ -68,6 +68,33 @@ fn ts_demux_seeds_replay_without_panic() {
 }
 
 #[test]
+fn ts_ingest_seeds_replay_without_panic() {
+    assert!(replay("ts_ingest", sluice::ts::ingest::fuzz_ingest) >= 5);
+}
+
+/// The ingest seeds reach deep: configurations and frames of both tracks.
+#[test]
+fn ts_ingest_seed_reaches_frames() {
+    use sluice::media::{MediaEvent, Track};
+    let data = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds/ts_ingest/ffmpeg5.1-x264-bframes-aac.bin"),
+    )
+    .unwrap();
+    let mut ing = sluice::ts::TsIngest::new(std::time::Duration::from_secs(10));
+    let mut out = Vec::new();
+    ing.push(&data[1..], &mut out);
+    ing.flush(&mut out);
+    let count = |t: Track| {
+        out.iter()
+            .filter(|i| matches!(&i.event, MediaEvent::Frame(f) if f.track == t))
+            .count()
+    };
+    assert!(count(Track::Video) >= 7, "{:?}", ing.stats());
+    assert!(count(Track::Audio) >= 10, "{:?}", ing.stats());
+}
+
+#[test]
 fn srt_streamid_seeds_replay_without_panic() {
     assert!(replay("srt_streamid", sluice::srt::streamid::fuzz_streamid) >= 12);
 }

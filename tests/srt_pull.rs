@@ -327,8 +327,9 @@ fn rejections_carry_the_srt_access_control_codes() {
     let cases = [
         ("live/nope", "rejected 1404"),
         ("live/cam1/720p", "rejected 1404"),
-        ("#!::r=live/cam1,m=publish", "rejected 1405"),
-        ("publish:live/cam1", "rejected 1405"),
+        // Publishing a live path: conflict.
+        ("#!::r=live/cam1,m=publish", "rejected 1409"),
+        ("publish:live/cam1", "rejected 1409"),
         ("#!::r=live/cam1,m=bidirectional", "rejected 1405"),
         ("live", "rejected 1400"),
         ("#!::m=request", "rejected 1400"),
@@ -346,7 +347,8 @@ fn rejections_carry_the_srt_access_control_codes() {
     }
     assert_eq!(libsrt_connect(&dir, addr, PATH, ""), "connected");
     assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1404\"}") >= 3.0);
-    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1405\"}") >= 3.0);
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1405\"}") >= 1.0);
+    assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1409\"}") >= 2.0);
     assert!(server.metric_or_zero("sluice_srt_rejects_total{code=\"1400\"}") >= 3.0);
     // ffprobe itself only says "Input/output error".
     let (status, _, _) = run_to_exit(

@@ -158,6 +158,103 @@ pub fn parse_audio_specific_config(asc: &[u8]) -> Result<AudioParams, MediaError
     AudioSpecificConfig::parse(asc).map(|c| c.params())
 }
 
+const ADTS: &str = "ADTS header";
+
+/// The fixed and variable ADTS header fields sluice needs (ISO/IEC 14496-3
+/// 1.A.2.2, the same layout as ISO/IEC 13818-7 6.2 for MPEG-2 AAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdtsHeader {
+    /// Audio object type: profile_ObjectType + 1 (1.A.3.2.1; 2 = AAC LC).
+    pub object_type: u8,
+    /// sampling_frequency_index (0..=12).
+    pub sampling_frequency_index: u8,
+    /// channel_configuration (0 = a program_config_element in the payload).
+    pub channel_configuration: u8,
+    /// frame_length: the whole ADTS frame, header included.
+    pub frame_length: usize,
+    /// 7 bytes, or 9 with the CRC (protection_absent = 0).
+    pub header_length: usize,
+}
+
+impl AdtsHeader {
+    /// Smallest ADTS header (protection_absent = 1).
+    pub const MIN_LEN: usize = 7;
+
+    /// Parses the header at the start of `data`. Fails on a wrong sync word
+    /// or layer, reserved sampling frequencies, a frame_length shorter than
+    /// its header, and frames of several raw_data_blocks (each 1024-sample
+    /// block would be its own access unit, and without CRC their bounds are
+    /// not signalled).
+    pub fn parse(data: &[u8]) -> Result<Self, MediaError> {
+        let mut r = BitReader::new(data, ADTS);
+        let sync = r.read_bits(12, "syncword")?;
+        if sync != 0xFFF {
+            return Err(r.invalid("syncword", sync.into(), "must be 0xFFF"));
+        }
+        r.skip_bits(1, "ID")?;
+        let layer = r.read_bits(2, "layer")?;
+        if layer != 0 {
+            return Err(r.invalid("layer", layer.into(), "must be 0"));
+        }
+        let protection_absent = r.read_bit("protection_absent")?;
+        let profile = r.read_bits(2, "profile_ObjectType")?;
+        let sfi = r.read_bits(4, "sampling_frequency_index")?;
+        if sfi > 12 {
+            return Err(r.invalid(
+                "sampling_frequency_index",
+                sfi.into(),
+                "13..=15 are reserved in ADTS",
+            ));
+        }
+        r.skip_bits(1, "private_bit")?;
+        let channels = r.read_bits(3, "channel_configuration")?;
+        r.skip_bits(4, "original_copy/home/copyright_id_bits")?;
+        let frame_length = r.read_bits(13, "frame_length")? as usize;
+        r.skip_bits(11, "adts_buffer_fullness")?;
+        let blocks = r.read_bits(2, "number_of_raw_data_blocks_in_frame")?;
+        let header_length = if protection_absent { 7 } else { 9 };
+        if frame_length < header_length {
+            return Err(r.invalid(
+                "frame_length",
+                frame_length as u64,
+                "shorter than the header",
+            ));
+        }
+        if blocks != 0 {
+            return Err(MediaError::Unsupported {
+                what: ADTS,
+                field: "number_of_raw_data_blocks_in_frame",
+                value: blocks.into(),
+            });
+        }
+        Ok(AdtsHeader {
+            object_type: profile as u8 + 1,
+            sampling_frequency_index: sfi as u8,
+            channel_configuration: channels as u8,
+            frame_length,
+            header_length,
+        })
+    }
+
+    /// The sampling frequency in Hz (Table 1.18).
+    pub fn sample_rate(&self) -> u32 {
+        SAMPLING_FREQUENCIES
+            .get(usize::from(self.sampling_frequency_index))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The 2-byte AudioSpecificConfig (1.6.2.1) this header implies:
+    /// audioObjectType(5) samplingFrequencyIndex(4) channelConfiguration(4)
+    /// and GASpecificConfig's three 0 flags.
+    pub fn audio_specific_config(&self) -> [u8; 2] {
+        let v: u16 = u16::from(self.object_type & 0x1F) << 11
+            | u16::from(self.sampling_frequency_index & 0x0F) << 7
+            | u16::from(self.channel_configuration & 0x0F) << 3;
+        v.to_be_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +357,71 @@ mod tests {
         // LC 48k config 7: 00010 0011 0111 000
         let p = parse_audio_specific_config(&[0x11, 0xB8]).unwrap();
         assert_eq!(p.channels, 8);
+    }
+
+    #[test]
+    fn adts_headers_give_the_audio_specific_config() {
+        // AAC LC, 48 kHz (3), stereo, no CRC, frame_length 0x123.
+        let len: u32 = 0x123;
+        let h = [
+            0xFF,
+            0xF1,
+            (1 << 6) | (3 << 2),
+            (2 << 6) | ((len >> 11) & 3) as u8,
+            (len >> 3) as u8,
+            ((len & 7) << 5) as u8 | 0x1F,
+            0xFC,
+        ];
+        let a = AdtsHeader::parse(&h).unwrap();
+        assert_eq!(
+            (
+                a.object_type,
+                a.sampling_frequency_index,
+                a.channel_configuration
+            ),
+            (2, 3, 2)
+        );
+        assert_eq!(
+            (a.frame_length, a.header_length, a.sample_rate()),
+            (0x123, 7, 48_000)
+        );
+        assert_eq!(a.audio_specific_config(), [0x11, 0x90]);
+        // With CRC: a 9-byte header.
+        let mut crc = h;
+        crc[1] = 0xF0;
+        assert_eq!(AdtsHeader::parse(&crc).unwrap().header_length, 9);
+        // Errors: sync word, layer, reserved frequency, short length, several blocks.
+        let mut bad = h;
+        bad[0] = 0xFE;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("syncword"));
+        let mut bad = h;
+        bad[1] = 0xF3;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("layer"));
+        let mut bad = h;
+        bad[2] = (1 << 6) | (13 << 2);
+        assert!(AdtsHeader::parse(&bad).is_err());
+        let mut bad = h;
+        bad[3] = 2 << 6;
+        bad[4] = 0;
+        bad[5] = 0x1F;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("frame_length"));
+        let mut bad = h;
+        bad[6] = 0xFD;
+        assert!(AdtsHeader::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("raw_data_blocks"));
+        for n in 0..7 {
+            assert!(AdtsHeader::parse(&h[..n]).is_err());
+        }
     }
 }

@@ -365,6 +365,122 @@ pub fn parse_avc_decoder_config(record: &[u8]) -> Result<AvcConfig, MediaError> 
     })
 }
 
+/// Most SPS an AVCDecoderConfigurationRecord holds (numOfSequenceParameterSets is 5 bits).
+pub const MAX_RECORD_SPS: usize = 31;
+/// Most PPS an AVCDecoderConfigurationRecord holds (numOfPictureParameterSets is 8 bits).
+pub const MAX_RECORD_PPS: usize = 255;
+
+/// Builds an AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3.1) with
+/// 4-byte NAL lengths from parameter sets found in-band (Annex B streams
+/// such as MPEG-TS carry them before IDRs). Profile, compatibility and level
+/// are copied from the first SPS; for the High profiles (100, 110, 122, 144)
+/// the chroma format and bit depth trailer that 5.3.3.1.2 requires is
+/// filled from the SPS. Each NAL unit carries its 1-byte header.
+pub fn avc_decoder_config_record(sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, MediaError> {
+    let bad = |field, value: usize, reason| MediaError::Invalid {
+        what: AVCC,
+        field,
+        value: value as u64,
+        at: super::Pos::Byte(0),
+        reason,
+    };
+    let first = sps.first().ok_or_else(|| {
+        bad(
+            "numOfSequenceParameterSets",
+            0,
+            "at least one SPS is needed",
+        )
+    })?;
+    if sps.len() > MAX_RECORD_SPS {
+        return Err(bad("numOfSequenceParameterSets", sps.len(), "at most 31"));
+    }
+    if pps.is_empty() || pps.len() > MAX_RECORD_PPS {
+        return Err(bad(
+            "numOfPictureParameterSets",
+            pps.len(),
+            "must be 1..=255",
+        ));
+    }
+    let Some(&[header, profile_idc, compat, level_idc]) = first.get(..4) else {
+        return Err(MediaError::Truncated {
+            what: SPS,
+            field: "profile_idc/constraint_set_flags/level_idc",
+            at: super::Pos::Byte(first.len()),
+        });
+    };
+    if header & 0x1F != NAL_SPS {
+        return Err(bad(
+            "sequenceParameterSetNALUnit",
+            usize::from(header & 0x1F),
+            "nal_unit_type must be 7 (SPS)",
+        ));
+    }
+    let mut r =
+        Vec::with_capacity(7 + sps.iter().chain(pps).map(|n| 2 + n.len()).sum::<usize>() + 4);
+    // configurationVersion, profile, compatibility, level, then
+    // reserved(6) lengthSizeMinusOne(2) = 3 and reserved(3) numOfSPS(5).
+    r.extend_from_slice(&[1, profile_idc, compat, level_idc, 0xFF]);
+    r.push(0xE0 | sps.len() as u8);
+    for (field, list) in [
+        ("sequenceParameterSetLength", sps),
+        ("pictureParameterSetLength", pps),
+    ] {
+        if field == "pictureParameterSetLength" {
+            r.push(pps.len() as u8);
+        }
+        for nal in list {
+            let len = u16::try_from(nal.len())
+                .ok()
+                .filter(|&l| l > 0)
+                .ok_or_else(|| bad(field, nal.len(), "must be 1..=65535 bytes"))?;
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend_from_slice(nal);
+        }
+    }
+    if matches!(profile_idc, 100 | 110 | 122 | 144) {
+        let (chroma, luma, chroma_depth) = chroma_format_and_bit_depths(first)?;
+        // reserved(6) chroma_format(2), reserved(5) bit_depth_luma_minus8(3),
+        // reserved(5) bit_depth_chroma_minus8(3), numOfSequenceParameterSetExt.
+        r.extend_from_slice(&[
+            0xFC | chroma as u8,
+            0xF8 | luma as u8,
+            0xF8 | chroma_depth as u8,
+            0,
+        ]);
+    }
+    Ok(Bytes::from(r))
+}
+
+/// chroma_format_idc, bit_depth_luma_minus8 and bit_depth_chroma_minus8 of
+/// an SPS (7.3.2.1.1); 4:2:0 8-bit for profiles that do not code them.
+pub fn chroma_format_and_bit_depths(nal: &[u8]) -> Result<(u32, u32, u32), MediaError> {
+    let rbsp = sps_rbsp(nal)?;
+    let mut r = BitReader::new(&rbsp, SPS);
+    let profile_idc = r.read_u8("profile_idc")?;
+    r.skip_bits(16, "constraint_set_flags/level_idc")?;
+    r.read_ue("seq_parameter_set_id")?;
+    if !has_chroma_info(profile_idc) {
+        return Ok((1, 0, 0));
+    }
+    let chroma = r.read_ue("chroma_format_idc")?;
+    if chroma > 3 {
+        return Err(r.invalid("chroma_format_idc", chroma.into(), "must be 0..=3"));
+    }
+    if chroma == 3 {
+        r.skip_bits(1, "separate_colour_plane_flag")?;
+    }
+    let luma = r.read_ue("bit_depth_luma_minus8")?;
+    let chroma_depth = r.read_ue("bit_depth_chroma_minus8")?;
+    if luma > 6 || chroma_depth > 6 {
+        return Err(r.invalid(
+            "bit_depth_minus8",
+            luma.max(chroma_depth).into(),
+            "must be 0..=6",
+        ));
+    }
+    Ok((chroma, luma, chroma_depth))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,5 +806,26 @@ mod tests {
         let c = parse_avc_decoder_config(&rec).unwrap();
         assert_eq!(c.sps.len(), 1);
         assert_eq!(c.params, None);
+    }
+
+    #[test]
+    fn builds_a_record_the_parser_reads_back() {
+        let sps = Bytes::from_static(&[0x67, 0x64, 0x00, 0x1E, 0xAC, 0xD9]);
+        let pps = Bytes::from_static(&[0x68, 0xEB, 0xE3, 0xCB]);
+        let rec = avc_decoder_config_record(&[sps.clone()], &[pps.clone()]).unwrap();
+        let c = parse_avc_decoder_config(&rec).unwrap();
+        assert_eq!((c.sps, c.pps), (vec![sps.clone()], vec![pps.clone()]));
+        assert_eq!((c.profile_indication, c.level_indication), (100, 30));
+        assert_eq!(c.nal_length_size, 4);
+        // High profile: the trailer says 4:2:0, 8-bit, no SPS extensions.
+        assert_eq!(&rec[rec.len() - 4..], &[0xFD, 0xF8, 0xF8, 0]);
+        // Baseline has no trailer.
+        let base = Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E, 0xD9]);
+        let rec = avc_decoder_config_record(&[base], &[pps.clone()]).unwrap();
+        assert_eq!(rec.len(), 6 + 2 + 5 + 1 + 2 + 4);
+        assert!(avc_decoder_config_record(&[], &[pps.clone()]).is_err());
+        assert!(avc_decoder_config_record(&[sps.clone()], &[]).is_err());
+        assert!(avc_decoder_config_record(&[pps.clone()], &[pps]).is_err());
+        assert!(avc_decoder_config_record(&[Bytes::from_static(&[0x67])], &[sps]).is_err());
     }
 }

@@ -260,6 +260,172 @@ pub fn parse_hevc_decoder_config(record: &[u8]) -> Result<HevcConfig, MediaError
     })
 }
 
+/// Most NAL units of one type an HEVCDecoderConfigurationRecord built here
+/// holds (VPS ids are 4 bits, SPS 4 bits, PPS 6 bits: 16, 16 and 64 sets).
+pub const MAX_RECORD_NALUS: usize = 64;
+
+/// The fields of an SPS an HEVCDecoderConfigurationRecord repeats (14496-15 8.3.3.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordFields {
+    /// general_profile_space(2) general_tier_flag(1) general_profile_idc(5).
+    profile_byte: u8,
+    compat: [u8; 4],
+    constraints: [u8; 6],
+    level_idc: u8,
+    max_sub_layers_minus1: u8,
+    temporal_id_nesting: bool,
+    chroma_format_idc: u8,
+    bit_depth_luma_minus8: u8,
+    bit_depth_chroma_minus8: u8,
+}
+
+/// Reads [`RecordFields`] from an SPS NAL unit (7.3.2.2.1): the general
+/// profile_tier_level is byte-aligned right after the first RBSP byte; the
+/// chroma format and bit depths follow the picture size and conformance window.
+fn record_fields(nal: &[u8]) -> Result<RecordFields, MediaError> {
+    let nal_type = nal.first().map_or(0, |h| (h >> 1) & 0x3F);
+    if nal_type != NAL_SPS {
+        return Err(MediaError::Invalid {
+            what: SPS,
+            field: "nal_unit_type",
+            value: u64::from(nal_type),
+            at: Pos::Byte(0),
+            reason: "expected 33 (sequence parameter set)",
+        });
+    }
+    let rbsp = remove_emulation_prevention(nal.get(2..).unwrap_or(&[]));
+    let Some(&[first, profile_byte, c0, c1, c2, c3, k0, k1, k2, k3, k4, k5, level_idc]) =
+        rbsp.get(..13)
+    else {
+        return Err(MediaError::Truncated {
+            what: SPS,
+            field: "profile_tier_level",
+            at: Pos::Byte(rbsp.len() + 2),
+        });
+    };
+    let max_sub_layers_minus1 = (first >> 1) & 0x07;
+    let mut r = BitReader::new(&rbsp, SPS);
+    r.skip_bits(8, "sps_video_parameter_set_id/max_sub_layers/nesting")?;
+    if max_sub_layers_minus1 > 6 {
+        return Err(r.invalid(
+            "sps_max_sub_layers_minus1",
+            max_sub_layers_minus1.into(),
+            "must be 0..=6",
+        ));
+    }
+    profile_tier_level(&mut r, max_sub_layers_minus1.into())?;
+    r.read_ue("sps_seq_parameter_set_id")?;
+    let chroma = r.read_ue("chroma_format_idc")?;
+    if chroma > 3 {
+        return Err(r.invalid("chroma_format_idc", chroma.into(), "must be 0..=3"));
+    }
+    if chroma == 3 {
+        r.skip_bits(1, "separate_colour_plane_flag")?;
+    }
+    r.read_ue("pic_width_in_luma_samples")?;
+    r.read_ue("pic_height_in_luma_samples")?;
+    if r.read_bit("conformance_window_flag")? {
+        for field in [
+            "conf_win_left_offset",
+            "conf_win_right_offset",
+            "conf_win_top_offset",
+            "conf_win_bottom_offset",
+        ] {
+            r.read_ue(field)?;
+        }
+    }
+    let luma = r.read_ue("bit_depth_luma_minus8")?;
+    let chroma_depth = r.read_ue("bit_depth_chroma_minus8")?;
+    // 7.4.3.2.1: both are 0..=8.
+    if luma > 8 || chroma_depth > 8 {
+        return Err(r.invalid(
+            "bit_depth_minus8",
+            luma.max(chroma_depth).into(),
+            "must be 0..=8",
+        ));
+    }
+    Ok(RecordFields {
+        profile_byte,
+        compat: [c0, c1, c2, c3],
+        constraints: [k0, k1, k2, k3, k4, k5],
+        level_idc,
+        max_sub_layers_minus1,
+        temporal_id_nesting: first & 0x01 != 0,
+        chroma_format_idc: chroma as u8,
+        bit_depth_luma_minus8: luma as u8,
+        bit_depth_chroma_minus8: chroma_depth as u8,
+    })
+}
+
+/// Builds an HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 8.3.3.1) with
+/// 4-byte NAL lengths from parameter sets found in-band (Annex B). Profile,
+/// tier, level, constraint flags, chroma format, bit depths and temporal
+/// layering come from the first SPS; min_spatial_segmentation_idc,
+/// parallelismType and avgFrameRate are written as 0 ("unknown"), which
+/// decoders accept. The arrays are complete (array_completeness 1).
+pub fn hevc_decoder_config_record(
+    vps: &[Bytes],
+    sps: &[Bytes],
+    pps: &[Bytes],
+) -> Result<Bytes, MediaError> {
+    let bad = |field, value: usize, reason| MediaError::Invalid {
+        what: HVCC,
+        field,
+        value: value as u64,
+        at: Pos::Byte(0),
+        reason,
+    };
+    for (field, list) in [("VPS", vps), ("SPS", sps), ("PPS", pps)] {
+        if list.is_empty() || list.len() > MAX_RECORD_NALUS {
+            return Err(bad(
+                field,
+                list.len(),
+                "1..=64 parameter sets of each kind are needed",
+            ));
+        }
+    }
+    let first = sps.first().map(|b| &b[..]).unwrap_or_default();
+    let f = record_fields(first)?;
+    let mut r = Vec::with_capacity(
+        23 + 3 * 3
+            + vps
+                .iter()
+                .chain(sps)
+                .chain(pps)
+                .map(|n| 2 + n.len())
+                .sum::<usize>(),
+    );
+    r.push(1);
+    r.push(f.profile_byte);
+    r.extend_from_slice(&f.compat);
+    r.extend_from_slice(&f.constraints);
+    r.push(f.level_idc);
+    // reserved(4) min_spatial_segmentation_idc(12) = 0; reserved(6) parallelismType(2) = 0.
+    r.extend_from_slice(&[0xF0, 0x00, 0xFC]);
+    r.push(0xFC | f.chroma_format_idc);
+    r.push(0xF8 | f.bit_depth_luma_minus8);
+    r.push(0xF8 | f.bit_depth_chroma_minus8);
+    // avgFrameRate = 0; constantFrameRate(2) = 0, numTemporalLayers(3),
+    // temporalIdNested(1), lengthSizeMinusOne(2) = 3.
+    r.extend_from_slice(&[0, 0]);
+    r.push(((f.max_sub_layers_minus1 + 1) << 3) | (u8::from(f.temporal_id_nesting) << 2) | 3);
+    r.push(3);
+    for (nal_type, list) in [(NAL_VPS, vps), (NAL_SPS, sps), (NAL_PPS, pps)] {
+        // array_completeness(1) = 1, reserved(1) = 0, NAL_unit_type(6).
+        r.push(0x80 | nal_type);
+        r.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        for nal in list {
+            let len = u16::try_from(nal.len())
+                .ok()
+                .filter(|&l| l >= 2)
+                .ok_or_else(|| bad("nalUnitLength", nal.len(), "must be 2..=65535 bytes"))?;
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend_from_slice(nal);
+        }
+    }
+    Ok(Bytes::from(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +637,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Annex B"));
+    }
+
+    #[test]
+    fn builds_a_record_from_the_sps() {
+        // build_sps ends with bit_depth_luma_minus8 ue(0) and a 1 bit, which
+        // reads as bit_depth_chroma_minus8 ue(0).
+        let sps = build_sps(2, 1, 1280, 720, None);
+        let vps = Bytes::from_static(&[0x40, 0x01, 0x0C]);
+        let pps = Bytes::from_static(&[0x44, 0x01, 0xC1]);
+        let rec = hevc_decoder_config_record(
+            std::slice::from_ref(&vps),
+            &[Bytes::from(sps.clone())],
+            std::slice::from_ref(&pps),
+        )
+        .unwrap();
+        let c = parse_hevc_decoder_config(&rec).unwrap();
+        assert_eq!((c.vps, c.pps), (vec![vps.clone()], vec![pps.clone()]));
+        assert_eq!(c.sps, vec![Bytes::from(sps.clone())]);
+        assert_eq!((c.general_profile_idc, c.general_level_idc), (1, 123));
+        assert_eq!(c.nal_length_size, 4);
+        assert_eq!(c.params.map(|p| (p.width, p.height)), Some((1280, 720)));
+        // chromaFormat 4:2:0; three temporal layers, nested.
+        assert_eq!(rec[16], 0xFD);
+        assert_eq!(rec[21], (3 << 3) | (1 << 2) | 3);
+        assert!(
+            hevc_decoder_config_record(&[], &[Bytes::from(sps.clone())], &[pps.clone()]).is_err()
+        );
+        assert!(
+            hevc_decoder_config_record(&[vps.clone()], &[pps.clone()], &[pps.clone()]).is_err()
+        );
+        for n in 0..sps.len() {
+            let _ = hevc_decoder_config_record(
+                &[vps.clone()],
+                &[Bytes::copy_from_slice(&sps[..n])],
+                &[pps.clone()],
+            );
+        }
     }
 }

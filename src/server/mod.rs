@@ -151,7 +151,7 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     ));
     let bound = bind(config).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
-    srt_listener::apply_apps(&mut srt, &config.apps)?;
+    srt.set_apps(Arc::new(config.apps.clone()))?;
     // Handlers first: a supervisor may signal as soon as it reads `listening`.
     let signals = Signals::install();
     log_applications(&config.apps);
@@ -165,6 +165,7 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         stream_settings(config),
     ));
     let apps = Arc::new(config.apps.clone());
+    srt.enable_publish(streams.clone(), config.rtmp.max_timestamp_jump);
     let ctx = Arc::new(Context {
         settings: Live::new(rtmp_settings(config, apps.clone(), checked.tls)),
         streams: streams.clone(),

@@ -84,6 +84,33 @@ pub fn check(d: &[u8]) -> Verdict {
     }
 }
 
+/// Classify a datagram addressed to a publishing connection (its socket
+/// id is one of our receivers): its media (data packets) and its drop
+/// requests pass besides what [`check`] lets through. srt-protocol's
+/// receiver drops `start..=end` by buffer index (a reversed range panics,
+/// a huge one is walked), so a drop request must name an ordered range
+/// of at most [`MAX_LOSS`] packets (SRT RFC draft §3.2.9).
+pub fn check_publisher(d: &[u8]) -> Verdict {
+    if d.len() < HEADER {
+        return Verdict::Drop("shorter than an SRT header");
+    }
+    if d[0] & 0x80 == 0 {
+        return Verdict::Pass;
+    }
+    if u16::from_be_bytes([d[0], d[1]]) & 0x7FFF != 7 {
+        return check(d);
+    }
+    let body = &d[HEADER..];
+    match (be32(body, 0), be32(body, 4)) {
+        (Some(start), Some(end))
+            if body.len() == 8 && start <= end && end < 0x8000_0000 && end - start < MAX_LOSS =>
+        {
+            Verdict::Pass
+        }
+        _ => Verdict::Drop("drop request range"),
+    }
+}
+
 /// Most RTT or RTT variance (µs) a full ACK may report.
 const MAX_ACK_RTT_US: i32 = 10_000_000;
 
@@ -296,6 +323,39 @@ mod tests {
             0x80, 0x02, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 5,
         ];
         assert_eq!(check(&light), Verdict::Pass);
+    }
+
+    #[test]
+    fn publishers_may_send_media_and_ordered_drop_requests_only() {
+        let data = [vec![0u8; 16], vec![0x47; 1316]].concat();
+        assert_eq!(
+            check(&data),
+            Verdict::Drop("data packet from a pull player")
+        );
+        assert_eq!(check_publisher(&data), Verdict::Pass);
+        assert_eq!(
+            check_publisher(&data[..15]),
+            Verdict::Drop("shorter than an SRT header")
+        );
+        let drop_req = |a: u32, b: u32| {
+            let body = [a.to_be_bytes(), b.to_be_bytes()].concat();
+            ctrl(7, 0, 1, &body)
+        };
+        assert_eq!(check_publisher(&drop_req(10, 20)), Verdict::Pass);
+        assert_eq!(check_publisher(&drop_req(10, 10)), Verdict::Pass);
+        for bad in [
+            drop_req(20, 10),
+            drop_req(0, MAX_LOSS),
+            drop_req(5, 0x8000_0000),
+            ctrl(7, 0, 1, &[0; 4]),
+        ] {
+            assert_eq!(check_publisher(&bad), Verdict::Drop("drop request range"));
+        }
+        // Everything else as for a player.
+        assert_eq!(
+            check_publisher(&ctrl(4, 0, 0, &[0; 4])),
+            Verdict::Drop("congestion warning")
+        );
     }
 
     fn ctrl(ty: u16, subtype: u16, add: u32, body: &[u8]) -> Vec<u8> {

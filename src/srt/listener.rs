@@ -1,9 +1,10 @@
-//! The SRT pull listener: one UDP socket and one task serve every SRT
-//! player through srt-protocol's sans-IO handshake and connection, each
-//! player fed by the shared sender core. Every datagram passes
-//! [`guard::check`] first and every srt-protocol call runs under
-//! `catch_unwind`; induction is stateless (a keyed SYN cookie), so nothing
-//! is stored for a caller before it is accepted (docs/srt-sans-io.md §4).
+//! The SRT listener: one UDP socket and one task serve every SRT player
+//! (fed by the shared sender core) and every SRT publisher (a receiver
+//! whose released payloads go to its ingest task, `publish`) through
+//! srt-protocol's sans-IO handshake and connection. Every datagram passes
+//! the guard first and every srt-protocol call runs under `catch_unwind`;
+//! induction is stateless (a keyed SYN cookie), so nothing is stored for a
+//! caller before it is accepted (docs/srt-sans-io.md §4).
 
 use std::collections::HashMap;
 use std::io;
@@ -12,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use srt_protocol::connection::{Connection, DuplexConnection};
@@ -34,10 +35,13 @@ use tracing::{debug, info, warn};
 use crate::srt::admission::{HandshakeLimiter, PendingReads, PendingState, ReadKey};
 use crate::srt::config::SrtConfig;
 use crate::srt::guard::{self, Verdict};
+use crate::srt::publish::{self as publish_task, CloseRequest, ConnectionEnd, PublishTask};
+use crate::srt::receiver::Receiver;
 use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
-use crate::stream::config::{Apps, DEFAULT_APP};
-use crate::stream::{Registry, StreamPath};
+use crate::stream::config::{AppConfig, Apps, DEFAULT_APP};
+use crate::stream::driver::{Publish, Streams};
+use crate::stream::{ClaimError, Registry, StreamPath};
 use crate::telemetry;
 use crate::ts::TsChunk;
 
@@ -99,6 +103,33 @@ struct Player {
     since: Instant,
 }
 
+/// One connected publisher: its connection in the listener, its media on
+/// the way to its ingest task.
+struct Publisher {
+    receiver: Receiver,
+    peer: SocketAddr,
+    stream: String,
+    remote_sockid: SocketId,
+    /// Our Conclusion reply, replayed to a retransmitted Conclusion.
+    conclusion_reply: Option<Packet>,
+    since: Instant,
+    /// To its ingest task, each payload with whether data was lost before
+    /// it; never waited on (full: the payload is dropped).
+    payloads: tokio::sync::mpsc::Sender<(Bytes, bool)>,
+    /// A payload was dropped: the next one sent carries the gap.
+    gap: bool,
+    /// How the connection ended, for the task's log and its group.
+    ended: Option<tokio::sync::oneshot::Sender<ConnectionEnd>>,
+    queue_drops: u64,
+}
+
+/// What SRT publishing needs besides the listener's own state.
+struct PublishSetup {
+    streams: Arc<Streams>,
+    /// `rtmp.max_timestamp_jump`: one timeline policy for every ingest.
+    max_jump: Duration,
+}
+
 /// Why a player's sender is done, as the log says it.
 fn close_reason(end: End) -> CloseReason {
     match end {
@@ -119,6 +150,19 @@ pub struct Listener {
     cookie_key: [u8; 32],
     epoch: Instant,
     players: HashMap<SocketAddr, Player>,
+    /// By our (local) socket id: a datagram is theirs only when it comes
+    /// from their address too, so a player and a publisher on one
+    /// address:port (libsrt multiplexes sockets on one UDP port) never mix.
+    publishers: HashMap<SocketId, Publisher>,
+    /// `None`: publishing is refused with 1405 ([`Listener::enable_publish`]).
+    publish: Option<PublishSetup>,
+    /// The applications (publish keys, webhook, passphrase, takeover).
+    apps: Arc<Apps>,
+    /// Ingest tasks ask for their connection to be closed here.
+    closes: tokio::sync::mpsc::UnboundedSender<CloseRequest>,
+    closes_rx: Option<tokio::sync::mpsc::UnboundedReceiver<CloseRequest>>,
+    /// Payloads released by one pump (with their gap flags), reused.
+    released: Vec<(Bytes, bool)>,
     outbox: Vec<(Packet, SocketAddr)>,
     /// Inductions per client prefix in the current second (flood limit).
     inductions: HandshakeLimiter,
@@ -221,6 +265,11 @@ impl ReadAuth {
 pub enum ListenerError {
     #[error("srt.passphrase: {0:?} (SRT needs 10 to 79 bytes)")]
     Passphrase(srt_protocol::options::OptionsError),
+    #[error("apps.{app}.publish_passphrase: {err:?} (SRT needs 10 to 79 bytes)")]
+    PublishPassphrase {
+        app: String,
+        err: srt_protocol::options::OptionsError,
+    },
 }
 
 /// Run `f`, turning a panic into `None` and counting it.
@@ -344,13 +393,6 @@ pub struct ListenerSettings {
     pub apps: Arc<Apps>,
 }
 
-/// Which applications exist and who may play them: the one place the
-/// listener takes `[apps]`, at start and at every reload.
-pub fn apply_apps(listener: &mut Listener, apps: &Apps) -> Result<(), ListenerError> {
-    listener.set_read_auth(ReadRules::from_apps(apps)?);
-    Ok(())
-}
-
 fn passphrase_of(cfg: &SrtConfig) -> Result<Option<Passphrase>, ListenerError> {
     match &cfg.passphrase {
         Some(p) => Ok(Some(
@@ -384,6 +426,7 @@ impl Listener {
         let mut cookie_key = [0u8; 32];
         rand::fill(&mut cookie_key);
         let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
+        let (closes, closes_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Listener {
             registry,
             cfg: cfg.clone(),
@@ -392,6 +435,12 @@ impl Listener {
             cookie_key,
             epoch: Instant::now(),
             players: HashMap::new(),
+            publishers: HashMap::new(),
+            publish: None,
+            apps: Arc::default(),
+            closes,
+            closes_rx: Some(closes_rx),
+            released: Vec::new(),
             outbox: Vec::new(),
             inductions: HandshakeLimiter::default(),
             conclusions: HandshakeLimiter::default(),
@@ -412,28 +461,70 @@ impl Listener {
     /// applications for callers from now on. On an error nothing changes.
     pub fn reload(&mut self, s: &ListenerSettings) -> Result<(), ListenerError> {
         let passphrase = passphrase_of(&s.srt)?;
-        apply_apps(self, &s.apps)?;
+        self.set_apps(s.apps.clone())?;
         self.base = base_settings(&s.srt, &passphrase);
         self.passphrase = passphrase;
         self.cfg = s.srt.clone();
         Ok(())
     }
 
+    /// Every application's rules, for players and publishers alike: the
+    /// one entry point for a (re)loaded `[apps]`. Callers already
+    /// connected keep what they were admitted with.
+    pub fn set_apps(&mut self, apps: Arc<Apps>) -> Result<(), ListenerError> {
+        let rules = ReadRules::from_apps(&apps)?;
+        for (name, app) in apps.iter() {
+            if let Some(p) = &app.publish_passphrase {
+                Passphrase::try_from(p.clone()).map_err(|err| {
+                    ListenerError::PublishPassphrase {
+                        app: name.clone(),
+                        err,
+                    }
+                })?;
+            }
+        }
+        self.read_auth = rules;
+        self.apps = apps;
+        Ok(())
+    }
+
+    /// Accept SRT publishers (`m=publish`), starting their streams through
+    /// `streams`. Until called, publishing is refused with 1405.
+    pub fn enable_publish(&mut self, streams: Arc<Streams>, max_timestamp_jump: Duration) {
+        self.publish = Some(PublishSetup {
+            streams,
+            max_jump: max_timestamp_jump,
+        });
+    }
+
     /// The passphrase a caller asking for `sid` must use: its application's
-    /// `read_passphrase`, else `srt.passphrase`. Decided from the streamid
-    /// before the handshake completes, so streams can differ.
+    /// `publish_passphrase` (publishers) or `read_passphrase` (players),
+    /// else `srt.passphrase`. Decided from the streamid before the
+    /// handshake completes, so streams can differ.
     fn passphrase_for(&self, sid: &str) -> Option<Passphrase> {
-        let app = streamid::parse(sid)
-            .ok()
-            .and_then(|r| r.path.split_once('/').map(|(a, _)| a.to_string()));
-        app.and_then(|a| self.read_auth.get(&a))
-            .and_then(|r| r.passphrase.clone())
-            .or_else(|| self.passphrase.clone())
+        let Ok(req) = streamid::parse(sid) else {
+            return self.passphrase.clone();
+        };
+        let app = req.path.split_once('/').map_or("", |(a, _)| a);
+        let own = match req.mode {
+            Mode::Request => self.read_auth.get(app).and_then(|r| r.passphrase.clone()),
+            Mode::Publish => self
+                .apps
+                .lookup(app)
+                .and_then(|a| a.publish_passphrase.clone())
+                .and_then(|p| Passphrase::try_from(p).ok()),
+        };
+        own.or_else(|| self.passphrase.clone())
     }
 
     /// Connected players.
     pub fn players(&self) -> usize {
         self.players.len()
+    }
+
+    /// Connected publishers.
+    pub fn publishers(&self) -> usize {
+        self.publishers.len()
     }
 
     fn cookie(&self, addr: SocketAddr, bucket: u64) -> i32 {
@@ -461,6 +552,16 @@ impl Listener {
 
     /// Handle one datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
+        // Routed by (address, our socket id): a publisher's media and
+        // control go to its receiver, everything else is a player's or a
+        // handshake.
+        if let Some(id) = data.get(12..16) {
+            let id = SocketId(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+            if self.publishers.get(&id).is_some_and(|p| p.peer == from) {
+                self.publisher_datagram(now, data, id, from);
+                return;
+            }
+        }
         let verdict = guard::check(data);
         let stripped;
         let bytes = match verdict {
@@ -562,7 +663,8 @@ impl Listener {
         let Some(h) = handshake_of(&packet).cloned() else {
             return;
         };
-        // A retransmitted Conclusion from a player we already accepted.
+        // A retransmitted Conclusion from a player or a publisher we
+        // already accepted.
         if let Some(p) = self.players.get(&from) {
             if p.remote_sockid == h.socket_id {
                 if let Some(reply) = &p.conclusion_reply {
@@ -570,6 +672,16 @@ impl Listener {
                 }
                 return;
             }
+        }
+        let publisher = self
+            .publishers
+            .values()
+            .find(|p| p.peer == from && p.remote_sockid == h.socket_id);
+        if let Some(p) = publisher {
+            if let Some(reply) = &p.conclusion_reply {
+                self.outbox.push((reply.clone(), from));
+            }
+            return;
         }
         if !self.cookie_ok(from, h.syn_cookie, now) {
             metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "bad cookie")
@@ -612,7 +724,8 @@ impl Listener {
         else {
             return;
         };
-        let decision = self.decide(&request, &h, forced, passphrase, from, now);
+        let decision = self.decide(&request, &h, forced, passphrase.clone(), from, now);
+        let accepting = matches!(decision.response, AccessControlResponse::Accepted(_));
         if let Some(key) = decision.waiting {
             // Waiting for the webhook: say nothing until it answers (the
             // caller retransmits meanwhile). `packet` went to srt-protocol;
@@ -632,30 +745,86 @@ impl Listener {
             listen.handle_access_control_response(now, decision.response)
         });
         match result {
-            Some(ConnectionResult::Connected(reply, conn)) => {
-                if let Some(target) = decision.target {
-                    self.accept(now, from, &h, reply, conn, target);
+            Some(ConnectionResult::Connected(reply, conn)) => match decision.target {
+                Some(Target::Play(target)) => self.accept(now, from, &h, reply, conn, target),
+                Some(Target::Publish(path, app)) => {
+                    let started = self.accept_publisher(now, from, &h, reply, conn, &path, &app);
+                    if let Err((result, code, why)) = started {
+                        metrics::counter!(telemetry::SRT_PUBLISHES_TOTAL, "result" => result)
+                            .increment(1);
+                        // The claim is made only once the handshake (and
+                        // its passphrase) succeeded; srt-protocol's reply
+                        // is discarded and a fresh one refuses the caller.
+                        let packet = Packet::Control(ControlPacket {
+                            timestamp,
+                            dest_sockid,
+                            control_type: ControlTypes::Handshake(h.clone()),
+                        });
+                        self.reject_late(now, packet, &h, passphrase, from, code, &sid, &why);
+                    }
                 }
-            }
+                None => {}
+            },
             Some(ConnectionResult::Reject(reply, why)) => {
                 let (ConnectionReject::Rejecting(reason) | ConnectionReject::Rejected(reason)) =
                     why;
-                let code = reported_code(reason);
-                metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string())
-                    .increment(1);
-                // Never the raw streamid: tokens hide in every encoding of it.
-                info!(
-                    peer = %from,
-                    code,
-                    streamid = %streamid::redact(&decision.streamid),
-                    reason = %decision.why,
-                    "srt caller rejected"
-                );
+                if decision.publish {
+                    // Accepted by us, refused by srt-protocol: the keys.
+                    let result = if accepting {
+                        "rejected_passphrase"
+                    } else {
+                        decision.result
+                    };
+                    metrics::counter!(telemetry::SRT_PUBLISHES_TOTAL, "result" => result)
+                        .increment(1);
+                }
+                self.log_rejection(from, reason, &decision.streamid, &decision.why);
                 if let Some(r) = reply {
                     self.outbox.push(r);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Count and log a rejection. Never the raw streamid: tokens and keys
+    /// hide in every encoding of it.
+    fn log_rejection(&self, from: SocketAddr, reason: RejectReason, sid: &str, why: &str) {
+        let code = reported_code(reason);
+        metrics::counter!(telemetry::SRT_REJECTS_TOTAL, "code" => code.to_string()).increment(1);
+        info!(
+            peer = %from,
+            code,
+            streamid = %streamid::redact(sid),
+            reason = %why,
+            "srt caller rejected"
+        );
+    }
+
+    /// Refuse a Conclusion after srt-protocol accepted it (a publish whose
+    /// claim failed): a fresh `Listen` builds the rejection.
+    #[allow(clippy::too_many_arguments)]
+    fn reject_late(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        h: &HandshakeControlInfo,
+        passphrase: Option<Passphrase>,
+        from: SocketAddr,
+        code: i32,
+        sid: &str,
+        why: &str,
+    ) {
+        let reason = reject_code(code);
+        self.log_rejection(from, reason, sid, why);
+        let Some((mut listen, _)) = self.access_request(now, packet, h, passphrase, from) else {
+            return;
+        };
+        let result = caught("access response", from, || {
+            listen.handle_access_control_response(now, AccessControlResponse::Rejected(reason))
+        });
+        if let Some(ConnectionResult::Reject(Some(r), _)) = result {
+            self.outbox.push(r);
         }
     }
 
@@ -765,6 +934,243 @@ impl Listener {
         self.pump(now, from);
     }
 
+    /// A publish accepted by the handshake: claim the path (a live one
+    /// gives 1409 unless the application takes over), start its group and
+    /// its ingest task. `Err((result label, code, why))`: refuse it.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_publisher(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        h: &HandshakeControlInfo,
+        mut reply: Option<(Packet, SocketAddr)>,
+        mut conn: Connection,
+        path: &StreamPath,
+        app: &AppConfig,
+    ) -> Result<(), (&'static str, i32, String)> {
+        let Some(setup) = &self.publish else {
+            return Err(("rejected_bad_mode", code::BAD_MODE, "not offered".into()));
+        };
+        fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
+        let peer = from.to_string();
+        let started = setup.streams.start(Publish {
+            path: path.clone(),
+            name: &path.key,
+            peer: &peer,
+            app,
+            accepted: now,
+        });
+        let group = match started {
+            Ok(g) => g,
+            Err(e) => {
+                let (result, code) = match &e {
+                    ClaimError::Busy(_) => ("rejected_busy", code::CONFLICT),
+                    ClaimError::Draining => ("rejected_draining", code::UNAVAILABLE),
+                    ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. } => {
+                        ("rejected_limit", code::OVERLOAD)
+                    }
+                };
+                warn!(stream = %path, peer = %from, reason = result, "publish refused: {e}");
+                return Err((result, code, e.to_string()));
+            }
+        };
+        let local_sockid = conn.settings.local_sockid;
+        let latency = conn.settings.recv_tsbpd_latency;
+        let encrypted = conn.settings.cipher.is_some();
+        let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
+            // The group ends with its handle: nothing was published.
+            drop(group);
+            return Ok(());
+        };
+        let (payloads, rx) = tokio::sync::mpsc::channel(publish_task::PAYLOAD_QUEUE);
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let task = PublishTask {
+            group,
+            peer: from,
+            local_sockid,
+            payloads: rx,
+            ended: ended_rx,
+            close: self.closes.clone(),
+            max_jump: setup.max_jump,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let span = tracing::info_span!("srt_publish", peer = %from, stream = %path);
+                rt.spawn(tracing::Instrument::instrument(
+                    publish_task::run(task),
+                    span,
+                ));
+            }
+            Err(_) => {
+                // Streams::start has spawned already, so this cannot be.
+                return Err(("rejected_internal", code::UNAVAILABLE, "no runtime".into()));
+            }
+        }
+        let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
+        if let Some(r) = reply {
+            self.outbox.push(r);
+        }
+        metrics::counter!(telemetry::SRT_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
+        info!(
+            peer = %from,
+            stream = %path,
+            latency_ms = latency.as_millis() as u64,
+            encrypted,
+            "srt publisher connected"
+        );
+        self.publishers.insert(
+            local_sockid,
+            Publisher {
+                receiver: Receiver::new(conn, now),
+                peer: from,
+                stream: path.to_string(),
+                remote_sockid: h.socket_id,
+                conclusion_reply,
+                since: now,
+                payloads,
+                gap: false,
+                ended: Some(ended),
+                queue_drops: 0,
+            },
+        );
+        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(self.publishers.len() as f64);
+        self.pump_publisher(now, local_sockid);
+        Ok(())
+    }
+
+    /// A datagram for publisher `id` (it came from its address).
+    fn publisher_datagram(&mut self, now: Instant, data: &[u8], id: SocketId, from: SocketAddr) {
+        match guard::check_publisher(data) {
+            Verdict::Pass => {}
+            Verdict::Drop(reason) => {
+                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => reason)
+                    .increment(1);
+                return;
+            }
+            // A handshake option to refuse, addressed to a connection.
+            Verdict::Reject(_) => {
+                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "handshake on a connection")
+                    .increment(1);
+                return;
+            }
+        }
+        let packet = match caught("parse", from, || {
+            Packet::parse(&mut io::Cursor::new(data), from.is_ipv6())
+        }) {
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "unparsable")
+                    .increment(1);
+                return;
+            }
+            None => return,
+        };
+        let Some(p) = self.publishers.get_mut(&id) else {
+            return;
+        };
+        if caught("connection input", from, || {
+            p.receiver.handle_packet(now, packet, from)
+        })
+        .is_none()
+        {
+            self.remove_publisher(id, "protocol_error", true);
+            return;
+        }
+        self.pump_publisher(now, id);
+    }
+
+    /// Run a publisher's timers, collect its packets, and hand what its
+    /// connection released to its ingest task (never waiting: a full
+    /// queue drops the payload, counted; the TS ingest sees the gap).
+    fn pump_publisher(&mut self, now: Instant, id: SocketId) {
+        let Some(p) = self.publishers.get_mut(&id) else {
+            return;
+        };
+        let outbox = &mut self.outbox;
+        let released = &mut self.released;
+        let res = caught("connection", p.peer, || {
+            p.receiver.pump(now, outbox, released)
+        });
+        for (payload, gap) in self.released.drain(..) {
+            metrics::counter!(telemetry::SRT_PUBLISH_BYTES_IN_TOTAL)
+                .increment(payload.len() as u64);
+            let gap = gap || p.gap;
+            match p.payloads.try_send((payload, gap)) {
+                Ok(()) => p.gap = false,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    p.gap = true;
+                    p.queue_drops += 1;
+                    metrics::counter!(telemetry::SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL).increment(1);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        match res {
+            None => self.remove_publisher(id, "protocol_error", true),
+            Some(Some(_)) => self.remove_publisher(id, "peer_closed", false),
+            Some(None) => {}
+        }
+    }
+
+    /// Forget a publisher: its task learns how the connection ended (and
+    /// ends the group with `reason` unless the group ended it). `goodbye`:
+    /// tell the peer (best effort; it may still be sending).
+    fn remove_publisher(&mut self, id: SocketId, reason: &'static str, goodbye: bool) {
+        let Some(mut p) = self.publishers.remove(&id) else {
+            return;
+        };
+        telemetry::connection_closed();
+        if goodbye {
+            self.outbox.push((
+                Packet::Control(ControlPacket {
+                    timestamp: TimeStamp::MIN,
+                    dest_sockid: p.remote_sockid,
+                    control_type: ControlTypes::Shutdown,
+                }),
+                p.peer,
+            ));
+        }
+        let s = p.receiver.statistics();
+        let end = ConnectionEnd {
+            reason,
+            seconds: p.since.elapsed().as_secs_f64(),
+            payloads: p.receiver.payloads(),
+            bytes_in: p.receiver.bytes_in(),
+            retransmitted: s.rx_retransmit_data,
+            lost: s.rx_loss_data,
+            dropped: s.rx_dropped_data,
+            queue_drops: p.queue_drops,
+        };
+        if let Some(tx) = p.ended.take() {
+            let _ = tx.send(end);
+        }
+        debug!(peer = %p.peer, stream = %p.stream, reason, "srt publisher connection closed");
+        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(self.publishers.len() as f64);
+    }
+
+    /// An ingest task's group ended its publish: close the connection.
+    pub fn close_publisher(&mut self, req: CloseRequest) {
+        let live = self
+            .publishers
+            .get(&req.local_sockid)
+            .is_some_and(|p| p.peer == req.peer);
+        if live {
+            info!(
+                peer = %req.peer,
+                cause = req.stopped.cause,
+                why = %req.stopped.description,
+                "closing srt publisher: its stream ended"
+            );
+            self.remove_publisher(req.local_sockid, req.stopped.cause, true);
+        }
+    }
+
+    /// The channel [`Listener::close_publisher`]'s requests come on.
+    /// Handed out once; `None` after.
+    pub fn take_closes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<CloseRequest>> {
+        self.closes_rx.take()
+    }
+
     /// The access decision for one Conclusion.
     fn decide(
         &self,
@@ -785,6 +1191,8 @@ impl Listener {
             streamid: sid.clone(),
             why,
             waiting: None,
+            publish: false,
+            result: "rejected",
         };
         if let Err(refused) = handshake_acceptable(h, forced, passphrase.as_ref()) {
             return reject(refused);
@@ -796,6 +1204,9 @@ impl Listener {
             Ok(r) => r,
             Err(e) => return reject((reject_code(e.code()), e.to_string())),
         };
+        if parsed.mode == Mode::Publish {
+            return self.decide_publish(req, h, parsed, passphrase, from, now);
+        }
         let app = parsed.path.split_once('/').map_or("", |(a, _)| a);
         let Some(rules) = self.read_auth.get(app) else {
             metrics::counter!(
@@ -820,7 +1231,7 @@ impl Listener {
             Ok(ring) => ring,
             Err(refused) => return reject(refused),
         };
-        match self.ask_webhook(rules, &parsed, h, from, now) {
+        match self.ask_read_webhook(rules, &parsed, h, from, now) {
             WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
             WebhookVerdict::Waiting(key) => {
                 return Decision {
@@ -845,10 +1256,140 @@ impl Listener {
         });
         Decision {
             response: AccessControlResponse::Accepted(keys),
-            target: Some((ring, parsed.path, parsed.rendition)),
+            target: Some(Target::Play((ring, parsed.path, parsed.rendition))),
             streamid: sid.clone(),
             why: String::new(),
             waiting: None,
+            publish: false,
+            result: "",
+        }
+    }
+
+    /// The access decision for a publish (`m=publish`): the application,
+    /// its publish key (`s=` or `key=`), its webhook; the claim itself
+    /// waits until the handshake succeeded ([`Listener::accept_publisher`]).
+    fn decide_publish(
+        &self,
+        req: &AccessControlRequest,
+        h: &HandshakeControlInfo,
+        parsed: streamid::StreamRequest,
+        passphrase: Option<Passphrase>,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Decision {
+        let sid = match &h.info {
+            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
+            HandshakeVsInfo::V4(_) => String::new(),
+        };
+        let reject = |result: &'static str, code: i32, why: String| Decision {
+            response: AccessControlResponse::Rejected(reject_code(code)),
+            target: None,
+            streamid: sid.clone(),
+            why,
+            waiting: None,
+            publish: true,
+            result,
+        };
+        let auth_reject = |reason: &'static str| {
+            metrics::counter!(
+                telemetry::AUTH_REJECTS_TOTAL,
+                "action" => "publish",
+                "reason" => reason
+            )
+            .increment(1);
+        };
+        if self.publish.is_none() {
+            return reject(
+                "rejected_bad_mode",
+                code::BAD_MODE,
+                "publishing over SRT is not offered here; use m=request".into(),
+            );
+        }
+        if parsed.rendition != "source" {
+            return reject(
+                "rejected_bad_name",
+                code::BAD_REQUEST,
+                format!("publish to {}, not to a rendition of it", parsed.path),
+            );
+        }
+        let path = match parsed
+            .path
+            .split_once('/')
+            .ok_or_else(|| "expected APP/KEY".to_string())
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key))
+        {
+            Ok(p) => p,
+            Err(why) => return reject("rejected_bad_name", code::BAD_REQUEST, why),
+        };
+        let Some(app) = self.apps.lookup(&path.app) else {
+            auth_reject("unknown_app");
+            return reject(
+                "rejected_unauthorized",
+                code::NOT_FOUND,
+                format!("unknown application {:?}", path.app),
+            );
+        };
+        // SRT's session id `s=` is where callers put credentials (as
+        // MediaMTX reads it); `key=` reads like RTMP's `?key=`.
+        let presented = parsed
+            .params
+            .get("s")
+            .or_else(|| parsed.params.get("key"))
+            .map(String::as_str);
+        if let Err(refusal) =
+            crate::auth::check_publish_key(&app.publish_keys, &path.key, presented)
+        {
+            auth_reject(refusal.reason());
+            let code = match refusal {
+                crate::auth::Refusal::MissingKey => code::UNAUTHORIZED,
+                _ => code::FORBIDDEN,
+            };
+            let why = match refusal {
+                crate::auth::Refusal::MissingKey => {
+                    "missing publish key: add s=KEY to the streamid".to_string()
+                }
+                other => other.to_string(),
+            };
+            return reject("rejected_unauthorized", code, why);
+        }
+        if let Some(url) = app.publish_webhook.clone() {
+            let body = serde_json::json!({
+                "action": "publish",
+                "protocol": "srt",
+                "path": path.to_string(),
+                "app": path.app,
+                "stream": path.key,
+                "key": presented,
+                "query": parsed.params,
+                "client": from.to_string(),
+            });
+            let key = ReadKey::new(from, h.socket_id.0, Mode::Publish, &body);
+            match self.ask_webhook(url, app.webhook_timeout, body, key, now) {
+                WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
+                WebhookVerdict::Waiting(key) => {
+                    return Decision {
+                        waiting: Some(key),
+                        ..reject("waiting", code::UNAVAILABLE, String::new())
+                    }
+                }
+                WebhookVerdict::Denied(code, why) => {
+                    auth_reject("webhook_denied");
+                    return reject("rejected_unauthorized", code, why);
+                }
+            }
+        }
+        let keys = passphrase.map(|p| KeySettings {
+            key_size: req.key_size,
+            passphrase: p,
+        });
+        Decision {
+            response: AccessControlResponse::Accepted(keys),
+            target: Some(Target::Publish(path, Box::new(app.clone()))),
+            streamid: sid.clone(),
+            why: String::new(),
+            waiting: None,
+            publish: true,
+            result: "",
         }
     }
 
@@ -858,12 +1399,6 @@ impl Listener {
         &self,
         parsed: &streamid::StreamRequest,
     ) -> Result<Arc<crate::stream::Ring<TsChunk>>, (RejectReason, String)> {
-        if parsed.mode == Mode::Publish {
-            return Err((
-                reject_code(code::BAD_MODE),
-                "publishing over SRT is not offered; use m=request".into(),
-            ));
-        }
         let stream = parsed
             .path
             .split_once('/')
@@ -908,7 +1443,7 @@ impl Listener {
     /// Conclusion (on a task), answered when the webhook has, to the held
     /// Conclusion ([`Listener::webhook_answered`]) or a retransmission of
     /// the same request (same address, socket id, streamid parameters).
-    fn ask_webhook(
+    fn ask_read_webhook(
         &self,
         rules: &ReadAuth,
         req: &streamid::StreamRequest,
@@ -933,6 +1468,22 @@ impl Listener {
             "client": from.to_string(),
         });
         let key = ReadKey::new(from, h.socket_id.0, req.mode, &body);
+        self.ask_webhook(url, timeout, body, key, now)
+    }
+
+    /// A webhook's verdict on the request `key` (POST `body` to `url`):
+    /// asked on a task on the request's first Conclusion, the Conclusion
+    /// held meanwhile; read, once answered, by the held Conclusion's
+    /// replay or a retransmission of the same request. Publishes and
+    /// players share the table and its per-prefix bounds.
+    fn ask_webhook(
+        &self,
+        url: String,
+        timeout: Duration,
+        body: serde_json::Value,
+        key: ReadKey,
+        now: Instant,
+    ) -> WebhookVerdict {
         let mut pending = self.pending_reads();
         match pending.take(&key) {
             PendingState::Waiting => return WebhookVerdict::Waiting(key),
@@ -1014,7 +1565,8 @@ impl Listener {
         }
     }
 
-    /// Pump every player whose timer is due (or all with `all`).
+    /// Pump every player whose timer is due (or all with `all`), and
+    /// every publisher whose timer is due.
     pub fn pump_all(&mut self, now: Instant, all: bool) {
         let due: Vec<SocketAddr> = self
             .players
@@ -1025,20 +1577,35 @@ impl Listener {
         for a in due {
             self.pump(now, a);
         }
+        let due: Vec<SocketId> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| p.receiver.next_wake() <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.pump_publisher(now, id);
+        }
     }
 
-    /// Earliest instant any player needs attention.
+    /// Earliest instant any player or publisher needs attention.
     pub fn next_wake(&self, now: Instant) -> Instant {
         self.players
             .values()
             .map(|p| p.sender.next_wake())
+            .chain(self.publishers.values().map(|p| p.receiver.next_wake()))
             .min()
             .unwrap_or(now + Duration::from_secs(1))
             .max(now)
     }
 
-    /// Close every player gracefully (server shutdown).
+    /// Close every player gracefully and every publisher at once (server
+    /// shutdown: their groups are ending too).
     pub fn close_all(&mut self, now: Instant) {
+        let ids: Vec<SocketId> = self.publishers.keys().copied().collect();
+        for id in ids {
+            self.remove_publisher(id, "shutdown", true);
+        }
         let addrs: Vec<SocketAddr> = self.players.keys().copied().collect();
         for a in addrs {
             if let Some(p) = self.players.get_mut(&a) {
@@ -1128,11 +1695,23 @@ fn check_token(
 
 struct Decision {
     response: AccessControlResponse,
-    target: Option<(Arc<crate::stream::Ring<TsChunk>>, String, String)>,
+    target: Option<Target>,
     streamid: String,
     why: String,
     /// No answer yet: waiting for the read webhook's answer to this.
     waiting: Option<ReadKey>,
+    /// A publish: counted in `sluice_srt_publishes_total` with `result`
+    /// when refused.
+    publish: bool,
+    result: &'static str,
+}
+
+/// What an accepted caller does.
+enum Target {
+    /// Play a rendition's ring: (ring, `APP/KEY`, rendition).
+    Play((Arc<crate::stream::Ring<TsChunk>>, String, String)),
+    /// Publish this path with its application's settings.
+    Publish(StreamPath, Box<AppConfig>),
 }
 
 enum WebhookVerdict {
@@ -1142,9 +1721,10 @@ enum WebhookVerdict {
     Denied(i32, String),
 }
 
-/// Serve SRT players on `socket` until `shutdown`; then close every player
-/// gracefully (bounded by about 1.5 s) and return. Settings sent on
-/// `reloads` apply to callers that arrive afterwards.
+/// Serve SRT players and publishers on `socket` until `shutdown`; then
+/// close every publisher and every player gracefully (bounded by about
+/// 1.5 s) and return. Settings sent on `reloads` apply to callers that
+/// arrive afterwards.
 pub async fn serve(
     socket: UdpSocket,
     mut listener: Listener,
@@ -1153,6 +1733,7 @@ pub async fn serve(
 ) {
     let notify = listener.registry.data_ready().clone();
     let mut answers = listener.take_answers().expect("a listener is served once");
+    let mut closes = listener.take_closes().expect("a listener is served once");
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::new();
     let mut wire = BytesMut::with_capacity(1500);
@@ -1181,6 +1762,9 @@ pub async fn serve(
                 if let Err(e) = listener.reload(&settings) {
                     warn!(error = %e, "srt settings not reloaded");
                 }
+            }
+            Some(req) = closes.recv() => {
+                listener.close_publisher(req);
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -1703,6 +2287,103 @@ mod tests {
         );
         assert_eq!(l.pending_reads().len(), 0);
         l.pending_reads().check_invariants();
+    }
+
+    /// Streams whose groups start no legs (no application configures any).
+    fn streams(registry: &Arc<Registry>) -> Arc<Streams> {
+        struct NoLegs;
+        impl crate::stream::leg::LegStarter for NoLegs {
+            fn start(
+                &self,
+                _: &crate::stream::leg::LegSpec,
+                _: crate::stream::leg::LegContext,
+            ) -> crate::stream::leg::LegFuture {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        Arc::new(Streams::new(
+            registry.clone(),
+            Arc::new(NoLegs),
+            tokio_util::sync::CancellationToken::new(),
+            crate::stream::driver::StreamSettings {
+                setup_timeout: Duration::from_secs(8),
+                max_ingest_kbps: 100_000,
+                stale_after: Duration::from_secs(3),
+                ring: RingConfig::default(),
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_publisher_claims_its_path_a_second_gets_1409_and_its_media_is_routed_by_socket_id() {
+        let (mut l, registry) = listener();
+        l.enable_publish(streams(&registry), Duration::from_secs(10));
+        let now = Instant::now();
+        let reply = connect(&mut l, now, "#!::r=live/cam1,m=publish");
+        assert_eq!(shake(&reply), ShakeType::Conclusion, "{reply:?}");
+        assert_eq!((l.publishers(), l.players()), (1, 0));
+        let path = StreamPath::from_rtmp("live", "cam1").unwrap();
+        assert!(registry.get(&path).is_some(), "the path is claimed");
+        // Its retransmitted Conclusion gets the same reply, nothing new.
+        let cookie = l.cookie(caller(), l.bucket(now));
+        l.handle_datagram(
+            now,
+            &hs(5, 5, -1, 77, cookie, "#!::r=live/cam1,m=publish"),
+            caller(),
+        );
+        assert_eq!(shake(&take(&mut l)[0].0), ShakeType::Conclusion);
+        assert_eq!(l.publishers(), 1);
+        // A second publisher (another socket of the same address) is refused.
+        l.handle_datagram(
+            now,
+            &hs(5, 5, -1, 78, cookie, "publish:live/cam1"),
+            caller(),
+        );
+        let out = take(&mut l);
+        assert_eq!(
+            shake(&out[0].0),
+            ShakeType::Rejection(reject_code(code::CONFLICT)),
+            "{out:?}"
+        );
+        assert_eq!(l.publishers(), 1);
+        // A data packet addressed to the publisher's socket id reaches its
+        // receiver; the same packet to another id is a player's (dropped).
+        let local = *l.publishers.keys().next().unwrap();
+        let data = |sockid: u32| {
+            let mut d = vec![0u8; 16];
+            d[0..4].copy_from_slice(&12345u32.to_be_bytes()); // the caller's ISN
+            d[4..8].copy_from_slice(&0xC000_0001u32.to_be_bytes()); // solo message 1
+            d[12..16].copy_from_slice(&sockid.to_be_bytes());
+            d.extend([0x47; 1316]);
+            d
+        };
+        l.handle_datagram(now, &data(local.0 ^ 1), caller());
+        let p = &l.publishers[&local];
+        assert_eq!(p.receiver.statistics().rx_data, 0);
+        l.handle_datagram(now, &data(local.0), caller());
+        assert_eq!(l.publishers[&local].receiver.statistics().rx_data, 1);
+        // The stream's group ends (shutdown): the listener closes the
+        // connection and forgets it.
+        l.close_all(now);
+        assert_eq!(l.publishers(), 0);
+        let out = take(&mut l);
+        assert!(out.iter().any(|(p, _)| matches!(
+            p,
+            Packet::Control(ControlPacket {
+                control_type: ControlTypes::Shutdown,
+                ..
+            })
+        )));
+    }
+
+    #[test]
+    fn without_publishing_enabled_a_publish_gets_1405() {
+        let (mut l, _) = listener();
+        let reply = connect(&mut l, Instant::now(), "publish:live/cam1");
+        assert_eq!(
+            shake(&reply),
+            ShakeType::Rejection(reject_code(code::BAD_MODE))
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! SRT egress: the `[srt]` section and push targets (`config`), streamid
-//! access control (`streamid`), a guard that pre-validates every datagram
-//! (`guard`), per-address handshake and webhook budgets (`admission`), the
-//! sender core that feeds a connection from a ring (`sender`), the pull
-//! listener serving players from one UDP socket (`listener`) and push legs
-//! to destinations (`push`). See docs/srt-sans-io.md.
+//! SRT ingest and egress: the `[srt]` section and push targets (`config`),
+//! streamid access control (`streamid`), a guard that pre-validates every
+//! datagram (`guard`), per-address handshake and webhook budgets
+//! (`admission`), the sender core that feeds a connection from a ring
+//! (`sender`) and the receiver core of a publishing connection
+//! (`receiver`), the listener serving players and publishers from one UDP
+//! socket (`listener`), each publisher's ingest task (`publish`) and push
+//! legs to destinations (`push`). See docs/srt-sans-io.md.
 
 mod admission;
 pub mod config;
@@ -12,6 +14,8 @@ pub mod config;
 pub mod fuzz;
 pub mod guard;
 pub mod listener;
+pub mod publish;
 pub mod push;
+pub mod receiver;
 pub mod sender;
 pub mod streamid;

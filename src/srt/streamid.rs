@@ -2,8 +2,9 @@
 //! syntax `#!::key=value,...`) plus the short forms sluice accepts.
 //!
 //! Forms: `#!::r=live/cam1,m=request` (raw or percent-encoded, as OBS and
-//! ffmpeg users often send it), `live/cam1`, `read:live/cam1`, and a
-//! rendition suffix `live/cam1/720p`. Pure: a string in, a request or an
+//! ffmpeg users often send it), `live/cam1`, `read:live/cam1`,
+//! `publish:live/cam1`, and a rendition suffix `live/cam1/720p`. A short
+//! form may carry parameters as a query (`publish:live/cam1?key=KEY`). Pure: a string in, a request or an
 //! error with the SRT rejection code out. A streamid carries secrets
 //! (`s=`, `user_token=`) in any encoding, so errors never quote it and
 //! logs print [`redact`]'s rendering, built from the parsed fields.
@@ -31,7 +32,7 @@ pub enum Mode {
     Publish,
 }
 
-/// A parsed pull (or refused publish) request.
+/// A parsed pull or publish request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRequest {
     /// `APP/KEY`.
@@ -57,7 +58,7 @@ pub enum StreamIdError {
     NoResource,
     #[error("bad stream path: {0}")]
     BadPath(&'static str),
-    #[error("the mode is not offered (use m=request)")]
+    #[error("the mode is not offered (use m=request or m=publish)")]
     BadMode,
 }
 
@@ -148,6 +149,40 @@ fn pairs(body: &str) -> Result<BTreeMap<String, String>, StreamIdError> {
     Ok(params)
 }
 
+/// A short form (`read:PATH`, `publish:PATH`, or a bare `PATH`), each
+/// with an optional `?k=v&k2=v2` query: its mode, its resource and its
+/// parameters. A query may not set `r` or `m` (the form says them) nor
+/// hold ',' (the access-control separator), so every request has one
+/// spelling in the `#!::` form too.
+fn short_form(decoded: &str) -> Result<(Mode, &str, BTreeMap<String, String>), StreamIdError> {
+    let (mode, rest) = if let Some(r) = decoded.strip_prefix("read:") {
+        (Mode::Request, r)
+    } else if let Some(r) = decoded.strip_prefix("publish:") {
+        (Mode::Publish, r)
+    } else {
+        (Mode::Request, decoded)
+    };
+    let Some((resource, query)) = rest.split_once('?') else {
+        return Ok((mode, rest, BTreeMap::new()));
+    };
+    if query.contains(',') {
+        return Err(StreamIdError::Malformed("a ',' in the query"));
+    }
+    let mut params = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or(StreamIdError::Malformed("a key without '='"))?;
+        if k.is_empty() || k == "r" || k == "m" {
+            return Err(StreamIdError::Malformed(
+                "an empty key, r or m in the query",
+            ));
+        }
+        params.insert(k.to_string(), v.to_string());
+    }
+    Ok((mode, resource, params))
+}
+
 /// Parameters whose values are shown by [`redact`]: the SRT access-control
 /// keys that name things (user, host, type). Every other value — `s`,
 /// `user_token`, and any key a client invents — may be a secret.
@@ -212,18 +247,14 @@ pub fn redact(streamid: &str) -> String {
         let mode = params.remove("m").or_else(|| Some("request".into()));
         (resource, mode, params)
     } else {
-        let (mode, rest) = if let Some(r) = decoded.strip_prefix("read:") {
-            ("request", r)
-        } else if let Some(r) = decoded.strip_prefix("publish:") {
-            ("publish", r)
-        } else {
-            ("request", decoded.as_str())
+        let Ok((mode, rest, params)) = short_form(&decoded) else {
+            return opaque();
         };
-        (
-            Some(rest.to_string()),
-            Some(mode.to_string()),
-            BTreeMap::new(),
-        )
+        let mode = match mode {
+            Mode::Request => "request",
+            Mode::Publish => "publish",
+        };
+        (Some(rest.to_string()), Some(mode.to_string()), params)
     };
     let resource = match resource.as_deref().map(split_path) {
         None => None,
@@ -280,19 +311,13 @@ pub fn parse(streamid: &str) -> Result<StreamRequest, StreamIdError> {
             params,
         });
     }
-    let (mode, rest) = if let Some(r) = decoded.strip_prefix("read:") {
-        (Mode::Request, r)
-    } else if let Some(r) = decoded.strip_prefix("publish:") {
-        (Mode::Publish, r)
-    } else {
-        (Mode::Request, decoded.as_str())
-    };
+    let (mode, rest, params) = short_form(&decoded)?;
     let (path, rendition) = split_path(rest)?;
     Ok(StreamRequest {
         path,
         rendition,
         mode,
-        params: BTreeMap::new(),
+        params,
     })
 }
 
@@ -429,6 +454,32 @@ mod tests {
     }
 
     #[test]
+    fn a_short_form_carries_its_parameters_as_a_query() {
+        let r = parse("publish:live/cam1?key=s3cret&x=1").unwrap();
+        assert_eq!((r.path.as_str(), r.mode), ("live/cam1", Mode::Publish));
+        assert_eq!(
+            (r.params["key"].as_str(), r.params["x"].as_str()),
+            ("s3cret", "1")
+        );
+        assert_eq!(parse("publish%3Alive%2Fcam1%3Fkey%3Ds3cret").unwrap(), {
+            let mut r = r.clone();
+            r.params.remove("x");
+            r
+        });
+        for bad in [
+            "publish:live/cam1?m=request",
+            "publish:live/a?key=a,b",
+            "live/a?=1",
+            "live/a?k",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code(), code::BAD_REQUEST, "{bad}");
+        }
+        // The key never shows in logs.
+        let shown = redact("publish:live/cam1?key=s3cret");
+        assert_eq!(shown, "#!::r=live/cam1,m=publish,key=***");
+    }
+
+    #[test]
     fn errors_carry_the_srt_code() {
         let cases = [
             ("", code::BAD_REQUEST),
@@ -444,7 +495,7 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(parse(s).unwrap_err().code(), want, "{s}");
         }
-        // m=publish parses; the listener refuses it with 1405.
+        // m=publish parses (the listener decides whether it is offered).
         assert_eq!(
             parse("#!::r=live/cam1,m=publish").unwrap().mode,
             Mode::Publish

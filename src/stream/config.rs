@@ -40,6 +40,10 @@ pub struct AppConfig {
     pub publish_webhook: Option<String>,
     #[serde(deserialize_with = "config::duration")]
     pub webhook_timeout: Duration,
+    /// SRT publishers of this application's streams must use this
+    /// passphrase (instead of `srt.passphrase`).
+    #[serde(deserialize_with = "passphrase")]
+    pub publish_passphrase: Option<String>,
     /// SRT players of this application's streams must use this passphrase
     /// (instead of `srt.passphrase`).
     #[serde(deserialize_with = "passphrase")]
@@ -62,6 +66,7 @@ impl Default for AppConfig {
             publish_keys: BTreeMap::new(),
             publish_webhook: None,
             webhook_timeout: Duration::from_secs(2),
+            publish_passphrase: None,
             read_passphrase: None,
             read_tokens: BTreeMap::new(),
             read_webhook: None,
@@ -572,6 +577,10 @@ mod tests {
             (
                 "[live]\nread_passphrase = \"short\"",
                 "`apps.live.read_passphrase`",
+            ),
+            (
+                "[live]\npublish_passphrase = \"short\"",
+                "`apps.live.publish_passphrase`",
             ),
             (
                 "[live.read_tokens]\nalice = \"short\"",

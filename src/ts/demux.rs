@@ -37,6 +37,21 @@ pub struct Pes {
     pub data: Bytes,
     /// H.264 IDR (nal 5) / HEVC IRAP (16..=21) found in Annex B data, or random_access_indicator.
     pub keyframe: bool,
+    /// Data was lost on this PID since the previous PES handed out (a
+    /// continuity gap, or a PES dropped as damaged): whatever the lost bytes
+    /// held is missing before this PES. Decoders that predict across frames
+    /// (video) must wait for the next random access point.
+    pub after_loss: bool,
+}
+
+/// An elementary stream listed by a PMT (2.4.4.8), as the demuxer follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EsInfo {
+    pub pid: u16,
+    /// stream_type (Table 2-34).
+    pub stream_type: u8,
+    /// The PID of the PMT that lists it.
+    pub pmt_pid: u16,
 }
 
 /// An elementary PID from a PMT and the PES being assembled on it.
@@ -54,6 +69,8 @@ struct Stream {
     start_offset: u64,
     /// Index of the packet that started the PES.
     start_packet: u64,
+    /// Data was lost since the last PES handed out (see [`Pes::after_loss`]).
+    lost: bool,
 }
 
 /// Where a packet is in the input, for errors.
@@ -176,10 +193,34 @@ impl Demuxer {
         for s in &mut self.streams {
             if s.active && !s.buf.is_empty() && finish_pes(s, out).is_err() {
                 self.dropped_pes += 1;
+                s.lost = true;
             }
             s.active = false;
             s.buf.clear();
         }
+    }
+
+    /// Data was lost before the next input (the transport says so): every
+    /// PES in progress is dropped, and the next PES of every PID comes with
+    /// [`Pes::after_loss`]. Partial input is dropped too, as the bytes that
+    /// follow are not its continuation.
+    pub fn discontinuity(&mut self) {
+        for s in &mut self.streams {
+            if s.active && !s.buf.is_empty() {
+                self.dropped_pes += 1;
+            }
+            s.active = false;
+            s.buf.clear();
+            s.lost = true;
+        }
+        for sb in &mut self.sections {
+            sb.active = false;
+            sb.buf.clear();
+        }
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        // The counters jump over the gap; the next packet of each PID starts afresh.
+        self.cc.fill(CC_NONE);
     }
 
     /// Continuity errors seen so far (2.4.3.3): lost or reordered packets.
@@ -190,6 +231,25 @@ impl Demuxer {
     /// PES packets dropped so far: damaged, truncated, lost data, or over [`MAX_PES`].
     pub fn dropped_pes(&self) -> u64 {
         self.dropped_pes
+    }
+
+    /// Transport packets read so far.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    /// PMT PIDs in PAT order (the first is the first program's).
+    pub fn programs(&self) -> &[u16] {
+        &self.pmt_pids
+    }
+
+    /// The elementary streams followed, in the order their PMTs list them.
+    pub fn streams(&self) -> impl Iterator<Item = EsInfo> + '_ {
+        self.streams.iter().map(|s| EsInfo {
+            pid: s.pid,
+            stream_type: s.stream_type,
+            pmt_pid: s.pmt_pid,
+        })
     }
 
     /// One transport packet (2.4.3.2), adaptation field (2.4.3.4) and
@@ -296,6 +356,7 @@ impl Demuxer {
             return Ok(());
         };
         let mut result = Ok(());
+        s.lost |= lost;
         if lost && s.active {
             // The PES in progress lost a packet: drop it rather than hand out corrupt data.
             s.active = false;
@@ -306,6 +367,7 @@ impl Demuxer {
             if s.active && !s.buf.is_empty() {
                 if let Err(e) = finish_pes(s, out) {
                     self.dropped_pes += 1;
+                    s.lost = true;
                     result = Err(e);
                 }
             }
@@ -321,6 +383,7 @@ impl Demuxer {
         if s.buf.len() + payload.len() > MAX_PES {
             s.active = false;
             s.buf.clear();
+            s.lost = true;
             self.dropped_pes += 1;
             return Err(TsError::PesTooLarge {
                 pid: s.pid,
@@ -338,6 +401,7 @@ impl Demuxer {
                 s.active = false;
                 if let Err(e) = finish_pes(s, out) {
                     self.dropped_pes += 1;
+                    s.lost = true;
                     result = result.and(Err(e));
                 }
                 s.buf.clear();
@@ -500,6 +564,7 @@ impl Demuxer {
                             random_access: false,
                             start_offset: 0,
                             start_packet: 0,
+                            lost: false,
                         });
                     }
                 }
@@ -598,6 +663,7 @@ fn finish_pes(s: &mut Stream, out: &mut Vec<Pes>) -> Result<(), TsError> {
         dts,
         data,
         keyframe,
+        after_loss: std::mem::take(&mut s.lost),
     });
     Ok(())
 }
@@ -896,6 +962,45 @@ mod tests {
         assert_eq!(d.continuity_errors(), 1);
         assert_eq!(d.dropped_pes(), 1);
         assert_eq!(pes.len(), n - 1);
+    }
+
+    #[test]
+    fn the_pes_after_a_loss_says_so() {
+        let (ts, n) = muxed();
+        let video_packets: Vec<usize> = (0..ts.len() / 188)
+            .filter(|i| {
+                let p = &ts[i * 188..];
+                (u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])) == 0x100 && p[1] & 0x40 == 0
+            })
+            .collect();
+        let cut = video_packets[video_packets.len() / 2] * 188;
+        let mut input = ts.clone();
+        input.drain(cut..cut + 188);
+        let mut d = Demuxer::new();
+        let (pes, _) = demux_all(&mut d, &input);
+        let flagged: Vec<&Pes> = pes.iter().filter(|p| p.after_loss).collect();
+        assert_eq!(flagged.len(), 1, "only the next PES of that PID");
+        assert_eq!(flagged[0].pid, 0x100);
+        assert!(pes.len() == n - 1);
+
+        // A gap the transport reports: what was in progress is dropped and
+        // the next PES of every PID is flagged.
+        let mut d = Demuxer::new();
+        let mut out = Vec::new();
+        let half = ts.len() / 2 + 100;
+        let _ = d.push(&ts[..half], &mut out);
+        let before = out.len();
+        d.discontinuity();
+        let _ = d.push(&ts[half..], &mut out);
+        d.flush(&mut out);
+        let after = out.get(before..).unwrap_or_default();
+        for pid in [0x100, 0x101] {
+            let first = after.iter().find(|p| p.pid == pid).unwrap();
+            assert!(first.after_loss, "PID {pid:#x}");
+        }
+        assert_eq!(after.iter().filter(|p| p.after_loss).count(), 2);
+        assert_eq!(d.programs(), &[0x1000]);
+        assert_eq!(d.streams().count(), 2);
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! MPEG-2 transport stream (ISO/IEC 13818-1): a sans-IO muxer that turns [`Frame`]s into
-//! 1316-byte chunks for SRT, and a small demuxer used to find IDRs in FFmpeg's TS output.
+//! 1316-byte chunks for SRT, a small demuxer (FFmpeg's TS output, SRT publishers), and the
+//! ingest that turns a published TS back into [`Frame`]s.
 //! Shared here: PIDs and stream types, the error type, CRC32/MPEG-2 and 33-bit PTS/DTS coding.
 //!
 //! [`Frame`]: crate::media::Frame
 
 pub mod demux;
+pub mod ingest;
 pub mod mux;
 pub(crate) mod psi;
 #[cfg(feature = "fuzzing")]
 mod roundtrip;
 
-pub use demux::{Demuxer, Pes};
+pub use demux::{Demuxer, EsInfo, Pes};
+pub use ingest::{Ingested, TsIngest, TsIngestStats};
 pub use mux::{Muxer, TsChunk, CHUNK, PACKET};
 
 use crate::media::{Codec, Excerpt, MediaError};
