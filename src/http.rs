@@ -509,7 +509,7 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         "key": st.path.key,
         "state": "live",
         "uptime_seconds": (now.duration_since(st.started).as_secs_f64() * 10.0).round() / 10.0,
-        "publisher": {"peer": st.peer, "encoder": meta.encoder},
+        "publisher": {"peer": st.peer, "encoder": meta.encoder, "protocol": st.protocol.get()},
         "codecs": {
             "video": stats.video_codec.map(|c| c.name()),
             "audio": stats.audio_codec.map(|c| c.name()),

@@ -229,6 +229,7 @@ fn with_an_api_token_every_api_request_needs_it_and_probes_stay_open() {
     assert_eq!(r.status, 200, "{}", r.body);
     let live = Sluice::find_stream(&r.json(), "live/cam1").expect("live/cam1 listed");
     assert!(live["publisher"]["peer"].is_string(), "{live}");
+    assert_eq!(live["publisher"]["protocol"], "rtmp", "{live}");
     // The scheme is case-insensitive (RFC 7235 2.1).
     let r = api(
         addr,

@@ -117,6 +117,7 @@ fn ffmpeg_h264_aac_with_b_frames_publishes_and_plays_clean_and_a_second_publishe
     let mut publisher = ffmpeg_srt_publish(&fixture, &[], &publish_url(&server, "live/cam1", ""));
     let live = wait_live(&server, "live/cam1", Some("h264"), Some("aac"));
     assert_eq!(json_f64(&live, "/width"), Some(640.0), "{live}");
+    assert_eq!(live["publisher"]["protocol"], "srt", "{live}");
     server.wait_log_fields(
         &[
             ("message", "srt publisher connected"),

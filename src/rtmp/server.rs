@@ -593,6 +593,7 @@ impl Conn {
             path: path.clone(),
             name,
             peer: &peer,
+            protocol: "rtmp",
             app,
             accepted: self.setup_from,
         });

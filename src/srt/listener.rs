@@ -957,6 +957,7 @@ impl Listener {
             path: path.clone(),
             name: &path.key,
             peer: &peer,
+            protocol: "srt",
             app,
             accepted: now,
         });

@@ -64,6 +64,8 @@ pub struct Publish<'a> {
     pub name: &'a str,
     /// The publisher's `ip:port`.
     pub peer: &'a str,
+    /// The ingest protocol (`rtmp`, RTMPS included, or `srt`), for the API.
+    pub protocol: &'static str,
     pub app: &'a AppConfig,
     /// The ingest connection was accepted: the setup deadline counts from here.
     pub accepted: Instant,
@@ -128,6 +130,7 @@ impl Streams {
             },
             &self.root,
         )?;
+        let _ = guard.stream().protocol.set(p.protocol);
         let series = &guard.stream().series;
         let group = Group::new(
             GroupParams {
@@ -646,6 +649,7 @@ mod tests {
             path: StreamPath::from_rtmp("live", key).unwrap(),
             name: key,
             peer: "10.0.0.1:5000",
+            protocol: "rtmp",
             app,
             accepted: Instant::now(),
         })

@@ -98,6 +98,9 @@ pub struct Stream {
     pub started: Instant,
     pub started_at: SystemTime,
     pub peer: String,
+    /// The ingest protocol (`rtmp`, RTMPS included, or `srt`), set once
+    /// at publish.
+    pub protocol: std::sync::OnceLock<&'static str>,
     /// The publisher's IP when `peer` is a socket address (counted against
     /// `rtmp.max_publishes_per_ip`).
     peer_ip: Option<IpAddr>,
@@ -348,6 +351,7 @@ impl Registry {
             stats: Mutex::new(StatsSnapshot::new(now)),
             metadata: Mutex::new(None),
             legs: Mutex::new(Vec::new()),
+            protocol: std::sync::OnceLock::new(),
             series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))
