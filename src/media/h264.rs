@@ -812,7 +812,8 @@ mod tests {
     fn builds_a_record_the_parser_reads_back() {
         let sps = Bytes::from_static(&[0x67, 0x64, 0x00, 0x1E, 0xAC, 0xD9]);
         let pps = Bytes::from_static(&[0x68, 0xEB, 0xE3, 0xCB]);
-        let rec = avc_decoder_config_record(&[sps.clone()], &[pps.clone()]).unwrap();
+        let rec = avc_decoder_config_record(std::slice::from_ref(&sps), std::slice::from_ref(&pps))
+            .unwrap();
         let c = parse_avc_decoder_config(&rec).unwrap();
         assert_eq!((c.sps, c.pps), (vec![sps.clone()], vec![pps.clone()]));
         assert_eq!((c.profile_indication, c.level_indication), (100, 30));
@@ -821,11 +822,14 @@ mod tests {
         assert_eq!(&rec[rec.len() - 4..], &[0xFD, 0xF8, 0xF8, 0]);
         // Baseline has no trailer.
         let base = Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E, 0xD9]);
-        let rec = avc_decoder_config_record(&[base], &[pps.clone()]).unwrap();
+        let rec = avc_decoder_config_record(&[base], std::slice::from_ref(&pps)).unwrap();
         assert_eq!(rec.len(), 6 + 2 + 5 + 1 + 2 + 4);
-        assert!(avc_decoder_config_record(&[], &[pps.clone()]).is_err());
-        assert!(avc_decoder_config_record(&[sps.clone()], &[]).is_err());
-        assert!(avc_decoder_config_record(&[pps.clone()], &[pps]).is_err());
+        assert!(avc_decoder_config_record(&[], std::slice::from_ref(&pps)).is_err());
+        assert!(avc_decoder_config_record(std::slice::from_ref(&sps), &[]).is_err());
+        assert!(
+            avc_decoder_config_record(std::slice::from_ref(&pps), std::slice::from_ref(&pps))
+                .is_err()
+        );
         assert!(avc_decoder_config_record(&[Bytes::from_static(&[0x67])], &[sps]).is_err());
     }
 }

@@ -661,17 +661,23 @@ mod tests {
         // chromaFormat 4:2:0; three temporal layers, nested.
         assert_eq!(rec[16], 0xFD);
         assert_eq!(rec[21], (3 << 3) | (1 << 2) | 3);
-        assert!(
-            hevc_decoder_config_record(&[], &[Bytes::from(sps.clone())], &[pps.clone()]).is_err()
-        );
-        assert!(
-            hevc_decoder_config_record(&[vps.clone()], &[pps.clone()], &[pps.clone()]).is_err()
-        );
+        assert!(hevc_decoder_config_record(
+            &[],
+            &[Bytes::from(sps.clone())],
+            std::slice::from_ref(&pps)
+        )
+        .is_err());
+        assert!(hevc_decoder_config_record(
+            std::slice::from_ref(&vps),
+            std::slice::from_ref(&pps),
+            std::slice::from_ref(&pps)
+        )
+        .is_err());
         for n in 0..sps.len() {
             let _ = hevc_decoder_config_record(
-                &[vps.clone()],
+                std::slice::from_ref(&vps),
                 &[Bytes::copy_from_slice(&sps[..n])],
-                &[pps.clone()],
+                std::slice::from_ref(&pps),
             );
         }
     }

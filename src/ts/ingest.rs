@@ -82,6 +82,10 @@ struct Video {
     record: Option<Bytes>,
     /// Frames are dropped until the next keyframe (start, or after loss).
     waiting: bool,
+    /// HEVC resumed at a keyframe: RASL pictures right after it reference
+    /// pictures from before it that were never sent (23008-2 8.1.3), so they
+    /// are dropped until the first picture that is not one.
+    skip_rasl: bool,
 }
 
 #[derive(Debug)]
@@ -279,6 +283,7 @@ impl TsIngest {
                     dirty: false,
                     record: None,
                     waiting: true,
+                    skip_rasl: false,
                 });
             }
             (None, _) => self.video = None,
@@ -345,7 +350,10 @@ impl TsIngest {
         let hevc = v.codec == Codec::H265;
         if p.after_loss && !v.waiting {
             v.waiting = true;
-            self.notes_push_loss(p.pid);
+            self.note(format!(
+                "data lost on video PID {:#06x}; frames dropped until the next keyframe",
+                p.pid
+            ));
         }
         let Some(v) = self.video.as_mut() else {
             return;
@@ -376,6 +384,7 @@ impl TsIngest {
         let (mut vps, mut sps, mut pps) = (Vec::new(), Vec::new(), Vec::new());
         let mut keyframe = false;
         let mut other_slices = false;
+        let mut rasl = false;
         let mut size = 0usize;
         for &(s, e) in &self.nals {
             let Some(nal) = p.data.get(s..e) else {
@@ -387,7 +396,12 @@ impl TsIngest {
                 NalKind::Sps if sps.len() < MAX_PARAM_SETS => sps.push(p.data.slice(s..e)),
                 NalKind::Pps if pps.len() < MAX_PARAM_SETS => pps.push(p.data.slice(s..e)),
                 NalKind::Keyframe => keyframe = true,
-                NalKind::Other => other_slices |= is_non_irap_slice(nal, hevc),
+                NalKind::Other => {
+                    other_slices |= is_non_irap_slice(nal, hevc);
+                    // RASL_N, RASL_R (23008-2 Table 7-1).
+                    rasl |=
+                        hevc && matches!((nal.first().copied().unwrap_or(0) >> 1) & 0x3F, 8 | 9);
+                }
                 _ => {}
             }
             if kind.kept(false) {
@@ -416,6 +430,13 @@ impl TsIngest {
         if v.waiting && !keyframe {
             self.stats.dropped_frames += 1;
             return;
+        }
+        if v.skip_rasl {
+            if rasl {
+                self.stats.dropped_frames += 1;
+                return;
+            }
+            v.skip_rasl = false;
         }
         if v.dirty || v.record.is_none() {
             let record = if hevc {
@@ -455,7 +476,10 @@ impl TsIngest {
                 });
             }
         }
-        v.waiting = false;
+        if v.waiting {
+            v.waiting = false;
+            v.skip_rasl = hevc;
+        }
 
         // Length-prefixed NAL units (14496-15 5.3.2 / 8.3.2, 4-byte lengths as
         // in FLV). AUDs and filler go (the muxer writes its own AUD); parameter
@@ -488,12 +512,6 @@ impl TsIngest {
             }),
             timestamp_jump: std::mem::take(&mut v.clock.jump_pending),
         });
-    }
-
-    fn notes_push_loss(&mut self, pid: u16) {
-        self.note(format!(
-            "data lost on video PID {pid:#06x}; frames dropped until the next keyframe"
-        ));
     }
 
     fn audio_pes(&mut self, p: Pes, out: &mut Vec<Ingested>) {
