@@ -434,10 +434,9 @@ height = 240
     let errors = decode_errors(&out);
     assert!(errors.is_empty(), "240p decodes with errors:\n{errors}");
     // The transcode starts at the first video keyframe with the codec
-    // configs known by then; a TS publisher's first audio frame may come
-    // later (reported: TsIngest/group ordering), so only the video is
-    // required here.
-    assert_eq!(ts_codecs(&out).first().map(String::as_str), Some("h264"));
+    // configs known by then; the TS ingest holds the start until the
+    // audio the PMT lists is configured, so the rendition has its audio.
+    assert_eq!(ts_codecs(&out), ["h264", "aac"]);
     assert!(poll_until(Duration::from_secs(10), || dest
         .stdout()
         .text()

@@ -29,6 +29,12 @@ const ORIGIN_90K: i64 = 90_000;
 /// 33-bit timestamps' half range: a step further than this is the shorter
 /// way round the other direction.
 const HALF_RANGE: u64 = 1 << 32;
+/// At the start, when the PMT lists audio but its configuration has not
+/// come yet, what the ingest made is held (see [`StartGate`]) for at most
+/// this much media, or this many events.
+const START_HOLD_MS: u64 = 1000;
+const START_HOLD_EVENTS: usize = 512;
+const START_HOLD_BYTES: usize = 16 << 20;
 
 /// One event out of the ingest.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +125,75 @@ pub struct TsIngest {
     stats: TsIngestStats,
     notes: Vec<String>,
     notes_dropped: u64,
+    /// Events held at the start until every carried track is configured.
+    gate: StartGate,
+    /// Scratch: what one push made, before the gate.
+    made: Vec<Ingested>,
+}
+
+/// The start of a publish, held until both tracks the PMT lists have their
+/// configuration. In TS the first audio frame (and so the AudioSpecificConfig)
+/// often arrives after the first video keyframe; a leg that starts at that
+/// keyframe (the transcode) would start without audio. Held events go out in
+/// order once the audio configuration is known, every configuration first;
+/// or as they are after [`START_HOLD_MS`] of media without it.
+#[derive(Debug, Default)]
+struct StartGate {
+    open: bool,
+    held: Vec<Ingested>,
+}
+
+impl StartGate {
+    /// Pass `made` to `out`, or hold it. `audio_pending`: the PMT lists an
+    /// audio track whose configuration has not come out yet.
+    fn pass(&mut self, made: &mut Vec<Ingested>, audio_pending: bool, out: &mut Vec<Ingested>) {
+        if self.open {
+            out.append(made);
+            return;
+        }
+        self.held.append(made);
+        let frames = self.held.iter().filter_map(|i| match &i.event {
+            MediaEvent::Frame(f) => Some(f.dts),
+            _ => None,
+        });
+        let (first, last) = frames.fold((u64::MAX, 0), |(a, b), d| (a.min(d), b.max(d)));
+        if first == u64::MAX {
+            // No frame yet (the PMT may not even be known): nothing to wait for.
+            return;
+        }
+        let span = last.saturating_sub(first);
+        let bytes: usize = self
+            .held
+            .iter()
+            .map(|i| match &i.event {
+                MediaEvent::Frame(f) => f.data.len(),
+                _ => 0,
+            })
+            .sum();
+        let audio_config = self
+            .held
+            .iter()
+            .any(|i| matches!(i.event, MediaEvent::Config(CodecConfig::Audio { .. })));
+        if audio_config
+            || !audio_pending
+            || span > START_HOLD_MS
+            || self.held.len() > START_HOLD_EVENTS
+            || bytes > START_HOLD_BYTES
+        {
+            self.release(out);
+        }
+    }
+
+    /// Everything held goes out: configurations first, then the rest in order.
+    fn release(&mut self, out: &mut Vec<Ingested>) {
+        self.open = true;
+        let (configs, rest): (Vec<_>, Vec<_>) = self
+            .held
+            .drain(..)
+            .partition(|i| matches!(i.event, MediaEvent::Config(_)));
+        out.extend(configs);
+        out.extend(rest);
+    }
 }
 
 impl TsIngest {
@@ -138,6 +213,8 @@ impl TsIngest {
             stats: TsIngestStats::default(),
             notes: Vec::new(),
             notes_dropped: 0,
+            gate: StartGate::default(),
+            made: Vec::new(),
         }
     }
 
@@ -147,7 +224,11 @@ impl TsIngest {
         if let Err(e) = self.demux.push(data, &mut pes) {
             self.note(e.to_string());
         }
-        self.process(&mut pes, out);
+        let mut made = std::mem::take(&mut self.made);
+        self.process(&mut pes, &mut made);
+        let audio_pending = self.audio.as_ref().is_some_and(|a| a.config.is_none());
+        self.gate.pass(&mut made, audio_pending, out);
+        self.made = made;
         self.pes = pes;
     }
 
@@ -155,7 +236,11 @@ impl TsIngest {
     pub fn flush(&mut self, out: &mut Vec<Ingested>) {
         let mut pes = std::mem::take(&mut self.pes);
         self.demux.flush(&mut pes);
-        self.process(&mut pes, out);
+        let mut made = std::mem::take(&mut self.made);
+        self.process(&mut pes, &mut made);
+        self.gate.held.append(&mut made);
+        self.gate.release(out);
+        self.made = made;
         self.pes = pes;
     }
 
@@ -776,6 +861,8 @@ pub fn fuzz_ingest(data: &[u8]) {
             assert!(v.pps.len() <= MAX_PARAM_SETS);
         }
         assert!(ing.pes.is_empty());
+        assert!(ing.made.is_empty());
+        assert!(ing.gate.open || ing.gate.held.len() <= START_HOLD_EVENTS);
     }
     let Some((&seed, ts)) = data.split_first() else {
         return;

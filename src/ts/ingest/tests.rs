@@ -838,3 +838,73 @@ fn hevc_resumes_at_a_cra_without_its_rasl_pictures() {
     assert!(ing.stats().dropped_frames >= 1, "the RASL pictures");
     remux_decodes_clean(&out);
 }
+
+/// The index of the first event matching `pred`.
+fn first_index(out: &[Ingested], pred: impl Fn(&MediaEvent) -> bool) -> usize {
+    out.iter().position(|i| pred(&i.event)).expect("present")
+}
+
+#[test]
+fn audio_that_starts_after_the_first_keyframe_is_configured_before_it() {
+    // The first audio frame comes 200 ms after the first video keyframe,
+    // as TS muxers often write it: a leg starting at that keyframe must
+    // know the audio already.
+    let frames: Vec<Frame> = known_frames()
+        .into_iter()
+        .filter(|f| f.track == Track::Video || f.dts >= 200)
+        .collect();
+    let ts = mux(&[h264_config(), aac_config()], &frames);
+    for step in [188, 1316] {
+        let mut ing = TsIngest::new(MAX_JUMP);
+        let mut out = Vec::new();
+        let mut first_push_with_output = None;
+        for (n, piece) in ts.chunks(step).enumerate() {
+            ing.push(piece, &mut out);
+            if !out.is_empty() {
+                first_push_with_output.get_or_insert(n);
+            }
+        }
+        ing.flush(&mut out);
+        let audio_config = first_index(&out, |e| {
+            matches!(e, MediaEvent::Config(CodecConfig::Audio { .. }))
+        });
+        let first_keyframe = first_index(
+            &out,
+            |e| matches!(e, MediaEvent::Frame(f) if f.keyframe && f.track == Track::Video),
+        );
+        assert!(
+            audio_config < first_keyframe,
+            "step {step}: {audio_config} >= {first_keyframe}"
+        );
+        // Nothing is lost or reordered within a track.
+        let video = frames.iter().filter(|f| f.track == Track::Video).count();
+        assert_eq!(self::frames(&out, Track::Video).len(), video);
+        let dts: Vec<u64> = self::frames(&out, Track::Video)
+            .iter()
+            .map(|f| f.dts)
+            .collect();
+        assert!(dts.windows(2).all(|w| w[0] < w[1]), "{dts:?}");
+        assert!(first_push_with_output.is_some());
+    }
+}
+
+#[test]
+fn audio_that_never_comes_holds_video_for_a_second_at_most() {
+    let video: Vec<Frame> = known_frames()
+        .into_iter()
+        .filter(|f| f.track == Track::Video)
+        .collect();
+    // The PMT lists AAC, but no audio frame ever comes.
+    let ts = mux(&[h264_config(), aac_config()], &video);
+    let mut ing = TsIngest::new(MAX_JUMP);
+    let mut out = Vec::new();
+    for piece in ts.chunks(1316) {
+        ing.push(piece, &mut out);
+    }
+    let got = frames(&out, Track::Video);
+    assert!(!got.is_empty(), "released before the end of the input");
+    // Released once the held media spanned just over a second.
+    assert!(got.len() < video.len(), "{} of {}", got.len(), video.len());
+    ing.flush(&mut out);
+    assert_eq!(frames(&out, Track::Video).len(), video.len());
+}
