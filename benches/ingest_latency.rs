@@ -430,7 +430,17 @@ fn wait_live(server: &Sluice, path: &str) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{path} not live in 15 s:\n{}", server.log_tail(60));
+    let metrics: Vec<String> = server
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("sluice_srt") && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    panic!(
+        "{path} not live in 15 s:\n{}\n{}",
+        metrics.join("\n"),
+        server.log_tail(60)
+    );
 }
 
 fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
@@ -443,50 +453,50 @@ fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
     let sent: Sent = Arc::default();
     let schedule = ts_schedule(ts);
     let limit = Duration::from_secs(o.secs);
+    // libsrt publishes, as OBS and ffmpeg do: srt-live-transmit reads the
+    // paced TS from its stdin and sends each 1316-byte read as one payload.
+    let url = format!(
+        "srt://{}?streamid=#!::r={path},m=publish&latency={}",
+        server.srt_addr(),
+        o.publisher_latency_ms
+    );
+    let mut slt = std::process::Command::new("srt-live-transmit")
+        .args(["-q", "-chunk:1316", "file://con", &url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("srt-live-transmit (apt install srt-tools)");
+    let mut stdin = slt.stdin.take().expect("stdin");
     let publisher = {
         let stop = stop.clone();
         let sent = sent.clone();
-        let remote = server.srt_addr();
-        let latency = Duration::from_millis(o.publisher_latency_ms);
         let schedule: Vec<(Duration, Vec<u8>)> = schedule
             .iter()
             .take_while(|(d, _)| *d <= limit)
             .map(|(d, c)| (*d, c.to_vec()))
             .collect();
-        std::thread::spawn(move || {
-            let mut next = 0;
-            let mut t0: Option<Instant> = None;
+        std::thread::spawn(move || -> Result<(), String> {
+            use std::io::Write as _;
             let mut starts = VideoStarts::new();
             let mut keys = Vec::new();
-            let done = AtomicBool::new(false);
-            let r = srt_caller(
-                remote,
-                &format!("#!::r={path},m=publish"),
-                latency,
-                &stop,
-                |conn, now| {
-                    let t0 = *t0.get_or_insert(now);
-                    while let Some((due, chunk)) = schedule.get(next) {
-                        if t0 + *due > now {
-                            break;
-                        }
-                        conn.handle_data_input(now, Some((now, bytes::Bytes::from(chunk.clone()))));
-                        keys.clear();
-                        starts.push(chunk, now, &mut keys);
-                        let mut s = sent.lock().unwrap();
-                        for (k, at) in keys.drain(..) {
-                            s.entry(k).or_insert(at);
-                        }
-                        next += 1;
-                    }
-                    if next >= schedule.len() {
-                        done.store(true, Ordering::Relaxed);
-                    }
-                },
-                |_, _| {},
-                |conn, now| while conn.next_data(now).is_some() {},
-            );
-            r
+            let t0 = Instant::now();
+            for (due, chunk) in &schedule {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(w) = (t0 + *due).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(w);
+                }
+                let at = Instant::now();
+                stdin.write_all(chunk).map_err(|e| e.to_string())?;
+                stdin.flush().map_err(|e| e.to_string())?;
+                starts.push(chunk, at, &mut keys);
+                let mut s = sent.lock().unwrap();
+                for (k, at) in keys.drain(..) {
+                    s.entry(k).or_insert(at);
+                }
+            }
+            Ok(())
         })
     };
     wait_live(&server, path);
@@ -501,10 +511,13 @@ fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
     let cpu = cpu.percent(clock_ticks());
     stop.store(true, Ordering::Relaxed);
     let got = play.join().expect("player thread");
-    let tsbpd = match publisher.join().expect("publisher thread") {
-        Ok(l) => l,
-        Err(e) => panic!("srt publisher: {e}\n{}", server.log_tail(40)),
-    };
+    if let Err(e) = publisher.join().expect("publisher thread") {
+        panic!("srt publisher: {e}\n{}", server.log_tail(40));
+    }
+    let _ = slt.kill();
+    let _ = slt.wait();
+    // Both ends ask for a latency; the larger one is used.
+    let tsbpd = Duration::from_millis(o.publisher_latency_ms.max(o.player_latency_ms));
     let relay_hist = relay_histogram(&server);
     let sent = sent.lock().unwrap().clone();
     finish("SRT in -> SRT out", got, &sent, tsbpd, relay_hist, cpu)
