@@ -1,5 +1,6 @@
 //! The stream groups' legs, wired to the modules that implement them: SRT
-//! push legs (`srt::push`) and the transcode (`transcode`).
+//! push legs (`srt::push`), the transcode (`transcode`) and the recording
+//! (`record`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,7 @@ impl LegStarter for Legs {
                 };
                 Box::pin(transcode::run_leg(params, ctx))
             }
+            LegSpec::Record(spec) => Box::pin(crate::record::run_leg(spec.clone(), ctx)),
         }
     }
 }

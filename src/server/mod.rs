@@ -121,10 +121,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             ring: RingConfig::default(),
         },
     ));
+    let apps = Arc::new(config.apps.clone());
+    // Recording's listing and retention read the applications through
+    // this, on every use.
+    let record_roots: crate::record::RootsFn = {
+        let apps = apps.clone();
+        Arc::new(move || crate::record::roots(&apps))
+    };
     let ctx = Arc::new(Context {
         rtmp: config.rtmp.clone(),
         setup_timeout: config.server.setup_timeout,
-        apps: Arc::new(config.apps.clone()),
+        apps,
         streams: streams.clone(),
         shutdown: root.clone(),
     });
@@ -145,9 +152,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         transcode: config.transcode.clone(),
         codecs,
         api_token,
+        record_roots: record_roots.clone(),
     });
     let http_task = serve_http(http, app, root.clone());
     spawn_upkeep(metrics, registry.clone(), root.clone());
+    crate::record::retention::spawn(record_roots, root.clone());
     ready.store(true, Ordering::SeqCst);
 
     let signal = signals.wait().await;
