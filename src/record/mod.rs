@@ -36,6 +36,11 @@ use crate::telemetry::{self as t, LogLimiter};
 pub const QUEUE_BYTES: usize = 8 << 20;
 /// Chunks taken from the ring per read.
 const READ_BATCH: usize = 256;
+/// The recording has no latency to keep: after a read it lets chunks
+/// gather this long, so it and its writer wake ~50 times a second instead
+/// of once per chunk. Well under the ring's slack (a GOP, or 100 ms of an
+/// audio-only stream), so the pause never costs data.
+const READ_PAUSE: Duration = Duration::from_millis(20);
 /// How long a stopping leg waits for its writer to close (fsync) the last
 /// segment; the group aborts legs after 5 s.
 const WRITER_STOP: Duration = Duration::from_secs(4);
@@ -190,7 +195,15 @@ async fn run(spec: RecordSpec, ctx: LegContext) -> Result<(), RecordError> {
                 None => break Err(RecordError::WriterGone),
             },
             r = cursor.read(READ_BATCH, &mut chunks) => match r {
-                Read::Items => feed.chunks(&chunks),
+                Read::Items => {
+                    feed.chunks(&chunks);
+                    if chunks.len() < READ_BATCH {
+                        tokio::select! {
+                            _ = tokio::time::sleep(READ_PAUSE) => {}
+                            _ = ctx.cancel.cancelled() => {}
+                        }
+                    }
+                }
                 Read::Skipped { .. } => feed.interrupt(),
                 Read::TooSlow => break Err(RecordError::TooSlow),
                 Read::Closed => break Ok(()),
