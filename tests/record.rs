@@ -481,3 +481,34 @@ fn an_unwritable_record_dir_fails_a_required_recording_and_is_retried_when_optio
     );
     bystander.finish(5.0);
 }
+
+/// `GET /api/v1/recordings` is behind `server.api_token` like the rest of
+/// the API (it shows the server's paths).
+#[test]
+fn the_recordings_listing_needs_the_api_token() {
+    const TOKEN: &str = "recordings-token-0123456789";
+    let dir = TempDir::new("record-auth");
+    let server = Sluice::start(Some(&format!(
+        "[server]\napi_token = \"{TOKEN}\"\n{}",
+        config(dir.path(), "")
+    )));
+    let get = |headers: &[(&str, &str)]| {
+        http_request_with(
+            server.http_addr(),
+            "GET",
+            "/api/v1/recordings",
+            headers,
+            Duration::from_secs(10),
+        )
+        .expect("GET /api/v1/recordings")
+    };
+    assert_eq!(get(&[]).status, 401);
+    assert_eq!(
+        get(&[("Authorization", "Bearer not-the-token-0000")]).status,
+        401
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let r = get(&[("Authorization", bearer.as_str())]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), serde_json::json!([]));
+}
