@@ -1,7 +1,7 @@
 //! Load and latency benchmark for sluice's SRT egress.
 //!
 //! `cargo bench --bench srt_relay -- [--steps 10,25,50,75] [--step-secs 10]
-//! [--warmup-secs 2] [--joins 20] [--latency-ms 20] [--no-build]`
+//! [--warmup-secs 2] [--joins 20] [--latency-ms 20] [--record DIR] [--no-build]`
 //!
 //! It builds the release `sluice` binary, starts it on ephemeral loopback
 //! ports with a short SRT latency, publishes a pre-encoded ~3 Mbit/s
@@ -16,6 +16,10 @@
 //! * relay-added latency from `sluice_relay_latency_seconds`;
 //! * capacity: players ramped on one stream, per step egress, sluice CPU,
 //!   players with loss or TS continuity errors, and this tool's own CPU.
+//!
+//! With `--record DIR` the stream is also recorded (`record = true`,
+//! 10 s segments under DIR), to compare CPU and relay latency with and
+//! without the recording leg.
 //!
 //! Every child process is killed when the tool exits or panics.
 
@@ -64,6 +68,8 @@ struct Opts {
     joins: usize,
     latency_ms: u64,
     build: bool,
+    /// Record the stream into this directory.
+    record: Option<std::path::PathBuf>,
 }
 
 impl Opts {
@@ -75,6 +81,7 @@ impl Opts {
             joins: 20,
             latency_ms: 20,
             build: true,
+            record: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -86,7 +93,12 @@ impl Opts {
             };
             let takes_value = matches!(
                 key,
-                "--steps" | "--step-secs" | "--warmup-secs" | "--joins" | "--latency-ms"
+                "--steps"
+                    | "--step-secs"
+                    | "--warmup-secs"
+                    | "--joins"
+                    | "--latency-ms"
+                    | "--record"
             );
             let value = if takes_value {
                 match inline {
@@ -114,6 +126,7 @@ impl Opts {
                 ("--warmup-secs", Some(v)) => o.warmup_secs = v.parse().unwrap_or(o.warmup_secs),
                 ("--joins", Some(v)) => o.joins = v.parse().unwrap_or(o.joins),
                 ("--latency-ms", Some(v)) => o.latency_ms = v.parse().unwrap_or(o.latency_ms),
+                ("--record", Some(v)) => o.record = Some(v.into()),
                 ("--no-build", _) => o.build = false,
                 // `--bench` (passed by cargo) and anything else: ignored.
                 _ => {}
@@ -698,10 +711,15 @@ fn main() {
     let bin = sluice_binary(opts.build);
     let flv = fixture();
 
-    let server = Sluice::start_foreground(
-        &bin,
-        &format!("[srt]\nlatency = \"{}ms\"\n", opts.latency_ms),
-    );
+    let mut config = format!("[srt]\nlatency = \"{}ms\"\n", opts.latency_ms);
+    if let Some(dir) = &opts.record {
+        // Every application stays open, as with no section at all.
+        config.push_str(&format!(
+            "[apps.\"*\"]\nrecord = true\nrecord_dir = \"{}\"\nrecord_segment = \"10s\"\n",
+            dir.display()
+        ));
+    }
+    let server = Sluice::start_foreground(&bin, &config);
     eprintln!(
         "srt_relay: sluice pid {} rtmp {} srt {} http {}",
         server.pid(),
@@ -915,6 +933,14 @@ fn main() {
     let panics = sum("sluice_srt_protocol_panics_total");
     let dropped_dg = sum("sluice_srt_dropped_datagrams_total");
     let gop_starts = sum("sluice_srt_gop_cache_starts_total");
+    let recorded = opts.record.as_ref().map(|dir| {
+        (
+            dir.clone(),
+            sum("sluice_record_segments_total"),
+            sum("sluice_record_bytes_total"),
+            sum("sluice_record_segments_dropped_total"),
+        )
+    });
 
     drop(players);
     drop(ff);
@@ -943,6 +969,14 @@ fn main() {
     println!(
         "stream: {STREAM_PATH}, 1280x720 30 fps H.264 (B-frames, GOP 2 s) + AAC, ingest {ingest_mbps:.2} Mbit/s (sluice API)"
     );
+    match &recorded {
+        Some((dir, segments, bytes, dropped)) => println!(
+            "recording: on, into {} (10 s segments): {segments} segments closed, {:.1} MB written, {dropped} segments dropped",
+            dir.display(),
+            bytes / 1e6
+        ),
+        None => println!("recording: off"),
+    }
     println!();
     println!(
         "### a. join latency ({} joins at random GOP phases; network arrival, before TSBPD)",

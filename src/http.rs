@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Live;
 use crate::gpu::Gpus;
+use crate::record::RootsFn;
 use crate::stream::{Registry, Stream, StreamPath};
 use crate::transcode::config::{TranscodeConfig, VideoCodec};
 use crate::transcode::EncoderState;
@@ -46,6 +47,9 @@ pub struct AppState {
     pub api_token: Arc<Live<Option<ApiToken>>>,
     /// Re-reads the config file (`POST /api/v1/config/reload`).
     pub reload: Arc<dyn Reload>,
+    /// The record directories of the applications that record, as
+    /// configured now (`GET /api/v1/recordings`).
+    pub record_roots: RootsFn,
 }
 
 /// `[transcode]` and the codecs the configured renditions use.
@@ -113,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{app}/{key}", get(one_stream))
+        .route("/api/v1/recordings", get(recordings))
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/encoders", get(encoders))
         .route("/api/v1/encoders/probe", post(reprobe))
@@ -470,6 +475,27 @@ async fn one_stream(
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no live stream {app}/{key}"),
+        ),
+    }
+}
+
+/// `?app=` and `?key=` of `GET /api/v1/recordings`.
+#[derive(Debug, serde::Deserialize)]
+struct RecordingsQuery {
+    app: Option<String>,
+    key: Option<String>,
+}
+
+/// Every recorded segment of the applications that record (optionally of
+/// one application and/or key); the walk runs off the async workers.
+async fn recordings(State(s): State<AppState>, Query(q): Query<RecordingsQuery>) -> Response {
+    let roots = (s.record_roots)();
+    let walk = move || crate::record::list::list(&roots, q.app.as_deref(), q.key.as_deref());
+    match tokio::task::spawn_blocking(walk).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("listing recordings failed: {e}"),
         ),
     }
 }

@@ -10,6 +10,7 @@ pub mod flv;
 pub mod gpu;
 pub mod http;
 pub mod media;
+pub mod record;
 pub mod rtmp;
 pub mod server;
 pub mod srt;

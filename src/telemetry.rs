@@ -35,6 +35,10 @@ pub const STREAM_SETUP_FAILURES_TOTAL: &str = "sluice_stream_setup_failures_tota
 pub const LEG_FAILURES_TOTAL: &str = "sluice_leg_failures_total";
 pub const LEG_RETRIES_TOTAL: &str = "sluice_leg_retries_total";
 pub const RTMP_PUSH_BYTES_TOTAL: &str = "sluice_rtmp_push_bytes_total";
+pub const RECORD_SEGMENTS_TOTAL: &str = "sluice_record_segments_total";
+pub const RECORD_BYTES_TOTAL: &str = "sluice_record_bytes_total";
+pub const RECORD_SEGMENTS_DROPPED_TOTAL: &str = "sluice_record_segments_dropped_total";
+pub const RECORD_SEGMENTS_DELETED_TOTAL: &str = "sluice_record_segments_deleted_total";
 pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
 pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
@@ -177,6 +181,10 @@ pub const FAMILIES: &[Family] = &[
     Family::new(LEG_FAILURES_TOTAL, Kind::Counter, "Legs (push, restream, transcode, recording) that failed, by kind, reason and whether the stream required them."),
     Family::new(LEG_RETRIES_TOTAL, Kind::Counter, "Optional legs started again after a failure (capped exponential backoff), by kind."),
     Family::new(RTMP_PUSH_BYTES_TOTAL, Kind::Counter, "Bytes written to RTMP(S) restream destinations (RTMP chunks, before TLS)."),
+    Family::new(RECORD_SEGMENTS_TOTAL, Kind::Counter, "Recording segments closed complete and fsync'd."),
+    Family::new(RECORD_BYTES_TOTAL, Kind::Counter, "Bytes written to recording segments."),
+    Family::new(RECORD_SEGMENTS_DROPPED_TOTAL, Kind::Counter, "Recording segments lost, whole or their rest, because the disk did not keep up (the write queue was full)."),
+    Family::new(RECORD_SEGMENTS_DELETED_TOTAL, Kind::Counter, "Recording segments deleted by retention (record_keep)."),
     Family::new(TS_MUX_ERRORS_TOTAL, Kind::Counter, "Frames or codec configs the MPEG-TS muxer refused, by stream."),
     Family::new(SRT_PLAYERS, Kind::Gauge, "Connected SRT players."),
     Family::new(SRT_PLAYERS_TOTAL, Kind::Counter, "SRT players accepted."),

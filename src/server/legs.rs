@@ -1,6 +1,6 @@
 //! The stream groups' legs, wired to the modules that implement them: SRT
-//! push legs (`srt::push`), RTMP(S) restreams (`rtmp::client`) and the
-//! transcode (`transcode`).
+//! push legs (`srt::push`), RTMP(S) restreams (`rtmp::client`), the
+//! transcode (`transcode`) and the recording (`record`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,7 @@ impl LegStarter for Legs {
                 };
                 Box::pin(transcode::run_leg(params, ctx))
             }
+            LegSpec::Record(spec) => Box::pin(crate::record::run_leg(spec.clone(), ctx)),
         }
     }
 }

@@ -208,6 +208,12 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         Some(srt_reloads),
         root.clone(),
     ));
+    // Recording's listing and retention read the applications in force
+    // (a reload changes them) on every use.
+    let record_roots: crate::record::RootsFn = {
+        let reloader = reloader.clone();
+        Arc::new(move || crate::record::roots(&reloader.current().apps))
+    };
     let app = http::router(AppState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -217,9 +223,11 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         encoder_inputs,
         api_token,
         reload: reloader.clone(),
+        record_roots: record_roots.clone(),
     });
     let http_task = serve_http(http, app, root.clone());
     spawn_upkeep(metrics, registry.clone(), root.clone());
+    crate::record::retention::spawn(record_roots, root.clone());
     let Signals { term, int, hup } = signals;
     spawn_reloads(hup, reloader.clone(), root.clone());
     ready.store(true, Ordering::SeqCst);

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use super::path::validate_segment;
 use crate::auth::Secret;
 use crate::config::{self, ConfigError};
+use crate::record::config::{self as record_config, RecordSpec};
 use crate::rtmp::config::{parse_rtmp_url, RtmpTarget};
 use crate::srt::config::{parse_push_url, passphrase, PushTarget};
 use crate::transcode::config::{rendition_rules, RenditionSpec, VideoCodec};
@@ -55,6 +57,20 @@ pub struct AppConfig {
     /// player of this application is accepted; 2xx allows.
     #[serde(deserialize_with = "webhook")]
     pub read_webhook: Option<String>,
+    /// Record the source rendition of every stream to MPEG-TS segments
+    /// under `record_dir/APP/KEY/`.
+    pub record: bool,
+    /// Relative paths are under the server's working directory.
+    pub record_dir: PathBuf,
+    /// Segments are cut at the first keyframe this long after their start.
+    #[serde(deserialize_with = "record_config::segment")]
+    pub record_segment: Duration,
+    /// A recording that cannot start fails the publish; one that fails
+    /// ends the stream. Otherwise (the default) it is retried.
+    pub record_required: bool,
+    /// Segments older than this are deleted; unset keeps them forever.
+    #[serde(deserialize_with = "record_config::keep")]
+    pub record_keep: Option<Duration>,
 }
 
 impl Default for AppConfig {
@@ -70,6 +86,11 @@ impl Default for AppConfig {
             read_passphrase: None,
             read_tokens: BTreeMap::new(),
             read_webhook: None,
+            record: false,
+            record_dir: PathBuf::from(record_config::DEFAULT_DIR),
+            record_segment: record_config::DEFAULT_SEGMENT,
+            record_required: false,
+            record_keep: None,
         }
     }
 }
@@ -211,6 +232,16 @@ impl AppConfig {
             || self.read_webhook.is_some()
     }
 
+    /// The recording leg of its streams, when `record = true`.
+    pub fn record_spec(&self) -> Option<RecordSpec> {
+        self.record.then(|| RecordSpec {
+            dir: self.record_dir.clone(),
+            segment: self.record_segment,
+            keep: self.record_keep,
+            required: self.record_required,
+        })
+    }
+
     /// Rules across keys, after the table was read: names of streams and
     /// users, the rendition table (which also fills in size-based
     /// bitrates), and pushes of renditions that exist. `name` is the
@@ -235,6 +266,13 @@ impl AppConfig {
                 .map_err(|m| ConfigError::invalid(format!("publish_keys.{stream}"), m))?;
         }
         rendition_rules(&mut self.renditions).map_err(|e| e.under("renditions"))?;
+        record_config::check(self.record_segment, self.record_keep)?;
+        if self.record_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "record_dir",
+                "must not be empty; leave it out for \"recordings\" under the working directory",
+            ));
+        }
         for (i, t) in self.push.iter().enumerate() {
             let rendition = t.rendition();
             if rendition != "source" && !self.renditions.iter().any(|r| r.name == rendition) {
@@ -523,6 +561,22 @@ mod tests {
     }
 
     #[test]
+    fn recording_is_read_with_its_defaults() {
+        let a = apps("[live]\n[studio]\nrecord = true\nrecord_dir = \"/srv/rec\"\nrecord_segment = \"10s\"\nrecord_keep = \"7d\"\nrecord_required = true").unwrap();
+        assert_eq!(a.lookup("live").unwrap().record_spec(), None);
+        let s = a.lookup("studio").unwrap().record_spec().unwrap();
+        assert_eq!(s.dir, PathBuf::from("/srv/rec"));
+        assert_eq!(s.segment, Duration::from_secs(10));
+        assert_eq!(s.keep, Some(Duration::from_secs(7 * 86_400)));
+        assert!(s.required);
+        let d = apps("[live]\nrecord = true").unwrap();
+        assert_eq!(
+            d.lookup("live").unwrap().record_spec(),
+            Some(RecordSpec::default())
+        );
+    }
+
+    #[test]
     fn only_the_exact_key_star_is_the_default() {
         for name in ["\"**\"", "\"*a\"", "\"a*\"", "\" *\""] {
             let e = err(&format!("[{name}]\ntakeover = true"));
@@ -591,6 +645,22 @@ mod tests {
                 "`apps.live.read_tokens.a=b`",
             ),
             ("live = 5", "`apps.live`"),
+            (
+                "[live]\nrecord_segment = \"0s\"",
+                "`apps.live.record_segment`",
+            ),
+            (
+                "[live]\nrecord_segment = \"25h\"",
+                "`apps.live.record_segment`",
+            ),
+            ("[live]\nrecord_segment = 5", "`apps.live.record_segment`"),
+            ("[live]\nrecord_keep = \"1w\"", "`apps.live.record_keep`"),
+            (
+                "[live]\nrecord_segment = \"2m\"\nrecord_keep = \"1m\"",
+                "`apps.live.record_keep`",
+            ),
+            ("[live]\nrecord_dir = \"\"", "`apps.live.record_dir`"),
+            ("[live]\nrecord = \"yes\"", "`apps.live.record`"),
         ] {
             let e = err(text);
             assert!(e.contains(key), "{text:?} gave {e:?}, wanted the key {key}");

@@ -117,6 +117,7 @@ impl Streams {
         if !p.app.renditions.is_empty() {
             specs.push(LegSpec::Transcode(p.app.renditions.clone()));
         }
+        specs.extend(p.app.record_spec().map(LegSpec::Record));
         let settings = self.settings.get();
         let guard = self.registry.claim(
             p.path.clone(),

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{MediaEvent, Track};
+use crate::record::config::RecordSpec;
 use crate::rtmp::config::RtmpTarget;
 use crate::srt::config::PushTarget;
 use crate::transcode::config::RenditionSpec;
@@ -30,6 +31,8 @@ pub enum LegSpec {
     RtmpPush { target: RtmpTarget, required: bool },
     /// `[[apps.NAME.renditions]]`: one FFmpeg making them all.
     Transcode(Vec<RenditionSpec>),
+    /// `record = true`: the source rendition written to segment files.
+    Record(RecordSpec),
 }
 
 impl LegSpec {
@@ -65,6 +68,10 @@ impl LegSpec {
                 },
                 required: true,
             },
+            LegSpec::Record(r) => LegInfo {
+                kind: LegKind::Record,
+                required: r.required,
+            },
         }
     }
 
@@ -78,6 +85,7 @@ impl LegSpec {
                 .map(|r| r.name.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
+            LegSpec::Record(r) => r.dir.display().to_string(),
         }
     }
 }
