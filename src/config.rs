@@ -81,8 +81,22 @@ fn parse(text: &str) -> Result<toml::Table, ConfigError> {
     text.parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
             path: "<inline>".into(),
-            message: e.to_string(),
+            message: syntax_message(text, &e),
         })
+}
+
+/// A TOML error as "line L, column C: what": never the line itself, which
+/// `toml`'s own rendering quotes and which may hold a key or passphrase
+/// (a half-edited secret is the usual reason a reload fails).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim_end();
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return what.to_string();
+    };
+    let before = text.get(..at).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {what}")
 }
 
 /// Deserialize through `serde_path_to_error`, which records where the
@@ -300,6 +314,22 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn toml_errors_say_where_without_quoting_the_line() {
+        for (text, line) in [
+            ("[apps.live.publish_keys]\ncam1 = \"TOPSECRET-KEY-123\n", 2),
+            (
+                "[a]\ncam1 = \"ONE-SECRET-1\"\ncam1 = \"OTHER-SECRET-456\"\n",
+                3,
+            ),
+            ("[rtmp\n", 1),
+        ] {
+            let e = from_toml::<toml::Table>(text, "").unwrap_err().to_string();
+            assert!(e.contains(&format!("line {line}, column ")), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+    }
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(default, deny_unknown_fields)]

@@ -165,7 +165,11 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         stream_settings(config),
     ));
     let apps = Arc::new(config.apps.clone());
-    srt.enable_publish(streams.clone(), config.rtmp.max_timestamp_jump);
+    srt.enable_publish(
+        streams.clone(),
+        config.rtmp.max_timestamp_jump,
+        config.rtmp.max_ingest_kbps,
+    );
     let ctx = Arc::new(Context {
         settings: Live::new(rtmp_settings(config, apps.clone(), checked.tls)),
         streams: streams.clone(),

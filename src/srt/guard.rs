@@ -95,7 +95,7 @@ pub fn check_publisher(d: &[u8]) -> Verdict {
         return Verdict::Drop("shorter than an SRT header");
     }
     if d[0] & 0x80 == 0 {
-        return Verdict::Pass;
+        return check_publisher_data(d);
     }
     if u16::from_be_bytes([d[0], d[1]]) & 0x7FFF != 7 {
         return check(d);
@@ -109,6 +109,27 @@ pub fn check_publisher(d: &[u8]) -> Verdict {
         }
         _ => Verdict::Drop("drop request range"),
     }
+}
+
+/// Largest SRT payload in live mode (SRTO_PAYLOADSIZE's maximum): 1500
+/// bytes of Ethernet MTU less the IP, UDP and SRT headers.
+pub const MAX_PAYLOAD: usize = 1456;
+
+/// A publisher's data packet: live mode, so a message of its own (PP = 11,
+/// RFC draft §3.1) of at most [`MAX_PAYLOAD`] bytes. Anything else
+/// (multi-packet messages that srt-protocol would reassemble into up to
+/// megabytes, empty payloads) is not a live publisher and costs the one
+/// UDP loop for nothing. Payloads need not be whole TS packets:
+/// srt-live-transmit sends what each read of a pipe returned.
+fn check_publisher_data(d: &[u8]) -> Verdict {
+    let payload = d.len() - HEADER;
+    if d[4] >> 6 != 0b11 {
+        return Verdict::Drop("publisher data not a single-packet message");
+    }
+    if payload == 0 || payload > MAX_PAYLOAD {
+        return Verdict::Drop("publisher data empty or larger than a live payload");
+    }
+    Verdict::Pass
 }
 
 /// Most RTT or RTT variance (µs) a full ACK may report.
@@ -327,12 +348,34 @@ mod tests {
 
     #[test]
     fn publishers_may_send_media_and_ordered_drop_requests_only() {
-        let data = [vec![0u8; 16], vec![0x47; 1316]].concat();
+        // A solo message (PP = 11) of 7 TS packets.
+        let data = |pp: u8, payload: usize| {
+            let mut h = vec![0u8; 16];
+            h[4] = pp << 6;
+            [h, vec![0x47; payload]].concat()
+        };
         assert_eq!(
-            check(&data),
+            check(&data(3, 1316)),
             Verdict::Drop("data packet from a pull player")
         );
-        assert_eq!(check_publisher(&data), Verdict::Pass);
+        assert_eq!(check_publisher(&data(3, 1316)), Verdict::Pass);
+        assert_eq!(check_publisher(&data(3, 188)), Verdict::Pass);
+        // Parts of a multi-packet message; empty payloads or larger than a
+        // live payload.
+        for pp in [0, 1, 2] {
+            assert_eq!(
+                check_publisher(&data(pp, 1316)),
+                Verdict::Drop("publisher data not a single-packet message")
+            );
+        }
+        assert_eq!(check_publisher(&data(3, 1000)), Verdict::Pass);
+        for n in [0, 1457, 1504] {
+            assert_eq!(
+                check_publisher(&data(3, n)),
+                Verdict::Drop("publisher data empty or larger than a live payload")
+            );
+        }
+        let data = data(3, 1316);
         assert_eq!(
             check_publisher(&data[..15]),
             Verdict::Drop("shorter than an SRT header")

@@ -121,6 +121,44 @@ struct Publisher {
     /// How the connection ended, for the task's log and its group.
     ended: Option<tokio::sync::oneshot::Sender<ConnectionEnd>>,
     queue_drops: u64,
+    /// Datagrams it may still send now (a token bucket).
+    budget: DatagramBudget,
+}
+
+/// A publisher's datagram allowance: twice what `rtmp.max_ingest_bitrate`
+/// needs in full 1316-byte payloads, plus room for its control packets,
+/// refilled continuously, at most a second's worth banked. Every datagram
+/// costs the one UDP loop that serves all players and publishers; past the
+/// allowance they are dropped before srt-protocol sees them.
+#[derive(Debug)]
+struct DatagramBudget {
+    tokens: f64,
+    per_second: f64,
+    refilled: Instant,
+}
+
+impl DatagramBudget {
+    fn new(max_ingest_kbps: u32, now: Instant) -> DatagramBudget {
+        let media = f64::from(max_ingest_kbps) * 125.0 / 1316.0;
+        let per_second = 2.0 * media + 500.0;
+        DatagramBudget {
+            tokens: per_second,
+            per_second,
+            refilled: now,
+        }
+    }
+
+    /// Take one datagram's place; `false` when there is none.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// What SRT publishing needs besides the listener's own state.
@@ -128,6 +166,9 @@ struct PublishSetup {
     streams: Arc<Streams>,
     /// `rtmp.max_timestamp_jump`: one timeline policy for every ingest.
     max_jump: Duration,
+    /// `rtmp.max_ingest_bitrate` (kbit/s): sizes each publisher's datagram
+    /// allowance.
+    max_ingest_kbps: u32,
 }
 
 /// Why a player's sender is done, as the log says it.
@@ -490,10 +531,16 @@ impl Listener {
 
     /// Accept SRT publishers (`m=publish`), starting their streams through
     /// `streams`. Until called, publishing is refused with 1405.
-    pub fn enable_publish(&mut self, streams: Arc<Streams>, max_timestamp_jump: Duration) {
+    pub fn enable_publish(
+        &mut self,
+        streams: Arc<Streams>,
+        max_timestamp_jump: Duration,
+        max_ingest_kbps: u32,
+    ) {
         self.publish = Some(PublishSetup {
             streams,
             max_jump: max_timestamp_jump,
+            max_ingest_kbps,
         });
     }
 
@@ -951,6 +998,7 @@ impl Listener {
         let Some(setup) = &self.publish else {
             return Err(("rejected_bad_mode", code::BAD_MODE, "not offered".into()));
         };
+        let setup_kbps = setup.max_ingest_kbps;
         fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
         let peer = from.to_string();
         let started = setup.streams.start(Publish {
@@ -1032,6 +1080,7 @@ impl Listener {
                 gap: false,
                 ended: Some(ended),
                 queue_drops: 0,
+                budget: DatagramBudget::new(setup_kbps, now),
             },
         );
         metrics::gauge!(telemetry::SRT_PUBLISHERS).set(self.publishers.len() as f64);
@@ -1041,6 +1090,15 @@ impl Listener {
 
     /// A datagram for publisher `id` (it came from its address).
     fn publisher_datagram(&mut self, now: Instant, data: &[u8], id: SocketId, from: SocketAddr) {
+        if !self
+            .publishers
+            .get_mut(&id)
+            .is_some_and(|p| p.budget.take(now))
+        {
+            metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "publisher_rate")
+                .increment(1);
+            return;
+        }
         match guard::check_publisher(data) {
             Verdict::Pass => {}
             Verdict::Drop(reason) => {
@@ -2318,7 +2376,7 @@ mod tests {
     #[tokio::test]
     async fn a_publisher_claims_its_path_a_second_gets_1409_and_its_media_is_routed_by_socket_id() {
         let (mut l, registry) = listener();
-        l.enable_publish(streams(&registry), Duration::from_secs(10));
+        l.enable_publish(streams(&registry), Duration::from_secs(10), 100_000);
         let now = Instant::now();
         let reply = connect(&mut l, now, "#!::r=live/cam1,m=publish");
         assert_eq!(shake(&reply), ShakeType::Conclusion, "{reply:?}");
@@ -2474,5 +2532,21 @@ mod tests {
         }
         assert!(shutdown);
         assert_eq!(l.players(), 0);
+    }
+
+    #[test]
+    fn a_publishers_datagrams_are_budgeted_from_the_ingest_cap() {
+        let t0 = Instant::now();
+        // 8 Mbit/s: 760 full payloads a second, twice that plus 500.
+        let mut b = DatagramBudget::new(8_000, t0);
+        let per_second = (2.0 * 8_000.0 * 125.0 / 1316.0 + 500.0) as usize;
+        let allowed = (0..10_000).filter(|_| b.take(t0)).count();
+        assert_eq!(allowed, per_second);
+        assert!(!b.take(t0), "a flood past the allowance is dropped");
+        // Refilled with time, never past a second's worth.
+        assert!(b.take(t0 + Duration::from_millis(10)));
+        let later = t0 + Duration::from_secs(60);
+        let allowed = (0..10_000).filter(|_| b.take(later)).count();
+        assert_eq!(allowed, per_second);
     }
 }

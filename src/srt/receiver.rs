@@ -5,7 +5,7 @@
 //! listener reads the clock, owns the socket and isolates panics.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use srt_protocol::connection::DuplexConnection;
@@ -15,6 +15,13 @@ use srt_protocol::packet::Packet;
 /// hold the listener's loop (the rest come next turn, which is at once:
 /// [`Receiver::next_wake`] stays due while payloads wait).
 const RELEASE_BATCH: usize = 512;
+/// After a look for payloads that found none due, the next look waits at
+/// least this long. srt-protocol's release check walks every missing slot
+/// at the head of its buffer (up to the 8192 of its window) each time it
+/// is asked; asked once per datagram, a publisher that leaves a hole and
+/// floods small packets behind it makes every datagram cost that walk.
+/// Its own timers still bring the next due payload out on time.
+const RELEASE_POLL_GAP: Duration = Duration::from_millis(1);
 
 /// Why a receiver is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,8 @@ pub struct Receiver {
     /// request) as last seen; more means a gap before the next payload.
     dropped_seen: u64,
     gap: bool,
+    /// When to look for payloads due for release next.
+    release_at: Instant,
 }
 
 impl Receiver {
@@ -47,6 +56,7 @@ impl Receiver {
             bytes_in: 0,
             dropped_seen: 0,
             gap: false,
+            release_at: now,
         }
     }
 
@@ -68,19 +78,34 @@ impl Receiver {
     ) -> Option<End> {
         let mut next = self.conn.check_timers(now);
         let mut more = false;
-        for n in 0.. {
-            if n == RELEASE_BATCH {
-                more = true;
-                break;
+        if now >= self.release_at {
+            let mut n = 0;
+            loop {
+                if n == RELEASE_BATCH {
+                    more = true;
+                    break;
+                }
+                let next = self.conn.next_data(now);
+                self.note_drops();
+                let Some((_, payload)) = next else {
+                    break;
+                };
+                n += 1;
+                self.payloads += 1;
+                self.bytes_in += payload.len() as u64;
+                released.push((payload, std::mem::take(&mut self.gap)));
             }
-            let next = self.conn.next_data(now);
-            self.note_drops();
-            let Some((_, payload)) = next else {
-                break;
+            // The next due payload is among srt-protocol's timers.
+            next = self.conn.next_timer(now);
+            self.release_at = if more {
+                now
+            } else if n == 0 {
+                next.max(now + RELEASE_POLL_GAP)
+            } else {
+                next
             };
-            self.payloads += 1;
-            self.bytes_in += payload.len() as u64;
-            released.push((payload, std::mem::take(&mut self.gap)));
+        } else {
+            next = next.min(self.release_at);
         }
         while let Some(p) = self.conn.next_packet(now) {
             out.push(p);
