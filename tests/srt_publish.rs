@@ -125,6 +125,18 @@ fn ffmpeg_h264_aac_with_b_frames_publishes_and_plays_clean_and_a_second_publishe
         ],
         Duration::from_secs(5),
     );
+    let carried = server.wait_log_fields(
+        &[
+            ("message", "srt publisher's elementary streams"),
+            ("stream", "live/cam1"),
+        ],
+        Duration::from_secs(5),
+    );
+    let streams = carried["streams"].as_str().unwrap_or_default();
+    assert!(
+        streams.contains("h264") && streams.contains("aac"),
+        "{carried}"
+    );
     let out = dir.join("cam1.ts");
     record_srt(&server.srt_url("live/cam1", ""), 4, &out);
     assert_eq!(ts_codecs(&out), ["h264", "aac"]);

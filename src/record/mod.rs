@@ -167,7 +167,17 @@ async fn run(spec: RecordSpec, ctx: LegContext) -> Result<(), RecordError> {
     let (report_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer::new(dir, key_dir, spec.keep, queued.clone(), report_tx);
     let span = tracing::Span::current();
-    let mut writer_done = tokio::task::spawn_blocking(move || span.in_scope(|| writer.run(rx)));
+    // A thread of its own for the stream's whole life, not one of tokio's
+    // blocking pool (512 threads, shared with name lookups and the API):
+    // hundreds of recordings must not starve those.
+    let (done_tx, mut writer_done) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("sluice-record".into())
+        .spawn(move || {
+            span.in_scope(|| writer.run(rx));
+            let _ = done_tx.send(());
+        })
+        .map_err(|_| RecordError::WriterGone)?;
 
     let mut feed = Feed {
         segmenter: Segmenter::new(spec.segment, QUEUE_BYTES),

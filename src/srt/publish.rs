@@ -118,6 +118,11 @@ pub async fn run(mut task: PublishTask) {
     };
     let mut jump_log = LogLimiter::per_interval();
     let mut loss_log = LogLimiter::per_interval();
+    let mut notes_log = LogLimiter::per_interval();
+    // What the TS carries and what it ignores (MP2 or Opus audio, data
+    // streams), logged when it changes, looked at once a second.
+    let mut carried = String::new();
+    let mut next_describe = Instant::now();
     let mut out = Vec::new();
     let mut stopped: Option<Stopped> = None;
     loop {
@@ -144,6 +149,12 @@ pub async fn run(mut task: PublishTask) {
                 }
                 ingest.push(&payload, &mut out);
                 feed(&task.group, &payload, &mut out).await;
+                for note in ingest.drain_notes() {
+                    if let Some(suppressed) = notes_log.check(Instant::now()) {
+                        warn!(stream = %stream.path, peer = %task.peer, suppressed,
+                            note = %note, "srt publisher's TS: data dropped or ignored");
+                    }
+                }
                 let before = series.update(ingest.stats());
                 let s = ingest.stats();
                 if s.timestamp_jumps > before[3] {
@@ -151,6 +162,16 @@ pub async fn run(mut task: PublishTask) {
                         warn!(stream = %stream.path, peer = %task.peer,
                             limit_ms = task.max_jump.as_millis() as u64, suppressed,
                             "timestamp jumped; timeline re-based");
+                    }
+                }
+                let now = Instant::now();
+                if now >= next_describe {
+                    next_describe = now + std::time::Duration::from_secs(1);
+                    let d = ingest.describe();
+                    if d != carried {
+                        info!(stream = %stream.path, peer = %task.peer, streams = %d,
+                            "srt publisher's elementary streams");
+                        carried = d;
                     }
                 }
                 if s.continuity_errors > before[0] || s.dropped_frames > before[1] {
