@@ -479,18 +479,21 @@ async fn one_stream(
     }
 }
 
-/// `?app=` and `?key=` of `GET /api/v1/recordings`.
+/// `?app=`, `?key=` and `?limit=` of `GET /api/v1/recordings`.
 #[derive(Debug, serde::Deserialize)]
 struct RecordingsQuery {
     app: Option<String>,
     key: Option<String>,
+    limit: Option<usize>,
 }
 
 /// Every recorded segment of the applications that record (optionally of
 /// one application and/or key); the walk runs off the async workers.
 async fn recordings(State(s): State<AppState>, Query(q): Query<RecordingsQuery>) -> Response {
     let roots = (s.record_roots)();
-    let walk = move || crate::record::list::list(&roots, q.app.as_deref(), q.key.as_deref());
+    use crate::record::list::{DEFAULT_LIMIT, MAX_LIMIT};
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let walk = move || crate::record::list::list(&roots, q.app.as_deref(), q.key.as_deref(), limit);
     match tokio::task::spawn_blocking(walk).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(

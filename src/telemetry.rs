@@ -69,6 +69,7 @@ pub const TRANSCODE_FFMPEG_RUNNING: &str = "sluice_transcode_ffmpeg_running";
 pub const TRANSCODE_FAILURES_TOTAL: &str = "sluice_transcode_failures_total";
 pub const TRANSCODE_FIRST_IDR_SECONDS: &str = "sluice_transcode_first_idr_seconds";
 pub const TRANSCODE_INPUT_DROPPED_TOTAL: &str = "sluice_transcode_input_dropped_total";
+pub const RTMP_PUSH_INPUT_DROPPED_TOTAL: &str = "sluice_rtmp_push_input_dropped_total";
 pub const TRANSCODE_FPS: &str = "sluice_transcode_fps";
 pub const TRANSCODE_SPEED: &str = "sluice_transcode_speed";
 pub const TRANSCODE_FRAMES_DROPPED_TOTAL: &str = "sluice_transcode_frames_dropped_total";
@@ -216,6 +217,7 @@ pub const FAMILIES: &[Family] = &[
     Family::new(TRANSCODE_FAILURES_TOTAL, Kind::Counter, "Transcode legs failed, by reason (ffmpeg_exited, ffmpeg_stalled, ffmpeg_not_found, ...)."),
     Family::new(TRANSCODE_FIRST_IDR_SECONDS, Kind::Histogram, "From publish accepted to each rendition's first IDR read back from FFmpeg."),
     Family::new(TRANSCODE_INPUT_DROPPED_TOTAL, Kind::Counter, "Frames not given to FFmpeg because it fell a whole queue behind, by stream."),
+    Family::new(RTMP_PUSH_INPUT_DROPPED_TOTAL, Kind::Counter, "Frames not given to an RTMP(S) restream because it fell a whole queue behind (it resumes at the next keyframe), by stream."),
     Family::new(TRANSCODE_FPS, Kind::Gauge, "FFmpeg's reported encoding frame rate, by stream."),
     Family::new(TRANSCODE_SPEED, Kind::Gauge, "FFmpeg's reported speed (1 = real time), by stream."),
     Family::new(TRANSCODE_FRAMES_DROPPED_TOTAL, Kind::Counter, "Frames FFmpeg dropped, by stream."),
@@ -375,6 +377,7 @@ pub const STREAM_FAMILIES: &[&str] = &[
     SRT_PUBLISH_DROPPED_FRAMES_TOTAL,
     SRT_PUBLISH_TRUNCATED_PES_TOTAL,
     TRANSCODE_INPUT_DROPPED_TOTAL,
+    RTMP_PUSH_INPUT_DROPPED_TOTAL,
     TRANSCODE_FPS,
     TRANSCODE_SPEED,
     TRANSCODE_FRAMES_DROPPED_TOTAL,

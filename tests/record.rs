@@ -239,6 +239,11 @@ fn segments_start_at_keyframes_probe_clean_and_hold_every_frame() {
         );
     }
     assert_eq!(recordings(&server, "").len(), files.len());
+    // `?limit=` keeps the newest, still in order.
+    let newest = recordings(&server, "?limit=2");
+    assert_eq!(newest.len(), 2, "{newest:?}");
+    assert_eq!(newest[0]["path"], listed[listed.len() - 2]["path"]);
+    assert_eq!(newest[1]["path"], listed[listed.len() - 1]["path"]);
     assert!(recordings(&server, "?key=other").is_empty());
     assert!(recordings(&server, "?app=other").is_empty());
     assert_eq!(

@@ -121,9 +121,14 @@ pub struct Recording {
     pub open: bool,
 }
 
-/// Every segment under `roots`, optionally of one application and/or key;
+/// Segments listed by default (`?limit=`), and at most.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+/// The newest `limit` segments under `roots` (each one's duration costs
+/// reading its two ends), optionally of one application and/or key;
 /// ordered by application, key and start.
-pub fn list(roots: &[Root], app: Option<&str>, key: Option<&str>) -> Vec<Recording> {
+pub fn list(roots: &[Root], app: Option<&str>, key: Option<&str>, limit: usize) -> Vec<Recording> {
     let mut dirs = BTreeMap::new();
     for d in roots.iter().flat_map(Root::key_dirs) {
         if app.is_some_and(|a| a != d.app) || key.is_some_and(|k| k != d.key) {
@@ -131,22 +136,34 @@ pub fn list(roots: &[Root], app: Option<&str>, key: Option<&str>) -> Vec<Recordi
         }
         dirs.insert((d.app.clone(), d.key.clone(), d.path.clone()), d);
     }
-    let mut out = Vec::new();
-    for d in dirs.into_values() {
+    // Names first (a directory listing), then only the newest `limit` are
+    // opened.
+    let mut found: Vec<(u64, usize, String, PathBuf)> = Vec::new();
+    let dirs: Vec<_> = dirs.into_values().collect();
+    for (i, d) in dirs.iter().enumerate() {
         let Ok(entries) = fs::read_dir(&d.path) else {
             continue;
         };
-        let mut segments: Vec<(String, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let start = parse_segment_name(&name)?;
-                Some((name, start, e.path()))
-            })
-            .collect();
-        segments.sort();
-        for (_, start, path) in segments {
+        found.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let start = parse_segment_name(&name)?;
+                    Some((start, i, name, e.path()))
+                }),
+        );
+    }
+    if found.len() > limit {
+        found.sort_by(|a, b| (b.0, &b.2).cmp(&(a.0, &a.2)));
+        found.truncate(limit);
+    }
+    found.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+    let mut out = Vec::new();
+    for (start, i, _, path) in found {
+        let d = &dirs[i];
+        {
             let Ok(bytes) = fs::metadata(&path).map(|m| m.len()) else {
                 continue;
             };

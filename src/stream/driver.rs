@@ -411,10 +411,11 @@ impl Driver {
             return;
         };
         let media = source.map(|source| {
-            let dropped = self
-                .stream
-                .series
-                .counter(t::TRANSCODE_INPUT_DROPPED_TOTAL, &[]);
+            let family = match spec {
+                LegSpec::RtmpPush { .. } => t::RTMP_PUSH_INPUT_DROPPED_TOTAL,
+                _ => t::TRANSCODE_INPUT_DROPPED_TOTAL,
+            };
+            let dropped = self.stream.series.counter(family, &[]);
             let (feed, input) = MediaFeed::new(now, source, dropped);
             if self.feeds.len() <= leg.0 {
                 self.feeds.resize_with(leg.0 + 1, || None);
