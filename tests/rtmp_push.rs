@@ -191,7 +191,12 @@ fn ffmpegs_rtmp_server_records_a_clean_flv() {
         .args(["-c", "copy", "-f", "flv", "-y"])
         .arg(&out);
     let mut server = ChildGuard::spawn("ffmpeg -listen", server);
-    std::thread::sleep(Duration::from_millis(500));
+    // Listening, seen without connecting (ffmpeg accepts one connection).
+    assert!(
+        poll_until(Duration::from_secs(15), || tcp_listening(port)),
+        "ffmpeg -listen never listened on {port}: {}",
+        server.stderr().tail(10)
+    );
     let a = Sluice::start(Some(&push_config(
         &format!("rtmp://127.0.0.1:{port}/live/somekey"),
         "",
@@ -509,10 +514,20 @@ fn restream_start_time_is_measured() {
 fn a_silent_destination_fails_setup_by_the_deadline() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
+    silent.set_nonblocking(true).unwrap();
+    // Accept the leg's connection (if it comes) and hold it, never
+    // answering; gives up after 20 s so a broken leg fails the test below
+    // instead of hanging it.
     let held = std::thread::spawn(move || {
-        let (conn, _) = silent.accept().expect("the leg connects");
-        std::thread::sleep(Duration::from_secs(6));
-        drop(conn);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < until {
+            if let Ok((conn, _)) = silent.accept() {
+                std::thread::sleep(Duration::from_secs(6));
+                drop(conn);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     });
     let a = Sluice::start(Some(&push_config(
         &format!("rtmp://127.0.0.1:{port}/live/x"),
@@ -533,4 +548,17 @@ fn a_silent_destination_fails_setup_by_the_deadline() {
     assert_eq!(why, "0 of 1 RTMP push destinations connected");
     assert!(publisher.wait_exit(Duration::from_secs(15)).is_some());
     held.join().unwrap();
+}
+
+/// Whether something listens on 127.0.0.1:`port` (read from
+/// /proc/net/tcp, without connecting).
+fn tcp_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // State 0A is LISTEN.
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
 }
