@@ -590,3 +590,87 @@ fn a_conclusion_flood_from_one_address_locks_no_player_out() {
     server.wait_usage_back(base, "conclusion flood");
     finish(bystander, watched);
 }
+
+/// A publisher (zero config lets anyone publish) that sends one packet far
+/// ahead and floods small packets just behind it, leaving thousands of
+/// missing slots at the head of srt-protocol's receive buffer (which it
+/// walks each time it is asked for a payload; sluice asks at most once a
+/// millisecond while nothing is due). The one UDP loop serves every player
+/// and publisher: the flood past the publisher's datagram allowance is
+/// dropped before srt-protocol sees it, counted, and a bystander's publish
+/// and player lose nothing.
+#[test]
+fn a_publisher_flooding_behind_a_hole_costs_the_other_streams_nothing() {
+    let mut server = Sluice::start(Some("[rtmp]\nmax_ingest_bitrate = \"8M\"\n"));
+    let bystander = Bystander::start(&server, "live/cam1", "", "", 40);
+    let watched = Instant::now();
+    let srt = server.srt_addr();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let id = 0x0F10_0D01;
+    let cookie = induce(&sock, srt, id);
+    let hs = handshake(
+        5,
+        5,
+        1500,
+        -1,
+        id,
+        cookie,
+        &[hsreq(), sid_ext("#!::r=live/flood,m=publish")],
+    );
+    // Accepted: the reply carries the listener's socket id for our data.
+    let mut buf = [0u8; 1500];
+    let mut listener_id = None;
+    for _ in 0..40 {
+        sock.send_to(&hs, srt).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 64 && buf[0] == 0x80 && buf[1] == 0 {
+                let shake = i32::from_be_bytes(buf[36..40].try_into().unwrap());
+                assert_eq!(shake, -1, "the publisher was refused: {shake}");
+                listener_id = Some(u32::from_be_bytes(buf[40..44].try_into().unwrap()));
+                break;
+            }
+        }
+    }
+    let listener_id = listener_id.expect("the publish was answered");
+    // The handshake's initial sequence number (srt_packets::handshake).
+    let isn = 12345u32;
+    let data = |seq: u32, ts_us: u32| {
+        let mut v = Vec::with_capacity(16 + 188);
+        v.extend((seq & 0x7FFF_FFFF).to_be_bytes());
+        v.extend((0xC000_0000u32 | 1).to_be_bytes());
+        v.extend(ts_us.to_be_bytes());
+        v.extend(listener_id.to_be_bytes());
+        v.extend([0x47; 188]);
+        v
+    };
+    // One packet at the far end of the window, due in a minute, and 5 s of
+    // small packets just behind it, 50 000 a second (more than six times
+    // the allowance an 8 Mbit/s cap gives), never filling the 8000 slots
+    // before them.
+    sock.send_to(&data(isn + 8100, 60_000_000), srt).unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        for _ in 0..500 {
+            // Near the far packet: thousands of missing slots stay ahead.
+            let seq = isn + 8000 + (sent % 99) as u32;
+            let _ = sock.send_to(&data(seq, 60_000_000), srt);
+            sent += 1;
+        }
+        let due = start + Duration::from_micros(sent * 20);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+    }
+    server.assert_alive("after the flood");
+    drop(sock);
+    finish(bystander, watched);
+    let dropped =
+        server.metric_or_zero(r#"sluice_srt_dropped_datagrams_total{reason="publisher_rate"}"#);
+    assert!(
+        dropped > sent as f64 / 2.0,
+        "{dropped} of {sent} flood datagrams dropped over the allowance"
+    );
+}
