@@ -313,18 +313,8 @@ fn rtmps_verifies_the_destination_certificate() {
         &format!("rtmps://{}/live/untrusted", rtmps_addr(&b)),
         "",
     )));
-    let mut publisher = publish_fixture(
-        &fixture_avc_aac(60),
-        &c.rtmp_url("live/untrusted"),
-        PublishFor::Secs(20),
-    );
-    let line = c.wait_log_fields(
-        &[("message", "push leg failed; stopping the stream")],
-        Duration::from_secs(15),
-    );
-    let why = log_field(&line, "why")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let (mut publisher, why) =
+        publish_until(&c, "live/untrusted", "push leg failed; stopping the stream");
     assert!(why.contains("TLS") && why.contains("certificate"), "{why}");
     assert!(
         why.contains("/live/…") && !why.contains("untrusted"),
@@ -340,18 +330,8 @@ fn the_destinations_refusal_text_is_reported_without_the_key() {
     ));
     let url = format!("rtmp://{}/live/cam1?key=a-wrong-secret", b.rtmp_addr());
     let a = Sluice::start(Some(&push_config(&url, "")));
-    let mut publisher = publish_fixture(
-        &fixture_avc_aac(60),
-        &a.rtmp_url("live/cam1"),
-        PublishFor::Secs(20),
-    );
-    let line = a.wait_log_fields(
-        &[("message", "push leg failed; stopping the stream")],
-        Duration::from_secs(15),
-    );
-    let why = log_field(&line, "why")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let (mut publisher, why) =
+        publish_until(&a, "live/cam1", "push leg failed; stopping the stream");
     assert!(
         why.contains("NetStream.Publish.BadName") && why.contains("wrong publish key"),
         "{why}"
@@ -423,18 +403,8 @@ fn a_required_leg_to_a_dead_address_fails_the_publish() {
         "",
     )));
     let started = Instant::now();
-    let mut publisher = publish_fixture(
-        &fixture_avc_aac(60),
-        &a.rtmp_url("live/dead"),
-        PublishFor::Secs(20),
-    );
-    let line = a.wait_log_fields(
-        &[("message", "push leg failed; stopping the stream")],
-        Duration::from_secs(15),
-    );
-    let why = log_field(&line, "why")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let (mut publisher, why) =
+        publish_until(&a, "live/dead", "push leg failed; stopping the stream");
     assert!(why.contains("cannot connect to 127.0.0.1"), "{why}");
     assert!(publisher.wait_exit(Duration::from_secs(15)).is_some());
     a.wait_stream_gone("live/dead", Duration::from_secs(5));
@@ -533,18 +503,7 @@ fn a_silent_destination_fails_setup_by_the_deadline() {
         &format!("rtmp://127.0.0.1:{port}/live/x"),
         "[server]\nsetup_timeout = \"2s\"\n",
     )));
-    let mut publisher = publish_fixture(
-        &fixture_avc_aac(60),
-        &a.rtmp_url("live/silent"),
-        PublishFor::Secs(20),
-    );
-    let line = a.wait_log_fields(
-        &[("message", "stream setup failed")],
-        Duration::from_secs(15),
-    );
-    let why = log_field(&line, "why")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let (mut publisher, why) = publish_until(&a, "live/silent", "stream setup failed");
     assert_eq!(why, "0 of 1 RTMP push destinations connected");
     assert!(publisher.wait_exit(Duration::from_secs(15)).is_some());
     held.join().unwrap();
@@ -561,4 +520,20 @@ fn tcp_listening(port: u16) -> bool {
             f.len() > 3 && f[1] == want && f[3] == "0A"
         })
     })
+}
+
+/// Publish the fixture to `path` of `server` and wait for the log line
+/// `message`; the publisher and that line's `why`.
+fn publish_until(server: &Sluice, path: &str, message: &str) -> (ChildGuard, String) {
+    let publisher = publish_fixture(
+        &fixture_avc_aac(60),
+        &server.rtmp_url(path),
+        PublishFor::Secs(20),
+    );
+    let line = server.wait_log_fields(&[("message", message)], Duration::from_secs(15));
+    let why = log_field(&line, "why")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    (publisher, why)
 }

@@ -325,6 +325,21 @@ fn caught<R>(what: &'static str, peer: SocketAddr, f: impl FnOnce() -> R) -> Opt
     }
 }
 
+/// Parse a guarded datagram (panics isolated); one srt-protocol cannot
+/// parse is counted as `unparsable` and gives `None`.
+fn parse_counted(bytes: &[u8], from: SocketAddr) -> Option<Packet> {
+    match caught("parse", from, || {
+        Packet::parse(&mut io::Cursor::new(bytes), from.is_ipv6())
+    })? {
+        Ok(p) => Some(p),
+        Err(_) => {
+            metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "unparsable")
+                .increment(1);
+            None
+        }
+    }
+}
+
 fn handshake_of(p: &Packet) -> Option<&HandshakeControlInfo> {
     match p {
         Packet::Control(ControlPacket {
@@ -623,16 +638,8 @@ impl Listener {
                 &stripped[..]
             }
         };
-        let packet = match caught("parse", from, || {
-            Packet::parse(&mut io::Cursor::new(bytes), from.is_ipv6())
-        }) {
-            Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "unparsable")
-                    .increment(1);
-                return;
-            }
-            None => return,
+        let Some(packet) = parse_counted(bytes, from) else {
+            return;
         };
         let forced = match verdict {
             Verdict::Reject(r) => Some(r),
@@ -1113,16 +1120,8 @@ impl Listener {
                 return;
             }
         }
-        let packet = match caught("parse", from, || {
-            Packet::parse(&mut io::Cursor::new(data), from.is_ipv6())
-        }) {
-            Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                metrics::counter!(telemetry::SRT_DROPPED_DATAGRAMS_TOTAL, "reason" => "unparsable")
-                    .increment(1);
-                return;
-            }
-            None => return,
+        let Some(packet) = parse_counted(data, from) else {
+            return;
         };
         let Some(p) = self.publishers.get_mut(&id) else {
             return;
