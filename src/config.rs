@@ -90,9 +90,12 @@ fn parse(text: &str) -> Result<toml::Table, ConfigError> {
 /// (a half-edited secret is the usual reason a reload fails).
 fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     let what = e.message().trim_end();
-    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+    let Some(mut at) = e.span().map(|s| s.start.min(text.len())) else {
         return what.to_string();
     };
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let before = text.get(..at).unwrap_or("");
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -126,10 +126,12 @@ struct Publisher {
 }
 
 /// A publisher's datagram allowance: twice what `rtmp.max_ingest_bitrate`
-/// needs in full 1316-byte payloads, plus room for its control packets,
-/// refilled continuously, at most a second's worth banked. Every datagram
-/// costs the one UDP loop that serves all players and publishers; past the
-/// allowance they are dropped before srt-protocol sees them.
+/// needs in payloads of a single TS packet (srt-live-transmit sends what
+/// each read of its input returned, down to 188 bytes), plus room for its
+/// control packets, refilled continuously, at most a second's worth
+/// banked. Every datagram costs the one UDP loop that serves all players
+/// and publishers; past the allowance they are dropped before srt-protocol
+/// sees them (a publisher within its bitrate never is).
 #[derive(Debug)]
 struct DatagramBudget {
     tokens: f64,
@@ -139,7 +141,7 @@ struct DatagramBudget {
 
 impl DatagramBudget {
     fn new(max_ingest_kbps: u32, now: Instant) -> DatagramBudget {
-        let media = f64::from(max_ingest_kbps) * 125.0 / 1316.0;
+        let media = f64::from(max_ingest_kbps) * 125.0 / 188.0;
         let per_second = 2.0 * media + 500.0;
         DatagramBudget {
             tokens: per_second,
@@ -2536,16 +2538,17 @@ mod tests {
     #[test]
     fn a_publishers_datagrams_are_budgeted_from_the_ingest_cap() {
         let t0 = Instant::now();
-        // 8 Mbit/s: 760 full payloads a second, twice that plus 500.
+        // 8 Mbit/s: 5319 single-TS-packet payloads a second, twice that
+        // plus 500.
         let mut b = DatagramBudget::new(8_000, t0);
-        let per_second = (2.0 * 8_000.0 * 125.0 / 1316.0 + 500.0) as usize;
-        let allowed = (0..10_000).filter(|_| b.take(t0)).count();
+        let per_second = (2.0 * 8_000.0 * 125.0 / 188.0 + 500.0) as usize;
+        let allowed = (0..20_000).filter(|_| b.take(t0)).count();
         assert_eq!(allowed, per_second);
         assert!(!b.take(t0), "a flood past the allowance is dropped");
         // Refilled with time, never past a second's worth.
         assert!(b.take(t0 + Duration::from_millis(10)));
         let later = t0 + Duration::from_secs(60);
-        let allowed = (0..10_000).filter(|_| b.take(later)).count();
+        let allowed = (0..20_000).filter(|_| b.take(later)).count();
         assert_eq!(allowed, per_second);
     }
 }

@@ -15,12 +15,12 @@ use srt_protocol::packet::Packet;
 /// hold the listener's loop (the rest come next turn, which is at once:
 /// [`Receiver::next_wake`] stays due while payloads wait).
 const RELEASE_BATCH: usize = 512;
-/// After a look for payloads that found none due, the next look waits at
-/// least this long. srt-protocol's release check walks every missing slot
-/// at the head of its buffer (up to the 8192 of its window) each time it
-/// is asked; asked once per datagram, a publisher that leaves a hole and
-/// floods small packets behind it makes every datagram cost that walk.
-/// Its own timers still bring the next due payload out on time.
+/// After a look for payloads due, the next look waits at least this long.
+/// srt-protocol's release check walks every missing slot at the head of
+/// its buffer (up to the 8192 of its window) each time it is asked; asked
+/// once per datagram, a publisher that leaves a hole and floods small
+/// packets behind it makes every datagram cost that walk. A payload due
+/// meanwhile (a retransmission filling the hole) waits at most this long.
 const RELEASE_POLL_GAP: Duration = Duration::from_millis(1);
 
 /// Why a receiver is done.
@@ -79,32 +79,33 @@ impl Receiver {
         let mut next = self.conn.check_timers(now);
         let mut more = false;
         if now >= self.release_at {
-            let mut n = 0;
-            loop {
+            for n in 0.. {
                 if n == RELEASE_BATCH {
                     more = true;
                     break;
                 }
+                let dropped_before = self.dropped_seen;
                 let next = self.conn.next_data(now);
                 self.note_drops();
                 let Some((_, payload)) = next else {
+                    // A too-late drop answers `None` too; what follows it
+                    // may be due already.
+                    if self.dropped_seen > dropped_before {
+                        continue;
+                    }
                     break;
                 };
-                n += 1;
                 self.payloads += 1;
                 self.bytes_in += payload.len() as u64;
                 released.push((payload, std::mem::take(&mut self.gap)));
             }
-            // The next due payload is among srt-protocol's timers.
+            // The next due payload is among srt-protocol's timers (unless
+            // the head of its buffer is missing: then a datagram, most
+            // likely the retransmission, brings the next look).
             next = self.conn.next_timer(now);
-            self.release_at = if more {
-                now
-            } else if n == 0 {
-                next.max(now + RELEASE_POLL_GAP)
-            } else {
-                next
-            };
+            self.release_at = if more { now } else { now + RELEASE_POLL_GAP };
         } else {
+            // Something arrived during the gap: look once it is over.
             next = next.min(self.release_at);
         }
         while let Some(p) = self.conn.next_packet(now) {

@@ -184,15 +184,28 @@ impl StartGate {
         }
     }
 
-    /// Everything held goes out: configurations first, then the rest in order.
+    /// Everything held goes out in order, but for each track's first
+    /// configuration, which goes first (a later one, a change, stays where
+    /// it was: frames before it were made under the first).
     fn release(&mut self, out: &mut Vec<Ingested>) {
         self.open = true;
-        let (configs, rest): (Vec<_>, Vec<_>) = self
-            .held
-            .drain(..)
-            .partition(|i| matches!(i.event, MediaEvent::Config(_)));
-        out.extend(configs);
-        out.extend(rest);
+        let mut first = [None, None];
+        for (i, ev) in self.held.iter().enumerate() {
+            if let MediaEvent::Config(c) = &ev.event {
+                let slot = &mut first[usize::from(c.track() == Track::Audio)];
+                slot.get_or_insert(i);
+            }
+        }
+        let mut held = std::mem::take(&mut self.held);
+        for i in first.into_iter().flatten() {
+            out.push(held[i].clone());
+        }
+        out.extend(
+            held.drain(..)
+                .enumerate()
+                .filter(|(i, _)| !first.contains(&Some(*i)))
+                .map(|(_, ev)| ev),
+        );
     }
 }
 

@@ -908,3 +908,46 @@ fn audio_that_never_comes_holds_video_for_a_second_at_most() {
     ing.flush(&mut out);
     assert_eq!(frames(&out, Track::Video).len(), video.len());
 }
+
+#[test]
+fn the_start_hold_moves_only_each_tracks_first_configuration_forward() {
+    let ev = |event: MediaEvent| Ingested {
+        event,
+        timestamp_jump: false,
+    };
+    let frame = |dts: u64| {
+        ev(MediaEvent::Frame(Frame {
+            track: Track::Video,
+            codec: Codec::H264,
+            dts,
+            cts: 0,
+            keyframe: dts == 0,
+            data: Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]),
+        }))
+    };
+    let first = ev(MediaEvent::Config(h264_config()));
+    let mut changed_config = h264_config();
+    if let CodecConfig::Video { params, .. } = &mut changed_config {
+        *params = None;
+    }
+    let changed = ev(MediaEvent::Config(changed_config));
+    let audio = ev(MediaEvent::Config(aac_config()));
+    let mut gate = StartGate::default();
+    let mut out = Vec::new();
+    let mut made = vec![first.clone(), frame(0), changed.clone(), frame(40)];
+    gate.pass(&mut made, true, &mut out);
+    assert!(
+        out.is_empty(),
+        "held while the audio configuration is missing"
+    );
+    gate.pass(&mut vec![audio.clone()], true, &mut out);
+    assert_eq!(
+        out,
+        vec![first, audio, frame(0), changed, frame(40)],
+        "the change stays after the frame made before it"
+    );
+    // Open from then on: everything passes as it comes.
+    let mut later = vec![frame(80)];
+    gate.pass(&mut later, true, &mut out);
+    assert_eq!(out.last(), Some(&frame(80)));
+}
