@@ -72,6 +72,10 @@ pub enum RecordError {
     TooSlow,
     #[error("the recording's writer thread stopped unexpectedly")]
     WriterGone,
+    #[error(
+        "cannot start the recording's writer thread: {0} (the process may be at its thread limit)"
+    )]
+    NoThread(io::Error),
 }
 
 impl RecordError {
@@ -177,7 +181,7 @@ async fn run(spec: RecordSpec, ctx: LegContext) -> Result<(), RecordError> {
             span.in_scope(|| writer.run(rx));
             let _ = done_tx.send(());
         })
-        .map_err(|_| RecordError::WriterGone)?;
+        .map_err(RecordError::NoThread)?;
 
     let mut feed = Feed {
         segmenter: Segmenter::new(spec.segment, QUEUE_BYTES),

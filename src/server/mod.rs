@@ -178,6 +178,8 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     let (srt_settings, srt_reloads) = watch::channel(Arc::new(ListenerSettings {
         srt: config.srt.clone(),
         apps,
+        max_timestamp_jump: config.rtmp.max_timestamp_jump,
+        max_ingest_kbps: config.rtmp.max_ingest_kbps,
     }));
     let api_token = Arc::new(Live::new(checked.api_token));
     let encoder_inputs = Arc::new(Live::new(EncoderInputs {

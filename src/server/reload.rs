@@ -148,6 +148,8 @@ impl Reloader {
         t.srt.send_replace(Arc::new(ListenerSettings {
             srt: c.srt.clone(),
             apps,
+            max_timestamp_jump: c.rtmp.max_timestamp_jump,
+            max_ingest_kbps: c.rtmp.max_ingest_kbps,
         }));
         t.api_token.set(checked.api_token);
         t.encoder_inputs.set(EncoderInputs {

@@ -443,12 +443,16 @@ fn handshake_acceptable(
     Err((RejectReason::Core(reason), why.into()))
 }
 
-/// What a config reload hands the listener: `[srt]` and the applications,
-/// for callers that arrive afterwards (connected players keep theirs).
+/// What a config reload hands the listener: `[srt]`, the applications and
+/// the ingest policy SRT publishers share with RTMP ones
+/// (`rtmp.max_timestamp_jump`, `rtmp.max_ingest_bitrate`), for callers
+/// that arrive afterwards (connected players and publishers keep theirs).
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
     pub srt: SrtConfig,
     pub apps: Arc<Apps>,
+    pub max_timestamp_jump: Duration,
+    pub max_ingest_kbps: u32,
 }
 
 fn passphrase_of(cfg: &SrtConfig) -> Result<Option<Passphrase>, ListenerError> {
@@ -523,6 +527,10 @@ impl Listener {
         self.base = base_settings(&s.srt, &passphrase);
         self.passphrase = passphrase;
         self.cfg = s.srt.clone();
+        if let Some(p) = &mut self.publish {
+            p.max_jump = s.max_timestamp_jump;
+            p.max_ingest_kbps = s.max_ingest_kbps;
+        }
         Ok(())
     }
 
@@ -2550,5 +2558,23 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         let allowed = (0..20_000).filter(|_| b.take(later)).count();
         assert_eq!(allowed, per_second);
+    }
+
+    #[tokio::test]
+    async fn a_reload_gives_later_publishers_the_new_ingest_policy() {
+        let (mut l, registry) = listener();
+        l.enable_publish(streams(&registry), Duration::from_secs(10), 100_000);
+        l.reload(&ListenerSettings {
+            srt: SrtConfig::default(),
+            apps: Arc::new(Apps::default()),
+            max_timestamp_jump: Duration::from_secs(3),
+            max_ingest_kbps: 8_000,
+        })
+        .unwrap();
+        let p = l.publish.as_ref().unwrap();
+        assert_eq!(
+            (p.max_jump, p.max_ingest_kbps),
+            (Duration::from_secs(3), 8_000)
+        );
     }
 }
