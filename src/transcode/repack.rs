@@ -654,18 +654,11 @@ pub fn fuzz_repack(data: &[u8]) {
     let mut flushed = Repacker::new();
     let mut b = Vec::new();
     let mut c = Vec::new();
-    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
-    let mut rest = ts;
-    while !rest.is_empty() {
-        rng ^= rng << 13;
-        rng ^= rng >> 17;
-        rng ^= rng << 5;
-        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
-        split.push(&rest[..n], &mut b);
+    for (_, piece) in crate::ts::fuzz_pieces(seed, ts, &FUZZ_SPLITS) {
+        split.push(piece, &mut b);
         split.check_bounds();
-        flushed.push(&rest[..n], &mut c);
+        flushed.push(piece, &mut c);
         flushed.flush(&mut c);
-        rest = &rest[n..];
     }
     assert_eq!(a, b, "the split changed the output");
     assert_eq!(whole.stats, split.stats);

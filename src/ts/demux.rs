@@ -736,16 +736,9 @@ pub fn fuzz_demux(data: &[u8]) {
     let mut split = Demuxer::new();
     let mut b = Vec::new();
     let mut split_clean = true;
-    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
-    let mut rest = ts;
-    while !rest.is_empty() {
-        rng ^= rng << 13;
-        rng ^= rng >> 17;
-        rng ^= rng << 5;
-        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
-        split_clean &= split.push(&rest[..n], &mut b).is_ok();
+    for (_, piece) in super::fuzz_pieces(seed, ts, &FUZZ_SPLITS) {
+        split_clean &= split.push(piece, &mut b).is_ok();
         check(&split, &b);
-        rest = &rest[n..];
     }
     split.flush(&mut b);
     check(&split, &b);

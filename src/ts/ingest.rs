@@ -882,19 +882,12 @@ pub fn fuzz_ingest(data: &[u8]) {
     };
     let mut ing = TsIngest::new(Duration::from_secs(u64::from(seed % 16)));
     let mut out = Vec::new();
-    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
-    let mut rest = ts;
-    while !rest.is_empty() {
-        rng ^= rng << 13;
-        rng ^= rng >> 17;
-        rng ^= rng << 5;
-        let n = FUZZ_SPLITS[rng as usize % FUZZ_SPLITS.len()].min(rest.len());
+    for (rng, piece) in super::fuzz_pieces(seed, ts, &FUZZ_SPLITS) {
         if seed & 0x80 != 0 && rng % 29 == 0 {
             ing.discontinuity();
         }
-        ing.push(&rest[..n], &mut out);
+        ing.push(piece, &mut out);
         check(&ing);
-        rest = &rest[n..];
     }
     ing.flush(&mut out);
     check(&ing);

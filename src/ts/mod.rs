@@ -166,6 +166,29 @@ pub fn fuzz_roundtrip(data: &[u8]) {
     let _ = roundtrip::run(data);
 }
 
+/// The pieces a fuzz entry feeds `data` in: sizes drawn from `splits` by a
+/// xorshift generator seeded with `seed`, each piece with the generator's
+/// value (for an entry's own choices, such as when to signal loss).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_pieces<'a>(
+    seed: u8,
+    mut data: &'a [u8],
+    splits: &'a [usize],
+) -> impl Iterator<Item = (u32, &'a [u8])> + 'a {
+    let mut rng = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
+    std::iter::from_fn(move || {
+        if data.is_empty() || splits.is_empty() {
+            return None;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let (piece, rest) = data.split_at(splits[rng as usize % splits.len()].min(data.len()));
+        data = rest;
+        Some((rng, piece))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
