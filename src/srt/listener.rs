@@ -327,6 +327,14 @@ fn caught<R>(what: &'static str, peer: SocketAddr, f: impl FnOnce() -> R) -> Opt
     }
 }
 
+/// The streamid a handshake carries (HSv5's SID extension; none in HSv4).
+fn streamid_of(h: &HandshakeControlInfo) -> String {
+    match &h.info {
+        HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
+        HandshakeVsInfo::V4(_) => String::new(),
+    }
+}
+
 /// Parse a guarded datagram (panics isolated); one srt-protocol cannot
 /// parse is counted as `unparsable` and gives `None`.
 fn parse_counted(bytes: &[u8], from: SocketAddr) -> Option<Packet> {
@@ -778,10 +786,7 @@ impl Listener {
             return;
         };
         let (timestamp, dest_sockid, h) = (*timestamp, *dest_sockid, h.clone());
-        let sid = match &h.info {
-            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
-            HandshakeVsInfo::V4(_) => String::new(),
-        };
+        let sid = streamid_of(&h);
         let passphrase = self.passphrase_for(&sid);
         let Some((mut listen, request)) =
             self.access_request(now, packet, &h, passphrase.clone(), from)
@@ -1249,10 +1254,7 @@ impl Listener {
         from: SocketAddr,
         now: Instant,
     ) -> Decision {
-        let sid = match &h.info {
-            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
-            HandshakeVsInfo::V4(_) => String::new(),
-        };
+        let sid = streamid_of(h);
         let reject = |(r, why): (RejectReason, String)| Decision {
             response: AccessControlResponse::Rejected(r),
             target: None,
@@ -1345,10 +1347,7 @@ impl Listener {
         from: SocketAddr,
         now: Instant,
     ) -> Decision {
-        let sid = match &h.info {
-            HandshakeVsInfo::V5(i) => i.sid.clone().unwrap_or_default(),
-            HandshakeVsInfo::V4(_) => String::new(),
-        };
+        let sid = streamid_of(h);
         let reject = |result: &'static str, code: i32, why: String| Decision {
             response: AccessControlResponse::Rejected(reject_code(code)),
             target: None,
