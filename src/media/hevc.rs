@@ -52,17 +52,11 @@ pub fn profile_name(profile_idc: u8) -> Option<&'static str> {
     })
 }
 
-/// Parses an HEVC SPS NAL unit, including its 2-byte NAL header.
-pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
-    let (Some(&h0), Some(_)) = (nal.first(), nal.get(1)) else {
-        return Err(MediaError::Truncated {
-            what: SPS,
-            field: "nal_unit_header",
-            at: Pos::Byte(nal.len()),
-        });
-    };
-    // nal_unit_header(): forbidden_zero_bit, nal_unit_type u(6), layer id u(6), tid u(3) (7.3.1.2).
-    let nal_type = (h0 >> 1) & 0x3F;
+/// The RBSP of an SPS NAL unit, after checking its nal_unit_header():
+/// forbidden_zero_bit, nal_unit_type u(6), layer id u(6), tid u(3)
+/// (7.3.1.2).
+fn sps_rbsp(nal: &[u8]) -> Result<Vec<u8>, MediaError> {
+    let nal_type = nal.first().map_or(0, |h| (h >> 1) & 0x3F);
     if nal_type != NAL_SPS {
         return Err(MediaError::Invalid {
             what: SPS,
@@ -72,7 +66,19 @@ pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
             reason: "expected 33 (sequence parameter set)",
         });
     }
-    let rbsp = remove_emulation_prevention(nal.get(2..).unwrap_or(&[]));
+    Ok(remove_emulation_prevention(nal.get(2..).unwrap_or(&[])))
+}
+
+/// Parses an HEVC SPS NAL unit, including its 2-byte NAL header.
+pub fn parse_sps(nal: &[u8]) -> Result<VideoParams, MediaError> {
+    let (Some(_), Some(_)) = (nal.first(), nal.get(1)) else {
+        return Err(MediaError::Truncated {
+            what: SPS,
+            field: "nal_unit_header",
+            at: Pos::Byte(nal.len()),
+        });
+    };
+    let rbsp = sps_rbsp(nal)?;
     let mut r = BitReader::new(&rbsp, SPS);
 
     r.skip_bits(4, "sps_video_parameter_set_id")?;
@@ -283,17 +289,7 @@ struct RecordFields {
 /// profile_tier_level is byte-aligned right after the first RBSP byte; the
 /// chroma format and bit depths follow the picture size and conformance window.
 fn record_fields(nal: &[u8]) -> Result<RecordFields, MediaError> {
-    let nal_type = nal.first().map_or(0, |h| (h >> 1) & 0x3F);
-    if nal_type != NAL_SPS {
-        return Err(MediaError::Invalid {
-            what: SPS,
-            field: "nal_unit_type",
-            value: u64::from(nal_type),
-            at: Pos::Byte(0),
-            reason: "expected 33 (sequence parameter set)",
-        });
-    }
-    let rbsp = remove_emulation_prevention(nal.get(2..).unwrap_or(&[]));
+    let rbsp = sps_rbsp(nal)?;
     let Some(&[first, profile_byte, c0, c1, c2, c3, k0, k1, k2, k3, k4, k5, level_idc]) =
         rbsp.get(..13)
     else {
