@@ -6,16 +6,16 @@
 //!
 //! It starts the release `sluice` on loopback, then for each ingest
 //! protocol publishes the same pre-encoded 720p H.264 (B-frames) + AAC
-//! fixture in real time from an in-process publisher (an srt-protocol
-//! caller sending the fixture's MPEG-TS in 1316-byte payloads, or an RTMP
-//! publisher sending its FLV tags), and plays it from an in-process
-//! srt-protocol caller. Each video frame is recognised on both sides by
-//! its first slice NAL unit (the relay never changes slice bytes), so its
-//! latency is: when the publisher put its first byte on the wire -> when
+//! fixture in real time (its MPEG-TS paced in 1316-byte writes into
+//! libsrt's `srt-live-transmit`, as OBS and ffmpeg publish over SRT, or its
+//! FLV tags from an in-process RTMP publisher), and plays it from an
+//! in-process srt-protocol caller. Each video frame is recognised on both
+//! sides by its first slice NAL unit (the relay never changes slice bytes),
+//! so its latency is: when the publisher handed its first byte over ->
 //! the player received the datagram with its first byte (network arrival,
 //! before the player's own TSBPD delay, so the player latency is added on
 //! top by whatever player is used). It prints per protocol p50/p90/p99/max
-//! of that, the SRT ingest's negotiated TSBPD latency (what an SRT
+//! of that, the SRT ingest's TSBPD latency (the larger asked: what an SRT
 //! publisher costs by design), what remains once it is subtracted (the
 //! relay's own part, TS demux included), and sluice's
 //! `sluice_relay_latency_seconds` (arrival of a frame's media at the group
@@ -218,17 +218,18 @@ fn send_packet(sock: &UdpSocket, buf: &mut Vec<u8>, p: &Packet, to: SocketAddr) 
     let _ = sock.send_to(buf, to);
 }
 
-/// An srt-protocol caller on a blocking socket: connects, then runs
-/// `each` on every wake with the open connection.
-fn srt_caller(
+/// What a player saw: (key, first byte arrival) of every video frame, and
+/// when it connected.
+type Played = (Vec<(u64, Instant)>, Option<Instant>);
+
+/// Play `streamid` from `remote` with an srt-protocol caller on a blocking
+/// socket until `stop`, timing every video frame at network arrival.
+fn play(
     remote: SocketAddr,
     streamid: &str,
     latency: Duration,
     stop: &AtomicBool,
-    mut on_open: impl FnMut(&mut DuplexConnection, Instant),
-    mut on_data: impl FnMut(&[u8], Instant),
-    mut on_release: impl FnMut(&mut DuplexConnection, Instant),
-) -> Result<Duration, String> {
+) -> Result<Played, String> {
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let settings = ConnInitSettings {
         send_latency: latency,
@@ -282,24 +283,18 @@ fn srt_caller(
             _ => {}
         }
     }
-    let negotiated = conn
-        .as_ref()
-        .map(|c| {
-            c.settings()
-                .send_tsbpd_latency
-                .max(c.settings().recv_tsbpd_latency)
-        })
-        .unwrap_or_default();
+    let connected = Some(Instant::now());
     let mut conn = conn.expect("connected");
     let remote_sockid = conn.settings().remote_sockid;
+    let mut starts = VideoStarts::new();
+    let mut got = Vec::new();
     while !stop.load(Ordering::Relaxed) && conn.is_open() {
         let now = Instant::now();
-        on_open(&mut conn, now);
         conn.check_timers(now);
         while let Some((p, to)) = conn.next_packet(now) {
             send_packet(&sock, &mut out, &p, to);
         }
-        on_release(&mut conn, now);
+        while conn.next_data(now).is_some() {}
         let wake = conn.next_timer(now).min(now + Duration::from_millis(2));
         let wait = wake.saturating_duration_since(Instant::now());
         sock.set_read_timeout(Some(wait.max(Duration::from_micros(100))))
@@ -308,7 +303,7 @@ fn srt_caller(
             let at = Instant::now();
             if let Ok(p) = Packet::parse(&mut &buf[..n], false) {
                 if let Packet::Data(d) = &p {
-                    on_data(&d.payload, at);
+                    starts.push(&d.payload, at, &mut got);
                 }
                 conn.handle_packet_input(at, Ok((p, from)));
             }
@@ -320,7 +315,7 @@ fn srt_caller(
         control_type: ControlTypes::Shutdown,
     });
     send_packet(&sock, &mut out, &shutdown, remote);
-    Ok(negotiated)
+    Ok((got, connected))
 }
 
 /// The fixture's MPEG-TS as 1316-byte payloads, each with the instant
@@ -378,38 +373,24 @@ struct Run {
 
 type Sent = Arc<Mutex<HashMap<u64, Instant>>>;
 
-/// What a player saw: (key, first byte arrival) of every video frame, and
-/// when it connected.
-type Played = (Vec<(u64, Instant)>, Option<Instant>);
-
-/// Play `path` from `server` until `stop`.
-fn player(
-    server: SocketAddr,
-    path: &str,
-    latency: Duration,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Played> {
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let mut starts = VideoStarts::new();
-        let mut got = Vec::new();
-        let mut connected = None;
-        let r = srt_caller(
-            server,
-            &path,
-            latency,
-            &stop,
-            |_, now| {
-                connected.get_or_insert(now);
-            },
-            |payload, at| starts.push(payload, at, &mut got),
-            |conn, now| while conn.next_data(now).is_some() {},
-        );
-        if let Err(e) = r {
-            eprintln!("ingest_latency: player: {e}");
-        }
-        (got, connected)
-    })
+/// Once `path` is live, play it for the run (less a second) and stop the
+/// publisher; what the player saw and sluice's CPU meanwhile (% of a core).
+fn measure(server: &Sluice, path: &str, o: &Opts, stop: &Arc<AtomicBool>) -> (Played, f64) {
+    wait_live(server, path);
+    let cpu = CpuProbe::start(Some(server.pid()));
+    let player = {
+        let (srt, path, stop) = (server.srt_addr(), path.to_string(), stop.clone());
+        let latency = Duration::from_millis(o.player_latency_ms);
+        std::thread::spawn(move || play(srt, &path, latency, &stop))
+    };
+    std::thread::sleep(Duration::from_secs(o.secs).saturating_sub(Duration::from_secs(1)));
+    let cpu = cpu.percent(clock_ticks());
+    stop.store(true, Ordering::Relaxed);
+    let played = player.join().expect("player thread").unwrap_or_else(|e| {
+        eprintln!("ingest_latency: player: {e}");
+        (Vec::new(), None)
+    });
+    (played, cpu)
 }
 
 fn relay_histogram(server: &Sluice) -> Option<(f64, f64)> {
@@ -499,18 +480,7 @@ fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
             Ok(())
         })
     };
-    wait_live(&server, path);
-    let cpu = CpuProbe::start(Some(server.pid()));
-    let play = player(
-        server.srt_addr(),
-        path,
-        Duration::from_millis(o.player_latency_ms),
-        stop.clone(),
-    );
-    std::thread::sleep(limit.saturating_sub(Duration::from_secs(1)));
-    let cpu = cpu.percent(clock_ticks());
-    stop.store(true, Ordering::Relaxed);
-    let got = play.join().expect("player thread");
+    let (got, cpu) = measure(&server, path, o, &stop);
     if let Err(e) = publisher.join().expect("publisher thread") {
         panic!("srt publisher: {e}\n{}", server.log_tail(40));
     }
@@ -580,18 +550,7 @@ fn run_rtmp(bin: &Path, flv_path: &Path, o: &Opts) -> Run {
             Ok(())
         })
     };
-    wait_live(&server, path);
-    let cpu = CpuProbe::start(Some(server.pid()));
-    let play = player(
-        server.srt_addr(),
-        path,
-        Duration::from_millis(o.player_latency_ms),
-        stop.clone(),
-    );
-    std::thread::sleep(Duration::from_secs(o.secs).saturating_sub(Duration::from_secs(1)));
-    let cpu = cpu.percent(clock_ticks());
-    stop.store(true, Ordering::Relaxed);
-    let got = play.join().expect("player thread");
+    let (got, cpu) = measure(&server, path, o, &stop);
     if let Err(e) = publisher.join().expect("publisher thread") {
         panic!("rtmp publisher: {e}\n{}", server.log_tail(40));
     }
