@@ -11,7 +11,7 @@
 //! FLV tags from an in-process RTMP publisher), and plays it from an
 //! in-process srt-protocol caller. Each video frame is recognised on both
 //! sides by its first slice NAL unit (the relay never changes slice bytes),
-//! so its latency is: when the publisher handed its first byte over ->
+//! so its latency is: when the publisher handed its first byte over -> when
 //! the player received the datagram with its first byte (network arrival,
 //! before the player's own TSBPD delay, so the player latency is added on
 //! top by whatever player is used). It prints per protocol p50/p90/p99/max
