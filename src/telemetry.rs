@@ -45,6 +45,11 @@ pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
 pub const SRT_BYTES_OUT_TOTAL: &str = "sluice_srt_bytes_out_total";
 pub const SRT_GOP_CACHE_STARTS_TOTAL: &str = "sluice_srt_gop_cache_starts_total";
 pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
+pub const SRT_JOIN_TOTAL: &str = "sluice_srt_join_total";
+pub const SRT_JOIN_FIRST_DATA_SECONDS: &str = "sluice_srt_join_first_data_seconds";
+pub const SRT_JOIN_CATCHUP_SECONDS: &str = "sluice_srt_join_catchup_seconds";
+pub const SRT_JOIN_CATCHUP_FRAMES_TOTAL: &str = "sluice_srt_join_catchup_frames_total";
+pub const SRT_JOIN_UNCHANGED_TOTAL: &str = "sluice_srt_join_unchanged_total";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
@@ -192,6 +197,11 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_REJECTS_TOTAL, Kind::Counter, "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."),
     Family::new(SRT_BYTES_OUT_TOTAL, Kind::Counter, "MPEG-TS payload bytes sent to SRT players, retransmissions included."),
     Family::new(SRT_GOP_CACHE_STARTS_TOTAL, Kind::Counter, "SRT players whose first data came from the GOP cache."),
+    Family::new(SRT_JOIN_TOTAL, Kind::Counter, "SRT players accepted, by join mode (live, cache, keyframe)."),
+    Family::new(SRT_JOIN_FIRST_DATA_SECONDS, Kind::Histogram, "SRT player accepted -> its first media handed to SRT, by join mode (keyframe: the wait for the next keyframe)."),
+    Family::new(SRT_JOIN_CATCHUP_SECONDS, Kind::Histogram, "join = live: media time a joiner skipped, from the cached keyframe to the live point."),
+    Family::new(SRT_JOIN_CATCHUP_FRAMES_TOTAL, Kind::Counter, "join = live: cached video frames retimed to just before the live point."),
+    Family::new(SRT_JOIN_UNCHANGED_TOTAL, Kind::Counter, "join = live joins sent the GOP cache as it was, by reason (no_video, no_psi, ...)."),
     Family::new(SRT_LAG_SKIPS_TOTAL, Kind::Counter, "Times an SRT player fell behind and skipped to the newest keyframe."),
     Family::new(SRT_LAG_DISCONNECTS_TOTAL, Kind::Counter, "SRT players closed for staying behind."),
     Family::new(SRT_PROTOCOL_PANICS_TOTAL, Kind::Counter, "Panics caught inside srt-protocol; each dropped one peer."),
@@ -256,6 +266,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
             &[0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
         )
         .map_err(|e| format!("bad histogram buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(SRT_JOIN_FIRST_DATA_SECONDS.to_string()),
+            &[0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        )
+        .map_err(|e| format!("bad histogram buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full(SRT_JOIN_CATCHUP_SECONDS.to_string()),
+            &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        )
+        .map_err(|e| format!("bad histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
@@ -273,6 +293,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         SRT_LAG_SKIPS_TOTAL,
         SRT_LAG_DISCONNECTS_TOTAL,
         SRT_PROTOCOL_PANICS_TOTAL,
+        SRT_JOIN_CATCHUP_FRAMES_TOTAL,
         SRT_PUBLISH_BYTES_IN_TOTAL,
         SRT_PUBLISH_DROPPED_PAYLOADS_TOTAL,
         RTMPS_CONNECTIONS_TOTAL,

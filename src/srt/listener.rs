@@ -39,7 +39,7 @@ use crate::srt::publish::{self as publish_task, CloseRequest, ConnectionEnd, Pub
 use crate::srt::receiver::Receiver;
 use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
-use crate::stream::config::{AppConfig, Apps, DEFAULT_APP};
+use crate::stream::config::{AppConfig, Apps, JoinMode, DEFAULT_APP};
 use crate::stream::driver::{Publish, Streams};
 use crate::stream::{ClaimError, Registry, StreamPath};
 use crate::telemetry;
@@ -241,6 +241,8 @@ pub struct ReadAuth {
     pub tokens: std::collections::BTreeMap<String, crate::auth::Secret>,
     /// Asked before accepting a player, with its timeout.
     pub webhook: Option<(String, Duration)>,
+    /// How its players join a running stream, unless one asks (`join=`).
+    pub join: JoinMode,
 }
 
 /// Who may play which application's streams: `[apps.NAME]` by name, else
@@ -300,6 +302,7 @@ impl ReadAuth {
             passphrase,
             tokens: app.read_tokens.clone(),
             webhook: app.read_webhook.clone().map(|u| (u, app.webhook_timeout)),
+            join: app.join,
         })
     }
 }
@@ -938,7 +941,8 @@ impl Listener {
         Some((listen, request??))
     }
 
-    /// A caller accepted: its player starts on the ring's newest keyframe.
+    /// A caller accepted: its player starts as its join mode says (the
+    /// ring's newest keyframe, retimed for `live`; the next one for `keyframe`).
     fn accept(
         &mut self,
         now: Instant,
@@ -946,8 +950,14 @@ impl Listener {
         h: &HandshakeControlInfo,
         mut reply: Option<(Packet, SocketAddr)>,
         mut conn: Connection,
-        (ring, path, rendition): (Arc<crate::stream::Ring<TsChunk>>, String, String),
+        target: PlayTarget,
     ) {
+        let PlayTarget {
+            ring,
+            path,
+            rendition,
+            join,
+        } = target;
         fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
         if self.players.contains_key(&from) {
             self.remove(from, CloseReason::Replaced);
@@ -958,11 +968,15 @@ impl Listener {
         let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
             return;
         };
-        let cursor = ring.subscribe();
+        let cursor = match join {
+            JoinMode::Keyframe => ring.subscribe_at_next_keyframe(),
+            JoinMode::Live | JoinMode::Cache => ring.subscribe(),
+        };
         if cursor.backlog() > 0 {
             metrics::counter!(telemetry::SRT_GOP_CACHE_STARTS_TOTAL).increment(1);
         }
-        let sender = Sender::new(
+        metrics::counter!(telemetry::SRT_JOIN_TOTAL, "mode" => join.as_str()).increment(1);
+        let mut sender = Sender::new(
             conn,
             cursor,
             FEED_BATCH,
@@ -971,10 +985,17 @@ impl Listener {
                 bytes_out: metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL),
                 latency: metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS),
                 lag_skips: metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL),
+                first_data: metrics::histogram!(
+                    telemetry::SRT_JOIN_FIRST_DATA_SECONDS,
+                    "mode" => join.as_str()
+                ),
             },
             from.to_string(),
             now,
         );
+        if join == JoinMode::Live {
+            sender = sender.catch_up_on_join();
+        }
         let conclusion_reply = reply.as_ref().map(|(p, _)| p.clone());
         if let Some(r) = reply {
             self.outbox.push(r);
@@ -985,6 +1006,7 @@ impl Listener {
             rendition = %rendition,
             latency_ms = latency.as_millis() as u64,
             encrypted,
+            join = join.as_str(),
             "srt player connected"
         );
         metrics::counter!(telemetry::SRT_PLAYERS_TOTAL).increment(1);
@@ -1297,6 +1319,21 @@ impl Listener {
                 .increment(1);
             return reject((reject_code(code), why));
         }
+        let join = match parsed.params.get("join") {
+            None => rules.join,
+            Some(v) => match JoinMode::parse(v) {
+                Some(m) => m,
+                None => {
+                    return reject((
+                        reject_code(code::BAD_REQUEST),
+                        format!(
+                            "join={} is not a join mode: use live, cache or keyframe",
+                            streamid::shown(v)
+                        ),
+                    ))
+                }
+            },
+        };
         let ring = match self.target(&parsed) {
             Ok(ring) => ring,
             Err(refused) => return reject(refused),
@@ -1326,7 +1363,12 @@ impl Listener {
         });
         Decision {
             response: AccessControlResponse::Accepted(keys),
-            target: Some(Target::Play((ring, parsed.path, parsed.rendition))),
+            target: Some(Target::Play(PlayTarget {
+                ring,
+                path: parsed.path,
+                rendition: parsed.rendition,
+                join,
+            })),
             streamid: sid.clone(),
             why: String::new(),
             waiting: None,
@@ -1625,6 +1667,9 @@ impl Listener {
         };
         let outbox = &mut self.outbox;
         let res = caught("connection", addr, || p.sender.pump(now, outbox));
+        if let Some(c) = p.sender.take_catch_up() {
+            report_catch_up(addr, &p.stream, &c);
+        }
         match res {
             None => self.remove(addr, CloseReason::Panic),
             Some(Some(end)) => self.remove(addr, close_reason(end)),
@@ -1729,6 +1774,30 @@ impl Listener {
 
 /// The user token rule of the stream's application: 1401 when the
 /// streamid carries no user or token, 1403 when they do not match.
+/// The live-edge rewrite of one joiner, in metrics and the debug log.
+fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::CatchUpReport) {
+    match c.unchanged {
+        Some(why) => {
+            metrics::counter!(telemetry::SRT_JOIN_UNCHANGED_TOTAL, "reason" => why).increment(1);
+            debug!(peer = %peer, stream, reason = why, "srt player joined from the GOP cache as it was");
+        }
+        None => {
+            metrics::histogram!(telemetry::SRT_JOIN_CATCHUP_SECONDS)
+                .record(c.skipped.as_secs_f64());
+            metrics::counter!(telemetry::SRT_JOIN_CATCHUP_FRAMES_TOTAL)
+                .increment(u64::from(c.frames));
+            debug!(
+                peer = %peer,
+                stream,
+                frames = c.frames,
+                skipped_ms = c.skipped.as_millis() as u64,
+                dropped_pes = c.dropped_pes,
+                "srt player joined at the live edge"
+            );
+        }
+    }
+}
+
 fn check_token(
     rules: &ReadAuth,
     req: &streamid::StreamRequest,
@@ -1773,10 +1842,19 @@ struct Decision {
     result: &'static str,
 }
 
+/// What an accepted player plays, and how it joins.
+struct PlayTarget {
+    ring: Arc<crate::stream::Ring<TsChunk>>,
+    /// `APP/KEY`.
+    path: String,
+    rendition: String,
+    join: JoinMode,
+}
+
 /// What an accepted caller does.
 enum Target {
-    /// Play a rendition's ring: (ring, `APP/KEY`, rendition).
-    Play((Arc<crate::stream::Ring<TsChunk>>, String, String)),
+    /// Play a rendition's ring.
+    Play(PlayTarget),
     /// Publish this path with its application's settings.
     Publish(StreamPath, Box<AppConfig>),
 }

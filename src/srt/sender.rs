@@ -13,6 +13,7 @@ use srt_protocol::packet::{Packet, PacketLocation};
 use tracing::debug;
 
 use crate::stream::{Cursor, Read};
+use crate::ts::join::catch_up;
 use crate::ts::TsChunk;
 
 /// Stop feeding while this many packets wait in the send buffer (sent but
@@ -55,6 +56,8 @@ pub struct SenderMetrics {
     /// Ring arrival → last packet of the chunk on the wire, live chunks only.
     pub latency: metrics::Histogram,
     pub lag_skips: metrics::Counter,
+    /// Sender created -> its first chunk handed to the connection.
+    pub first_data: metrics::Histogram,
 }
 
 impl SenderMetrics {
@@ -63,8 +66,23 @@ impl SenderMetrics {
             bytes_out: metrics::Counter::noop(),
             latency: metrics::Histogram::noop(),
             lag_skips: metrics::Counter::noop(),
+            first_data: metrics::Histogram::noop(),
         }
     }
+}
+
+/// What the live-edge join did for one player (`join = "live"`), once its
+/// first read is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpReport {
+    /// Cached video frames retimed.
+    pub frames: u32,
+    /// Media time skipped (cached keyframe -> live point).
+    pub skipped: Duration,
+    /// Stale audio (and other non-video) PES left out.
+    pub dropped_pes: u32,
+    /// Why the cache went out as it was, when it did.
+    pub unchanged: Option<&'static str>,
 }
 
 /// The `now` to give srt-protocol with a connection's first data input.
@@ -108,6 +126,14 @@ pub struct Sender {
     skips: u64,
     /// Chunks read from the ring, reused across turns.
     scratch: Vec<TsChunk>,
+    /// Rewrite the first read for the live edge (`ts::join`).
+    catch_up: bool,
+    /// What that rewrite did, until [`Sender::take_catch_up`].
+    caught_up: Option<CatchUpReport>,
+    /// Rewritten chunks not handed to the connection yet (fed under the cap
+    /// like ring reads).
+    queued: VecDeque<TsChunk>,
+    created: Instant,
 }
 
 impl Sender {
@@ -138,7 +164,23 @@ impl Sender {
             bytes_out: 0,
             skips: 0,
             scratch: Vec::with_capacity(READ_BATCH),
+            catch_up: false,
+            caught_up: None,
+            queued: VecDeque::new(),
+            created: now,
         }
+    }
+
+    /// Start this player at the live edge: its first read (the GOP cache)
+    /// is retimed by [`catch_up`] (`join = "live"`).
+    pub fn catch_up_on_join(mut self) -> Sender {
+        self.catch_up = true;
+        self
+    }
+
+    /// What the live-edge rewrite did, once it ran (handed out once).
+    pub fn take_catch_up(&mut self) -> Option<CatchUpReport> {
+        self.caught_up.take()
     }
 
     /// A packet from the peer (already guarded and parsed).
@@ -234,12 +276,16 @@ impl Sender {
                 return None;
             }
             chunks.clear();
-            match self.cursor.try_read(READ_BATCH, chunks) {
+            match self.read(chunks) {
                 None => {
                     self.live = true;
                     return None;
                 }
                 Some(Read::Items) => {
+                    if !self.fed_any {
+                        let waited = now.saturating_duration_since(self.created);
+                        self.metrics.first_data.record(waited.as_secs_f64());
+                    }
                     for c in chunks.drain(..) {
                         if self.in_flight.len() < MAX_IN_FLIGHT {
                             self.in_flight.push_back(c.origin.filter(|_| self.live));
@@ -271,6 +317,32 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// The next chunks to feed: what the live-edge rewrite queued, else the
+    /// ring. The first ring read of a live-edge join takes the whole cache.
+    fn read(&mut self, chunks: &mut Vec<TsChunk>) -> Option<Read> {
+        if self.queued.is_empty() && self.catch_up {
+            let read = self.cursor.try_read(usize::MAX, chunks);
+            if read != Some(Read::Items) {
+                return read;
+            }
+            self.catch_up = false;
+            let c = catch_up(std::mem::take(chunks));
+            self.caught_up = Some(CatchUpReport {
+                frames: c.frames,
+                skipped: Duration::from_micros(c.skipped_90k * 100 / 9),
+                dropped_pes: c.dropped_pes,
+                unchanged: c.unchanged,
+            });
+            self.queued = c.chunks.into();
+        }
+        if self.queued.is_empty() {
+            return self.cursor.try_read(READ_BATCH, chunks);
+        }
+        let n = self.queued.len().min(READ_BATCH);
+        chunks.extend(self.queued.drain(..n));
+        Some(Read::Items)
     }
 
     /// When the sender next needs a turn (without new data or packets).

@@ -186,7 +186,7 @@ fn short_form(decoded: &str) -> Result<(Mode, &str, BTreeMap<String, String>), S
 /// Parameters whose values are shown by [`redact`]: the SRT access-control
 /// keys that name things (user, host, type). Every other value — `s`,
 /// `user_token`, and any key a client invents — may be a secret.
-const SHOWN_PARAMS: [&str; 3] = ["u", "h", "t"];
+const SHOWN_PARAMS: [&str; 4] = ["u", "h", "t", "join"];
 
 /// What [`redact`] prints in place of a value or key it does not show.
 pub const MASK: &str = "***";

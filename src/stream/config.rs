@@ -71,6 +71,43 @@ pub struct AppConfig {
     /// Segments older than this are deleted; unset keeps them forever.
     #[serde(deserialize_with = "record_config::keep")]
     pub record_keep: Option<Duration>,
+    /// How an SRT player that joins a running stream starts (a player can
+    /// ask for another with `join=` in its streamid).
+    pub join: JoinMode,
+}
+
+/// How an SRT player joins a running stream (`join = "…"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// The GOP cache at once, its video retimed into the few milliseconds
+    /// before the live point and its audio from the live point: the first
+    /// picture at once, and presented live (`ts::join`).
+    #[default]
+    Live,
+    /// The GOP cache at once with its own timestamps: the first picture at
+    /// once, but a player that presents by timestamp stays behind live by
+    /// the cached keyframe's age.
+    Cache,
+    /// Nothing until the next keyframe: live, after a wait of up to a GOP.
+    Keyframe,
+}
+
+impl JoinMode {
+    pub const ALL: [JoinMode; 3] = [JoinMode::Live, JoinMode::Cache, JoinMode::Keyframe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinMode::Live => "live",
+            JoinMode::Cache => "cache",
+            JoinMode::Keyframe => "keyframe",
+        }
+    }
+
+    /// From a streamid's `join=` value.
+    pub fn parse(s: &str) -> Option<JoinMode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 impl Default for AppConfig {
@@ -91,6 +128,7 @@ impl Default for AppConfig {
             record_segment: record_config::DEFAULT_SEGMENT,
             record_required: false,
             record_keep: None,
+            join: JoinMode::Live,
         }
     }
 }

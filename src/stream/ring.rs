@@ -197,6 +197,22 @@ impl<T: RingItem> Ring<T> {
         }
     }
 
+    /// A new player that starts at the next keyframe to arrive, whatever
+    /// is cached (`join = "keyframe"`).
+    pub fn subscribe_at_next_keyframe(self: &Arc<Self>) -> Cursor<T> {
+        let mut st = self.lock();
+        st.players += 1;
+        let start = st.next_seq();
+        drop(st);
+        Cursor {
+            ring: self.clone(),
+            next: start,
+            rx: self.tx.subscribe(),
+            skips: 0,
+            wait_keyframe: true,
+        }
+    }
+
     pub fn stats(&self) -> RingStats {
         let st = self.lock();
         RingStats {
@@ -367,6 +383,19 @@ mod tests {
         ring.push(it(3, false));
         assert_eq!(c.try_read(100, &mut out), Some(Read::Items));
         assert_eq!(ids(&out), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_player_may_start_at_the_next_keyframe_instead_of_the_cached_one() {
+        let ring = Ring::new(RingConfig::default());
+        push_gops(&ring, 0, 15, 10); // keyframes 0, 10
+        let mut c = ring.subscribe_at_next_keyframe();
+        let mut out = Vec::new();
+        assert_eq!(c.try_read(100, &mut out), None);
+        push_gops(&ring, 15, 10, 10); // keyframe 20
+        assert_eq!(c.try_read(100, &mut out), Some(Read::Items));
+        assert_eq!(ids(&out), vec![20, 21, 22, 23, 24]);
+        assert_eq!(ring.stats().players, 1);
     }
 
     #[test]

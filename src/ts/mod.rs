@@ -7,6 +7,7 @@
 
 pub mod demux;
 pub mod ingest;
+pub mod join;
 pub mod mux;
 pub(crate) mod psi;
 #[cfg(feature = "fuzzing")]
