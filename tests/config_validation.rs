@@ -71,6 +71,15 @@ fn unknown_key_is_rejected_and_named() {
 }
 
 #[test]
+fn an_unknown_join_mode_is_rejected_and_the_modes_named() {
+    expect_startup_error(
+        Some("[apps.live]\njoin = \"soon\"\n"),
+        PORT_FLAGS,
+        &["join", "soon", "live", "cache", "keyframe"],
+    );
+}
+
+#[test]
 fn unknown_section_is_rejected_and_named() {
     expect_startup_error(
         Some("[transcoding]\nenabled = true\n"),
