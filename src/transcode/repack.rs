@@ -676,6 +676,11 @@ pub fn fuzz_repack(data: &[u8]) {
             "packets unaccounted for"
         );
     }
+    // A player joining now gets the chunks from the newest keyframe, as
+    // the ring hands them out, rewritten for the live edge.
+    if let Some(k) = a.iter().rposition(|c| c.keyframe) {
+        crate::ts::join::fuzz_check(&a[k..]);
+    }
 }
 
 #[cfg(any(test, feature = "fuzzing"))]

@@ -559,6 +559,30 @@ impl Out {
     }
 }
 
+/// Fuzzing check (from the repack and roundtrip targets, whose outputs are
+/// what rings hold): [`catch_up`] never panics, hands out whole packets
+/// starting with a keyframe chunk, leaves a burst it cannot parse as it
+/// was, and adds nothing but the keyframe's copies.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_check(burst: &[TsChunk]) {
+    let packets = |v: &[TsChunk]| v.iter().map(|c| c.data.len() / PACKET).sum::<usize>();
+    let c = catch_up(burst.to_vec());
+    if c.unchanged.is_some() {
+        assert_eq!(c.chunks, burst, "an unparsed burst was changed");
+        return;
+    }
+    assert!(c.chunks.first().is_some_and(|c| c.keyframe));
+    for chunk in &c.chunks {
+        assert!(!chunk.data.is_empty() && chunk.data.len() <= CHUNK);
+        assert_eq!(chunk.data.len() % PACKET, 0);
+        assert!(chunk.data.chunks(PACKET).all(|p| p[0] == SYNC_BYTE));
+    }
+    // Each copy of the keyframe is at most the whole burst.
+    assert!(c.lead_in as usize <= MAX_LEAD_IN);
+    assert!(packets(&c.chunks) <= packets(burst) * (1 + c.lead_in as usize));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,6 +277,10 @@ pub(super) fn run(data: &[u8]) -> usize {
         }
     }
     rt.check();
+    #[cfg(feature = "fuzzing")]
+    if let Some(k) = rt.chunks.iter().rposition(|c| c.keyframe) {
+        super::join::fuzz_check(&rt.chunks[k..]);
+    }
     rt.expected.len()
 }
 
