@@ -1772,8 +1772,6 @@ impl Listener {
     }
 }
 
-/// The user token rule of the stream's application: 1401 when the
-/// streamid carries no user or token, 1403 when they do not match.
 /// The live-edge rewrite of one joiner, in metrics and the debug log.
 fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::CatchUpReport) {
     match c.unchanged {
@@ -1792,12 +1790,15 @@ fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::Catch
                 frames = c.frames,
                 skipped_ms = c.skipped.as_millis() as u64,
                 dropped_pes = c.dropped_pes,
+                lead_in = c.lead_in,
                 "srt player joined at the live edge"
             );
         }
     }
 }
 
+/// The user token rule of the stream's application: 1401 when the
+/// streamid carries no user or token, 1403 when they do not match.
 fn check_token(
     rules: &ReadAuth,
     req: &streamid::StreamRequest,

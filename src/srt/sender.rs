@@ -26,6 +26,11 @@ pub const STUCK_LIMIT: Duration = Duration::from_secs(4);
 const READ_BATCH: usize = 64;
 /// Bound on the latency bookkeeping (one entry per chunk not yet sent).
 const MAX_IN_FLIGHT: usize = 16 * 1024;
+/// A live-edge join rewrites a GOP cache up to this size (half the ring's
+/// default bound: 2 s at 64 Mbit/s); a bigger one goes out as it is, so
+/// the rewrite's CPU time on the listener's loop and what a joiner holds
+/// outside the ring stay bounded.
+pub const MAX_CATCH_UP_BYTES: usize = 16 << 20;
 
 /// Why a sender is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +86,8 @@ pub struct CatchUpReport {
     pub skipped: Duration,
     /// Stale audio (and other non-video) PES left out.
     pub dropped_pes: u32,
+    /// Copies of the keyframe sent ahead of it.
+    pub lead_in: u32,
     /// Why the cache went out as it was, when it did.
     pub unchanged: Option<&'static str>,
 }
@@ -322,7 +329,23 @@ impl Sender {
     /// The next chunks to feed: what the live-edge rewrite queued, else the
     /// ring. The first ring read of a live-edge join takes the whole cache.
     fn read(&mut self, chunks: &mut Vec<TsChunk>) -> Option<Read> {
+        if !self.queued.is_empty() && self.cursor.fell_behind() {
+            // A joiner still taking its catch-up while the ring moved past
+            // where it would continue: it is behind as any lagging player.
+            self.queued = VecDeque::new();
+        }
         if self.queued.is_empty() && self.catch_up {
+            if self.cursor.backlog_bytes() > MAX_CATCH_UP_BYTES {
+                self.catch_up = false;
+                self.caught_up = Some(CatchUpReport {
+                    frames: 0,
+                    skipped: Duration::ZERO,
+                    dropped_pes: 0,
+                    lead_in: 0,
+                    unchanged: Some("too_large"),
+                });
+                return self.cursor.try_read(READ_BATCH, chunks);
+            }
             let read = self.cursor.try_read(usize::MAX, chunks);
             if read != Some(Read::Items) {
                 return read;
@@ -333,6 +356,7 @@ impl Sender {
                 frames: c.frames,
                 skipped: Duration::from_micros(c.skipped_90k * 100 / 9),
                 dropped_pes: c.dropped_pes,
+                lead_in: c.lead_in,
                 unchanged: c.unchanged,
             });
             self.queued = c.chunks.into();
@@ -342,6 +366,9 @@ impl Sender {
         }
         let n = self.queued.len().min(READ_BATCH);
         chunks.extend(self.queued.drain(..n));
+        if self.queued.is_empty() {
+            self.queued = VecDeque::new(); // its capacity goes too
+        }
         Some(Read::Items)
     }
 

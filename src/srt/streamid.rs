@@ -213,7 +213,7 @@ pub fn shown(value: &str) -> &str {
 
 /// A streamid for logs and reports, never its raw bytes: rebuilt from the
 /// parsed fields as `#!::r=APP/KEY[/RENDITION],m=MODE,k=v,...` with every
-/// value other than `u`, `h` and `t` replaced by `***`, whatever encoding
+/// value other than `u`, `h`, `t` and `join` replaced by `***`, whatever encoding
 /// the caller used. An unusable resource or mode is masked too; a
 /// streamid that does not split into pairs at all is shown as its length
 /// and a short SHA-256 prefix (to correlate attempts).
@@ -551,6 +551,11 @@ mod tests {
             ("#!::r=a/TOKEN?x,u=alice", "#!::r=***,m=request,u=alice"),
             ("#!::r=a/b,u=TO%09KEN", "#!::r=a/b,m=request,u=***"),
             ("#!::u=a%2525b", "#!::m=request,u=***"),
+            // The join mode names no one.
+            (
+                "read:live/cam1?join=keyframe&s=TOKEN",
+                "#!::r=live/cam1,m=request,join=keyframe,s=***",
+            ),
             // Short forms.
             ("live/cam1", "#!::r=live/cam1,m=request"),
             ("publish:live/cam1/720p", "#!::r=live/cam1/720p,m=publish"),

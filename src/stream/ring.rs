@@ -314,6 +314,19 @@ impl<T: RingItem> Cursor<T> {
     pub fn backlog(&self) -> u64 {
         self.ring.lock().next_seq().saturating_sub(self.next)
     }
+
+    /// Bytes (as the ring counts them) of the items not yet read.
+    pub fn backlog_bytes(&self) -> usize {
+        let st = self.ring.lock();
+        let from = self.next.saturating_sub(st.base) as usize;
+        st.items.iter().skip(from).map(RingItem::size).sum()
+    }
+
+    /// The ring dropped items this player has not read: the next read
+    /// skips (or finds it too slow).
+    pub fn fell_behind(&self) -> bool {
+        !self.wait_keyframe && self.next < self.ring.lock().base
+    }
 }
 
 impl<T: RingItem> Drop for Cursor<T> {
@@ -396,6 +409,20 @@ mod tests {
         assert_eq!(c.try_read(100, &mut out), Some(Read::Items));
         assert_eq!(ids(&out), vec![20, 21, 22, 23, 24]);
         assert_eq!(ring.stats().players, 1);
+    }
+
+    #[test]
+    fn the_backlog_is_counted_in_bytes_and_falling_behind_is_seen_before_the_read() {
+        let ring = Ring::new(RingConfig {
+            max_bytes: 1000,
+            max_lag_skips: 3,
+        });
+        push_gops(&ring, 0, 5, 10);
+        let c = ring.subscribe();
+        assert_eq!(c.backlog_bytes(), 500);
+        assert!(!c.fell_behind());
+        push_gops(&ring, 5, 6, 10); // 11 items of 100 bytes: item 0 goes
+        assert!(c.fell_behind());
     }
 
     #[test]

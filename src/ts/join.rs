@@ -59,7 +59,7 @@ pub struct CatchUp {
     /// Copies of the keyframe sent ahead of it (see [`lead_in_copies`]).
     pub lead_in: u32,
     /// Why the burst was sent as it was, when it was (a metric label:
-    /// `no_video`, `no_psi`, `not_packets`,
+    /// `no_video`, `no_psi`, `not_packets`, (and the sender's `too_large`),
     /// `pes_header_split`, `pes_without_pts`).
     pub unchanged: Option<&'static str>,
 }
@@ -163,8 +163,8 @@ fn pat_pmt_pid(s: &[u8]) -> Option<u16> {
         .map(|e| u16::from(e[2] & 0x1F) << 8 | u16::from(e[3]))
 }
 
-/// The elementary PIDs of a PMT section (2.4.4.8), each with whether it is video.
-fn pmt_streams(s: &[u8]) -> Option<Vec<(u16, bool)>> {
+/// The elementary streams of a PMT section (2.4.4.8).
+fn pmt_streams(s: &[u8]) -> Option<Vec<Es>> {
     if s.first() != Some(&0x02) || s.len() < 16 {
         return None;
     }
@@ -176,7 +176,11 @@ fn pmt_streams(s: &[u8]) -> Option<Vec<(u16, bool)>> {
         let stream_type = s[i];
         let pid = u16::from(s[i + 1] & 0x1F) << 8 | u16::from(s[i + 2]);
         let es_len = usize::from(s[i + 3] & 0x0F) << 8 | usize::from(s[i + 4]);
-        out.push((pid, VIDEO_STREAM_TYPES.contains(&stream_type)));
+        out.push(Es {
+            pid,
+            stream_type,
+            video: VIDEO_STREAM_TYPES.contains(&stream_type),
+        });
         i += 5 + es_len;
     }
     Some(out)
@@ -261,40 +265,44 @@ impl Squeeze {
     }
 }
 
+/// One elementary stream of the PMT.
+#[derive(Debug, Clone, Copy)]
+struct Es {
+    pid: u16,
+    stream_type: u8,
+    video: bool,
+}
+
+/// A video PES start in the burst: where its header is, its times relative
+/// to the keyframe's DTS, and the times it is given.
+#[derive(Debug, Clone, Copy)]
+struct VideoPes {
+    index: usize,
+    dts: i64,
+    pts: i64,
+    new_dts: i64,
+    new_pts: i64,
+}
+
 /// Rewrites `burst` (a ring's items from its newest keyframe to its end)
 /// for a player that joins now: see the module documentation.
 pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
-    // The PAT and PMT: a keyframe chunk starts with them.
-    let mut pmt_pid = None;
-    let mut streams: Option<Vec<(u16, bool)>> = None;
-    for p in burst.iter().flat_map(|c| c.data.chunks(PACKET)) {
-        let Some(h) = header(p) else {
-            return CatchUp::unchanged(burst, "not_packets");
-        };
-        if h.pid == PID_PAT && pmt_pid.is_none() {
-            pmt_pid = section(p, &h).and_then(pat_pmt_pid);
-        } else if Some(h.pid) == pmt_pid {
-            streams = section(p, &h).and_then(pmt_streams);
-            if streams.is_some() {
-                break;
-            }
-        }
-    }
-    let Some(streams) = streams else {
-        return CatchUp::unchanged(burst, "no_psi");
+    let streams = match program(&burst) {
+        Ok(s) => s,
+        Err(why) => return CatchUp::unchanged(burst, why),
     };
-    let is_video = |pid: u16| streams.iter().any(|&(p, v)| p == pid && v);
-    let is_other_es = |pid: u16| streams.iter().any(|&(p, v)| p == pid && !v);
+    let es = |pid: u16| streams.iter().find(|e| e.pid == pid);
+    let is_video = |pid: u16| es(pid).is_some_and(|e| e.video);
+    let is_other_es = |pid: u16| es(pid).is_some_and(|e| !e.video);
 
-    // Video DTS range and frame count; PCR range; other streams' PES starts.
-    let mut first_dts: Option<u64> = None;
-    let mut top = 0i64;
-    let mut frames = 0u32;
-    let mut last_pcr: Option<u64> = None;
-    let mut starts: Vec<(u16, usize, Option<u64>)> = Vec::new();
-    let mut first_video: Option<usize> = None;
-    // Every packet's header, by its index in the burst.
+    // Every packet's header; the video PES starts; the other streams' PES
+    // starts (PID, index, PTS); the newest PCR.
     let mut seen: Vec<Header> = Vec::new();
+    let mut video: Vec<VideoPes> = Vec::new();
+    let mut starts: Vec<(u16, usize, Option<u64>)> = Vec::new();
+    let mut origin: Option<u64> = None;
+    let mut last_pcr: Option<u64> = None;
+    let mut first_video: Option<usize> = None;
     for (index, p) in burst.iter().flat_map(|c| c.data.chunks(PACKET)).enumerate() {
         let Some(h) = header(p) else {
             return CatchUp::unchanged(burst, "not_packets");
@@ -312,9 +320,15 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
                     return CatchUp::unchanged(burst, "pes_without_pts");
                 };
                 let dts = read_ts(p, t.dts.unwrap_or(pts_at));
-                let origin = *first_dts.get_or_insert(dts);
-                top = top.max(rel(dts, origin));
-                frames += 1;
+                let o = *origin.get_or_insert(dts);
+                let (dts, pts) = (rel(dts, o), rel(read_ts(p, pts_at), o));
+                video.push(VideoPes {
+                    index,
+                    dts,
+                    pts,
+                    new_dts: dts,
+                    new_pts: pts,
+                });
             }
         } else if is_other_es(h.pid) && h.pusi {
             let pts = pes_times(p, &h)
@@ -324,33 +338,38 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
         }
         seen.push(h);
     }
-    let (Some(origin), Some(first_video)) = (first_dts, first_video) else {
+    let (Some(origin), Some(first_video)) = (origin, first_video) else {
         return CatchUp::unchanged(burst, "no_video");
     };
+    let frames = video.len() as u32;
+    let top = video.iter().map(|v| v.dts).max().unwrap_or(0);
     // Joined (almost) at the keyframe: nothing to squeeze, the lead-in
     // still helps.
     let squeeze = (MIN_SQUEEZE_90K.max(u64::from(frames) * SQUEEZE_PER_FRAME_90K)) as i64;
     let squeezing = top > squeeze;
-    let (span, squeeze) = if squeezing {
-        (top, squeeze)
+    let sq = if squeezing {
+        Squeeze { span: top, squeeze }
     } else {
-        (top.max(1), 0)
+        Squeeze {
+            span: 1,
+            squeeze: 0,
+        }
     };
-    let sq = Squeeze { span, squeeze };
+    squeeze_frames(&mut video, &sq, top);
     let pcr_top = last_pcr.map(|p| rel(p, origin));
 
     // Each other stream starts at its first PES at or after the start of
     // the squeezed span (else at its newest one); packets before it go.
-    let cutoff = span - squeeze;
+    let cutoff = if squeezing { top - squeeze } else { top };
     let mut keep_from: Vec<(u16, usize)> = Vec::new();
-    for &(pid, _) in streams.iter().filter(|(_, v)| !v) {
-        let mine = starts.iter().filter(|s| s.0 == pid);
+    for e in streams.iter().filter(|e| !e.video) {
+        let mine = starts.iter().filter(|s| s.0 == e.pid);
         let at = mine
             .clone()
             .find(|s| s.2.is_some_and(|t| rel(t, origin) >= cutoff))
             .or_else(|| mine.clone().next_back())
             .map_or(usize::MAX, |s| s.1);
-        keep_from.push((pid, at));
+        keep_from.push((e.pid, at));
     }
     let dropped_pes = starts
         .iter()
@@ -363,132 +382,230 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
             .is_none_or(|&(_, at)| index >= at)
     };
 
-    // Emit: what precedes the first video packet, the other streams at the
-    // live point, then the rest in order, retimed.
-    let mut out = Out::default();
     let packets: Vec<(&TsChunk, &[u8])> = burst
         .iter()
         .flat_map(|c| c.data.chunks(PACKET).map(move |p| (c, p)))
         .collect();
-    // `earlier`: ticks taken off the mapped times (the lead-in copies).
-    let retime_by = |p: &[u8], h: &Header, earlier: i64| -> Option<[u8; PACKET]> {
+    // A packet's PCR and, for a video PES start, its PTS/DTS as rewritten,
+    // `earlier` ticks before that (the keyframe's copies).
+    let retime = |i: usize, earlier: i64| -> [u8; PACKET] {
+        let (_, p) = packets[i];
+        let h = &seen[i];
         let mut q = [0u8; PACKET];
         q.copy_from_slice(p);
-        let mut changed = false;
         if let (Some(at), Some(top)) = (h.pcr, pcr_top) {
             let r = rel(read_pcr_base(p, at), origin);
-            let m = sq.map(r, top) - earlier;
-            if m != r {
-                write_pcr_base(&mut q, at, abs(m, origin));
-                changed = true;
-            }
+            write_pcr_base(&mut q, at, abs(sq.map(r, top) - earlier, origin));
         }
         if h.pusi && is_video(h.pid) {
-            if let Some(t) = pes_times(p, h) {
-                for at in [t.pts, t.dts].into_iter().flatten() {
-                    let r = rel(read_ts(p, at), origin);
-                    let m = sq.map(r, span) - earlier;
-                    if m != r {
-                        write_ts(&mut q, at, abs(m, origin));
-                        changed = true;
-                    }
+            let v = video
+                .binary_search_by_key(&i, |v| v.index)
+                .ok()
+                .map(|k| video[k]);
+            if let (Some(v), Some(t)) = (v, pes_times(p, h)) {
+                if let Some(at) = t.pts {
+                    write_ts(&mut q, at, abs(v.new_pts - earlier, origin));
+                }
+                if let Some(at) = t.dts {
+                    write_ts(&mut q, at, abs(v.new_dts - earlier, origin));
                 }
             }
         }
-        changed.then_some(q)
+        q
     };
-    let retime = |p: &[u8], h: &Header| retime_by(p, h, 0);
-    for (i, h) in seen.iter().enumerate().take(first_video) {
-        if kept(h, i) {
-            let (c, p) = packets[i];
-            out.packet(c, p, retime(p, h));
+    let changes = |i: usize| seen[i].pcr.is_some() || (seen[i].pusi && is_video(seen[i].pid));
+
+    // Emit: what precedes the first video packet, the other streams at the
+    // live point, the keyframe's copies, then the rest in order, retimed.
+    let mut out = Out::default();
+    for i in 0..first_video {
+        if kept(&seen[i], i) {
+            out.packet(packets[i].0, &retime(i, 0));
         }
     }
-    for (i, h) in seen.iter().enumerate().skip(first_video) {
-        if is_other_es(h.pid) && kept(h, i) {
-            let (c, p) = packets[i];
-            out.packet(c, p, retime(p, h));
+    for i in first_video..seen.len() {
+        if is_other_es(seen[i].pid) && kept(&seen[i], i) {
+            out.packet(packets[i].0, &retime(i, 0));
         }
     }
-    // The keyframe's copies, each a tenth of a millisecond before the next,
-    // with the continuity counters that lead into the keyframe's own.
-    let key = keyframe_packets(&seen, first_video);
-    let copies = key.as_ref().map_or(0, |k| {
+    let copies = lead_in(&seen, &packets, first_video, &streams).map_or(0, |key| {
         let fps_90k = if frames >= 2 && squeezing {
-            u64::from(frames - 1) * 90_000 * 1000 / span as u64
+            u64::from(frames - 1) * 90_000 * 1000 / top as u64
         } else {
             30_000
         };
-        lead_in_copies(k.len() * (PACKET - 4), fps_90k)
-    });
-    if let Some(key) = key.filter(|_| copies > 0) {
+        let copies = lead_in_copies(key.len() * (PACKET - 4), fps_90k);
+        // Each copy a tenth of a millisecond before the next, with the
+        // continuity counters that lead into the keyframe's own.
         let total = copies * key.len();
         let first_cc = packets[key[0]].1[3] & 0x0F;
         let mut n = 0;
         for copy in 0..copies {
             let earlier = ((copies - copy) as u64 * SQUEEZE_PER_FRAME_90K) as i64;
             for &k in &key {
-                let (c, p) = packets[k];
-                let mut q = retime_by(p, &seen[k], earlier).unwrap_or_else(|| {
-                    let mut q = [0u8; PACKET];
-                    q.copy_from_slice(p);
-                    q
-                });
+                let mut q = retime(k, earlier);
                 let cc = (i64::from(first_cc) - total as i64 + n).rem_euclid(16) as u8;
                 q[3] = (q[3] & 0xF0) | cc;
-                out.packet(c, p, Some(q));
+                out.packet(packets[k].0, &q);
                 n += 1;
             }
         }
-    }
+        copies
+    });
     let mut i = first_video;
     while i < seen.len() {
         // A chunk is passed on whole when none of its packets changes.
         let (chunk, p) = packets[i];
         let in_chunk = chunk.data.len() / PACKET;
         let chunk_start = i == 0 || !std::ptr::eq(packets[i - 1].0, chunk);
-        if chunk_start && i + in_chunk <= seen.len() {
-            let whole = (i..i + in_chunk)
-                .all(|j| !is_other_es(seen[j].pid) && retime(packets[j].1, &seen[j]).is_none());
-            if whole {
-                out.chunk(chunk);
-                i += in_chunk;
-                continue;
-            }
+        if chunk_start
+            && i + in_chunk <= seen.len()
+            && (i..i + in_chunk).all(|j| !is_other_es(seen[j].pid) && !changes(j))
+        {
+            out.chunk(chunk);
+            i += in_chunk;
+            continue;
         }
-        let h = seen[i];
-        if !is_other_es(h.pid) {
-            out.packet(chunk, p, retime(p, &h));
+        if !is_other_es(seen[i].pid) {
+            if changes(i) {
+                out.packet(chunk, &retime(i, 0));
+            } else {
+                out.packet(chunk, p);
+            }
         }
         i += 1;
     }
     CatchUp {
         chunks: out.finish(),
         frames: if squeezing { frames } else { 0 },
-        skipped_90k: u64::try_from(cutoff).unwrap_or(0),
+        skipped_90k: if squeezing { cutoff as u64 } else { 0 },
         dropped_pes,
         lead_in: copies as u32,
         unchanged: None,
     }
 }
 
-/// The packets of the burst's keyframe PES (on the PID of its first video
-/// packet); `None` unless it is whole. Muxers write a PES's packets in one
-/// run (ours and FFmpeg's), so any later packet that does not continue it
-/// (another PID, a new PES start) says it ended.
-fn keyframe_packets(seen: &[Header], first_video: usize) -> Option<Vec<usize>> {
+/// The elementary streams of the burst's first PAT's first program.
+fn program(burst: &[TsChunk]) -> Result<Vec<Es>, &'static str> {
+    let mut pmt_pid = None;
+    for p in burst.iter().flat_map(|c| c.data.chunks(PACKET)) {
+        let h = header(p).ok_or("not_packets")?;
+        if h.pid == PID_PAT && pmt_pid.is_none() {
+            pmt_pid = section(p, &h).and_then(pat_pmt_pid);
+        } else if Some(h.pid) == pmt_pid {
+            if let Some(streams) = section(p, &h).and_then(pmt_streams) {
+                return Ok(streams);
+            }
+        }
+    }
+    Err("no_psi")
+}
+
+/// The squeeze applied to every video PES start, then DTS made strictly
+/// increasing from the newest frame down (a frame whose mapped time rounds
+/// onto the next one's, as very uneven frame times can give, goes one tick
+/// earlier) and PTS kept at or above DTS.
+fn squeeze_frames(video: &mut [VideoPes], sq: &Squeeze, top: i64) {
+    let mut next: Option<i64> = None;
+    for v in video.iter_mut().rev() {
+        let mut dts = sq.map(v.dts, top);
+        if let Some(n) = next {
+            dts = dts.min(n - 1);
+        }
+        v.new_dts = dts;
+        // A PES with a PTS only has DTS = PTS.
+        v.new_pts = if v.pts == v.dts {
+            dts
+        } else {
+            sq.map(v.pts, top).max(dts)
+        };
+        next = Some(dts);
+    }
+}
+
+/// The keyframe's packets, to be sent ahead of it as copies, when that is
+/// safe: an H.264 or HEVC IDR (an IDR starts decoding afresh however often
+/// it repeats; a CRA or a recovery-point I-frame does not), whole in the
+/// burst, every packet with payload (continuity counters then step by one
+/// per packet). Muxers write a PES's packets in one run (ours and
+/// FFmpeg's), so a packet of another elementary stream or a new PES start
+/// on the keyframe's PID says it ended; PSI and PCR-only PIDs between are
+/// not part of it.
+fn lead_in(
+    seen: &[Header],
+    packets: &[(&TsChunk, &[u8])],
+    first_video: usize,
+    streams: &[Es],
+) -> Option<Vec<usize>> {
     let first = seen.get(first_video)?;
+    let stream_type = streams.iter().find(|e| e.pid == first.pid)?.stream_type;
     if !first.pusi {
         return None;
     }
     let mut key = vec![first_video];
+    let mut whole = false;
     for (i, h) in seen.iter().enumerate().skip(first_video + 1) {
-        if h.pid != first.pid || h.pusi {
-            return Some(key);
+        if h.pid == first.pid {
+            if h.pusi {
+                whole = true;
+                break;
+            }
+            key.push(i);
+        } else if streams.iter().any(|e| e.pid == h.pid) {
+            whole = true;
+            break;
         }
-        key.push(i);
     }
-    None
+    if !whole || key.iter().any(|&i| seen[i].payload >= PACKET) {
+        return None;
+    }
+    // The elementary stream bytes: past the PES header in the first packet.
+    let (_, p) = packets[first_video];
+    let es_start = first.payload + 9 + usize::from(*p.get(first.payload + 8)?);
+    let es = key.iter().flat_map(|&i| {
+        let (_, p) = packets[i];
+        let from = if i == first_video {
+            es_start
+        } else {
+            seen[i].payload
+        };
+        p.get(from..).unwrap_or(&[]).iter().copied()
+    });
+    is_idr(stream_type, es).then_some(key)
+}
+
+/// Whether the first coded slice of an access unit (Annex B) is an IDR:
+/// H.264 nal_unit_type 5, HEVC 19 or 20.
+fn is_idr(stream_type: u8, bytes: impl Iterator<Item = u8>) -> bool {
+    let hevc = match stream_type {
+        super::STREAM_TYPE_H264 => false,
+        super::STREAM_TYPE_HEVC => true,
+        _ => return false,
+    };
+    let mut zeros = 0;
+    let mut take_next = false;
+    for b in bytes {
+        if take_next {
+            take_next = false;
+            if hevc {
+                let t = (b >> 1) & 0x3F;
+                if t <= 31 {
+                    return t == 19 || t == 20;
+                }
+            } else {
+                let t = b & 0x1F;
+                if (1..=5).contains(&t) {
+                    return t == 5;
+                }
+            }
+            continue;
+        }
+        if b == 1 && zeros >= 2 {
+            take_next = true;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    false
 }
 
 /// How many copies of a keyframe of about `key_bytes` to send ahead of it
@@ -516,15 +633,12 @@ struct Out {
 }
 
 impl Out {
-    fn packet(&mut self, from: &TsChunk, p: &[u8], changed: Option<[u8; PACKET]>) {
+    fn packet(&mut self, from: &TsChunk, p: &[u8]) {
         if self.buf.is_empty() {
             self.buf.reserve(CHUNK);
             self.dts_90k = from.dts_90k;
         }
-        match &changed {
-            Some(q) => self.buf.extend_from_slice(q),
-            None => self.buf.extend_from_slice(p),
-        }
+        self.buf.extend_from_slice(p);
         if self.buf.len() >= CHUNK {
             self.flush();
         }
@@ -889,5 +1003,98 @@ mod tests {
             .collect();
         assert_eq!(video.last().unwrap() - video[0], 270 * 9);
         assert!(video.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn only_idr_keyframes_are_copied() {
+        // An I-frame the publisher flagged as a keyframe but which is no
+        // IDR (open GOP, recovery point): copies of it would not decode.
+        let mut m = muxer();
+        let mut frames = media(0, 1500, 60);
+        if let Some(f) = frames
+            .iter_mut()
+            .find(|f| f.keyframe && f.track == Track::Video)
+        {
+            let mut data = f.data.to_vec();
+            data[4] = 0x41;
+            f.data = Bytes::from(data);
+        }
+        let c = catch_up(mux(&mut m, &frames));
+        assert_eq!((c.unchanged, c.lead_in, c.frames), (None, 0, 45));
+
+        fn nal(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+            bytes.iter().copied()
+        }
+        let h264 = super::super::STREAM_TYPE_H264;
+        let hevc = super::super::STREAM_TYPE_HEVC;
+        // AUD, SPS, PPS, then the slice decides.
+        let sps_pps = [
+            0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3,
+        ];
+        assert!(is_idr(
+            h264,
+            nal(&[&sps_pps[..], &[0, 0, 1, 0x65, 0x88]].concat())
+        ));
+        assert!(!is_idr(
+            h264,
+            nal(&[&sps_pps[..], &[0, 0, 1, 0x41, 0x9a]].concat())
+        ));
+        // HEVC: IDR_W_RADL (19) and IDR_N_LP (20) yes, CRA (21) no; VPS (32) skipped.
+        assert!(is_idr(hevc, nal(&[0, 0, 1, 0x40, 1, 0, 0, 1, 0x26, 1])));
+        assert!(is_idr(hevc, nal(&[0, 0, 1, 0x28, 1])));
+        assert!(!is_idr(hevc, nal(&[0, 0, 1, 0x40, 1, 0, 0, 1, 0x2A, 1])));
+        assert!(!is_idr(0x02, nal(&[0, 0, 1, 0x65])));
+        assert!(!is_idr(h264, nal(&[0, 0, 1])));
+    }
+
+    #[test]
+    fn uneven_frame_times_never_share_a_dts() {
+        // A keyframe, 9 s of nothing, then 10 frames 1 ms apart (a screen
+        // share): the squeeze alone would round the 10 onto one tick.
+        let mut m = muxer();
+        let mut frames = vec![video(0, 0, true)];
+        frames.extend((0..10).map(|i| video(9000 + i, 0, false)));
+        let c = catch_up(mux(&mut m, &frames));
+        assert_eq!(c.frames, 11);
+        let (pes, _) = demux(&c.chunks);
+        let video: Vec<&Pes> = after_lead_in(&pes, c.lead_in);
+        assert_eq!(video.len(), 11);
+        for w in video.windows(2) {
+            assert!(dts(w[0]) < dts(w[1]), "{} then {}", dts(w[0]), dts(w[1]));
+            assert!(w[1].pts >= w[1].dts);
+        }
+        // The newest keeps its time.
+        assert_eq!(dts(video[10]), OFFSET + 9009 * MS);
+    }
+
+    #[test]
+    fn a_keyframe_with_an_adaptation_only_packet_gets_no_copies() {
+        // Such a packet repeats the continuity counter; copies counted per
+        // packet would then break it.
+        let (burst, _) = join_at(1500, 1500, 60);
+        let mut data: Vec<u8> = burst.iter().flat_map(|c| c.data.to_vec()).collect();
+        // The keyframe's third packet (after PAT, PMT, its first two) made
+        // adaptation-only, as a PCR-only packet would be.
+        let at = 4 * PACKET;
+        assert_eq!(
+            u16::from(data[at + 1] & 0x1F) << 8 | u16::from(data[at + 2]),
+            PID_VIDEO
+        );
+        data[at + 3] = (data[at + 3] & 0xCF) | 0x20;
+        data[at + 4] = 183;
+        data[at + 5] = 0;
+        let chunks: Vec<TsChunk> = data
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, d)| TsChunk {
+                data: Bytes::copy_from_slice(d),
+                keyframe: i == 0,
+                dts_90k: 0,
+                origin: None,
+            })
+            .collect();
+        let c = catch_up(chunks);
+        assert_eq!((c.unchanged, c.lead_in), (None, 0));
+        assert_eq!(c.frames, 45);
     }
 }
