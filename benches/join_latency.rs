@@ -91,6 +91,10 @@
 //!   slice, or the bench fails (so does ffplay in `cache` mode when under
 //!   90 % of its frames tie by PTS).
 //!
+//! `JOIN_LATENCY_DUMP=1` prints every frame shown (ms since the player
+//! started, publisher PTS, ms behind), every A-V and every tenth ffplay
+//! status line to stderr.
+//!
 //! mpv and VLC are not installed (apt has candidates, mpv 0.35.1 and VLC
 //! 3.0.24); neither is among the players yet.
 
@@ -456,7 +460,9 @@ struct Join<'a> {
     server: &'a Sluice,
     sent: &'a Sent,
     mode: &'a str,
-    o: &'a Opts,
+    /// How long the player runs.
+    run_for: Duration,
+    latency_ms: u64,
 }
 
 impl Join<'_> {
@@ -465,7 +471,7 @@ impl Join<'_> {
     }
 
     fn run_for(&self) -> Duration {
-        Duration::from_secs_f64(self.o.secs_per_join)
+        self.run_for
     }
 
     /// When sluice logged its first "srt player connected" after line `from`.
@@ -497,7 +503,7 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
         "srt://{}?streamid={}&latency={}",
         j.server.srt_addr(),
         percent_encode(&j.streamid()),
-        j.o.latency_ms * 1000
+        j.latency_ms * 1000
     );
     let mut cmd = Command::new("ffplay");
     cmd.env("SDL_VIDEODRIVER", "dummy")
@@ -514,7 +520,7 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
         .arg(&url);
     let log_from = j.server.log().len();
     let start = Instant::now();
-    let mut child = ChildGuard::spawn_split_cr("ffplay", cmd);
+    let mut child = ChildGuard::spawn_foreground_split_cr("ffplay", cmd);
     let exited = child.wait_exit(j.run_for());
     child.kill();
     let lines = child.stderr().timed_lines(0);
@@ -543,6 +549,9 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
             }
         } else if let Some(av) = field_after(&line, "A-V:") {
             status_lines += 1;
+            if std::env::var_os("JOIN_LATENCY_DUMP").is_some() && status_lines % 10 == 1 {
+                eprintln!("dump status {line}");
+            }
             if let Ok(v) = av.parse::<f64>() {
                 if v.is_finite() {
                     seen.av.push((at, v));
@@ -627,7 +636,7 @@ fn gst(j: &Join, dir: &TempDir) -> Seen {
     let pipeline = [
         "srtsrc".to_string(),
         format!("uri=srt://{}", j.server.srt_addr()),
-        format!("latency={}", j.o.latency_ms),
+        format!("latency={}", j.latency_ms),
         format!("streamid=\"{}\"", j.streamid()),
         "!".into(),
         "tsdemux".into(),
@@ -666,7 +675,7 @@ fn gst(j: &Join, dir: &TempDir) -> Seen {
         .args(&pipeline);
     let log_from = j.server.log().len();
     let start = Instant::now();
-    let mut child = ChildGuard::spawn_split_cr("gst-launch-1.0", cmd);
+    let mut child = ChildGuard::spawn_foreground_split_cr("gst-launch-1.0", cmd);
     let exited = child.wait_exit(j.run_for());
     child.kill();
     let mut seen = Seen {
@@ -754,7 +763,7 @@ fn probe(j: &Join) -> Seen {
     let stop = Arc::new(AtomicBool::new(false));
     let player = {
         let (srt, sid, stop) = (j.server.srt_addr(), j.streamid(), stop.clone());
-        let latency = Duration::from_millis(j.o.latency_ms);
+        let latency = Duration::from_millis(j.latency_ms);
         std::thread::spawn(move || play(srt, &sid, latency, &stop))
     };
     std::thread::sleep(j.run_for());
@@ -1024,7 +1033,7 @@ fn print_table(rows: &[Row]) {
             .map(|(k, v)| format!(" {k}={}", f(*v)))
             .collect();
         println!(
-            "join_latency mode={} phase={} player={} phase_ms={} conn_ms={} first_ms={} live_ms={} early_ms={} settled_ms={} last_ms={} av_ms={} errors={} shown={} tied={}{extra}",
+            "join_latency mode={} phase={} player={} phase_ms={} conn_ms={} first_ms={} live_ms={} early_ms={} settled_ms={} last_ms={} av_ms={} decode_errors={} shown={} tied={}{extra}",
             r.mode,
             r.phase,
             r.player.name(),
@@ -1128,6 +1137,20 @@ fn main() {
     wait_live(&server, &path);
     // A whole GOP in the cache before the first join.
     std::thread::sleep(GOP + GOP / 4);
+    // The PTS mapping ffplay's frames are tied by, checked whatever the
+    // players: the probe panics in `cache` mode when it does not hold.
+    let check = Join {
+        server: &server,
+        sent: &sent,
+        mode: "cache",
+        run_for: Duration::from_millis(1500),
+        latency_ms: o.latency_ms,
+    };
+    let checked = probe(&check);
+    println!(
+        "join_latency: TS PTS = publisher PTS + {TIMESTAMP_OFFSET_MS} ms held for the {} frames a join=cache probe played (any damaged in transit aside)",
+        checked.shown.len()
+    );
     let dir = TempDir::new("join-latency");
     println!(
         "join_latency: 1280x720 30 fps H.264 (B-frames, {} s GOP) + AAC over RTMP in, SRT out; SRT latency {} ms; {} s per join; modes {:?}, phases {:?} %, players {:?}",
@@ -1150,7 +1173,8 @@ fn main() {
                     server: &server,
                     sent: &sent,
                     mode,
-                    o: &o,
+                    run_for: Duration::from_secs_f64(o.secs_per_join),
+                    latency_ms: o.latency_ms,
                 };
                 let seen = match player {
                     PlayerKind::Ffplay => ffplay(&j, true),

@@ -186,11 +186,10 @@ impl ChildGuard {
         Self::spawn_in_group(name, cmd, false, false)
     }
 
-    /// Like [`ChildGuard::spawn`], with output lines also ended by `\r`
-    /// (see [`Captured`]): for players timed line by line.
-    pub fn spawn_split_cr(name: &str, mut cmd: Command) -> ChildGuard {
-        cmd.process_group(0);
-        Self::spawn_in_group(name, cmd, true, true)
+    /// Like [`ChildGuard::spawn_foreground`], with output lines also ended
+    /// by `\r` (see [`Captured`]): for players a bench times line by line.
+    pub fn spawn_foreground_split_cr(name: &str, cmd: Command) -> ChildGuard {
+        Self::spawn_in_group(name, cmd, false, true)
     }
 
     fn spawn_in_group(name: &str, mut cmd: Command, own_group: bool, split_cr: bool) -> ChildGuard {
