@@ -60,8 +60,13 @@
 //!   its audio master clock. With `-fflags nobuffer` the packets read while
 //!   probing are thrown away, and with them the GOP cache's IDR: ffplay
 //!   shows nothing until the next keyframe, while the cached audio it kept
-//!   holds its clock back, so its video then plays slowly until it is as
-//!   far behind as the cached audio (the join phase).
+//!   holds its clock back, so its video then plays at about half speed
+//!   until it is as far behind as that audio (the join phase less the
+//!   ~0.1 s of audio probing also took): at 55 % and 90 % that takes longer
+//!   than the default 4 s join (`last_ms` shows where it got to). In some
+//!   joins ffplay's audio clock never starts under the SDL dummy driver
+//!   (a note says so, and `av_ms` is "-"): its video then free-runs from
+//!   the first picture it shows.
 //! - `ffplay-buf`: the same without `-fflags nobuffer`: the cached IDR is
 //!   shown at once.
 //! - `gst` (GStreamer 1.22): `gst-launch-1.0 -v srtsrc uri=srt://…
