@@ -57,16 +57,18 @@
 //!   join mode rewrote stay untied and count for `first_ms` only (a
 //!   rewritten PTS that lands within 5 ms of a real one is tied to it). The
 //!   SDL dummy audio driver consumes audio in real time, so ffplay keeps
-//!   its audio master clock. With `-fflags nobuffer` the packets read while
+//!   its audio master clock when it found the audio stream. With `-fflags nobuffer` the packets read while
 //!   probing are thrown away, and with them the GOP cache's IDR: ffplay
 //!   shows nothing until the next keyframe, while the cached audio it kept
 //!   holds its clock back, so its video then plays at about half speed
 //!   until it is as far behind as that audio (the join phase less the
 //!   ~0.1 s of audio probing also took): at 55 % and 90 % that takes longer
-//!   than the default 4 s join (`last_ms` shows where it got to). In some
-//!   joins ffplay's audio clock never starts under the SDL dummy driver
-//!   (a note says so, and `av_ms` is "-"): its video then free-runs from
-//!   the first picture it shows.
+//!   than the default 4 s join (`last_ms` shows where it got to). With
+//!   `-probesize 32768` a cached IDR (~110 KiB here) can fill the whole
+//!   probe: ffplay then finds no AAC parameters ("Could not find codec
+//!   parameters for stream 1 ... 0 channels"), plays video only (its
+//!   status line says `M-V`, a note says so, `av_ms` is "-") and free-runs
+//!   it from the first picture it shows.
 //! - `ffplay-buf`: the same without `-fflags nobuffer`: the cached IDR is
 //!   shown at once.
 //! - `gst` (GStreamer 1.22): `gst-launch-1.0 -v srtsrc uri=srt://…
@@ -542,6 +544,8 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
     }
     let sent = j.sent.lock().unwrap();
     let mut status_lines = 0;
+    let mut video_only = 0;
+    let dump = std::env::var_os("JOIN_LATENCY_DUMP").is_some();
     for (at, line) in lines {
         if line.contains("Parsed_ashowinfo_") {
             continue;
@@ -554,7 +558,7 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
             }
         } else if let Some(av) = field_after(&line, "A-V:") {
             status_lines += 1;
-            if std::env::var_os("JOIN_LATENCY_DUMP").is_some() && status_lines % 10 == 1 {
+            if dump && status_lines % 10 == 1 {
                 eprintln!("dump status {line}");
             }
             if let Ok(v) = av.parse::<f64>() {
@@ -562,17 +566,26 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
                     seen.av.push((at, v));
                 }
             }
-        } else if line.contains("M-V:") || line.contains("M-A:") {
-            // One stream only: no A-V to read.
-            status_lines += 1;
+        } else if line.contains("M-V:") {
+            // Video only: probing found no usable audio stream.
+            video_only += 1;
+        } else if dump && !line.contains("color_range") {
+            eprintln!("dump ffplay {line}");
         } else if is_decode_error(&line) {
+            if dump {
+                eprintln!("dump ffplay {line}");
+            }
             seen.errors += 1;
             if seen.errors <= 3 {
                 seen.notes.push(format!("ffplay: {line}"));
             }
         }
     }
-    if seen.av.is_empty() {
+    if video_only > 0 {
+        seen.notes.push(format!(
+            "ffplay: video only ({video_only} M-V status lines): probing found no usable audio stream, so video free-runs"
+        ));
+    } else if seen.av.is_empty() {
         seen.notes.push(format!(
             "ffplay: no A-V value in {status_lines} status lines (audio clock not running)"
         ));
