@@ -1109,26 +1109,27 @@ fn missing(player: PlayerKind) -> Option<String> {
 /// Sleeps until the publisher is `phase` % into a GOP, measured from the
 /// last keyframe's send instant; a phase already past waits for the next
 /// GOP.
-fn wait_for_phase(sent: &Sent, phase: u32, publisher: &JoinHandle<Result<(), String>>) {
+fn wait_for_phase(sent: &Sent, phase: u32, server: &Sluice) -> Result<(), String> {
     let offset = GOP * phase / 100;
     let began = Instant::now();
     loop {
-        assert!(!publisher.is_finished(), "the publisher stopped");
-        assert!(
-            began.elapsed() < 3 * GOP,
-            "no keyframe sent in {:?}",
-            3 * GOP
-        );
+        if began.elapsed() > 3 * GOP {
+            return Err(format!(
+                "no keyframe sent in {:?}\n{}",
+                3 * GOP,
+                server.log_tail(30)
+            ));
+        }
         if let Some(key) = sent.lock().unwrap().last_keyframe {
             let target = key + offset;
             let now = Instant::now();
             if target > now {
                 std::thread::sleep(target - now);
-                return;
+                return Ok(());
             }
             // Just past a keyframe that came while we waited (phase ~0).
             if key >= began {
-                return;
+                return Ok(());
             }
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -1180,13 +1181,19 @@ fn main() {
         players.iter().map(|p| p.name()).collect::<Vec<_>>()
     );
     let mut rows = Vec::new();
-    for mode in &o.modes {
+    'joins: for mode in &o.modes {
         for &phase in &o.phases {
             for &player in &players {
+                // A publisher that stopped says why below.
                 if publisher.is_finished() {
-                    break;
+                    break 'joins;
                 }
-                wait_for_phase(&sent, phase, &publisher);
+                if let Err(e) = wait_for_phase(&sent, phase, &server) {
+                    if publisher.is_finished() {
+                        break 'joins;
+                    }
+                    panic!("{e}");
+                }
                 let j = Join {
                     server: &server,
                     sent: &sent,
@@ -1225,10 +1232,12 @@ fn main() {
             }
         }
     }
+    let stopped_early = publisher.is_finished();
     stop.store(true, Ordering::Relaxed);
     match publisher.join().expect("publisher thread") {
-        Ok(()) => {}
         Err(e) => panic!("publisher: {e}\n{}", server.log_tail(40)),
+        Ok(()) if stopped_early => panic!("the publisher stopped\n{}", server.log_tail(40)),
+        Ok(()) => {}
     }
     println!("join_latency: {}", sent.lock().unwrap().summary());
     print_table(&rows);
