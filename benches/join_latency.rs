@@ -4,7 +4,9 @@
 //!
 //! `cargo bench --bench join_latency -- [--modes live,cache,keyframe]
 //! [--phases 5,30,55,90] [--players ffplay,gst,probe] [--secs-per-join 4]
-//! [--latency-ms 20] [--no-build]` (`--players` also takes `ffplay-buf`)
+//! [--latency-ms 20] [--no-build]` (`--players` also takes `ffplay-buf`;
+//! `--ffplay-probesize BYTES`, 32768 by default, sets ffplay's
+//! `-probesize`)
 //!
 //! One release `sluice` (`[srt] latency = "20ms"`) and one in-process RTMP
 //! publisher run for the whole bench. The publisher loops the 10 s 720p30
@@ -68,7 +70,10 @@
 //!   probe: ffplay then finds no AAC parameters ("Could not find codec
 //!   parameters for stream 1 ... 0 channels"), plays video only (its
 //!   status line says `M-V`, a note says so, `av_ms` is "-") and free-runs
-//!   it from the first picture it shows.
+//!   it from the first picture it shows. Measured here that happened in
+//!   about half the joins; `--ffplay-probesize 1000000` found the audio in
+//!   every join (and, with `nobuffer`, decoding then starts mid-GOP:
+//!   "co located POCs unavailable", "mmco: unref short failure").
 //! - `ffplay-buf`: the same without `-fflags nobuffer`: the cached IDR is
 //!   shown at once.
 //! - `gst` (GStreamer 1.22): `gst-launch-1.0 -v srtsrc uri=srt://…
@@ -167,6 +172,8 @@ struct Opts {
     players: Vec<PlayerKind>,
     secs_per_join: f64,
     latency_ms: u64,
+    /// ffplay's `-probesize`, bytes.
+    ffplay_probesize: u64,
     build: bool,
 }
 
@@ -178,6 +185,7 @@ impl Opts {
             players: vec![PlayerKind::Ffplay, PlayerKind::Gst, PlayerKind::Probe],
             secs_per_join: 4.0,
             latency_ms: 20,
+            ffplay_probesize: 32768,
             build: true,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -220,6 +228,9 @@ impl Opts {
                         .ok()
                         .filter(|s: &f64| *s >= 1.5 && *s <= 60.0)
                         .expect("--secs-per-join takes seconds, 1.5..60")
+                }
+                "--ffplay-probesize" => {
+                    o.ffplay_probesize = value(i).parse().expect("--ffplay-probesize takes bytes")
                 }
                 "--latency-ms" => {
                     o.latency_ms = value(i).parse().expect("--latency-ms takes a number")
@@ -470,6 +481,7 @@ struct Join<'a> {
     /// How long the player runs.
     run_for: Duration,
     latency_ms: u64,
+    ffplay_probesize: u64,
 }
 
 impl Join<'_> {
@@ -522,7 +534,9 @@ fn ffplay(j: &Join, nobuffer: bool) -> Seen {
             &[]
         })
         .args(["-flags", "low_delay"])
-        .args(["-probesize", "32768", "-analyzeduration", "200000"])
+        .arg("-probesize")
+        .arg(j.ffplay_probesize.to_string())
+        .args(["-analyzeduration", "200000"])
         .args(["-vf", "showinfo", "-af", "ashowinfo", "-loglevel", "info"])
         .arg(&url);
     let log_from = j.server.log().len();
@@ -1164,6 +1178,7 @@ fn main() {
         mode: "cache",
         run_for: Duration::from_millis(1500),
         latency_ms: o.latency_ms,
+        ffplay_probesize: o.ffplay_probesize,
     };
     let checked = probe(&check);
     println!(
@@ -1200,6 +1215,7 @@ fn main() {
                     mode,
                     run_for: Duration::from_secs_f64(o.secs_per_join),
                     latency_ms: o.latency_ms,
+                    ffplay_probesize: o.ffplay_probesize,
                 };
                 let seen = match player {
                     PlayerKind::Ffplay => ffplay(&j, true),
