@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,25 +30,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../tests/common/flv.rs"]
-mod flv;
-#[allow(dead_code)]
-#[path = "../tests/common/rtmp_client.rs"]
-mod rtmp_client;
-
+use common::frames::{avcc_key, VideoStarts, TS_PACKET};
 use common::harness::Sluice;
 use common::media::ffmpeg_fixture;
 use common::prometheus::Histogram;
-use common::{clock_ticks, fixture, sluice_binary, CpuProbe};
-use srt_protocol::connection::DuplexConnection;
-use srt_protocol::options::{PacketCount, PacketSize};
-use srt_protocol::packet::{ControlPacket, ControlTypes, Packet, SeqNumber, TimeStamp};
-use srt_protocol::protocol::pending_connection::connect::Connect;
-use srt_protocol::protocol::pending_connection::ConnectionResult;
-use srt_protocol::settings::ConnInitSettings;
+use common::srt_player::{play, Played};
+use common::{clock_ticks, fixture, flv, rtmp_client, sluice_binary, wait_live, CpuProbe};
 
-const TS_PACKET: usize = 188;
 const PAYLOAD: usize = 7 * TS_PACKET;
 
 #[derive(Debug, Clone)]
@@ -100,222 +87,6 @@ impl Opts {
         }
         o
     }
-}
-
-/// A video frame's identity: its first slice NAL unit (types 1 and 5 in
-/// H.264), hashed, trailing zero bytes dropped.
-fn slice_key(nal: &[u8]) -> Option<u64> {
-    let ty = nal.first()? & 0x1F;
-    if ty != 1 && ty != 5 {
-        return None;
-    }
-    let end = nal.iter().rposition(|b| *b != 0)? + 1;
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    nal[..end].hash(&mut h);
-    Some(h.finish())
-}
-
-/// The key of an Annex B access unit (a PES payload).
-fn annexb_key(es: &[u8]) -> Option<u64> {
-    let mut i = 0;
-    let mut starts = Vec::new();
-    while i + 3 <= es.len() {
-        if es[i] == 0 && es[i + 1] == 0 && es[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    for (n, &s) in starts.iter().enumerate() {
-        let end = starts.get(n + 1).map_or(es.len(), |e| e - 3);
-        if let Some(k) = slice_key(&es[s..end.max(s)]) {
-            return Some(k);
-        }
-    }
-    None
-}
-
-/// The key of an AVCC (4-byte length) FLV video frame body.
-fn avcc_key(body: &[u8]) -> Option<u64> {
-    // FLV AVC video tag: frame/codec byte, packet type 1, 3-byte CTS.
-    if body.len() < 5 || body[0] & 0x0F != 7 || body[1] != 1 {
-        return None;
-    }
-    let mut d = &body[5..];
-    while d.len() >= 4 {
-        let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
-        let nal = d.get(4..4 + n)?;
-        if let Some(k) = slice_key(nal) {
-            return Some(k);
-        }
-        d = &d[4 + n..];
-    }
-    None
-}
-
-/// Video frames in a TS byte stream, each with the instant the packet
-/// that began its PES crossed the wire. A PES ends where the next on its
-/// PID begins (video PES_packet_length is usually 0), so a frame is known
-/// one PES late; its start instant is still its own.
-#[derive(Default)]
-struct VideoStarts {
-    /// Per PID: the PES being gathered and when its first packet came.
-    current: HashMap<u16, (Vec<u8>, Instant)>,
-}
-
-impl VideoStarts {
-    fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feed `data` that crossed the wire at `at`; appends (key, start
-    /// instant) of every video frame completed by it.
-    fn push(&mut self, data: &[u8], at: Instant, out: &mut Vec<(u64, Instant)>) {
-        for p in data.chunks(TS_PACKET) {
-            if p.len() < TS_PACKET || p[0] != 0x47 {
-                continue;
-            }
-            let pusi = p[1] & 0x40 != 0;
-            let pid = u16::from(p[1] & 0x1F) << 8 | u16::from(p[2]);
-            if pid < 0x20 || pid == 0x1FFF || p[3] & 0x10 == 0 {
-                continue;
-            }
-            let mut i = 4;
-            if p[3] & 0x20 != 0 {
-                i += 1 + p[4] as usize;
-            }
-            let Some(payload) = p.get(i..) else { continue };
-            if pusi {
-                if let Some((pes, start)) = self.current.remove(&pid) {
-                    if let Some(k) = pes_key(&pes) {
-                        out.push((k, start));
-                    }
-                }
-                // Video PES only (stream_id 0xE0..=0xEF).
-                if payload.len() > 9 && payload[..3] == [0, 0, 1] && payload[3] & 0xF0 == 0xE0 {
-                    self.current.insert(pid, (payload.to_vec(), at));
-                }
-            } else if let Some((pes, _)) = self.current.get_mut(&pid) {
-                if pes.len() < 4 << 20 {
-                    pes.extend_from_slice(payload);
-                }
-            }
-        }
-    }
-}
-
-/// The key of a whole video PES packet.
-fn pes_key(pes: &[u8]) -> Option<u64> {
-    let header = *pes.get(8)? as usize;
-    annexb_key(pes.get(9 + header..)?)
-}
-
-fn send_packet(sock: &UdpSocket, buf: &mut Vec<u8>, p: &Packet, to: SocketAddr) {
-    buf.clear();
-    p.serialize(buf);
-    let _ = sock.send_to(buf, to);
-}
-
-/// What a player saw: (key, first byte arrival) of every video frame, and
-/// when it connected.
-type Played = (Vec<(u64, Instant)>, Option<Instant>);
-
-/// Play `streamid` from `remote` with an srt-protocol caller on a blocking
-/// socket until `stop`, timing every video frame at network arrival.
-fn play(
-    remote: SocketAddr,
-    streamid: &str,
-    latency: Duration,
-    stop: &AtomicBool,
-) -> Result<Played, String> {
-    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let settings = ConnInitSettings {
-        send_latency: latency,
-        recv_latency: latency,
-        recv_buffer_size: PacketCount(8192),
-        max_packet_size: PacketSize(1500),
-        ..Default::default()
-    }
-    .copy_randomize();
-    let mut connect = Connect::new(
-        remote,
-        sock.local_addr().map_err(|e| e.to_string())?.ip(),
-        settings,
-        Some(streamid.to_string()),
-        SeqNumber::new_truncate(rand::random::<u32>()),
-    );
-    let mut out = Vec::with_capacity(1500);
-    let mut buf = vec![0u8; 2048];
-    let start = Instant::now();
-    let mut conn: Option<DuplexConnection> = None;
-    let mut next_tick = start;
-    while conn.is_none() {
-        let now = Instant::now();
-        if now.duration_since(start) > Duration::from_secs(5) {
-            return Err(format!("{streamid}: handshake timeout"));
-        }
-        let mut r = ConnectionResult::NoAction;
-        if now >= next_tick {
-            r = connect.handle_tick(now);
-            next_tick = now + Duration::from_millis(100);
-        } else {
-            sock.set_read_timeout(Some(next_tick - now)).ok();
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if let Ok(p) = Packet::parse(&mut &buf[..n], false) {
-                    r = connect.handle_packet(Ok((p, from)), Instant::now());
-                }
-            }
-        }
-        match r {
-            ConnectionResult::SendPacket((p, to)) => send_packet(&sock, &mut out, &p, to),
-            ConnectionResult::Connected(reply, c) => {
-                if let Some((p, to)) = reply {
-                    send_packet(&sock, &mut out, &p, to);
-                }
-                conn = Some(DuplexConnection::new(c));
-            }
-            ConnectionResult::Reject(_, why) => {
-                return Err(format!("{streamid}: rejected {why:?}"))
-            }
-            ConnectionResult::Failure(e) => return Err(format!("{streamid}: {e}")),
-            _ => {}
-        }
-    }
-    let connected = Some(Instant::now());
-    let mut conn = conn.expect("connected");
-    let remote_sockid = conn.settings().remote_sockid;
-    let mut starts = VideoStarts::new();
-    let mut got = Vec::new();
-    while !stop.load(Ordering::Relaxed) && conn.is_open() {
-        let now = Instant::now();
-        conn.check_timers(now);
-        while let Some((p, to)) = conn.next_packet(now) {
-            send_packet(&sock, &mut out, &p, to);
-        }
-        while conn.next_data(now).is_some() {}
-        let wake = conn.next_timer(now).min(now + Duration::from_millis(2));
-        let wait = wake.saturating_duration_since(Instant::now());
-        sock.set_read_timeout(Some(wait.max(Duration::from_micros(100))))
-            .ok();
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let at = Instant::now();
-            if let Ok(p) = Packet::parse(&mut &buf[..n], false) {
-                if let Packet::Data(d) = &p {
-                    starts.push(&d.payload, at, &mut got);
-                }
-                conn.handle_packet_input(at, Ok((p, from)));
-            }
-        }
-    }
-    let shutdown = Packet::Control(ControlPacket {
-        timestamp: TimeStamp::from_micros(0),
-        dest_sockid: remote_sockid,
-        control_type: ControlTypes::Shutdown,
-    });
-    send_packet(&sock, &mut out, &shutdown, remote);
-    Ok((got, connected))
 }
 
 /// The fixture's MPEG-TS as 1316-byte payloads, each with the instant
@@ -388,7 +159,12 @@ fn measure(server: &Sluice, path: &str, o: &Opts, stop: &Arc<AtomicBool>) -> (Pl
     stop.store(true, Ordering::Relaxed);
     let played = player.join().expect("player thread").unwrap_or_else(|e| {
         eprintln!("ingest_latency: player: {e}");
-        (Vec::new(), None)
+        Played {
+            frames: Vec::new(),
+            released: Vec::new(),
+            started: Instant::now(),
+            connected: None,
+        }
     });
     (played, cpu)
 }
@@ -396,32 +172,6 @@ fn measure(server: &Sluice, path: &str, o: &Opts, stop: &Arc<AtomicBool>) -> (Pl
 fn relay_histogram(server: &Sluice) -> Option<(f64, f64)> {
     let h = Histogram::parse(&server.metrics_text(), "sluice_relay_latency_seconds");
     Some((h.quantile(0.5)? * 1e3, h.quantile(0.99)? * 1e3))
-}
-
-/// Wait until the stream has a keyframe in its cache.
-fn wait_live(server: &Sluice, path: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if server
-            .stream(path)
-            .and_then(|s| s.get("keyframes_in").and_then(|k| k.as_u64()))
-            .is_some_and(|k| k >= 1)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let metrics: Vec<String> = server
-        .metrics_text()
-        .lines()
-        .filter(|l| l.starts_with("sluice_srt") && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    panic!(
-        "{path} not live in 15 s:\n{}\n{}",
-        metrics.join("\n"),
-        server.log_tail(60)
-    );
 }
 
 fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
@@ -473,8 +223,8 @@ fn run_srt(bin: &Path, ts: &[u8], o: &Opts) -> Run {
                 stdin.flush().map_err(|e| e.to_string())?;
                 starts.push(chunk, at, &mut keys);
                 let mut s = sent.lock().unwrap();
-                for (k, at) in keys.drain(..) {
-                    s.entry(k).or_insert(at);
+                for f in keys.drain(..) {
+                    s.entry(f.key).or_insert(f.first);
                 }
             }
             Ok(())
@@ -568,7 +318,7 @@ fn run_rtmp(bin: &Path, flv_path: &Path, o: &Opts) -> Run {
 
 fn finish(
     name: &'static str,
-    (got, connected): Played,
+    played: Played,
     sent: &HashMap<u64, Instant>,
     ingest_tsbpd: Duration,
     relay_hist: Option<(f64, f64)>,
@@ -576,8 +326,9 @@ fn finish(
 ) -> Run {
     let mut latencies_ms = Vec::new();
     let mut unmatched = 0;
-    let connected = connected.unwrap_or_else(Instant::now);
-    for (k, at) in got {
+    let connected = played.connected.unwrap_or_else(Instant::now);
+    for f in played.frames {
+        let (k, at) = (f.key, f.first);
         match sent.get(&k) {
             // Frames sent before the player connected came from the GOP
             // cache: old by design (the join policy), not relay latency.

@@ -1,10 +1,17 @@
 //! Helpers shared by the load tools in `benches/`. Child processes, the
-//! sluice harness, HTTP, Prometheus parsing and ffmpeg fixtures are the
-//! integration tests' own modules from `tests/common`, included by path;
-//! what is here is bench-only: the release binary, the 720p fixture, a
-//! looping publisher and per-process CPU from /proc.
+//! sluice harness, HTTP, Prometheus parsing, ffmpeg fixtures, FLV files and
+//! the RTMP publisher are the integration tests' own modules from
+//! `tests/common`, included by path; what is here is bench-only: the
+//! release binary, the 720p fixture, a looping publisher, per-process CPU
+//! from /proc, video frames recognised by content ([`frames`]) and an
+//! in-process SRT player ([`srt_player`]).
 
 // Each bench uses part of the test helpers.
+#[allow(dead_code)]
+#[path = "../../tests/common/flv.rs"]
+pub mod flv;
+#[allow(dead_code)]
+pub mod frames;
 #[allow(dead_code)]
 #[path = "../../tests/common/harness.rs"]
 pub mod harness;
@@ -20,11 +27,16 @@ pub mod process;
 #[allow(dead_code)]
 #[path = "../../tests/common/prometheus.rs"]
 pub mod prometheus;
+#[allow(dead_code)]
+#[path = "../../tests/common/rtmp_client.rs"]
+pub mod rtmp_client;
+#[allow(dead_code)]
+pub mod srt_player;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use harness::Sluice;
 use media::{ffmpeg_fixture, publish_fixture_command, PublishFor};
@@ -77,6 +89,34 @@ pub fn publish_looped(server: &Sluice, fixture: &Path, path: &str) -> ChildGuard
     ChildGuard::spawn_foreground("ffmpeg publisher", cmd)
 }
 
+/// Wait until the stream has a keyframe in its cache.
+#[allow(dead_code)] // the latency benches
+pub fn wait_live(server: &Sluice, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if server
+            .stream(path)
+            .and_then(|s| s.get("keyframes_in").and_then(|k| k.as_u64()))
+            .is_some_and(|k| k >= 1)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics: Vec<String> = server
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("sluice_srt") && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    panic!(
+        "{path} not live in 15 s:\n{}\n{}",
+        metrics.join("\n"),
+        server.log_tail(60)
+    );
+}
+
+#[allow(dead_code)] // the benches that measure CPU
 pub fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -88,6 +128,7 @@ pub fn clock_ticks() -> f64 {
 }
 
 /// utime + stime of a process, in ticks (`pid` None: this process).
+#[allow(dead_code)]
 fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
@@ -99,12 +140,14 @@ fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+#[allow(dead_code)]
 pub struct CpuProbe {
     pid: Option<u32>,
     ticks: u64,
     at: Instant,
 }
 
+#[allow(dead_code)]
 impl CpuProbe {
     pub fn start(pid: Option<u32>) -> CpuProbe {
         CpuProbe {

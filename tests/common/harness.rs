@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::http::{http_get, HttpResponse};
-use super::process::{ChildGuard, TempDir};
+use super::process::{Captured, ChildGuard, TempDir};
 use super::prometheus::metric_value;
 
 /// How long the server may take to print its `listening` line.
@@ -400,6 +400,11 @@ impl Sluice {
 
     pub fn log_tail(&self, n: usize) -> String {
         self.child.stderr().tail(n)
+    }
+
+    /// The stderr log as read so far, each line with when it was read.
+    pub fn log(&self) -> &Captured {
+        self.child.stderr()
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {

@@ -56,32 +56,58 @@ impl Drop for TempDir {
     }
 }
 
-/// Lines read from a child's pipe by a background thread.
+/// Lines read from a child's pipe by a background thread, each with the
+/// instant the reader saw it.
 #[derive(Clone, Default)]
 pub struct Captured {
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Captured {
-    fn spawn_reader<R: Read + Send + 'static>(reader: R, label: String) -> Captured {
+    /// Reads `reader` to its end on a thread of its own. A line ends at
+    /// `\n` (a trailing `\r` dropped) or, with `split_cr`, at `\r` too:
+    /// progress lines that rewrite themselves (ffplay's status line) then
+    /// arrive one by one instead of with the next newline; empty lines are
+    /// skipped in that mode.
+    fn spawn_reader<R: Read + Send + 'static>(
+        reader: R,
+        label: String,
+        split_cr: bool,
+    ) -> Captured {
         let captured = Captured::default();
         let lines = captured.lines.clone();
         std::thread::Builder::new()
             .name(format!("capture-{label}"))
             .spawn(move || {
                 let mut reader = BufReader::new(reader);
-                let mut buf = Vec::new();
+                let mut line = Vec::new();
+                let push = |line: &mut Vec<u8>, at: Instant| {
+                    let text = String::from_utf8_lossy(line)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    line.clear();
+                    if !(split_cr && text.is_empty()) {
+                        lines.lock().unwrap().push((at, text));
+                    }
+                };
                 loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf)
-                                .trim_end_matches(['\r', '\n'])
-                                .to_string();
-                            lines.lock().unwrap().push(line);
+                    let buf = match reader.fill_buf() {
+                        Ok([]) | Err(_) => break,
+                        Ok(buf) => buf,
+                    };
+                    let at = Instant::now();
+                    let n = buf.len();
+                    for &b in buf {
+                        if b == b'\n' || (split_cr && b == b'\r') {
+                            push(&mut line, at);
+                        } else {
+                            line.push(b);
                         }
                     }
+                    reader.consume(n);
+                }
+                if !line.is_empty() {
+                    push(&mut line, Instant::now());
                 }
             })
             .expect("spawn capture thread");
@@ -89,7 +115,23 @@ impl Captured {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        let lines = self.lines.lock().unwrap();
+        lines.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Every line with the instant it was read, from index `from` on.
+    pub fn timed_lines(&self, from: usize) -> Vec<(Instant, String)> {
+        let lines = self.lines.lock().unwrap();
+        lines.get(from..).unwrap_or_default().to_vec()
+    }
+
+    /// How many lines were read so far.
+    pub fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn text(&self) -> String {
@@ -101,14 +143,15 @@ impl Captured {
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains(needle))
+            .any(|(_, l)| l.contains(needle))
     }
 
     /// The last `n` lines, for failure messages.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.lines.lock().unwrap();
         let start = lines.len().saturating_sub(n);
-        lines[start..].join("\n")
+        let tail: Vec<&str> = lines[start..].iter().map(|(_, l)| l.as_str()).collect();
+        tail.join("\n")
     }
 }
 
@@ -132,7 +175,7 @@ impl ChildGuard {
     /// missing.
     pub fn spawn(name: &str, mut cmd: Command) -> ChildGuard {
         cmd.process_group(0);
-        Self::spawn_in_group(name, cmd, true)
+        Self::spawn_in_group(name, cmd, true, false)
     }
 
     /// Like [`ChildGuard::spawn`], but the child stays in our process group,
@@ -140,10 +183,16 @@ impl ChildGuard {
     /// for minutes in a terminal (a killed process runs no `Drop`). Only the
     /// child itself is killed on drop.
     pub fn spawn_foreground(name: &str, cmd: Command) -> ChildGuard {
-        Self::spawn_in_group(name, cmd, false)
+        Self::spawn_in_group(name, cmd, false, false)
     }
 
-    fn spawn_in_group(name: &str, mut cmd: Command, own_group: bool) -> ChildGuard {
+    /// Like [`ChildGuard::spawn_foreground`], with output lines also ended
+    /// by `\r` (see [`Captured`]): for players a bench times line by line.
+    pub fn spawn_foreground_split_cr(name: &str, cmd: Command) -> ChildGuard {
+        Self::spawn_in_group(name, cmd, false, true)
+    }
+
+    fn spawn_in_group(name: &str, mut cmd: Command, own_group: bool, split_cr: bool) -> ChildGuard {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -151,8 +200,16 @@ impl ChildGuard {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let pid = child.id();
-        let stdout = Captured::spawn_reader(child.stdout.take().unwrap(), format!("{name}-out"));
-        let stderr = Captured::spawn_reader(child.stderr.take().unwrap(), format!("{name}-err"));
+        let stdout = Captured::spawn_reader(
+            child.stdout.take().unwrap(),
+            format!("{name}-out"),
+            split_cr,
+        );
+        let stderr = Captured::spawn_reader(
+            child.stderr.take().unwrap(),
+            format!("{name}-err"),
+            split_cr,
+        );
         ChildGuard {
             name: name.to_string(),
             child,
