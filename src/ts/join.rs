@@ -415,43 +415,58 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
     };
     let changes = |i: usize| seen[i].pcr.is_some() || (seen[i].pusi && is_video(seen[i].pid));
 
-    // Emit: what precedes the first video packet, the other streams at the
-    // live point, the keyframe's copies, then the rest in order, retimed.
+    // The keyframe's copies: how many, and their packets.
+    let key = lead_in(&seen, &packets, first_video, &streams);
+    let copies = key.as_ref().map_or(0, |key| {
+        let fps_90k = if frames >= 2 && squeezing {
+            u64::from(frames - 1) * 90_000 * 1000 / top as u64
+        } else {
+            30_000
+        };
+        lead_in_copies(key.len() * (PACKET - 4), fps_90k)
+    });
+    let step = SQUEEZE_PER_FRAME_90K as i64;
+    // Continuity counter of the first video packet sent.
+    let key_cc = packets[first_video].1[3] & 0x0F;
+    let copied = copies * key.as_ref().map_or(0, Vec::len);
+    let first_cc = (i64::from(key_cc) - copied as i64).rem_euclid(16) as u8;
+
+    // Emit: what precedes the first video packet, the keyframe's PCR (so
+    // that a demuxer that times by the PCR, like GStreamer's, can time the
+    // audio that follows), the other streams at the live point, the
+    // keyframe's copies, then the rest in order, retimed.
     let mut out = Out::default();
     for i in 0..first_video {
         if kept(&seen[i], i) {
             out.packet(packets[i].0, &retime(i, 0));
         }
     }
+    if let Some(at) = seen[first_video].pcr {
+        let q = retime(first_video, (copies as i64 + 1) * step);
+        out.packet(
+            packets[first_video].0,
+            &pcr_packet(seen[first_video].pid, first_cc, &q[at..at + 6]),
+        );
+    }
     for i in first_video..seen.len() {
         if is_other_es(seen[i].pid) && kept(&seen[i], i) {
             out.packet(packets[i].0, &retime(i, 0));
         }
     }
-    let copies = lead_in(&seen, &packets, first_video, &streams).map_or(0, |key| {
-        let fps_90k = if frames >= 2 && squeezing {
-            u64::from(frames - 1) * 90_000 * 1000 / top as u64
-        } else {
-            30_000
-        };
-        let copies = lead_in_copies(key.len() * (PACKET - 4), fps_90k);
-        // Each copy a tenth of a millisecond before the next, with the
-        // continuity counters that lead into the keyframe's own.
-        let total = copies * key.len();
-        let first_cc = packets[key[0]].1[3] & 0x0F;
-        let mut n = 0;
+    // Each copy a tenth of a millisecond before the next, with the
+    // continuity counters that lead into the keyframe's own.
+    if let Some(key) = &key {
+        let mut cc = first_cc;
         for copy in 0..copies {
-            let earlier = ((copies - copy) as u64 * SQUEEZE_PER_FRAME_90K) as i64;
-            for &k in &key {
+            let earlier = (copies - copy) as i64 * step;
+            for &k in key {
                 let mut q = retime(k, earlier);
-                let cc = (i64::from(first_cc) - total as i64 + n).rem_euclid(16) as u8;
                 q[3] = (q[3] & 0xF0) | cc;
                 out.packet(packets[k].0, &q);
-                n += 1;
+                cc = (cc + 1) & 0x0F;
             }
         }
-        copies
-    });
+    }
     let mut i = first_video;
     while i < seen.len() {
         // A chunk is passed on whole when none of its packets changes.
@@ -483,6 +498,22 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
         lead_in: copies as u32,
         unchanged: None,
     }
+}
+
+/// An adaptation-only packet on `pid` carrying `pcr` (its 6 bytes as in
+/// the adaptation field). Its continuity counter is `next_cc` - 1: a packet
+/// without payload repeats the counter of the one before (2.4.3.3), so the
+/// next packet with payload, `next_cc`, follows on.
+fn pcr_packet(pid: u16, next_cc: u8, pcr: &[u8]) -> [u8; PACKET] {
+    let mut p = [0xFF; PACKET];
+    p[0] = SYNC_BYTE;
+    p[1] = (pid >> 8) as u8 & 0x1F;
+    p[2] = pid as u8;
+    p[3] = 0x20 | (next_cc.wrapping_sub(1) & 0x0F);
+    p[4] = (PACKET - 5) as u8;
+    p[5] = 0x10; // PCR_flag
+    p[6..12].copy_from_slice(pcr);
+    p
 }
 
 /// The elementary streams of the burst's first PAT's first program.
@@ -874,6 +905,16 @@ mod tests {
         assert!(c.dropped_pes > 60, "{}", c.dropped_pes);
         let first = pes.iter().position(|p| p.pid == PID_AUDIO).unwrap();
         assert!(first < 2, "audio leads the burst");
+        // A PCR comes before it (GStreamer times PES by the PCR).
+        let order: Vec<(u16, bool)> = c.chunks[0]
+            .data
+            .chunks(PACKET)
+            .map(|p| {
+                let h = header(p).unwrap();
+                (h.pid, h.pcr.is_some())
+            })
+            .collect();
+        assert_eq!(&order[2..4], &[(PID_VIDEO, true), (PID_AUDIO, false)]);
         // Audio is continuous from there into live.
         for w in audio.windows(2) {
             assert!(w[1].pts.unwrap() > w[0].pts.unwrap());
