@@ -15,9 +15,15 @@
 //! live point are moved in front of the video, so a player that probes only
 //! the first few KiB finds the audio too.
 //!
-//! Continuity counters stay right without rewriting them: video and PSI
-//! packets are all kept in order, and every other PID starts at a PES start
-//! and runs unbroken into the live chunks that follow. Anything this module
+//! An adaptation-only packet with the keyframe's PCR leads (demuxers that
+//! time PES by the PCR, like GStreamer's, can then time the audio moved
+//! ahead), and an IDR keyframe is sent a few times ahead of itself, for
+//! players whose probe drops what it reads ([`lead_in_copies`]).
+//!
+//! Continuity counters stay right: video and PSI packets are all kept in
+//! order, the added packets get the counters that lead into the
+//! keyframe's own, and every other PID starts at a PES start and runs
+//! unbroken into the live chunks that follow. Anything this module
 //! cannot parse with certainty (no PAT/PMT, a video PES header it cannot
 //! patch) leaves the burst as it was: the player then joins as with
 //! `join = "cache"`. Sans-IO; never panics on any input.
@@ -59,8 +65,8 @@ pub struct CatchUp {
     /// Copies of the keyframe sent ahead of it (see [`lead_in_copies`]).
     pub lead_in: u32,
     /// Why the burst was sent as it was, when it was (a metric label:
-    /// `no_video`, `no_psi`, `not_packets`, (and the sender's `too_large`),
-    /// `pes_header_split`, `pes_without_pts`).
+    /// `no_video`, `no_psi`, `not_packets`, `pes_header_split`,
+    /// `pes_without_pts`; the sender adds `too_large`).
     pub unchanged: Option<&'static str>,
 }
 
@@ -441,7 +447,12 @@ pub fn catch_up(burst: Vec<TsChunk>) -> CatchUp {
             out.packet(packets[i].0, &retime(i, 0));
         }
     }
-    if let Some(at) = seen[first_video].pcr {
+    // (Only before a packet with payload: one without repeats its
+    // predecessor's counter, which this one could not match.)
+    if let Some(at) = seen[first_video]
+        .pcr
+        .filter(|_| seen[first_video].payload < PACKET)
+    {
         let q = retime(first_video, (copies as i64 + 1) * step);
         out.packet(
             packets[first_video].0,
@@ -707,7 +718,7 @@ impl Out {
 /// Fuzzing check (from the repack and roundtrip targets, whose outputs are
 /// what rings hold): [`catch_up`] never panics, hands out whole packets
 /// starting with a keyframe chunk, leaves a burst it cannot parse as it
-/// was, and adds nothing but the keyframe's copies.
+/// was, and adds nothing but the keyframe's copies and one PCR packet.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_check(burst: &[TsChunk]) {
@@ -723,9 +734,41 @@ pub fn fuzz_check(burst: &[TsChunk]) {
         assert_eq!(chunk.data.len() % PACKET, 0);
         assert!(chunk.data.chunks(PACKET).all(|p| p[0] == SYNC_BYTE));
     }
+    // No continuity error the burst did not have already.
+    assert!(
+        cc_breaks(&c.chunks) <= cc_breaks(burst),
+        "the rewrite broke continuity"
+    );
     // Each copy of the keyframe is at most the whole burst.
     assert!(c.lead_in as usize <= MAX_LEAD_IN);
-    assert!(packets(&c.chunks) <= packets(burst) * (1 + c.lead_in as usize));
+    assert!(packets(&c.chunks) <= packets(burst) * (1 + c.lead_in as usize) + 1);
+}
+
+/// Continuity counter breaks (2.4.3.3) in `chunks`, per PID after its
+/// first packet: a packet with payload must step the counter by one, one
+/// without must repeat it.
+#[cfg(any(test, feature = "fuzzing"))]
+fn cc_breaks(chunks: &[TsChunk]) -> usize {
+    let mut last: std::collections::HashMap<u16, u8> = std::collections::HashMap::new();
+    let mut breaks = 0;
+    for p in chunks.iter().flat_map(|c| c.data.chunks(PACKET)) {
+        let Some(h) = header(p) else { continue };
+        if h.pid == 0x1FFF {
+            continue;
+        }
+        let cc = p[3] & 0x0F;
+        if let Some(prev) = last.insert(h.pid, cc) {
+            let want = if h.payload < PACKET {
+                (prev + 1) & 0x0F
+            } else {
+                prev
+            };
+            if cc != want {
+                breaks += 1;
+            }
+        }
+    }
+    breaks
 }
 
 #[cfg(test)]
@@ -870,6 +913,7 @@ mod tests {
         let all: Vec<TsChunk> = c.chunks.iter().chain(&live).cloned().collect();
         let (pes, cc_errors) = demux(&all);
         assert_eq!(cc_errors, 0, "continuity into the live chunks");
+        assert_eq!(cc_breaks(&all), 0);
         let all_video: Vec<&Pes> = pes.iter().filter(|p| p.pid == PID_VIDEO).collect();
         let video = after_lead_in(&pes, c.lead_in);
         let audio: Vec<&Pes> = pes.iter().filter(|p| p.pid == PID_AUDIO).collect();
