@@ -252,6 +252,8 @@ fn a_read_token_added_by_reload_lets_a_new_player_in() {
         &url,
         "-frames:v",
         "5",
+        "-fps_mode",
+        "vfr",
         "-f",
         "null",
         "-",

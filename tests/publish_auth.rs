@@ -50,6 +50,8 @@ fn only_the_right_keys_publish() {
         &play,
         "-frames:v",
         "5",
+        "-fps_mode",
+        "vfr",
         "-f",
         "null",
         "-",

@@ -93,9 +93,13 @@ fn duration_secs(file: &Path) -> f64 {
 /// ffmpeg decodes all of `file` without a single error line.
 fn assert_decodes_cleanly(file: &Path) {
     let mut c = Command::new("ffmpeg");
-    c.args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"]);
+    c.args(["-nostdin", "-v", "error", "-i"]).arg(file).args([
+        "-fps_mode",
+        "vfr",
+        "-f",
+        "null",
+        "-",
+    ]);
     let (status, _, err) = run_to_exit("ffmpeg", c, Duration::from_secs(60));
     assert!(
         status.success() && err.trim().is_empty(),

@@ -88,6 +88,8 @@ fn ffmpeg_publishes_over_rtmps_hostile_tls_clients_are_closed_and_drain_applies(
         &server.srt_url("live/cam1", ""),
         "-frames:v",
         "5",
+        "-fps_mode",
+        "vfr",
         "-f",
         "null",
         "-",

@@ -99,7 +99,7 @@ fn a_push_leg_delivers_a_playable_stream_to_srt_live_transmit() {
             let mut c = Command::new("ffmpeg");
             c.args(["-v", "error", "-i"])
                 .arg(&out)
-                .args(["-f", "null", "-"]);
+                .args(["-fps_mode", "vfr", "-f", "null", "-"]);
             c
         },
         Duration::from_secs(30),

@@ -45,7 +45,11 @@ impl Bystander {
             "-loglevel",
             "error",
             "-i",
-            &server.srt_url(path, srt_extra),
+            // From the GOP cache on with every frame at its own time
+            // (`join=cache`), so that the recorded span and frame count
+            // measure everything it was sent; the default (`live`)
+            // squeezes the cached frames into a few milliseconds.
+            &server.srt_url(&format!("{path}?join=cache"), srt_extra),
             "-c",
             "copy",
             "-f",
