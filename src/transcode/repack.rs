@@ -7,6 +7,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::ts::psi::{pat_programs, pmt_entries, section_body, PmtEntry};
+
 use crate::ts::{
     decode_timestamp, TsChunk, CHUNK, PACKET, PID_NULL, PID_PAT, STREAM_TYPE_AAC_ADTS,
     STREAM_TYPE_H264, STREAM_TYPE_HEVC, SYNC_BYTE, TIMESTAMP_MASK,
@@ -233,17 +235,6 @@ fn pes_start(payload: &[u8]) -> PesStart<'_> {
     }
 }
 
-/// The table body (after the 8-byte long header, before the CRC) of a
-/// complete section with this table_id that is current and intact.
-fn section_body(s: &[u8], table_id: u8) -> Option<&[u8]> {
-    let ok = s.len() >= 12
-        && s[0] == table_id
-        && s[1] & 0x80 != 0
-        && s[5] & 0x01 != 0
-        && crate::ts::psi::crc32(s) == 0;
-    ok.then(|| s.get(8..s.len() - 4)).flatten()
-}
-
 /// FFmpeg's MPEG-TS in, relay chunks out (rules in docs/ts.md). Feed it with
 /// [`Repacker::push`]; [`Repacker::flush`] hands out the chunk being filled.
 #[derive(Debug)]
@@ -462,12 +453,7 @@ impl Repacker {
         let Some(body) = section_body(s, 0x00) else {
             return;
         };
-        let mut programs = body.chunks_exact(4).filter_map(|e| {
-            let number = u16::from_be_bytes([e[0], e[1]]);
-            let pid = u16::from_be_bytes([e[2], e[3]]) & 0x1FFF;
-            // program_number 0 points at the network PID, not a PMT.
-            (number != 0 && pid != PID_PAT && pid != PID_NULL).then_some((number, pid))
-        });
+        let mut programs = pat_programs(body);
         let first = programs.next();
         let program = match self.program {
             Some(current) if first == Some(current) || programs.any(|p| p == current) => current,
@@ -495,22 +481,12 @@ impl Repacker {
         if s.get(3..5) != Some(&number.to_be_bytes()[..]) {
             return;
         }
-        let Some(&[pcr_hi, pcr_lo, pi_hi, pi_lo]) = body.get(..4) else {
-            return;
-        };
-        let program_info_length = usize::from(u16::from_be_bytes([pi_hi, pi_lo]) & 0x0FFF);
-        let Some(mut rest) = body.get(4 + program_info_length..) else {
+        let Some((pcr_pid, entries)) = pmt_entries(body) else {
             return;
         };
         let usable = |pid: u16| pid != PID_PAT && pid != PID_NULL && pid != pmt_pid;
         let mut streams: Vec<Es> = Vec::new();
-        while let Some(&[stream_type, p_hi, p_lo, i_hi, i_lo]) = rest.get(..5) {
-            let pid = u16::from_be_bytes([p_hi, p_lo]) & 0x1FFF;
-            let es_info_length = usize::from(u16::from_be_bytes([i_hi, i_lo]) & 0x0FFF);
-            let Some(next) = rest.get(5 + es_info_length..) else {
-                return;
-            };
-            rest = next;
+        for PmtEntry { stream_type, pid } in entries {
             if usable(pid) && streams.len() < MAX_STREAMS && !streams.iter().any(|e| e.pid == pid) {
                 streams.push(Es { pid, stream_type });
             }
@@ -524,7 +500,6 @@ impl Repacker {
             .find(|e| AUDIO_STREAM_TYPES.contains(&e.stream_type))
             .copied();
         // The PCR may sit on a PID of its own; players need it.
-        let pcr_pid = u16::from_be_bytes([pcr_hi, pcr_lo]) & 0x1FFF;
         if usable(pcr_pid) && !streams.iter().any(|e| e.pid == pcr_pid) {
             streams.push(Es {
                 pid: pcr_pid,

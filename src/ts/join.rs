@@ -30,6 +30,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::psi::{pat_programs, pmt_entries, section_body};
 use super::{decode_timestamp, encode_timestamp, TsChunk, CHUNK, PACKET, PID_PAT, SYNC_BYTE};
 
 /// The span the cached frames are moved into, at least: 5 ms at 90 kHz.
@@ -159,37 +160,24 @@ fn section<'a>(p: &'a [u8], h: &Header) -> Option<&'a [u8]> {
 
 /// The PMT PID of the first program in a PAT section (2.4.4.3).
 fn pat_pmt_pid(s: &[u8]) -> Option<u16> {
-    if s.first() != Some(&0x00) || s.len() < 12 {
-        return None;
-    }
-    // Programs start at 8; the CRC takes the last 4.
-    s[8..s.len() - 4]
-        .chunks_exact(4)
-        .find(|e| u16::from_be_bytes([e[0], e[1]]) != 0)
-        .map(|e| u16::from(e[2] & 0x1F) << 8 | u16::from(e[3]))
+    pat_programs(section_body(s, 0x00)?)
+        .next()
+        .map(|(_, pid)| pid)
 }
 
 /// The elementary streams of a PMT section (2.4.4.8).
 fn pmt_streams(s: &[u8]) -> Option<Vec<Es>> {
-    if s.first() != Some(&0x02) || s.len() < 16 {
-        return None;
-    }
-    let info_len = usize::from(s[10] & 0x0F) << 8 | usize::from(s[11]);
-    let end = s.len() - 4;
-    let mut i = 12 + info_len;
-    let mut out = Vec::new();
-    while i + 5 <= end {
-        let stream_type = s[i];
-        let pid = u16::from(s[i + 1] & 0x1F) << 8 | u16::from(s[i + 2]);
-        let es_len = usize::from(s[i + 3] & 0x0F) << 8 | usize::from(s[i + 4]);
-        out.push(Es {
-            pid,
-            stream_type,
-            video: VIDEO_STREAM_TYPES.contains(&stream_type),
-        });
-        i += 5 + es_len;
-    }
-    Some(out)
+    let (_, entries) = pmt_entries(section_body(s, 0x02)?)?;
+    Some(
+        entries
+            .into_iter()
+            .map(|e| Es {
+                pid: e.pid,
+                stream_type: e.stream_type,
+                video: VIDEO_STREAM_TYPES.contains(&e.stream_type),
+            })
+            .collect(),
+    )
 }
 
 /// Where a PES header's PTS and DTS sit in the packet (offsets of their

@@ -136,6 +136,45 @@ pub(crate) fn pmt_packet(version: u8, pcr_pid: u16, entries: &[PmtEntry]) -> [u8
     section_packet(PID_PMT, section)
 }
 
+/// The table body (after the 8-byte long header, before the CRC) of a
+/// complete section with this table_id that is current and intact.
+pub(crate) fn section_body(s: &[u8], table_id: u8) -> Option<&[u8]> {
+    let ok =
+        s.len() >= 12 && s[0] == table_id && s[1] & 0x80 != 0 && s[5] & 0x01 != 0 && crc32(s) == 0;
+    ok.then(|| s.get(8..s.len() - 4)).flatten()
+}
+
+/// The (program_number, PMT PID) entries of a PAT body (2.4.4.3), without
+/// program 0 (the network PID) and PMT PIDs that cannot be one.
+pub(crate) fn pat_programs(body: &[u8]) -> impl Iterator<Item = (u16, u16)> + '_ {
+    body.chunks_exact(4).filter_map(|e| {
+        let number = u16::from_be_bytes([e[0], e[1]]);
+        let pid = u16::from_be_bytes([e[2], e[3]]) & 0x1FFF;
+        (number != 0 && pid != PID_PAT && pid != super::PID_NULL).then_some((number, pid))
+    })
+}
+
+/// What a PMT body (2.4.4.8) lists: the PCR PID and each elementary
+/// stream's (stream_type, PID), in order; `None` when an entry runs past
+/// the end.
+pub(crate) fn pmt_entries(body: &[u8]) -> Option<(u16, Vec<PmtEntry>)> {
+    let &[pcr_hi, pcr_lo, pi_hi, pi_lo] = body.get(..4)? else {
+        return None;
+    };
+    let program_info_length = usize::from(u16::from_be_bytes([pi_hi, pi_lo]) & 0x0FFF);
+    let mut rest = body.get(4 + program_info_length..)?;
+    let mut entries = Vec::new();
+    while let Some(&[stream_type, p_hi, p_lo, i_hi, i_lo]) = rest.get(..5) {
+        let es_info_length = usize::from(u16::from_be_bytes([i_hi, i_lo]) & 0x0FFF);
+        rest = rest.get(5 + es_info_length..)?;
+        entries.push(PmtEntry {
+            stream_type,
+            pid: u16::from_be_bytes([p_hi, p_lo]) & 0x1FFF,
+        });
+    }
+    Some((u16::from_be_bytes([pcr_hi, pcr_lo]) & 0x1FFF, entries))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +201,30 @@ mod tests {
         let p = pat_packet();
         assert_eq!(&p[..5], &[0x47, 0x40, 0x00, 0x10, 0x00]);
         assert!(p[5 + len..].iter().all(|&b| b == 0xFF));
+    }
+
+    #[test]
+    fn built_tables_parse_back() {
+        let p = pat_packet();
+        let body = section_body(&p[5..5 + 16], 0x00).unwrap();
+        assert_eq!(pat_programs(body).collect::<Vec<_>>(), vec![(1, PID_PMT)]);
+        let entries = [
+            PmtEntry {
+                stream_type: 0x1B,
+                pid: 0x100,
+            },
+            PmtEntry {
+                stream_type: 0x0F,
+                pid: 0x101,
+            },
+        ];
+        let p = pmt_packet(0, 0x100, &entries);
+        let body = section_body(&p[5..5 + 3 + 23], 0x02).unwrap();
+        assert_eq!(pmt_entries(body), Some((0x100, entries.to_vec())));
+        // A damaged section is not parsed.
+        let mut q = p;
+        q[20] ^= 1;
+        assert_eq!(section_body(&q[5..5 + 3 + 23], 0x02), None);
     }
 
     #[test]
