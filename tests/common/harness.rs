@@ -524,9 +524,14 @@ impl Sluice {
         self.dir.join("sluice.toml")
     }
 
-    /// Replace the config file's content (read at the next reload).
+    /// Replace the config file's content (read at the next reload), at
+    /// once: written beside it and renamed over it, so that a reload still
+    /// running from an earlier step never reads a half-written file (an
+    /// empty one is the open zero config).
     pub fn write_config(&self, config_toml: &str) {
-        fs::write(self.config_path(), config_toml).expect("rewrite config");
+        let tmp = self.dir.join("sluice.toml.new");
+        fs::write(&tmp, config_toml).expect("write the new config");
+        fs::rename(&tmp, self.config_path()).expect("replace the config");
     }
 
     /// The JSON log lines a config reload ended with so far.
