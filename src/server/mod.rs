@@ -231,12 +231,15 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         reload: reloader.clone(),
         record_roots: record_roots.clone(),
     });
-    let http_task = serve_http(http, app, root.clone());
     spawn_upkeep(metrics, registry.clone(), root.clone());
     crate::record::retention::spawn(record_roots, root.clone());
     let Signals { term, int, hup } = signals;
     spawn_reloads(hup, reloader.clone(), root.clone());
+    // Ready before the first HTTP request is answered: a probe that
+    // connected once `listening` was logged must not see "starting" (the
+    // HTTP task used to run before this store on another worker).
     ready.store(true, Ordering::SeqCst);
+    let http_task = serve_http(http, app, root.clone());
 
     let signal = Signals::wait(term, int).await;
     let drain_timeout = reloader.current().server.drain_timeout;
