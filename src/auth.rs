@@ -96,6 +96,69 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// `[cluster] secret`: the key nodes sign their pulls from each other with.
+/// Plain (both sides compute the same HMAC), at least 16 characters, never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeSecret(String);
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecret(..)")
+    }
+}
+
+impl NodeSecret {
+    pub fn parse(s: &str) -> Result<NodeSecret, String> {
+        if s.chars().count() < 16 {
+            return Err(
+                "must be at least 16 characters (a random string shared by every node)".into(),
+            );
+        }
+        Ok(NodeSecret(s.to_string()))
+    }
+
+    fn mac(&self, path: &str, node: &str, unix: u64) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("sluice-edge\n{path}\n{node}\n{unix}").as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The token node `node` presents (streamid `ct=`) to pull `path` from
+    /// another node at `unix` seconds: `UNIX-HEX`, good for
+    /// [`EDGE_TOKEN_WINDOW`] either side of the origin's clock.
+    pub fn edge_token(&self, path: &str, node: &str, unix: u64) -> String {
+        format!("{unix}-{}", hex(&self.mac(path, node, unix)))
+    }
+
+    /// Whether `token` authorizes node `node` to pull `path` now (`now`
+    /// in unix seconds). Constant time in the MAC.
+    pub fn verify_edge_token(&self, token: &str, path: &str, node: &str, now: u64) -> bool {
+        let Some((unix, mac)) = token.split_once('-') else {
+            return false;
+        };
+        let Ok(unix) = unix.parse::<u64>() else {
+            return false;
+        };
+        if unix.abs_diff(now) > EDGE_TOKEN_WINDOW.as_secs() {
+            return false;
+        }
+        unhex(mac).is_some_and(|m| ct_eq(&m, &self.mac(path, node, unix)))
+    }
+}
+
+/// How far an edge token's time may be from the origin's clock.
+pub const EDGE_TOKEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl<'de> serde::Deserialize<'de> for NodeSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        NodeSecret::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The value of `name` in the query part (`...?a=1&key=x`) of `s`.
 pub fn query_param<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     let (_, q) = s.split_once('?')?;
@@ -178,6 +241,26 @@ pub fn check_publish_key(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn edge_tokens_bind_path_node_and_time_and_are_never_printed() {
+        let s = NodeSecret::parse("a-shared-cluster-secret").unwrap();
+        assert!(NodeSecret::parse("short").is_err());
+        assert_eq!(format!("{s:?}"), "NodeSecret(..)");
+        let t = s.edge_token("live/cam1", "b", 1_000_000);
+        assert!(s.verify_edge_token(&t, "live/cam1", "b", 1_000_030));
+        assert!(!s.verify_edge_token(&t, "live/cam2", "b", 1_000_030));
+        assert!(!s.verify_edge_token(&t, "live/cam1", "c", 1_000_030));
+        assert!(!s.verify_edge_token(&t, "live/cam1", "b", 1_000_121));
+        let other = NodeSecret::parse("another-cluster-secret").unwrap();
+        assert!(!other.verify_edge_token(&t, "live/cam1", "b", 1_000_000));
+        for bad in ["", "-", "x-00", "1000000-zz", "1000000"] {
+            assert!(
+                !s.verify_edge_token(bad, "live/cam1", "b", 1_000_000),
+                "{bad}"
+            );
+        }
+    }
     use super::*;
     use std::collections::BTreeMap;
 

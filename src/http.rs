@@ -50,6 +50,10 @@ pub struct AppState {
     /// The record directories of the applications that record, as
     /// configured now (`GET /api/v1/recordings`).
     pub record_roots: RootsFn,
+    /// `[cluster]`: the directory (`/readyz`, `?scope=cluster`) and this
+    /// node's edge streams.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub edges: Option<Arc<crate::cluster::edge::Edges>>,
 }
 
 /// `[transcode]` and the codecs the configured renditions use.
@@ -338,6 +342,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
+    // Redis trouble shows here and never fails readiness: streams go on
+    // node-locally without it.
+    if let Some(c) = &s.cluster {
+        body["cluster"] = json!(c.state());
+    }
     (code, Json(body)).into_response()
 }
 
@@ -452,7 +461,56 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn streams(State(s): State<AppState>) -> Json<Value> {
+/// `?scope=cluster` of `GET /api/v1/streams`.
+#[derive(Debug, serde::Deserialize)]
+struct StreamsQuery {
+    scope: Option<String>,
+}
+
+async fn streams(State(s): State<AppState>, Query(q): Query<StreamsQuery>) -> Response {
+    match q.scope.as_deref() {
+        None | Some("node") => local_streams(&s).into_response(),
+        Some("cluster") => cluster_streams(&s).await,
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "scope={} is not a scope: use node or cluster",
+                crate::auth::redact(other)
+            ),
+        ),
+    }
+}
+
+/// Every node's streams from the directory: path, node, since.
+async fn cluster_streams(s: &AppState) -> Response {
+    let Some(c) = &s.cluster else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node is not in a cluster (no [cluster] section)",
+        );
+    };
+    match c.list().await {
+        Ok(claims) => Json(Value::Array(
+            claims
+                .into_iter()
+                .map(|(path, o)| {
+                    json!({
+                        "path": path,
+                        "node": o.node,
+                        "srt": o.srt,
+                        "since": o.since_ms / 1000,
+                        "since_ms": o.since_ms,
+                        "renditions": o.renditions,
+                    })
+                })
+                .collect(),
+        ))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+fn local_streams(s: &AppState) -> Json<Value> {
     let now = Instant::now();
     Json(Value::Array(
         s.registry
@@ -539,6 +597,7 @@ pub fn describe(st: &Stream, now: Instant) -> Value {
         "state": "live",
         "uptime_seconds": (now.duration_since(st.started).as_secs_f64() * 10.0).round() / 10.0,
         "publisher": {"peer": st.peer, "encoder": meta.encoder, "protocol": st.protocol.get()},
+        "origin_node": st.origin_node.get(),
         "codecs": {
             "video": stats.video_codec.map(|c| c.name()),
             "audio": stats.audio_codec.map(|c| c.name()),

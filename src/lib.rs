@@ -5,6 +5,7 @@
 //! (`rtmp::server`, `http`, `server`) are thin tokio loops around them.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod flv;
 pub mod gpu;

@@ -50,6 +50,15 @@ pub const SRT_JOIN_FIRST_DATA_SECONDS: &str = "sluice_srt_join_first_data_second
 pub const SRT_JOIN_CATCHUP_SECONDS: &str = "sluice_srt_join_catchup_seconds";
 pub const SRT_JOIN_CATCHUP_FRAMES_TOTAL: &str = "sluice_srt_join_catchup_frames_total";
 pub const SRT_JOIN_UNCHANGED_TOTAL: &str = "sluice_srt_join_unchanged_total";
+pub const CLUSTER_CLAIMS: &str = "sluice_cluster_claims";
+pub const CLUSTER_CLAIMS_TOTAL: &str = "sluice_cluster_claims_total";
+pub const CLUSTER_CONFLICTS_TOTAL: &str = "sluice_cluster_conflicts_total";
+pub const CLUSTER_EDGE_PULLS: &str = "sluice_cluster_edge_pulls";
+pub const CLUSTER_EDGE_PULLS_TOTAL: &str = "sluice_cluster_edge_pulls_total";
+pub const CLUSTER_EDGE_PULLS_SERVED_TOTAL: &str = "sluice_cluster_edge_pulls_served_total";
+pub const CLUSTER_REDIS_ERRORS_TOTAL: &str = "sluice_cluster_redis_errors_total";
+pub const CLUSTER_REDIS_SECONDS: &str = "sluice_cluster_redis_seconds";
+pub const CLUSTER_REDIS_UP: &str = "sluice_cluster_redis_up";
 pub const SRT_LAG_DISCONNECTS_TOTAL: &str = "sluice_srt_lag_disconnects_total";
 pub const SRT_PROTOCOL_PANICS_TOTAL: &str = "sluice_srt_protocol_panics_total";
 pub const SRT_DROPPED_DATAGRAMS_TOTAL: &str = "sluice_srt_dropped_datagrams_total";
@@ -202,6 +211,15 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_JOIN_CATCHUP_SECONDS, Kind::Histogram, "join = live: media time a joiner skipped, from the cached keyframe to the live point."),
     Family::new(SRT_JOIN_CATCHUP_FRAMES_TOTAL, Kind::Counter, "join = live: cached video frames retimed to just before the live point."),
     Family::new(SRT_JOIN_UNCHANGED_TOTAL, Kind::Counter, "join = live joins sent the GOP cache as it was, by reason (no_video, no_psi, ...)."),
+    Family::new(CLUSTER_CLAIMS, Kind::Gauge, "[cluster] stream paths this node holds in the directory (pending ones included)."),
+    Family::new(CLUSTER_CLAIMS_TOTAL, Kind::Counter, "[cluster] claims, by result (claimed, taken_over, busy, unreachable, written_late, lost)."),
+    Family::new(CLUSTER_CONFLICTS_TOTAL, Kind::Counter, "[cluster] paths found published on two nodes after redis was unreachable (the newer stream stops)."),
+    Family::new(CLUSTER_EDGE_PULLS, Kind::Gauge, "[cluster] SRT pulls this node runs from other nodes (one per stream and rendition)."),
+    Family::new(CLUSTER_EDGE_PULLS_TOTAL, Kind::Counter, "[cluster] edge pulls, by result (started, ended, failed)."),
+    Family::new(CLUSTER_EDGE_PULLS_SERVED_TOTAL, Kind::Counter, "[cluster] pulls other nodes opened on this node, by result (accepted, refused)."),
+    Family::new(CLUSTER_REDIS_ERRORS_TOTAL, Kind::Counter, "[cluster] redis calls that failed or timed out, by operation."),
+    Family::new(CLUSTER_REDIS_SECONDS, Kind::Histogram, "[cluster] redis call time, by operation (claim, renew, release, lookup, list)."),
+    Family::new(CLUSTER_REDIS_UP, Kind::Gauge, "[cluster] 1 while redis answers, 0 after a failed call."),
     Family::new(SRT_LAG_SKIPS_TOTAL, Kind::Counter, "Times an SRT player fell behind and skipped to the newest keyframe."),
     Family::new(SRT_LAG_DISCONNECTS_TOTAL, Kind::Counter, "SRT players closed for staying behind."),
     Family::new(SRT_PROTOCOL_PANICS_TOTAL, Kind::Counter, "Panics caught inside srt-protocol; each dropped one peer."),

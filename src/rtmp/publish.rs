@@ -105,7 +105,9 @@ pub fn refusal_text(path: Option<&StreamPath>, why: &str) -> String {
 /// claim gets.
 pub fn claim_refusal(e: &ClaimError) -> (&'static str, &'static str) {
     match e {
-        ClaimError::Busy(_) => ("rejected_busy", "NetStream.Publish.BadName"),
+        ClaimError::Busy(_) | ClaimError::PublishedOn { .. } => {
+            ("rejected_busy", "NetStream.Publish.BadName")
+        }
         ClaimError::Draining => ("rejected_draining", "NetStream.Publish.Failed"),
         ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. } => {
             ("rejected_limit", "NetStream.Publish.Failed")

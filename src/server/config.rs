@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::Deserializer;
 use serde::Deserialize;
 
+use crate::cluster::ClusterConfig;
 use crate::config::{self, ConfigError};
 use crate::http::ApiToken;
 use crate::rtmp::config::RtmpConfig;
@@ -17,7 +18,7 @@ use crate::telemetry::LogFormat;
 use crate::transcode::config::TranscodeConfig;
 
 /// Listed after an unknown top-level key.
-const SECTIONS: &str = " (sections: [server], [rtmp], [srt], [transcode], [apps.NAME])";
+const SECTIONS: &str = " (sections: [server], [rtmp], [srt], [transcode], [cluster], [apps.NAME])";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +27,8 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub srt: SrtConfig,
     pub transcode: TranscodeConfig,
+    /// Off (`None`) unless the file has a `[cluster]` section.
+    pub cluster: Option<ClusterConfig>,
     pub apps: Apps,
 }
 
@@ -257,6 +260,7 @@ impl Config {
             ("server.rtmps_addr", a.rtmps_addr != b.rtmps_addr),
             ("server.log_format", a.log_format != b.log_format),
             ("server.webhook_ca", a.webhook_ca != b.webhook_ca),
+            ("cluster", self.cluster != new.cluster),
             (
                 "transcode.gpu_poll_interval",
                 self.transcode.gpu_poll_interval != new.transcode.gpu_poll_interval,
@@ -296,6 +300,9 @@ impl Config {
         self.transcode
             .validate()
             .map_err(|e| e.under("transcode"))?;
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|e| e.under("cluster"))?;
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The stream groups' legs, wired to the modules that implement them: SRT
 //! push legs (`srt::push`), RTMP(S) restreams (`rtmp::client`), the
-//! transcode (`transcode`) and the recording (`record`).
+//! transcode (`transcode`), the recording (`record`) and the cluster
+//! claim (`cluster::claim`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ pub(super) struct Legs {
     settings: Live<LegSettings>,
     /// New transcodes take the encoder choice in force when they start.
     encoders: Arc<EncoderState>,
+    /// `[cluster]`: the directory claim legs hold paths in.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 struct LegSettings {
@@ -37,10 +40,15 @@ impl LegSettings {
 }
 
 impl Legs {
-    pub(super) fn new(config: &Config, encoders: Arc<EncoderState>) -> Legs {
+    pub(super) fn new(
+        config: &Config,
+        encoders: Arc<EncoderState>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Legs {
         Legs {
             settings: Live::new(LegSettings::of(config)),
             encoders,
+            cluster,
         }
     }
 
@@ -74,6 +82,11 @@ impl LegStarter for Legs {
                 Box::pin(transcode::run_leg(params, ctx))
             }
             LegSpec::Record(spec) => Box::pin(crate::record::run_leg(spec.clone(), ctx)),
+            LegSpec::Claim { takeover } => match &self.cluster {
+                Some(c) => Box::pin(crate::cluster::claim::run_leg(c.clone(), *takeover, ctx)),
+                // Streams are told to claim only when the cluster is on.
+                None => Box::pin(async { Ok(()) }),
+            },
         }
     }
 }

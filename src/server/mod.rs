@@ -69,6 +69,8 @@ pub enum ServerError {
     Srt(#[from] srt_listener::ListenerError),
     #[error("{0}")]
     Transcode(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Every listener, bound.
@@ -108,6 +110,43 @@ fn rtmp_settings(config: &Config, apps: Arc<Apps>, tls: Option<TlsAcceptor>) -> 
     }
 }
 
+/// `[cluster]`: the directory, and whether Redis answers now (a node
+/// starts without it: streams go on node-locally until it answers).
+async fn start_cluster(
+    config: &Config,
+) -> Result<Option<Arc<crate::cluster::Cluster>>, ServerError> {
+    let Some(cfg) = &config.cluster else {
+        return Ok(None);
+    };
+    let cluster = crate::cluster::Cluster::new(cfg).map_err(ServerError::Cluster)?;
+    match cluster.ping().await {
+        Ok(()) => info!(
+            node = cluster.node(),
+            advertise_srt = cluster.advertise_srt(),
+            redis = cluster.redis_shown(),
+            lease_ttl_ms = cfg.lease_ttl.as_millis() as u64,
+            "cluster directory reachable"
+        ),
+        Err(e) => warn!(
+            node = cluster.node(),
+            error = %e,
+            "cluster directory unreachable at start; publishing node-locally until it answers"
+        ),
+    }
+    Ok(Some(Arc::new(cluster)))
+}
+
+/// What edge pulls read from the configuration.
+pub(super) fn edge_settings(config: &Config) -> crate::cluster::edge::EdgeSettings {
+    crate::cluster::edge::EdgeSettings {
+        latency: config.srt.latency,
+        peer_idle_timeout: config.srt.peer_idle_timeout,
+        ring: RingConfig::default(),
+        apps: Arc::new(config.apps.clone()),
+        default_passphrase: config.srt.passphrase.clone(),
+    }
+}
+
 /// What every new stream group reads from the configuration.
 fn stream_settings(config: &Config) -> StreamSettings {
     StreamSettings {
@@ -115,6 +154,7 @@ fn stream_settings(config: &Config) -> StreamSettings {
         max_ingest_kbps: config.rtmp.max_ingest_kbps,
         stale_after: config.rtmp.stale_publisher_timeout,
         ring: RingConfig::default(),
+        cluster: config.cluster.is_some(),
     }
 }
 
@@ -149,6 +189,7 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         config.transcode.gpu_poll_interval,
         root.clone(),
     ));
+    let cluster = start_cluster(config).await?;
     let bound = bind(config).await?;
     let mut srt = SrtListener::new(registry.clone(), &config.srt)?;
     srt.set_apps(Arc::new(config.apps.clone()))?;
@@ -157,7 +198,18 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     log_applications(&config.apps);
     log_listening(&bound);
 
-    let legs = Arc::new(legs::Legs::new(config, encoders.clone()));
+    let legs = Arc::new(legs::Legs::new(config, encoders.clone(), cluster.clone()));
+    let edges = cluster.as_ref().map(|c| {
+        crate::cluster::edge::Edges::new(
+            c.clone(),
+            registry.clone(),
+            root.clone(),
+            edge_settings(config),
+        )
+    });
+    if let Some(e) = &edges {
+        srt.set_remote(e.clone());
+    }
     let streams = Arc::new(Streams::new(
         registry.clone(),
         legs.clone(),
@@ -199,6 +251,7 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
             encoder_inputs: encoder_inputs.clone(),
             encoders: encoders.clone(),
             gpus: gpus.clone(),
+            edges: edges.clone(),
         },
     ));
     let Bound {
@@ -230,6 +283,8 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         api_token,
         reload: reloader.clone(),
         record_roots: record_roots.clone(),
+        cluster: cluster.clone(),
+        edges: edges.clone(),
     });
     spawn_upkeep(metrics, registry.clone(), root.clone());
     crate::record::retention::spawn(record_roots, root.clone());
@@ -245,6 +300,11 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     let drain_timeout = reloader.current().server.drain_timeout;
     info!(signal, ?drain_timeout, "draining");
     registry.start_draining();
+    if let Some(c) = &cluster {
+        // Another node may take the publishes now; the streams here run
+        // out their drain without their claims.
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.release_all()).await;
+    }
     // Running streams finish on their own until the drain timeout; this
     // waits on the stream groups themselves, not on the registry.
     if !streams.wait_ended(drain_timeout).await {

@@ -34,6 +34,7 @@ pub(super) struct Targets {
     pub encoder_inputs: Arc<Live<EncoderInputs>>,
     pub encoders: Arc<EncoderState>,
     pub gpus: Arc<Gpus>,
+    pub edges: Option<Arc<crate::cluster::edge::Edges>>,
 }
 
 pub(super) struct Reloader {
@@ -145,6 +146,9 @@ impl Reloader {
         t.streams.set_settings(stream_settings(c));
         t.registry.set_limits(stream_limits(c));
         t.legs.reload(c);
+        if let Some(e) = &t.edges {
+            e.set_settings(super::edge_settings(c));
+        }
         t.srt.send_replace(Arc::new(ListenerSettings {
             srt: c.srt.clone(),
             apps,

@@ -41,6 +41,7 @@ use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
 use crate::stream::config::{AppConfig, Apps, JoinMode, DEFAULT_APP};
 use crate::stream::driver::{Publish, Streams};
+use crate::stream::remote::Remote;
 use crate::stream::{ClaimError, Registry, StreamPath};
 use crate::telemetry;
 use crate::ts::TsChunk;
@@ -221,6 +222,9 @@ pub struct Listener {
     answers: tokio::sync::mpsc::Sender<()>,
     /// Its receiving end, until [`Listener::take_answers`].
     answers_rx: Option<tokio::sync::mpsc::Receiver<()>>,
+    /// `[cluster]`: streams other nodes hold (edge pulls, the cluster-wide
+    /// publish check, node-to-node pull tokens).
+    remote: Option<Arc<dyn Remote>>,
 }
 
 /// The latest retransmission of a Conclusion waiting for its read webhook
@@ -521,7 +525,14 @@ impl Listener {
             pending_reads: Arc::default(),
             answers,
             answers_rx: Some(answers_rx),
+            remote: None,
         })
+    }
+
+    /// Serve players streams other nodes hold, and refuse publishes of
+    /// paths another node holds (`[cluster]`).
+    pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
+        self.remote = Some(remote);
     }
 
     /// Per-application read rules (passphrase, user tokens, webhook, and
@@ -1057,7 +1068,9 @@ impl Listener {
             Ok(g) => g,
             Err(e) => {
                 let (result, code) = match &e {
-                    ClaimError::Busy(_) => ("rejected_busy", code::CONFLICT),
+                    ClaimError::Busy(_) | ClaimError::PublishedOn { .. } => {
+                        ("rejected_busy", code::CONFLICT)
+                    }
                     ClaimError::Draining => ("rejected_draining", code::UNAVAILABLE),
                     ClaimError::MaxStreams { .. } | ClaimError::MaxPublishesPerIp { .. } => {
                         ("rejected_limit", code::OVERLOAD)
@@ -1299,6 +1312,12 @@ impl Listener {
         if parsed.mode == Mode::Publish {
             return self.decide_publish(req, h, parsed, passphrase, from, now);
         }
+        // A pull from another node of the cluster: its signed token stands
+        // for the application's read authorization.
+        let from_node = match self.node_pull(&parsed) {
+            Ok(node) => node,
+            Err(refused) => return reject(refused),
+        };
         let app = parsed.path.split_once('/').map_or("", |(a, _)| a);
         let Some(rules) = self.read_auth.get(app) else {
             metrics::counter!(
@@ -1314,10 +1333,12 @@ impl Listener {
         };
         // Tokens before the stream lookup: a caller without one learns
         // nothing about which streams are live.
-        if let Err((code, reason, why)) = check_token(rules, &parsed) {
-            metrics::counter!(telemetry::AUTH_REJECTS_TOTAL, "action" => "read", "reason" => reason)
-                .increment(1);
-            return reject((reject_code(code), why));
+        if from_node.is_none() {
+            if let Err((code, reason, why)) = check_token(rules, &parsed) {
+                metrics::counter!(telemetry::AUTH_REJECTS_TOTAL, "action" => "read", "reason" => reason)
+                    .increment(1);
+                return reject((reject_code(code), why));
+            }
         }
         let join = match parsed.params.get("join") {
             None => rules.join,
@@ -1336,9 +1357,39 @@ impl Listener {
         };
         let ring = match self.target(&parsed) {
             Ok(ring) => ring,
-            Err(refused) => return reject(refused),
+            Err(refused) => {
+                // Not here: another node may hold it (never for a pull
+                // from another node: edges do not chain).
+                if from_node.is_some() || !self.stream_missing(&parsed) {
+                    return reject(refused);
+                }
+                match self.ask_remote_fetch(&parsed, h, from, now) {
+                    WebhookVerdict::NotConfigured => return reject(refused),
+                    WebhookVerdict::Waiting(key) => {
+                        return Decision {
+                            waiting: Some(key),
+                            ..reject((reject_code(code::UNAVAILABLE), String::new()))
+                        }
+                    }
+                    WebhookVerdict::Denied(code, why) => return reject((reject_code(code), why)),
+                    // Pulled: the ring is here now (or gone again).
+                    WebhookVerdict::Allowed => match self.target(&parsed) {
+                        Ok(ring) => ring,
+                        Err(refused) => return reject(refused),
+                    },
+                }
+            }
         };
-        match self.ask_read_webhook(rules, &parsed, h, from, now) {
+        if from_node.is_some() {
+            metrics::counter!(telemetry::CLUSTER_EDGE_PULLS_SERVED_TOTAL, "result" => "accepted")
+                .increment(1);
+        }
+        let webhook = if from_node.is_some() {
+            WebhookVerdict::NotConfigured
+        } else {
+            self.ask_read_webhook(rules, &parsed, h, from, now)
+        };
+        match webhook {
             WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
             WebhookVerdict::Waiting(key) => {
                 return Decision {
@@ -1487,6 +1538,21 @@ impl Listener {
                 }
             }
         }
+        if !app.takeover {
+            match self.ask_held_elsewhere(&path, h, from, now) {
+                WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
+                WebhookVerdict::Waiting(key) => {
+                    return Decision {
+                        waiting: Some(key),
+                        ..reject("waiting", code::UNAVAILABLE, String::new())
+                    }
+                }
+                WebhookVerdict::Denied(code, why) => {
+                    warn!(stream = %path, peer = %from, reason = "rejected_busy", "publish refused: {why}");
+                    return reject("rejected_busy", code, why);
+                }
+            }
+        }
         let keys = passphrase.map(|p| KeySettings {
             key_size: req.key_size,
             passphrase: p,
@@ -1593,17 +1659,36 @@ impl Listener {
         key: ReadKey,
         now: Instant,
     ) -> WebhookVerdict {
+        self.ask(key, timeout, code::FORBIDDEN, now, async move {
+            crate::auth::ask_webhook(&url, &body, timeout).await
+        })
+    }
+
+    /// A question about the request `key` answered off the loop (a
+    /// webhook, the cluster directory): asked on a task on the request's
+    /// first Conclusion, the Conclusion held meanwhile; read, once
+    /// answered, by the held Conclusion's replay or a retransmission of the
+    /// same request. A refusal gets `denied` as its rejection code.
+    fn ask<F>(
+        &self,
+        key: ReadKey,
+        timeout: Duration,
+        denied: i32,
+        now: Instant,
+        question: F,
+    ) -> WebhookVerdict
+    where
+        F: std::future::Future<Output = crate::srt::admission::WebhookAnswer> + Send + 'static,
+    {
         let mut pending = self.pending_reads();
         match pending.take(&key) {
             PendingState::Waiting => return WebhookVerdict::Waiting(key),
             PendingState::Answered(Ok(())) => return WebhookVerdict::Allowed,
-            PendingState::Answered(Err(why)) => {
-                return WebhookVerdict::Denied(code::FORBIDDEN, why)
-            }
+            PendingState::Answered(Err(why)) => return WebhookVerdict::Denied(denied, why),
             PendingState::Unknown => {}
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return WebhookVerdict::Denied(code::UNAVAILABLE, "no runtime for the webhook".into());
+            return WebhookVerdict::Denied(code::UNAVAILABLE, "no runtime for the question".into());
         };
         if let Err(why) = pending.admit(now, key, timeout) {
             return WebhookVerdict::Denied(code::OVERLOAD, why);
@@ -1611,7 +1696,7 @@ impl Listener {
         let slot = self.pending_reads.clone();
         let answers = self.answers.clone();
         rt.spawn(async move {
-            let answer = crate::auth::ask_webhook(&url, &body, timeout).await;
+            let answer = question.await;
             slot.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .answer(&key, answer);
@@ -1619,6 +1704,94 @@ impl Listener {
             let _ = answers.try_send(());
         });
         WebhookVerdict::Waiting(key)
+    }
+
+    /// `Ok(Some(node))` for a pull another node signed (streamid `node=`
+    /// and `ct=`), `Ok(None)` for a player; a bad token is refused.
+    fn node_pull(
+        &self,
+        parsed: &streamid::StreamRequest,
+    ) -> Result<Option<String>, (RejectReason, String)> {
+        let Some(token) = parsed.params.get("ct") else {
+            return Ok(None);
+        };
+        let node = parsed.params.get("node").map(String::as_str).unwrap_or("");
+        let ok = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.authorizes_pull(token, &parsed.path, node));
+        if !ok {
+            metrics::counter!(telemetry::CLUSTER_EDGE_PULLS_SERVED_TOTAL, "result" => "refused")
+                .increment(1);
+            return Err((
+                reject_code(code::UNAUTHORIZED),
+                "node pull refused: bad or expired cluster token (cluster.secret must be the same on every node, clocks within 2 minutes)".into(),
+            ));
+        }
+        Ok(Some(node.to_string()))
+    }
+
+    /// Whether the stream itself (not a rendition of it) is not here.
+    fn stream_missing(&self, parsed: &streamid::StreamRequest) -> bool {
+        parsed
+            .path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+            .is_some_and(|p| self.registry.get(&p).is_none())
+    }
+
+    /// Pull the stream from the node that holds it (`[cluster]`); the
+    /// player's Conclusion is held until its ring has a keyframe, 1404 if
+    /// no node holds it or the owner does not answer.
+    fn ask_remote_fetch(
+        &self,
+        parsed: &streamid::StreamRequest,
+        h: &HandshakeControlInfo,
+        from: SocketAddr,
+        now: Instant,
+    ) -> WebhookVerdict {
+        let Some(remote) = self.remote.clone() else {
+            return WebhookVerdict::NotConfigured;
+        };
+        let Some(path) = parsed
+            .path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+        else {
+            return WebhookVerdict::NotConfigured;
+        };
+        let body = serde_json::json!({"fetch": parsed.path, "rendition": parsed.rendition});
+        let key = ReadKey::new(from, h.socket_id.0, parsed.mode, &body);
+        let rendition = parsed.rendition.clone();
+        let limit = remote.wait_limit();
+        self.ask(key, limit, code::NOT_FOUND, now, async move {
+            remote.fetch(path, rendition).await
+        })
+    }
+
+    /// Whether another node holds `path` (`[cluster]`): 1409 naming it.
+    fn ask_held_elsewhere(
+        &self,
+        path: &StreamPath,
+        h: &HandshakeControlInfo,
+        from: SocketAddr,
+        now: Instant,
+    ) -> WebhookVerdict {
+        let Some(remote) = self.remote.clone() else {
+            return WebhookVerdict::NotConfigured;
+        };
+        let body = serde_json::json!({"held": path.to_string()});
+        let key = ReadKey::new(from, h.socket_id.0, Mode::Publish, &body);
+        let p = path.clone();
+        let limit = remote.wait_limit();
+        self.ask(key, limit, code::CONFLICT, now, async move {
+            match remote.held_elsewhere(p.clone()).await {
+                None => Ok(()),
+                Some(node) => Err(format!(
+                    "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                )),
+            }
+        })
     }
 
     fn pending_reads(&self) -> std::sync::MutexGuard<'_, PendingReads<HeldConclusion>> {
@@ -2456,6 +2629,7 @@ mod tests {
                 max_ingest_kbps: 100_000,
                 stale_after: Duration::from_secs(3),
                 ring: RingConfig::default(),
+                cluster: false,
             },
         ))
     }

@@ -339,7 +339,7 @@ fn forget(map: &mut InFlight, host: &str, tx: &Arc<watch::Sender<Lookup>>) {
 }
 
 /// Open a UDP socket connected to the destination.
-async fn bind(name: &str, remote: SocketAddr) -> Result<(UdpSocket, SocketAddr), PushError> {
+pub async fn bind(name: &str, remote: SocketAddr) -> Result<(UdpSocket, SocketAddr), PushError> {
     let io = |e| PushError::Io(name.to_string(), e);
     let bind: SocketAddr = if remote.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -361,12 +361,43 @@ async fn handshake(
     peer_idle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<Connection>, PushError> {
-    let name = target.to_string();
+    let caller = Caller {
+        name: target.to_string(),
+        streamid: target.streamid.clone(),
+        passphrase: target.passphrase.clone(),
+        latency,
+        peer_idle_timeout,
+    };
+    connect_caller(sock, remote, &caller, cancel).await
+}
+
+/// What an SRT caller asks for (a push leg's destination, an edge pull).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// How errors name the peer (no secrets).
+    pub name: String,
+    pub streamid: Option<String>,
+    pub passphrase: Option<String>,
+    pub latency: Duration,
+    pub peer_idle_timeout: Duration,
+}
+
+/// The caller handshake on `sock` (connected to `remote`), retransmitted
+/// every tick until connected, rejected or cancelled (`Ok(None)`).
+pub async fn connect_caller(
+    sock: &UdpSocket,
+    remote: SocketAddr,
+    caller: &Caller,
+    cancel: &CancellationToken,
+) -> Result<Option<Connection>, PushError> {
+    let name = caller.name.clone();
+    let latency = caller.latency;
+    let peer_idle_timeout = caller.peer_idle_timeout;
     let local_ip = sock
         .local_addr()
         .map(|a| a.ip())
         .map_err(|e| PushError::Io(name.clone(), e))?;
-    let key_settings = match &target.passphrase {
+    let key_settings = match &caller.passphrase {
         Some(p) => Some(KeySettings {
             key_size: KeySize::AES128,
             passphrase: Passphrase::try_from(p.clone())
@@ -387,7 +418,7 @@ async fn handshake(
         remote,
         local_ip,
         settings,
-        target.streamid.clone(),
+        caller.streamid.clone(),
         SeqNumber::new_truncate(rand::random::<u32>()),
     );
     let mut buf = vec![0u8; 2048];
@@ -426,7 +457,7 @@ async fn handshake(
 }
 
 /// Best effort: a lost datagram is SRT's business.
-async fn send(sock: &UdpSocket, out: &mut BytesMut, p: Option<Packet>) {
+pub async fn send(sock: &UdpSocket, out: &mut BytesMut, p: Option<Packet>) {
     if let Some(p) = p {
         out.clear();
         p.serialize(out);

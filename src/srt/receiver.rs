@@ -121,6 +121,16 @@ impl Receiver {
         None
     }
 
+    /// Close from our side: SRT's shutdown goes out with the packets
+    /// appended to `out`.
+    pub fn close(&mut self, now: Instant, out: &mut Vec<(Packet, SocketAddr)>) {
+        self.conn.handle_data_input(now, None);
+        let _ = self.conn.check_timers(now);
+        while let Some(p) = self.conn.next_packet(now) {
+            out.push(p);
+        }
+    }
+
     /// Whether srt-protocol dropped packets since the last look.
     fn note_drops(&mut self) {
         let dropped = self.conn.statistics().rx_dropped_data;

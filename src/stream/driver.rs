@@ -54,6 +54,8 @@ pub struct StreamSettings {
     /// `rtmp.stale_publisher_timeout`.
     pub stale_after: Duration,
     pub ring: RingConfig,
+    /// `[cluster]` is on: every stream holds its path in the directory.
+    pub cluster: bool,
 }
 
 /// A publish the ingest has authorized.
@@ -113,12 +115,18 @@ impl Streams {
     /// Claim the path and start the stream's group; its legs that start
     /// with the publish connect while the first keyframe is on its way.
     pub fn start(&self, p: Publish<'_>) -> Result<GroupHandle, ClaimError> {
-        let mut specs: Vec<LegSpec> = p.app.push.iter().map(LegSpec::push).collect();
+        let settings = self.settings.get();
+        let mut specs: Vec<LegSpec> = Vec::new();
+        if settings.cluster {
+            specs.push(LegSpec::Claim {
+                takeover: p.app.takeover,
+            });
+        }
+        specs.extend(p.app.push.iter().map(LegSpec::push));
         if !p.app.renditions.is_empty() {
             specs.push(LegSpec::Transcode(p.app.renditions.clone()));
         }
         specs.extend(p.app.record_spec().map(LegSpec::Record));
-        let settings = self.settings.get();
         let guard = self.registry.claim(
             p.path.clone(),
             p.name,
@@ -555,6 +563,9 @@ impl Driver {
             Cause::LegFailed { .. } => {
                 warn!(%stream, why, "transcode leg failed; stopping the stream")
             }
+            Cause::ClaimLost { reason } => {
+                warn!(%stream, reason, why, "another node has this stream's path now; stopping the stream")
+            }
             Cause::BitrateLimit { kbps, limit_kbps } => warn!(
                 %stream,
                 ingest_kbps = kbps,
@@ -634,6 +645,7 @@ mod tests {
                 max_ingest_kbps: 100_000,
                 stale_after: Duration::from_secs(3),
                 ring: RingConfig::default(),
+                cluster: false,
             },
         )
     }

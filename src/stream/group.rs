@@ -49,6 +49,11 @@ pub enum LegKind {
     /// Writes the source rendition's ring to files. Starts with the
     /// publish; ready once its first file is open.
     Record,
+    /// Holds the stream's path in the cluster directory (`[cluster]`).
+    /// Starts with the publish; ready once the path is claimed (or Redis
+    /// did not answer: then node-locally); its failure means another node
+    /// has the path.
+    Claim,
 }
 
 impl LegKind {
@@ -76,6 +81,7 @@ impl LegKind {
             LegKind::RtmpPush => "rtmp_push",
             LegKind::Transcode { .. } => "transcode",
             LegKind::Record => "record",
+            LegKind::Claim => "cluster_claim",
         }
     }
 
@@ -86,6 +92,7 @@ impl LegKind {
             LegKind::RtmpPush => "RTMP push failed",
             LegKind::Transcode { .. } => "transcoding failed",
             LegKind::Record => "recording failed",
+            LegKind::Claim => "cluster claim lost",
         }
     }
 
@@ -234,6 +241,12 @@ pub enum Cause {
     LegFailed {
         kind: LegKind,
     },
+    /// Another node has the path now (`reason`: `cluster_taken_over`, or
+    /// `cluster_conflict` when two nodes published it while Redis was
+    /// unreachable and this stream was the newer).
+    ClaimLost {
+        reason: &'static str,
+    },
     /// The ingest went over `rtmp.max_ingest_bitrate`.
     BitrateLimit {
         kbps: u64,
@@ -251,6 +264,7 @@ impl Cause {
             Cause::SetupTimeout { .. } => "setup_timeout",
             Cause::SetupFailed { .. } => "setup_failed",
             Cause::LegFailed { .. } => "leg_failed",
+            Cause::ClaimLost { reason } => reason,
             Cause::BitrateLimit { .. } => "bitrate_limit",
         }
     }
@@ -773,6 +787,24 @@ impl Group {
         }
         leg.status.state = LegState::Stopped;
         match kind {
+            // Another node has the path: the publisher hears it as a bad
+            // name (RTMP `NetStream.Publish.BadName`) naming that node.
+            LegKind::Claim if self.phase == Phase::Setup => self.stop_because(
+                StatusKind::TakenOver,
+                failure.detail.clone(),
+                Cause::SetupFailed {
+                    reason: failure.reason,
+                },
+                failure.detail,
+            ),
+            LegKind::Claim => self.stop_because(
+                StatusKind::TakenOver,
+                failure.detail.clone(),
+                Cause::ClaimLost {
+                    reason: failure.reason,
+                },
+                failure.detail,
+            ),
             // A leg that fails before the stream is ready is a setup failure
             // with the leg's own reason.
             _ if self.phase == Phase::Setup && !kind.is_push() => self.stop_because(
@@ -822,7 +854,16 @@ impl Group {
             .legs
             .iter()
             .any(|l| l.info.required && l.info.kind == LegKind::Record && !l.connected);
-        let (reason, why) = if self.keyframe_seen && recording {
+        let claiming = self
+            .legs
+            .iter()
+            .any(|l| l.info.kind == LegKind::Claim && !l.connected);
+        let (reason, why) = if claiming {
+            (
+                "cluster_claim",
+                "the cluster directory (redis) did not answer the claim".to_string(),
+            )
+        } else if self.keyframe_seen && recording {
             (
                 "record_start",
                 "the recording did not open its first file".to_string(),

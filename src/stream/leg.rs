@@ -33,6 +33,9 @@ pub enum LegSpec {
     Transcode(Vec<RenditionSpec>),
     /// `record = true`: the source rendition written to segment files.
     Record(RecordSpec),
+    /// `[cluster]`: the path held in the directory; `takeover` moves it
+    /// from another node.
+    Claim { takeover: bool },
 }
 
 impl LegSpec {
@@ -72,6 +75,10 @@ impl LegSpec {
                 kind: LegKind::Record,
                 required: r.required,
             },
+            LegSpec::Claim { .. } => LegInfo {
+                kind: LegKind::Claim,
+                required: true,
+            },
         }
     }
 
@@ -86,6 +93,7 @@ impl LegSpec {
                 .collect::<Vec<_>>()
                 .join(","),
             LegSpec::Record(r) => r.dir.display().to_string(),
+            LegSpec::Claim { .. } => "redis".to_string(),
         }
     }
 }

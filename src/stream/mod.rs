@@ -8,6 +8,7 @@ pub mod driver;
 pub mod group;
 pub mod leg;
 pub mod path;
+pub mod remote;
 pub mod ring;
 pub mod stats;
 
@@ -98,9 +99,11 @@ pub struct Stream {
     pub started: Instant,
     pub started_at: SystemTime,
     pub peer: String,
-    /// The ingest protocol (`rtmp`, RTMPS included, or `srt`), set once
-    /// at publish.
+    /// The ingest protocol (`rtmp`, RTMPS included, `srt`, or `edge` for
+    /// a pull from another node), set once at publish.
     pub protocol: std::sync::OnceLock<&'static str>,
+    /// The node an edge stream is pulled from (`None`: published here).
+    pub origin_node: std::sync::OnceLock<String>,
     /// The publisher's IP when `peer` is a socket address (counted against
     /// `rtmp.max_publishes_per_ip`).
     peer_ip: Option<IpAddr>,
@@ -199,6 +202,8 @@ impl Stream {
 pub enum ClaimError {
     #[error("{0} is already being published; stop the other publisher or use another stream key")]
     Busy(String),
+    #[error("{path} is being published on node {node}; stop that publisher first, or set takeover = true for this application")]
+    PublishedOn { path: String, node: String },
     #[error("server is draining; publish again on another instance")]
     Draining,
     #[error("server already has {limit} live streams (rtmp.max_streams); try again later or use another instance")]
@@ -311,7 +316,14 @@ impl Registry {
         let old = map.get(&path);
         if let Some(old) = old {
             if !policy.takeover && old.idle_for(now) < policy.stale_after {
-                return Err(ClaimError::Busy(path.to_string()));
+                // This node plays it from another node: name that one.
+                return Err(match old.origin_node.get() {
+                    Some(node) => ClaimError::PublishedOn {
+                        path: path.to_string(),
+                        node: node.clone(),
+                    },
+                    None => ClaimError::Busy(path.to_string()),
+                });
             }
         }
         let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,6 +364,7 @@ impl Registry {
             metadata: Mutex::new(None),
             legs: Mutex::new(Vec::new()),
             protocol: std::sync::OnceLock::new(),
+            origin_node: std::sync::OnceLock::new(),
             series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))
