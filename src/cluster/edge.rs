@@ -230,11 +230,17 @@ impl Edges {
     }
 
     /// End the edge stream when no local player has been on it for
-    /// `edge_idle`, or when it was cancelled (a pull ended, a publisher
-    /// took the path over, shutdown); then release its path.
+    /// `edge_idle`, when the directory no longer names its origin (another
+    /// node took the path over at once; the claim gone, after `lease_ttl`,
+    /// as the origin rewrites one Redis lost within a third of it), or
+    /// when it was cancelled (a pull ended, a publisher took the path over
+    /// here, shutdown); then release its path.
     async fn watch(self: Arc<Self>, edge: Arc<EdgeStream>) {
         let idle_limit = self.cluster.edge_idle();
+        let lease = self.cluster.lease_ttl();
+        let path = edge.stream.path.to_string();
         let mut idle_since: Option<Instant> = None;
+        let mut gone_since: Option<Instant> = None;
         let cancel = edge.stream.cancel.clone();
         loop {
             tokio::select! {
@@ -250,13 +256,37 @@ impl Edges {
             let now = Instant::now();
             if players > 0 {
                 idle_since = None;
-                continue;
+            } else {
+                let since = *idle_since.get_or_insert(now);
+                if now.duration_since(since) >= idle_limit {
+                    info!(stream = %path, idle_s = idle_limit.as_secs_f64(),
+                        "edge pull idle: no local player; ending it");
+                    break;
+                }
             }
-            let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) >= idle_limit {
-                info!(stream = %edge.stream.path, idle_s = idle_limit.as_secs_f64(),
-                    "edge pull idle: no local player; ending it");
-                break;
+            // Redis unreachable: the pull goes on as it is.
+            let owner = tokio::select! {
+                _ = cancel.cancelled() => break,
+                o = self.cluster.owner(&path) => o,
+            };
+            match owner {
+                Ok(Some(o)) if o.node == edge.origin.node && o.since_ms == edge.origin.since_ms => {
+                    gone_since = None;
+                }
+                Ok(Some(o)) => {
+                    info!(stream = %path, origin = %edge.origin.node, now_on = %o.node,
+                        "the stream moved to another node; ending this edge pull (players reconnect to the new origin)");
+                    break;
+                }
+                Ok(None) => {
+                    let since = *gone_since.get_or_insert(now);
+                    if now.duration_since(since) >= lease {
+                        info!(stream = %path, origin = %edge.origin.node,
+                            "the origin no longer holds the stream (released or expired); ending this edge pull");
+                        break;
+                    }
+                }
+                Err(_) => {}
             }
         }
         cancel.cancel();
@@ -415,7 +445,10 @@ async fn pull(
             stream.touch(now);
         }
         if let Some(End::PeerClosed) = end {
-            return Ok(format!("node {} closed the stream", edge.origin.node));
+            return Ok(format!(
+                "node {} closed the stream or went silent (srt.peer_idle_timeout)",
+                edge.origin.node
+            ));
         }
         let wake = receiver.next_wake().max(now + Duration::from_micros(500));
         tokio::select! {

@@ -19,6 +19,7 @@ pub mod media;
 pub mod net;
 pub mod process;
 pub mod prometheus;
+pub mod redis;
 pub mod rtmp_client;
 pub mod srt_caller;
 pub mod srt_packets;
@@ -28,5 +29,5 @@ pub mod webhook;
 #[allow(unused_imports)]
 pub use {
     bystander::*, expect::*, harness::*, http::*, json::*, media::*, net::*, process::*,
-    prometheus::*, srt_caller::*, webhook::*,
+    prometheus::*, redis::*, srt_caller::*, webhook::*,
 };
