@@ -1048,6 +1048,86 @@ fn kubernetes_sharded_overlay_gives_each_pod_its_own_addresses() {
     validate_schemas("deploy/kubernetes/sharded");
 }
 
+#[test]
+fn kubernetes_cluster_overlay_shares_a_directory_and_lets_any_pod_serve_any_stream() {
+    let docs = render("deploy/kubernetes/cluster");
+    let c = check_release("cluster", &docs);
+    let sts = find(&docs, "StatefulSet", "sluice");
+    let spec = &sts["spec"]["template"]["spec"];
+    let labels = &sts["spec"]["template"]["metadata"]["labels"];
+    let cm = find(&docs, "ConfigMap", "sluice-config");
+    let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
+    let cluster = config.cluster.clone().expect("[cluster] in the ConfigMap");
+
+    // The directory: redis_url names the Redis Service, which selects the
+    // Redis pods (and not the relays).
+    let redis = find(&docs, "Service", "sluice-redis");
+    let port = redis["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(cluster.redis_url, format!("redis://sluice-redis:{port}"));
+    let redis_pods =
+        &find(&docs, "Deployment", "sluice-redis")["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(&redis["spec"]["selector"], redis_pods));
+    assert!(!labels_match(&redis["spec"]["selector"], labels));
+    let redis_c =
+        &find(&docs, "Deployment", "sluice-redis")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(redis_c["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // Other pods reach this one at its pod IP and SRT port.
+    assert_eq!(
+        cluster.advertise_srt,
+        format!("${{POD_IP}}:{}", config.server.srt_addr.port())
+    );
+    let pod_ip = c["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "POD_IP"))
+        .expect("POD_IP env");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    assert!(
+        cluster.node_id.is_empty(),
+        "node_id defaults to the pod name"
+    );
+
+    // The secret comes from the Secret, where secret_file points.
+    assert!(
+        cluster.secret.is_none(),
+        "a cluster secret in the ConfigMap"
+    );
+    let file = cluster.secret_file.clone().expect("secret_file");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "cluster-secret")
+        .expect("cluster-secret mount");
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "cluster-secret")
+        .expect("cluster-secret volume");
+    assert_eq!(volume["secret"]["secretName"], "sluice-cluster-secret");
+    let item = &volume["secret"]["items"][0];
+    assert_eq!(
+        file.display().to_string(),
+        format!(
+            "{}/{}",
+            mount["mountPath"].as_str().unwrap(),
+            item["path"].as_str().unwrap()
+        )
+    );
+    assert_eq!(volume["secret"]["defaultMode"], 0o440);
+
+    // One address for every pod (any pod serves any stream), besides the
+    // per-pod ones.
+    for name in ["sluice-rtmp", "sluice-srt"] {
+        let svc = find(&docs, "Service", name);
+        assert_eq!(svc["metadata"]["name"], name);
+        assert!(labels_match(&svc["spec"]["selector"], labels), "{name}");
+        assert!(svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].is_null());
+    }
+    validate_schemas("deploy/kubernetes/cluster");
+}
+
 // ---------------------------------------------------------------------------
 // systemd
 // ---------------------------------------------------------------------------

@@ -18,13 +18,17 @@ pub struct ClusterConfig {
     /// This node's name in the directory; the hostname when empty.
     pub node_id: String,
     /// `host:port` other nodes reach this node's SRT listener at (a pod's
-    /// address, not `0.0.0.0`).
+    /// address, not `0.0.0.0`). `${NAME}` is replaced by the environment
+    /// variable NAME at start (`"${POD_IP}:9000"` on Kubernetes).
     pub advertise_srt: String,
     /// How long a claim outlives its node: renewed every third of it.
     #[serde(deserialize_with = "config::duration")]
     pub lease_ttl: Duration,
     /// Signs node-to-node pulls; the same on every node. Never logged.
     pub secret: Option<NodeSecret>,
+    /// A file whose trimmed content is the secret (a mounted Secret),
+    /// read at start; instead of `secret`.
+    pub secret_file: Option<std::path::PathBuf>,
     /// An edge pull ends this long after its last local player left.
     #[serde(deserialize_with = "config::duration")]
     pub edge_idle: Duration,
@@ -38,6 +42,7 @@ impl Default for ClusterConfig {
             advertise_srt: String::new(),
             lease_ttl: Duration::from_secs(5),
             secret: None,
+            secret_file: None,
             edge_idle: Duration::from_secs(10),
         }
     }
@@ -86,11 +91,23 @@ impl ClusterConfig {
                 format!("{:?} is not host:port", self.advertise_srt),
             ));
         }
-        if self.secret.is_none() {
-            return Err(ConfigError::invalid(
-                "secret",
-                "required with [cluster]: a random string of 16 or more characters, the same on every node",
-            ));
+        match (&self.secret, &self.secret_file) {
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "secret",
+                    "required with [cluster] (or secret_file): a random string of 16 or more characters, the same on every node",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "secret",
+                    "set cluster.secret or cluster.secret_file, not both",
+                ))
+            }
+            _ => {}
+        }
+        if let Err(e) = expand_env(&self.advertise_srt, |_| Some("h".into())) {
+            return Err(ConfigError::invalid("advertise_srt", e));
         }
         if !LEASE_TTL_RANGE.contains(&self.lease_ttl) {
             return Err(ConfigError::invalid(
@@ -110,6 +127,31 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `advertise_srt` with `${NAME}` replaced from the environment.
+    pub fn advertise(&self) -> Result<String, String> {
+        expand_env(self.advertise_srt.trim(), |name| std::env::var(name).ok())
+            .map_err(|e| format!("cluster.advertise_srt: {e}"))
+    }
+
+    /// `secret`, or what `secret_file` holds (read now, trimmed). Errors
+    /// name the key and the file, never the secret.
+    pub fn load_secret(&self) -> Result<NodeSecret, String> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        let Some(path) = &self.secret_file else {
+            return Err("cluster.secret: required with [cluster]".into());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cluster.secret_file ({}): cannot read it: {e}",
+                path.display()
+            )
+        })?;
+        NodeSecret::parse(text.trim())
+            .map_err(|e| format!("cluster.secret_file ({}): {e}", path.display()))
     }
 
     /// `node_id`, or the hostname when it is empty.
@@ -132,6 +174,28 @@ fn hostname() -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
     (!name.is_empty()).then_some(name)
+}
+
+/// `text` with every `${NAME}` replaced by `var(NAME)`; an unset or
+/// empty variable, or an unclosed `${`, is an error naming it.
+fn expand_env(text: &str, var: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{text:?}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let value = var(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("the environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A Redis URL without its password: `redis://user:***@host:6379/0`.
@@ -208,6 +272,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cluster.node_id"), "{e}");
+    }
+
+    #[test]
+    fn the_advertised_address_may_come_from_the_environment_and_the_secret_from_a_file() {
+        let var = |n: &str| (n == "POD_IP").then(|| "10.1.2.3".to_string());
+        assert_eq!(expand_env("${POD_IP}:9000", var).unwrap(), "10.1.2.3:9000");
+        assert_eq!(expand_env("h:1", var).unwrap(), "h:1");
+        assert!(expand_env("${NOPE}:9000", var)
+            .unwrap_err()
+            .contains("NOPE"));
+        assert!(expand_env("${POD_IP:9000", var).is_err());
+        let dir = std::env::temp_dir().join(format!("sluice-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-a-mounted-secret-file\n").unwrap();
+        let text = format!(
+            "redis_url = \"redis://r:6379\"\nadvertise_srt = \"${{POD_IP}}:9000\"\nsecret_file = \"{}\"",
+            file.display()
+        );
+        let c = read(&text).unwrap();
+        let s = c.load_secret().unwrap();
+        assert!(s.verify_edge_token(&s.edge_token("a/b", "n", 5), "a/b", "n", 5));
+        let both = format!("{text}\nsecret = \"0123456789abcdef\"");
+        assert!(read(&both).unwrap_err().to_string().contains("not both"));
+        std::fs::write(&file, "short").unwrap();
+        let e = c.load_secret().unwrap_err();
+        assert!(
+            e.contains("cluster.secret_file") && !e.contains("short"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

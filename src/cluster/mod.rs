@@ -189,13 +189,10 @@ impl Cluster {
     pub fn new(cfg: &ClusterConfig) -> Result<Cluster, String> {
         let client = redis::Client::open(cfg.redis_url.trim())
             .map_err(|e| format!("cluster.redis_url: {e}"))?;
-        let secret = cfg
-            .secret
-            .clone()
-            .ok_or("cluster.secret: required with [cluster]")?;
+        let secret = cfg.load_secret()?;
         Ok(Cluster {
             node: cfg.node(),
-            advertise_srt: cfg.advertise_srt.trim().to_string(),
+            advertise_srt: cfg.advertise()?,
             lease_ttl: cfg.lease_ttl,
             secret,
             edge_idle: cfg.edge_idle,
