@@ -28,6 +28,9 @@ pub mod process;
 #[path = "../../tests/common/prometheus.rs"]
 pub mod prometheus;
 #[allow(dead_code)]
+#[path = "../../tests/common/redis.rs"]
+pub mod redis;
+#[allow(dead_code)]
 #[path = "../../tests/common/rtmp_client.rs"]
 pub mod rtmp_client;
 #[allow(dead_code)]

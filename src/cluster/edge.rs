@@ -431,8 +431,12 @@ async fn pull(
             push::send(&sock, &mut wire, Some(p)).await;
         }
         if !released.is_empty() {
+            // One origin chunk per payload, ended where the origin ended
+            // it (at frame ends): holding a frame's tail until the next
+            // frame fills the chunk would add up to a frame interval.
             for (payload, _gap) in released.drain(..) {
                 repack.push(&payload, &mut chunks);
+                repack.flush(&mut chunks);
             }
             for mut c in chunks.drain(..) {
                 c.origin = Some(now);

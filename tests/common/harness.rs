@@ -122,6 +122,17 @@ impl Sluice {
         )
     }
 
+    /// Like [`Sluice::start_foreground`], with exactly `args` (e.g. a fixed
+    /// SRT port another process must know before the start).
+    pub fn start_foreground_args(bin: &Path, config_toml: &str, args: Vec<String>) -> Sluice {
+        Self::launch(
+            Command::new(bin),
+            Some(config_toml),
+            args,
+            ChildGuard::spawn_foreground,
+        )
+    }
+
     /// Spawns `cmd ARGS` (plus `--config FILE` when a config is given) with
     /// `spawn` and waits for its `listening` line.
     fn launch(
