@@ -518,3 +518,64 @@ fn configured_max_message_size_is_enforced() {
         Duration::from_secs(5),
     );
 }
+
+/// `[cluster]`: missing keys stop the start naming them, a secret never
+/// reaches stderr, an unset `${VAR}` in `advertise_srt` is named; and a
+/// node whose Redis does not answer starts anyway (streams go on
+/// node-locally) and says so in `/readyz` without failing it.
+#[test]
+fn cluster_keys_are_checked_and_an_unreachable_redis_does_not_stop_the_start() {
+    let ok = "redis_url = \"redis://127.0.0.1:1\"\nadvertise_srt = \"127.0.0.1:9000\"\n";
+    expect_startup_error(
+        Some(&format!("[cluster]\n{ok}")),
+        &[
+            "--rtmp-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--srt-addr",
+            "127.0.0.1:0",
+        ],
+        &["cluster.secret"],
+    );
+    let err = expect_startup_error(
+        Some("[cluster]\nredis_url = \"redis://127.0.0.1:1\"\nadvertise_srt = \"${SLUICE_TEST_UNSET_VAR}:9000\"\nsecret = \"a-very-secret-cluster-key\"\n"),
+        &["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--srt-addr", "127.0.0.1:0"],
+        &["cluster.advertise_srt", "SLUICE_TEST_UNSET_VAR"],
+    );
+    assert!(!err.contains("a-very-secret-cluster-key"), "{err}");
+    expect_startup_error(
+        Some("[cluster]\nredis_url = \"http://127.0.0.1:1\"\nadvertise_srt = \"h:1\"\nsecret = \"a-very-secret-cluster-key\"\n"),
+        &[],
+        &["cluster.redis_url"],
+    );
+    // Port 1 refuses at once: Redis is unreachable.
+    let server = Sluice::start(Some(&format!(
+        "[cluster]\n{ok}secret = \"a-very-secret-cluster-key\"\nnode_id = \"lonely\"\n"
+    )));
+    server.wait_log_fields(
+        &[(
+            "message",
+            "cluster directory unreachable at start; publishing node-locally until it answers",
+        )],
+        Duration::from_secs(5),
+    );
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cluster"]["redis"], "unreachable", "{v}");
+    assert_eq!(v["cluster"]["node_id"], "lonely", "{v}");
+    assert!(!server.log().contains("a-very-secret-cluster-key"));
+    // A publish goes on node-locally, its claim pending.
+    let publisher = connect_and_publish(server.rtmp_addr(), "live/cam1", PublishOptions::default());
+    let readyz =
+        || -> serde_json::Value { serde_json::from_str(&server.get("/readyz").1).unwrap() };
+    assert!(
+        poll_until(Duration::from_secs(5), || readyz()["cluster"]
+            ["claims_pending"]
+            == 1),
+        "{}",
+        readyz()
+    );
+    publisher.close();
+}
