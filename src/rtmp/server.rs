@@ -46,6 +46,9 @@ pub struct Context {
     pub streams: Arc<Streams>,
     /// The server's root token: cancelled at the end of a drain.
     pub shutdown: CancellationToken,
+    /// `[cluster]`: a publish of a path another node holds is refused
+    /// before it starts (BadName naming that node).
+    pub remote: Option<Arc<dyn crate::stream::remote::Remote>>,
 }
 
 /// The configuration the RTMP side reads.
@@ -256,13 +259,17 @@ struct Publishing {
     jump_log: LogLimiter,
 }
 
-/// A publish waiting for the webhook's answer (the session stays paused
-/// and the socket unread).
+/// Why a pending publish was refused: the `sluice_rtmp_publishes_total`
+/// label, the auth reject label (if an authorization refused it), why.
+type Refusal = (&'static str, Option<&'static str>, String);
+
+/// A publish waiting for the webhook's answer and/or the cluster
+/// directory's (the session stays paused and the socket unread).
 struct PendingAuth {
     path: StreamPath,
     app: AppConfig,
     name: String,
-    answer: tokio::task::JoinHandle<Result<(), String>>,
+    answer: tokio::task::JoinHandle<Result<(), Refusal>>,
 }
 
 impl Drop for PendingAuth {
@@ -400,7 +407,7 @@ impl Conn {
                     if let Some(pending) = self.pending_auth.take() {
                         let why = format!(
                             "not publishing within {setup_timeout:?} of connecting \
-                             (server.setup_timeout): the publish webhook did not answer"
+                             (server.setup_timeout): the publish webhook or the cluster directory did not answer"
                         );
                         warn!(stream = %pending.path, why, "publish refused");
                         counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_setup_timeout")
@@ -425,7 +432,7 @@ impl Conn {
                                     return Close::Proto(e);
                                 }
                             }
-                            Err(why) => self.refuse(Some(&pending.path), &pending.name, "rejected_unauthorized", Some("webhook_denied"), &why),
+                            Err((result, reason, why)) => self.refuse(Some(&pending.path), &pending.name, result, reason, &why),
                         }
                     }
                 }
@@ -523,7 +530,18 @@ impl Conn {
         // its keys, even on a connection from before it.
         let apps = self.ctx.settings.get().apps.clone();
         match publish::decide(&self.app, name, self.peer, &apps) {
-            Decision::Allow { path, app } => return self.start_publish(path, name, &app),
+            Decision::Allow { path, app } => {
+                let Some(check) = self.cluster_check(&path, &app) else {
+                    return self.start_publish(path, name, &app);
+                };
+                let answer = tokio::spawn(check);
+                self.pending_auth = Some(PendingAuth {
+                    path,
+                    app,
+                    name: name.to_string(),
+                    answer,
+                });
+            }
             Decision::Refuse {
                 path,
                 result,
@@ -537,10 +555,16 @@ impl Conn {
                 body,
                 timeout,
             } => {
-                let answer =
-                    tokio::spawn(
-                        async move { crate::auth::ask_webhook(&url, &body, timeout).await },
-                    );
+                let check = self.cluster_check(&path, &app);
+                let answer = tokio::spawn(async move {
+                    crate::auth::ask_webhook(&url, &body, timeout)
+                        .await
+                        .map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;
+                    match check {
+                        Some(c) => c.await,
+                        None => Ok(()),
+                    }
+                });
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
@@ -550,6 +574,32 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// `[cluster]`: the question whether another node holds `path` (none
+    /// when the application takes over, or without a cluster).
+    fn cluster_check(
+        &self,
+        path: &StreamPath,
+        app: &AppConfig,
+    ) -> Option<impl std::future::Future<Output = Result<(), Refusal>> + Send + 'static> {
+        let remote = self.ctx.remote.clone()?;
+        if app.takeover {
+            return None;
+        }
+        let path = path.clone();
+        Some(async move {
+            match remote.held_elsewhere(path.clone()).await {
+                None => Ok(()),
+                Some(node) => Err((
+                    "rejected_busy",
+                    None,
+                    format!(
+                        "{path} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                    ),
+                )),
+            }
+        })
     }
 
     /// Refuse a publish: count, log and tell the publisher.
@@ -680,12 +730,17 @@ async fn group_stopped(p: &mut Option<Publishing>) -> Stopped {
     }
 }
 
-/// The webhook's answer for a pending publish; pending forever without one.
-async fn auth_answer(p: &mut Option<PendingAuth>) -> Result<(), String> {
+/// The webhook's (and the cluster directory's) answer for a pending
+/// publish; pending forever without one.
+async fn auth_answer(p: &mut Option<PendingAuth>) -> Result<(), Refusal> {
     match p {
         Some(p) => match (&mut p.answer).await {
             Ok(r) => r,
-            Err(e) => Err(format!("webhook task failed: {e}")),
+            Err(e) => Err((
+                "rejected_unauthorized",
+                Some("webhook_denied"),
+                format!("webhook task failed: {e}"),
+            )),
         },
         None => std::future::pending().await,
     }

@@ -226,6 +226,9 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         settings: Live::new(rtmp_settings(config, apps.clone(), checked.tls)),
         streams: streams.clone(),
         shutdown: root.clone(),
+        remote: edges
+            .clone()
+            .map(|e| e as Arc<dyn crate::stream::remote::Remote>),
     });
     let (srt_settings, srt_reloads) = watch::channel(Arc::new(ListenerSettings {
         srt: config.srt.clone(),

@@ -636,6 +636,39 @@ mod tests {
     }
 
     #[test]
+    fn a_publisher_meeting_an_edge_stream_is_told_the_origin_node_unless_it_takes_over() {
+        let reg = Registry::new();
+        let root = CancellationToken::new();
+        let edge = reg
+            .claim(path("a"), "a", "node n1 (h:1)", policy(false), &root)
+            .unwrap();
+        edge.stream().origin_node.set("n1".into()).unwrap();
+        let err = reg
+            .claim(path("a"), "a", "10.0.0.1:5", policy(false), &root)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ClaimError::PublishedOn {
+                path: "live/a".into(),
+                node: "n1".into()
+            }
+        );
+        assert!(
+            err.to_string()
+                .starts_with("live/a is being published on node n1"),
+            "{err}"
+        );
+        // A publisher allowed to take over replaces the edge stream here
+        // (its claim leg then moves the cluster claim).
+        let _new = reg
+            .claim(path("a"), "a", "10.0.0.1:5", policy(true), &root)
+            .unwrap();
+        assert!(edge.stream().cancel.is_cancelled());
+        // An edge stream is not counted against its origin's IP.
+        assert!(edge.stream().peer_ip.is_none());
+    }
+
+    #[test]
     fn draining_refuses_new_claims() {
         let reg = Registry::new();
         reg.start_draining();

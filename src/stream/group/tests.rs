@@ -560,3 +560,71 @@ fn a_required_recording_that_never_opens_fails_setup_naming_it() {
     assert_eq!(cause.setup_reason(), Some("record_start"));
     assert!(why.contains("recording"), "{why}");
 }
+
+fn claim_leg() -> LegInfo {
+    LegInfo {
+        kind: LegKind::Claim,
+        required: true,
+    }
+}
+
+/// `[cluster]`: the claim is part of setup (the stream is not ready until
+/// the path is held); another node holding the path is a bad name naming
+/// it; losing the path later stops the stream with that cause; a claim
+/// that never answers is named when setup times out.
+#[test]
+fn the_cluster_claim_holds_setup_and_another_node_is_a_bad_name() {
+    let mut t = T::new(vec![claim_leg()]);
+    assert_eq!(starts(&t.take()), vec![(0, false)], "claimed at publish");
+    t.at(100).keyframe();
+    assert!(!t.ready(), "not ready before the claim");
+    t.at(120).input(Input::LegConnected(LegId(0)));
+    assert!(t.ready());
+    t.take();
+    t.at(9000).input(Input::LegEnded(
+        LegId(0),
+        Err(LegFailure {
+            reason: "cluster_taken_over",
+            detail: "node b took live/cam1 over".into(),
+        }),
+    ));
+    assert_eq!(
+        t.status(),
+        Some((StatusKind::TakenOver, "node b took live/cam1 over".into()))
+    );
+    let (cause, _) = t.teardown().unwrap();
+    assert_eq!(cause.label(), "cluster_taken_over");
+
+    let mut t = T::new(vec![claim_leg()]);
+    t.at(100).keyframe();
+    t.input(Input::LegEnded(
+        LegId(0),
+        Err(LegFailure {
+            reason: "cluster_busy",
+            detail: "live/cam1 is being published on node a".into(),
+        }),
+    ));
+    assert_eq!(
+        t.status(),
+        Some((
+            StatusKind::TakenOver,
+            "live/cam1 is being published on node a".into()
+        ))
+    );
+    assert_eq!(
+        t.teardown().unwrap().0,
+        Cause::SetupFailed {
+            reason: "cluster_busy"
+        }
+    );
+
+    let mut t = T::new(vec![claim_leg()]);
+    t.at(100).keyframe();
+    t.at(8000).input(Input::Timeout);
+    assert_eq!(
+        t.teardown().unwrap().0,
+        Cause::SetupTimeout {
+            reason: "cluster_claim"
+        }
+    );
+}
