@@ -221,6 +221,29 @@ fn any_node_plays_the_stream_with_one_pull_per_node_and_a_second_publisher_is_re
         serde_json::from_str(&redis.cli(&["GET", "sluice:stream:live/cam1"])).unwrap();
     assert_eq!(claim["node"], "a", "the origin kept its claim");
 
+    // A pull token that is not the cluster's is refused; a directory
+    // entry whose node does not answer gives the player 1404. (Before any
+    // player: the listener keys players by address, and a libsrt caller
+    // reusing a just-closed player's port would meet that connection.)
+    assert_eq!(
+        libsrt_connect(
+            &dir,
+            a.sluice.srt_addr(),
+            "#!::r=live/cam1,m=request,node=b,ct=1-00",
+            ""
+        ),
+        "rejected 1401"
+    );
+    let ghost = r#"{"node":"gone","srt":"127.0.0.1:1","since_ms":1,"renditions":["source"]}"#;
+    redis.cli(&["SET", "sluice:stream:live/ghost", ghost, "PX", "60000"]);
+    assert_eq!(
+        libsrt_connect(&dir, b.sluice.srt_addr(), "live/ghost", ""),
+        "rejected 1404",
+        "{}",
+        b.sluice.log_tail(12)
+    );
+    redis.cli(&["DEL", "sluice:stream:live/ghost"]);
+
     // Two players on B, one on C, at once.
     let outs: Vec<_> = ["b1", "b2", "c1"]
         .iter()
@@ -288,6 +311,24 @@ fn any_node_plays_the_stream_with_one_pull_per_node_and_a_second_publisher_is_re
     assert!(
         b.sluice.stream("live/cam1").is_none(),
         "the edge stream ended with its pull"
+    );
+
+    // The origin's stream ends (its publisher leaves): the edge's players
+    // are closed as the origin's are.
+    let mut on_c = player(&c, "live/cam1", &dir.join("c2.ts"));
+    c.sluice.wait_metric(
+        "sluice_cluster_edge_pulls",
+        |v| v == Some(1.0),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop(_publisher);
+    let ended = Instant::now();
+    on_c.expect_exit(Duration::from_secs(6));
+    assert!(
+        ended.elapsed() < Duration::from_secs(4),
+        "the player on C was closed {:?} after the origin's stream ended",
+        ended.elapsed()
     );
 }
 
@@ -361,12 +402,21 @@ fn redis_going_away_stops_no_stream_and_a_drain_releases_the_claims_at_once() {
     );
     std::thread::sleep(Duration::from_secs(1));
 
-    // Redis goes away for longer than the lease.
+    // Redis goes away for longer than the lease. Meanwhile live/cam2 is
+    // published on A, then on B: both go on node-locally.
     redis.stop();
+    let _cam2_a = publish(&a, "live/cam2");
+    wait_live(&a, "live/cam2");
+    let _cam2_b = publish(&b, "live/cam2");
+    wait_live(&b, "live/cam2");
     std::thread::sleep(LEASE * 2 + Duration::from_secs(1));
     let state = a.cluster_state();
     assert_eq!(state["redis"], "unreachable", "{state}");
-    assert_eq!(state["claims"], 1, "{state}");
+    assert_eq!(state["claims"], 2, "{state}");
+    assert_eq!(
+        state["claims_pending"], 1,
+        "live/cam2 started without redis: {state}"
+    );
     assert!(
         a.sluice.stream("live/cam1").is_some(),
         "the stream stopped without redis"
@@ -391,6 +441,29 @@ fn redis_going_away_stops_no_stream_and_a_drain_releases_the_claims_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(a.cluster_state()["redis"], "ok");
+    // The conflict found then stops the newer live/cam2 (B's); A's keeps
+    // the path.
+    let conflict = b
+        .sluice
+        .wait_log_fields(&[("reason", "cluster_conflict")], Duration::from_secs(10));
+    assert!(conflict.to_string().contains("live/cam2"), "{conflict}");
+    b.sluice
+        .wait_stream_gone("live/cam2", Duration::from_secs(5));
+    assert!(
+        a.sluice.stream("live/cam2").is_some(),
+        "the older live/cam2 stopped too"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis
+        .cli(&["GET", "sluice:stream:live/cam2"])
+        .contains("\"node\":\"a\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "live/cam2 is not A's in the directory"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // SIGTERM: the claim goes at once, while the stream drains on A.
     a.signal("-TERM");

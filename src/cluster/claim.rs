@@ -52,8 +52,8 @@ pub async fn run_leg(
             return Err(LegFailure {
                 reason: BUSY,
                 detail: format!(
-                    "{path} is being published on node {} ({}); stop that publisher first, or set takeover = true for this application",
-                    other.node, other.srt
+                    "{path} is being published on node {}; stop that publisher first, or set takeover = true for this application",
+                    other.node
                 ),
             });
         }
@@ -64,6 +64,11 @@ pub async fn run_leg(
         }
     }
     cluster.hold(&path, &value, written.is_some());
+    if cluster.is_draining() && written.is_some() {
+        // The drain released every claim while this one was being made.
+        let _ = cluster.release(&path, &value).await;
+        cluster.forget(&path, &value);
+    }
     ctx.events.connected();
     let mut down_log = LogLimiter::per_interval();
     let every = (ttl / 3).max(Duration::from_millis(200));
@@ -76,7 +81,14 @@ pub async fn run_leg(
             // Released already; the stream runs out its drain without it.
             continue;
         }
-        match cluster.renew(&path, &value).await {
+        let renewed = cluster.renew(&path, &value).await;
+        if cluster.is_draining() {
+            // The drain's release may have run before this renewal
+            // re-wrote the claim: release it again.
+            let _ = cluster.release(&path, &value).await;
+            continue;
+        }
+        match renewed {
             Renewed::Kept => written = Some(Instant::now()),
             Renewed::Rewritten => {
                 if written.is_none() {
@@ -89,6 +101,13 @@ pub async fn run_leg(
                 cluster.hold(&path, &value, true);
             }
             Renewed::Other(other) if other == owner => written = Some(Instant::now()),
+            // A newer stream of this path on this node (a takeover or a
+            // stale publisher replaced here) wrote its claim: this stream
+            // is being replaced; leave the claim to it.
+            Renewed::Other(other) if cluster.is_mine(&other) => {
+                cluster.forget(&path, &value);
+                return Ok(());
+            }
             Renewed::Other(other) => {
                 if owner.yields_to(&other) {
                     cluster.forget(&path, &value);

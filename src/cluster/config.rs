@@ -115,6 +115,12 @@ impl ClusterConfig {
                 format!("{:?} is out of range; allowed 1s..=60s", self.lease_ttl),
             ));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.edge_idle) {
+            return Err(ConfigError::invalid(
+                "edge_idle",
+                format!("{:?} is out of range; allowed 1s..=1h", self.edge_idle),
+            ));
+        }
         if self.node_id.len() > 128
             || !self
                 .node_id

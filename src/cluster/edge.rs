@@ -40,6 +40,9 @@ use crate::ts::TsChunk;
 pub const EDGE_WAIT: Duration = Duration::from_millis(2500);
 /// How often an edge stream looks for local players.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// A player told its stream is here finishes its handshake within this
+/// (its held Conclusion is answered at once; retransmissions every 250 ms).
+const INTEREST_GRACE: Duration = Duration::from_secs(2);
 
 /// What pulls are made with; replaced by a config reload for pulls that
 /// start afterwards.
@@ -71,6 +74,27 @@ struct EdgeStream {
     pulls: Mutex<HashMap<String, watch::Receiver<PullState>>>,
     /// Released (the rings close) when the edge stream ends.
     guard: Mutex<Option<PublishGuard>>,
+    /// A player was told the stream is here, or is waiting for it: until
+    /// then the edge counts as watched (its handshake is still to finish).
+    interest_until: Mutex<Instant>,
+}
+
+impl EdgeStream {
+    fn interest(&self) {
+        let until = Instant::now() + EDGE_WAIT + INTEREST_GRACE;
+        let mut u = self
+            .interest_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *u = (*u).max(until);
+    }
+
+    fn wanted(&self, now: Instant) -> bool {
+        now < *self
+            .interest_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// This node's edge streams.
@@ -131,6 +155,9 @@ impl Edges {
                         if s.origin_node.get().is_none() {
                             return Ok(());
                         }
+                        // An edge of this path is ending: let it go first.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
                     }
                     let owner = match self.cluster.owner(&path.to_string()).await {
                         Ok(Some(o)) if o.node != self.cluster.node() => o,
@@ -154,6 +181,7 @@ impl Edges {
             if edge.stream.rendition(&rendition).is_none() {
                 return Err(format!("{path} has no rendition {rendition}"));
             }
+            edge.interest();
             let mut rx = {
                 let mut pulls = edge.pulls.lock().unwrap_or_else(|e| e.into_inner());
                 pulls
@@ -197,10 +225,13 @@ impl Edges {
             .filter(|r| r.as_str() != "source")
             .cloned()
             .collect();
-        let guard = self.registry.claim(
+        // Claimed and listed under one lock: a second player's fetch finds
+        // either nothing (and claims, Busy) or this edge.
+        let mut streams = self.streams();
+        let guard = self.registry.claim_edge(
             path.clone(),
-            &path.key,
             &peer,
+            &owner.node,
             ClaimPolicy {
                 takeover: false,
                 stale_after: Duration::MAX,
@@ -211,14 +242,16 @@ impl Edges {
         )?;
         let stream = guard.stream().clone();
         let _ = stream.protocol.set("edge");
-        let _ = stream.origin_node.set(owner.node.clone());
         let edge = Arc::new(EdgeStream {
             stream,
             origin: owner,
             pulls: Mutex::new(HashMap::new()),
             guard: Mutex::new(Some(guard)),
+            interest_until: Mutex::new(Instant::now()),
         });
-        self.streams().insert(path.clone(), edge.clone());
+        edge.interest();
+        streams.insert(path.clone(), edge.clone());
+        drop(streams);
         info!(stream = %path, origin = %edge.origin.node, srt = %edge.origin.srt, "edge stream started");
         let me = self.clone();
         let watched = edge.clone();
@@ -227,6 +260,24 @@ impl Edges {
                 .instrument(tracing::info_span!("edge", stream = %path)),
         );
         Ok(edge)
+    }
+
+    /// Whether `rendition` of `path` is pulled here and playing (a player
+    /// may be answered at once).
+    fn playing_here(&self, path: &StreamPath, rendition: &str) -> bool {
+        let Some(edge) = self.streams().get(path).cloned() else {
+            return false;
+        };
+        let playing = edge
+            .pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(rendition)
+            .is_some_and(|rx| *rx.borrow() == PullState::Playing);
+        if playing {
+            edge.interest();
+        }
+        playing && !edge.stream.cancel.is_cancelled()
     }
 
     /// End the edge stream when no local player has been on it for
@@ -254,7 +305,7 @@ impl Edges {
                 .map(|r| r.ring.stats().players)
                 .sum();
             let now = Instant::now();
-            if players > 0 {
+            if players > 0 || edge.wanted(now) {
                 idle_since = None;
             } else {
                 let since = *idle_since.get_or_insert(now);
@@ -323,7 +374,7 @@ impl Edges {
             format!("{path}/{rendition}")
         };
         let node = self.cluster.node().to_string();
-        let token = self.cluster.secret().edge_token(&path, &node, unix_now());
+        let token = self.cluster.secret().edge_token(&rpath, &node, unix_now());
         let caller = Caller {
             name: format!("node {} ({})", edge.origin.node, edge.origin.srt),
             streamid: Some(format!(
@@ -500,9 +551,7 @@ impl Remote for Edges {
     fn held_elsewhere(self: Arc<Self>, path: StreamPath) -> RemoteFuture<Option<String>> {
         Box::pin(async move {
             match self.cluster.owner(&path.to_string()).await {
-                Ok(Some(o)) if o.node != self.cluster.node() => {
-                    Some(format!("node {} ({})", o.node, o.srt))
-                }
+                Ok(Some(o)) if o.node != self.cluster.node() => Some(format!("node {}", o.node)),
                 _ => None,
             }
         })
@@ -510,6 +559,10 @@ impl Remote for Edges {
 
     fn wait_limit(&self) -> Duration {
         EDGE_WAIT
+    }
+
+    fn playing_here(&self, path: &StreamPath, rendition: &str) -> bool {
+        Edges::playing_here(self, path, rendition)
     }
 
     fn authorizes_pull(&self, token: &str, path: &str, node: &str) -> bool {

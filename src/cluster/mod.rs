@@ -40,6 +40,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(1000);
 const STREAM_PREFIX: &str = "sluice:stream:";
 /// Keys read per `SCAN` step and per `MGET` when listing the directory.
 const SCAN_BATCH: usize = 500;
+/// The longest a `scope=cluster` listing may take (a Redis shared with
+/// millions of other keys is scanned 500 at a time).
+pub const LIST_LIMIT: Duration = Duration::from_secs(3);
 /// Most claims listed by `scope=cluster`.
 pub const MAX_LISTED: usize = 10_000;
 
@@ -83,6 +86,11 @@ pub struct Owner {
     /// Claimed by taking the path over from another node.
     #[serde(default)]
     pub takeover: bool,
+    /// The process that wrote it (random per start): tells a claim of a
+    /// previous run of this node, or of another node given the same
+    /// `node_id`, from this process's own.
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl Owner {
@@ -161,6 +169,8 @@ pub struct Cluster {
     /// The last error while Redis is unreachable.
     down: Mutex<Option<String>>,
     claims: Mutex<HashMap<String, Held>>,
+    /// This process, in the claims it writes.
+    instance: String,
     edge_pulls: std::sync::atomic::AtomicUsize,
     draining: AtomicBool,
 }
@@ -201,6 +211,7 @@ impl Cluster {
             conn: tokio::sync::Mutex::new(None),
             down: Mutex::new(None),
             claims: Mutex::new(HashMap::new()),
+            instance: format!("{:016x}", rand::random::<u64>()),
             edge_pulls: std::sync::atomic::AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         })
@@ -249,7 +260,13 @@ impl Cluster {
             since_ms: unix_ms(started_at),
             renditions,
             takeover,
+            instance: self.instance.clone(),
         }
+    }
+
+    /// Whether this process wrote `owner`.
+    pub fn is_mine(&self, owner: &Owner) -> bool {
+        owner.node == self.node && owner.instance == self.instance
     }
 
     fn locked_claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
@@ -380,8 +397,10 @@ impl Cluster {
     }
 
     /// Claim `path` for `owner`: set if absent (or over anything with
-    /// `takeover`). A claim of this node's own name that this process does
-    /// not hold is a leftover of a crashed run and is replaced.
+    /// `takeover`). A claim of this node's own name is replaced: this
+    /// process's registry already allows one publisher per path, and one
+    /// of another process is a leftover of a crashed run (or a second node
+    /// with the same `node_id`, which is said).
     pub async fn claim(&self, path: &str, owner: &Owner) -> Claimed {
         let value = serde_json::to_string(owner).unwrap_or_default();
         let ttl = self.lease_ttl.as_millis() as u64;
@@ -407,7 +426,11 @@ impl Cluster {
                 Err(e) => return Claimed::Unreachable(e),
                 // Gone meanwhile (expired): try again.
                 Ok(None) => continue,
-                Ok(Some(other)) if other.node == self.node && !self.holds(path) => {
+                Ok(Some(other)) if other.node == self.node => {
+                    if other.instance != self.instance {
+                        tracing::warn!(stream = %path, node = %self.node,
+                            "replacing a claim of this node_id written by another process: a previous run, or another node with the same node_id (give every node its own)");
+                    }
                     if let Err(e) = self.overwrite(path, &value).await {
                         return Claimed::Unreachable(e);
                     }
@@ -417,10 +440,6 @@ impl Cluster {
             }
         }
         Claimed::Unreachable("the claim kept expiring while it was read".into())
-    }
-
-    fn holds(&self, path: &str) -> bool {
-        self.locked_claims().contains_key(path)
     }
 
     /// Renew our claim `value` on `path` (write it if it is gone).
@@ -497,8 +516,15 @@ impl Cluster {
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// Every claim in the directory (at most [`MAX_LISTED`]), by path.
+    /// Every claim in the directory (at most [`MAX_LISTED`]), by path,
+    /// within [`LIST_LIMIT`] in all.
     pub async fn list(&self) -> Result<Vec<(String, Owner)>, String> {
+        tokio::time::timeout(LIST_LIMIT, self.list_all())
+            .await
+            .unwrap_or_else(|_| Err(format!("listing the directory took over {LIST_LIMIT:?}")))
+    }
+
+    async fn list_all(&self) -> Result<Vec<(String, Owner)>, String> {
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -575,6 +601,7 @@ mod tests {
             since_ms,
             renditions: vec!["source".into()],
             takeover,
+            instance: "1".into(),
         }
     }
 

@@ -113,8 +113,8 @@ impl ReadKey {
     }
 }
 
-/// A webhook's verdict: allowed, or why not.
-pub type WebhookAnswer = Result<(), String>;
+/// A question's verdict: allowed, or the SRT rejection code and why not.
+pub type WebhookAnswer = Result<(), (i32, String)>;
 
 /// Callers waiting for a webhook at once; more are refused with 1402.
 pub const MAX_PENDING_READS: usize = 1024;
@@ -434,11 +434,11 @@ mod tests {
         p.hold(&a, "latest");
         p.hold(&b, "b");
         assert!(p.answered().is_empty(), "nothing answered yet");
-        p.answer(&a, Err("no".into()));
+        p.answer(&a, Err((1403, "no".into())));
         assert_eq!(p.answered(), vec![(a, "latest")]);
         assert!(p.answered().is_empty(), "handed out once");
         // The answer itself stays for the replayed Conclusion.
-        assert_eq!(p.take(&a), PendingState::Answered(Err("no".into())));
+        assert_eq!(p.take(&a), PendingState::Answered(Err((1403, "no".into()))));
         // Answered after its caller took it or it expired: nothing to replay.
         p.answer(&a, Ok(()));
         let later = now + t + PENDING_READ_GRACE;

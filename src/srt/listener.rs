@@ -1355,41 +1355,42 @@ impl Listener {
                 }
             },
         };
-        let ring = match self.target(&parsed) {
-            Ok(ring) => ring,
-            Err(refused) => {
-                // Not here: another node may hold it (never for a pull
-                // from another node: edges do not chain).
-                if from_node.is_some() || !self.stream_missing(&parsed) {
-                    return reject(refused);
-                }
-                match self.ask_remote_fetch(&parsed, h, from, now) {
-                    WebhookVerdict::NotConfigured => return reject(refused),
-                    WebhookVerdict::Waiting(key) => {
-                        return Decision {
-                            waiting: Some(key),
-                            ..reject((reject_code(code::UNAVAILABLE), String::new()))
-                        }
-                    }
-                    WebhookVerdict::Denied(code, why) => return reject((reject_code(code), why)),
-                    // Pulled: the ring is here now (or gone again).
-                    WebhookVerdict::Allowed => match self.target(&parsed) {
-                        Ok(ring) => ring,
-                        Err(refused) => return reject(refused),
-                    },
-                }
-            }
+        let local = self.target(&parsed);
+        // Served from another node (`[cluster]`): a stream not here, or an
+        // edge of it here whose rendition is not pulled yet. Never for a
+        // pull from another node: edges do not chain.
+        let remote_needed = from_node.is_none()
+            && self.remote.is_some()
+            && match &local {
+                Err(_) => self.stream_missing(&parsed),
+                Ok(_) => self.edge_not_playing(&parsed),
+            };
+        let local = match local {
+            Err(refused) if !remote_needed => return reject(refused),
+            other => other,
         };
         if from_node.is_some() {
             metrics::counter!(telemetry::CLUSTER_EDGE_PULLS_SERVED_TOTAL, "result" => "accepted")
                 .increment(1);
         }
+        // The read webhook before anything is pulled for this caller.
+        // The read webhook, and for a stream from another node the pull:
+        // one question, the webhook first, so nothing is pulled for a
+        // caller the webhook refuses.
         let webhook = if from_node.is_some() {
-            WebhookVerdict::NotConfigured
+            None
         } else {
-            self.ask_read_webhook(rules, &parsed, h, from, now)
+            self.read_webhook_request(rules, &parsed, from)
         };
-        match webhook {
+        let verdict = if remote_needed {
+            self.ask_remote_fetch(&parsed, h, from, now, webhook)
+        } else if let Some((url, timeout, body)) = webhook {
+            let key = ReadKey::new(from, h.socket_id.0, parsed.mode, &body);
+            self.ask_webhook(url, timeout, body, key, now)
+        } else {
+            WebhookVerdict::NotConfigured
+        };
+        match verdict {
             WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
             WebhookVerdict::Waiting(key) => {
                 return Decision {
@@ -1398,15 +1399,25 @@ impl Listener {
                 }
             }
             WebhookVerdict::Denied(code, why) => {
-                metrics::counter!(
-                    telemetry::AUTH_REJECTS_TOTAL,
-                    "action" => "read",
-                    "reason" => "webhook_denied"
-                )
-                .increment(1);
+                if code == code::FORBIDDEN {
+                    metrics::counter!(
+                        telemetry::AUTH_REJECTS_TOTAL,
+                        "action" => "read",
+                        "reason" => "webhook_denied"
+                    )
+                    .increment(1);
+                }
                 return reject((reject_code(code), why));
             }
         }
+        // Pulled: the ring is here now (or gone again).
+        let ring = match local {
+            Ok(ring) if !remote_needed => ring,
+            local => match self.target(&parsed) {
+                Ok(ring) => ring,
+                Err(refused) => return reject(local.err().unwrap_or(refused)),
+            },
+        };
         // hsv5.rs requires the accepted key size to equal the caller's.
         let keys = passphrase.map(|p| KeySettings {
             key_size: req.key_size,
@@ -1614,21 +1625,15 @@ impl Listener {
         Ok(rendition.ring.clone())
     }
 
-    /// The read webhook's verdict for this request: asked on its first
-    /// Conclusion (on a task), answered when the webhook has, to the held
-    /// Conclusion ([`Listener::webhook_answered`]) or a retransmission of
-    /// the same request (same address, socket id, streamid parameters).
-    fn ask_read_webhook(
+    /// The read webhook's question for this request, if the application
+    /// has one: its URL, deadline and body.
+    fn read_webhook_request(
         &self,
         rules: &ReadAuth,
         req: &streamid::StreamRequest,
-        h: &HandshakeControlInfo,
         from: SocketAddr,
-        now: Instant,
-    ) -> WebhookVerdict {
-        let Some((url, timeout)) = rules.webhook.clone() else {
-            return WebhookVerdict::NotConfigured;
-        };
+    ) -> Option<(String, Duration, serde_json::Value)> {
+        let (url, timeout) = rules.webhook.clone()?;
         let (app, stream) = req.path.split_once('/').unwrap_or((&req.path, ""));
         let body = serde_json::json!({
             "action": "read",
@@ -1642,8 +1647,7 @@ impl Listener {
             "query": req.params,
             "client": from.to_string(),
         });
-        let key = ReadKey::new(from, h.socket_id.0, req.mode, &body);
-        self.ask_webhook(url, timeout, body, key, now)
+        Some((url, timeout, body))
     }
 
     /// A webhook's verdict on the request `key` (POST `body` to `url`):
@@ -1659,8 +1663,10 @@ impl Listener {
         key: ReadKey,
         now: Instant,
     ) -> WebhookVerdict {
-        self.ask(key, timeout, code::FORBIDDEN, now, async move {
-            crate::auth::ask_webhook(&url, &body, timeout).await
+        self.ask(key, timeout, now, async move {
+            crate::auth::ask_webhook(&url, &body, timeout)
+                .await
+                .map_err(|why| (code::FORBIDDEN, why))
         })
     }
 
@@ -1668,15 +1674,8 @@ impl Listener {
     /// webhook, the cluster directory): asked on a task on the request's
     /// first Conclusion, the Conclusion held meanwhile; read, once
     /// answered, by the held Conclusion's replay or a retransmission of the
-    /// same request. A refusal gets `denied` as its rejection code.
-    fn ask<F>(
-        &self,
-        key: ReadKey,
-        timeout: Duration,
-        denied: i32,
-        now: Instant,
-        question: F,
-    ) -> WebhookVerdict
+    /// same request. A refusal carries its rejection code.
+    fn ask<F>(&self, key: ReadKey, timeout: Duration, now: Instant, question: F) -> WebhookVerdict
     where
         F: std::future::Future<Output = crate::srt::admission::WebhookAnswer> + Send + 'static,
     {
@@ -1684,7 +1683,7 @@ impl Listener {
         match pending.take(&key) {
             PendingState::Waiting => return WebhookVerdict::Waiting(key),
             PendingState::Answered(Ok(())) => return WebhookVerdict::Allowed,
-            PendingState::Answered(Err(why)) => return WebhookVerdict::Denied(denied, why),
+            PendingState::Answered(Err((code, why))) => return WebhookVerdict::Denied(code, why),
             PendingState::Unknown => {}
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -1712,14 +1711,17 @@ impl Listener {
         &self,
         parsed: &streamid::StreamRequest,
     ) -> Result<Option<String>, (RejectReason, String)> {
-        let Some(token) = parsed.params.get("ct") else {
+        // Without `[cluster]` the parameter means nothing here.
+        let (Some(token), Some(remote)) = (parsed.params.get("ct"), self.remote.as_ref()) else {
             return Ok(None);
         };
         let node = parsed.params.get("node").map(String::as_str).unwrap_or("");
-        let ok = self
-            .remote
-            .as_ref()
-            .is_some_and(|r| r.authorizes_pull(token, &parsed.path, node));
+        let requested = if parsed.rendition == "source" {
+            parsed.path.clone()
+        } else {
+            format!("{}/{}", parsed.path, parsed.rendition)
+        };
+        let ok = remote.authorizes_pull(token, &requested, node);
         if !ok {
             metrics::counter!(telemetry::CLUSTER_EDGE_PULLS_SERVED_TOTAL, "result" => "refused")
                 .increment(1);
@@ -1731,6 +1733,22 @@ impl Listener {
         Ok(Some(node.to_string()))
     }
 
+    /// Whether the stream is an edge of another node's whose requested
+    /// rendition is not pulled (and playing) yet.
+    fn edge_not_playing(&self, parsed: &streamid::StreamRequest) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        parsed
+            .path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+            .and_then(|p| self.registry.get(&p).map(|s| (p, s)))
+            .is_some_and(|(p, s)| {
+                s.origin_node.get().is_some() && !remote.playing_here(&p, &parsed.rendition)
+            })
+    }
+
     /// Whether the stream itself (not a rendition of it) is not here.
     fn stream_missing(&self, parsed: &streamid::StreamRequest) -> bool {
         parsed
@@ -1740,15 +1758,17 @@ impl Listener {
             .is_some_and(|p| self.registry.get(&p).is_none())
     }
 
-    /// Pull the stream from the node that holds it (`[cluster]`); the
-    /// player's Conclusion is held until its ring has a keyframe, 1404 if
-    /// no node holds it or the owner does not answer.
+    /// Pull the stream from the node that holds it (`[cluster]`), after
+    /// the read `webhook` (if any) allowed the caller; the player's
+    /// Conclusion is held until its ring has a keyframe: 1404 if no node
+    /// holds it or the owner does not answer, the webhook's refusal first.
     fn ask_remote_fetch(
         &self,
         parsed: &streamid::StreamRequest,
         h: &HandshakeControlInfo,
         from: SocketAddr,
         now: Instant,
+        webhook: Option<(String, Duration, serde_json::Value)>,
     ) -> WebhookVerdict {
         let Some(remote) = self.remote.clone() else {
             return WebhookVerdict::NotConfigured;
@@ -1760,12 +1780,24 @@ impl Listener {
         else {
             return WebhookVerdict::NotConfigured;
         };
-        let body = serde_json::json!({"fetch": parsed.path, "rendition": parsed.rendition});
+        let body = serde_json::json!({
+            "fetch": parsed.path,
+            "rendition": parsed.rendition,
+            "webhook": webhook.as_ref().map(|(_, _, b)| b),
+        });
         let key = ReadKey::new(from, h.socket_id.0, parsed.mode, &body);
         let rendition = parsed.rendition.clone();
-        let limit = remote.wait_limit();
-        self.ask(key, limit, code::NOT_FOUND, now, async move {
-            remote.fetch(path, rendition).await
+        let limit = remote.wait_limit() + webhook.as_ref().map_or(Duration::ZERO, |w| w.1);
+        self.ask(key, limit, now, async move {
+            if let Some((url, timeout, body)) = webhook {
+                crate::auth::ask_webhook(&url, &body, timeout)
+                    .await
+                    .map_err(|why| (code::FORBIDDEN, why))?;
+            }
+            remote
+                .fetch(path, rendition)
+                .await
+                .map_err(|why| (code::NOT_FOUND, why))
         })
     }
 
@@ -1784,11 +1816,14 @@ impl Listener {
         let key = ReadKey::new(from, h.socket_id.0, Mode::Publish, &body);
         let p = path.clone();
         let limit = remote.wait_limit();
-        self.ask(key, limit, code::CONFLICT, now, async move {
+        self.ask(key, limit, now, async move {
             match remote.held_elsewhere(p.clone()).await {
                 None => Ok(()),
-                Some(node) => Err(format!(
-                    "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                Some(node) => Err((
+                    code::CONFLICT,
+                    format!(
+                        "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                    ),
                 )),
             }
         })

@@ -372,7 +372,8 @@ async fn handshake(
 }
 
 /// What an SRT caller asks for (a push leg's destination, an edge pull).
-#[derive(Debug, Clone)]
+/// Its `Debug` shows neither the streamid nor the passphrase.
+#[derive(Clone)]
 pub struct Caller {
     /// How errors name the peer (no secrets).
     pub name: String,
@@ -380,6 +381,15 @@ pub struct Caller {
     pub passphrase: Option<String>,
     pub latency: Duration,
     pub peer_idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .field("latency", &self.latency)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The caller handshake on `sock` (connected to `remote`), retransmitted

@@ -304,6 +304,35 @@ impl Registry {
         policy: ClaimPolicy,
         parent: &CancellationToken,
     ) -> Result<PublishGuard, ClaimError> {
+        self.claim_as(path, name, peer, policy, parent, None)
+    }
+
+    /// Claim `path` for an edge stream pulled from node `origin` (see
+    /// `cluster::edge`): never over a live stream, and not counted against
+    /// `rtmp.max_streams` or the per-IP limit (those bound publishers; an
+    /// edge exists only while players on this node ask for it). The stream
+    /// is an edge from its first moment, so nothing sees it as a local one.
+    pub fn claim_edge(
+        self: &Arc<Self>,
+        path: StreamPath,
+        peer: &str,
+        origin: &str,
+        policy: ClaimPolicy,
+        parent: &CancellationToken,
+    ) -> Result<PublishGuard, ClaimError> {
+        let name = path.key.clone();
+        self.claim_as(path, &name, peer, policy, parent, Some(origin.to_string()))
+    }
+
+    fn claim_as(
+        self: &Arc<Self>,
+        path: StreamPath,
+        name: &str,
+        peer: &str,
+        policy: ClaimPolicy,
+        parent: &CancellationToken,
+        origin: Option<String>,
+    ) -> Result<PublishGuard, ClaimError> {
         if self.is_draining() {
             return Err(ClaimError::Draining);
         }
@@ -326,12 +355,19 @@ impl Registry {
                 });
             }
         }
+        if origin.is_some() && old.is_some() {
+            return Err(ClaimError::Busy(path.to_string()));
+        }
         let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        if old.is_none() && map.len() >= limits.max_streams {
+        // Local streams count; edge streams do not (see `claim_edge`).
+        let local = |s: &&Arc<Stream>| s.origin_node.get().is_none();
+        let grows = old.is_none_or(|o| !local(&o));
+        if origin.is_none() && grows && map.values().filter(local).count() >= limits.max_streams {
             return Err(ClaimError::MaxStreams {
                 limit: limits.max_streams,
             });
         }
+        let peer_ip = if origin.is_some() { None } else { peer_ip };
         if let Some(ip) = peer_ip {
             // The stream being replaced stops counting as this one starts.
             let live = map
@@ -364,7 +400,7 @@ impl Registry {
             metadata: Mutex::new(None),
             legs: Mutex::new(Vec::new()),
             protocol: std::sync::OnceLock::new(),
-            origin_node: std::sync::OnceLock::new(),
+            origin_node: origin.map(std::sync::OnceLock::from).unwrap_or_default(),
             series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")
                 .chain(policy.renditions.iter().map(String::as_str))
@@ -640,9 +676,16 @@ mod tests {
         let reg = Registry::new();
         let root = CancellationToken::new();
         let edge = reg
-            .claim(path("a"), "a", "node n1 (h:1)", policy(false), &root)
+            .claim_edge(path("a"), "node n1 (h:1)", "n1", policy(false), &root)
             .unwrap();
-        edge.stream().origin_node.set("n1".into()).unwrap();
+        assert_eq!(
+            edge.stream().origin_node.get().map(String::as_str),
+            Some("n1")
+        );
+        // Never over a live stream, and not counted as one.
+        assert!(reg
+            .claim_edge(path("a"), "node n2 (h:2)", "n2", policy(false), &root)
+            .is_err());
         let err = reg
             .claim(path("a"), "a", "10.0.0.1:5", policy(false), &root)
             .unwrap_err();

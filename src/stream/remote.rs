@@ -21,9 +21,13 @@ pub trait Remote: Send + Sync {
         rendition: String,
     ) -> RemoteFuture<Result<(), String>>;
 
-    /// The other node that holds `path` ("node A (host:port)"), if any;
+    /// The other node that holds `path` ("node A"), if any;
     /// `None` also when the directory cannot be asked.
     fn held_elsewhere(self: Arc<Self>, path: StreamPath) -> RemoteFuture<Option<String>>;
+
+    /// Whether `rendition` of `path` is pulled to this node and playing:
+    /// a player of it may be accepted without [`Remote::fetch`].
+    fn playing_here(&self, path: &StreamPath, rendition: &str) -> bool;
 
     /// The longest [`Remote::fetch`] or [`Remote::held_elsewhere`] takes.
     fn wait_limit(&self) -> std::time::Duration;
