@@ -482,3 +482,51 @@ fn redis_going_away_stops_no_stream_and_a_drain_releases_the_claims_at_once() {
         serde_json::from_str(&redis.cli(&["GET", "sluice:stream:live/cam1"])).unwrap();
     assert_eq!(claim["node"], "b", "{claim}");
 }
+
+/// A transcoded rendition plays through an edge too, pulled on its own
+/// when a player first asks for it while the source is already pulled.
+#[test]
+fn a_rendition_is_pulled_when_an_edge_player_first_asks_for_it() {
+    let redis = Redis::start();
+    let apps = "[apps.tv]\n[[apps.tv.renditions]]\nname = \"small\"\nheight = 240\nvideo_bitrate = \"300k\"\n";
+    let (a, b) = (
+        Node::start_with(&redis, "a", apps),
+        Node::start_with(&redis, "b", apps),
+    );
+    let _publisher = publish(&a, "tv/cam1");
+    a.sluice
+        .wait_log_fields(&[("message", "stream ready")], Duration::from_secs(20));
+    let dir = TempDir::new("cluster");
+    let _source = player(&b, "tv/cam1", &dir.join("source.ts"));
+    b.sluice.wait_metric(
+        "sluice_cluster_edge_pulls",
+        |v| v == Some(1.0),
+        Duration::from_secs(10),
+    );
+    let small = dir.join("small.ts");
+    record_srt(&b.sluice.srt_url("tv/cam1/small", ""), 4, &small);
+    assert_clean(&small, "the 240p rendition through the edge");
+    let mut cmd = Command::new(require_program("ffprobe", "ffmpeg"));
+    cmd.args([
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=height",
+        "-of",
+        "csv=p=0",
+    ])
+    .arg(&small);
+    let (_, height, _) = run_to_exit("ffprobe", cmd, Duration::from_secs(20));
+    assert!(
+        height.split_whitespace().all(|h| h == "240") && !height.trim().is_empty(),
+        "heights {height:?}"
+    );
+    assert_eq!(
+        b.sluice
+            .metric("sluice_cluster_edge_pulls_total{result=\"started\"}"),
+        Some(2.0),
+        "one pull per rendition"
+    );
+}
