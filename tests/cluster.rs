@@ -170,17 +170,23 @@ fn media_seconds(ts: &std::path::Path) -> f64 {
     out.trim().parse().unwrap_or(0.0)
 }
 
+/// Nodes a, b and c, and `live/cam1` published and live on a.
+fn origin_and_two_edges(redis: &Redis) -> (Node, Node, Node, ChildGuard) {
+    let (a, b, c) = (
+        Node::start(redis, "a"),
+        Node::start(redis, "b"),
+        Node::start(redis, "c"),
+    );
+    let publisher = publish(&a, "live/cam1");
+    wait_live(&a, "live/cam1");
+    (a, b, c, publisher)
+}
+
 #[test]
 fn any_node_plays_the_stream_with_one_pull_per_node_and_a_second_publisher_is_refused_naming_the_owner(
 ) {
     let redis = Redis::start();
-    let (a, b, c) = (
-        Node::start(&redis, "a"),
-        Node::start(&redis, "b"),
-        Node::start(&redis, "c"),
-    );
-    let _publisher = publish(&a, "live/cam1");
-    wait_live(&a, "live/cam1");
+    let (a, b, c, _publisher) = origin_and_two_edges(&redis);
     let claim = redis.cli(&["GET", "sluice:stream:live/cam1"]);
     let claim: Value = serde_json::from_str(&claim).expect("a JSON claim in redis");
     assert_eq!(claim["node"], "a", "{claim}");
@@ -335,13 +341,7 @@ fn any_node_plays_the_stream_with_one_pull_per_node_and_a_second_publisher_is_re
 #[test]
 fn a_crashed_origin_closes_edge_players_and_its_path_frees_after_the_lease() {
     let redis = Redis::start();
-    let (a, b, c) = (
-        Node::start(&redis, "a"),
-        Node::start(&redis, "b"),
-        Node::start(&redis, "c"),
-    );
-    let _publisher = publish(&a, "live/cam1");
-    wait_live(&a, "live/cam1");
+    let (a, b, c, _publisher) = origin_and_two_edges(&redis);
     let dir = TempDir::new("cluster");
     let mut on_b = player(&b, "live/cam1", &dir.join("b.ts"));
     let mut on_c = player(&c, "live/cam1", &dir.join("c.ts"));

@@ -1523,7 +1523,9 @@ impl Listener {
             };
             return reject("rejected_unauthorized", code, why);
         }
-        if let Some(url) = app.publish_webhook.clone() {
+        // The publish webhook, then (`[cluster]`, unless the application
+        // takes over) whether another node holds the path: one question.
+        let webhook = app.publish_webhook.clone().map(|url| {
             let body = serde_json::json!({
                 "action": "publish",
                 "protocol": "srt",
@@ -1534,33 +1536,56 @@ impl Listener {
                 "query": parsed.params,
                 "client": from.to_string(),
             });
-            let key = ReadKey::new(from, h.socket_id.0, Mode::Publish, &body);
-            match self.ask_webhook(url, app.webhook_timeout, body, key, now) {
+            (url, app.webhook_timeout, body)
+        });
+        let remote = self.remote.clone().filter(|_| !app.takeover);
+        if webhook.is_some() || remote.is_some() {
+            let key = ReadKey::new(
+                from,
+                h.socket_id.0,
+                Mode::Publish,
+                &serde_json::json!({
+                    "webhook": webhook.as_ref().map(|w| &w.2),
+                    "held": remote.as_ref().map(|_| path.to_string()),
+                }),
+            );
+            let limit = webhook.as_ref().map_or(Duration::ZERO, |w| w.1)
+                + remote.as_ref().map_or(Duration::ZERO, |r| r.wait_limit());
+            let p = path.clone();
+            let question = async move {
+                if let Some((url, timeout, body)) = webhook {
+                    crate::auth::ask_webhook(&url, &body, timeout)
+                        .await
+                        .map_err(|why| (code::FORBIDDEN, why))?;
+                }
+                if let Some(node) = match remote {
+                    Some(r) => r.held_elsewhere(p.clone()).await,
+                    None => None,
+                } {
+                    return Err((
+                        code::CONFLICT,
+                        format!(
+                            "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                        ),
+                    ));
+                }
+                Ok(())
+            };
+            match self.ask(key, limit, now, question) {
                 WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
                 WebhookVerdict::Waiting(key) => {
                     return Decision {
                         waiting: Some(key),
                         ..reject("waiting", code::UNAVAILABLE, String::new())
                     }
+                }
+                WebhookVerdict::Denied(code, why) if code == code::CONFLICT => {
+                    warn!(stream = %path, peer = %from, reason = "rejected_busy", "publish refused: {why}");
+                    return reject("rejected_busy", code, why);
                 }
                 WebhookVerdict::Denied(code, why) => {
                     auth_reject("webhook_denied");
                     return reject("rejected_unauthorized", code, why);
-                }
-            }
-        }
-        if !app.takeover {
-            match self.ask_held_elsewhere(&path, h, from, now) {
-                WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
-                WebhookVerdict::Waiting(key) => {
-                    return Decision {
-                        waiting: Some(key),
-                        ..reject("waiting", code::UNAVAILABLE, String::new())
-                    }
-                }
-                WebhookVerdict::Denied(code, why) => {
-                    warn!(stream = %path, peer = %from, reason = "rejected_busy", "publish refused: {why}");
-                    return reject("rejected_busy", code, why);
                 }
             }
         }
@@ -1798,34 +1823,6 @@ impl Listener {
                 .fetch(path, rendition)
                 .await
                 .map_err(|why| (code::NOT_FOUND, why))
-        })
-    }
-
-    /// Whether another node holds `path` (`[cluster]`): 1409 naming it.
-    fn ask_held_elsewhere(
-        &self,
-        path: &StreamPath,
-        h: &HandshakeControlInfo,
-        from: SocketAddr,
-        now: Instant,
-    ) -> WebhookVerdict {
-        let Some(remote) = self.remote.clone() else {
-            return WebhookVerdict::NotConfigured;
-        };
-        let body = serde_json::json!({"held": path.to_string()});
-        let key = ReadKey::new(from, h.socket_id.0, Mode::Publish, &body);
-        let p = path.clone();
-        let limit = remote.wait_limit();
-        self.ask(key, limit, now, async move {
-            match remote.held_elsewhere(p.clone()).await {
-                None => Ok(()),
-                Some(node) => Err((
-                    code::CONFLICT,
-                    format!(
-                        "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
-                    ),
-                )),
-            }
         })
     }
 
