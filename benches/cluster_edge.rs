@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::harness::Sluice;
+use common::harness::{ephemeral_args_srt_port, Sluice};
 use common::process::ChildGuard;
 use common::redis::{free_udp_port, Redis};
 use common::srt_player::{play, Played};
@@ -90,19 +90,7 @@ fn node(bin: &Path, redis: &Redis, id: &str, latency_ms: u64) -> Sluice {
          secret = \"{SECRET}\"\nedge_idle = \"1s\"\n",
         redis.url()
     );
-    let args = [
-        "--rtmp-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--srt-addr",
-        &format!("127.0.0.1:{srt}"),
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = ephemeral_args_srt_port(srt);
     Sluice::start_foreground_args(bin, &config, args)
 }
 

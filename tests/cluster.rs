@@ -50,19 +50,7 @@ edge_idle = "3s"
             peer_idle = PEER_IDLE.as_secs(),
             lease = LEASE.as_secs(),
         );
-        let args = [
-            "--rtmp-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--srt-addr",
-            &format!("127.0.0.1:{srt_port}"),
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = ephemeral_args_srt_port(srt_port);
         Node {
             sluice: Sluice::start_raw(Some(&config), args),
             id,

@@ -292,6 +292,7 @@ impl Edges {
         let path = edge.stream.path.to_string();
         let mut idle_since: Option<Instant> = None;
         let mut gone_since: Option<Instant> = None;
+        let mut next_owner_check = Instant::now();
         let cancel = edge.stream.cancel.clone();
         loop {
             tokio::select! {
@@ -315,6 +316,12 @@ impl Edges {
                     break;
                 }
             }
+            // As often as the origin renews its claim, not every look for
+            // players: one read per edge stream per third of the lease.
+            if now < next_owner_check {
+                continue;
+            }
+            next_owner_check = now + lease / 3;
             // Redis unreachable: the pull goes on as it is.
             let owner = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -408,15 +415,6 @@ impl Edges {
             .instrument(span),
         );
         rx
-    }
-
-    /// Every edge stream, for `/readyz`.
-    pub fn len(&self) -> usize {
-        self.streams().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

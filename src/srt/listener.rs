@@ -1554,9 +1554,7 @@ impl Listener {
             let p = path.clone();
             let question = async move {
                 if let Some((url, timeout, body)) = webhook {
-                    crate::auth::ask_webhook(&url, &body, timeout)
-                        .await
-                        .map_err(|why| (code::FORBIDDEN, why))?;
+                    webhook_question(&url, &body, timeout).await?;
                 }
                 if let Some(node) = match remote {
                     Some(r) => r.held_elsewhere(p.clone()).await,
@@ -1610,11 +1608,7 @@ impl Listener {
         &self,
         parsed: &streamid::StreamRequest,
     ) -> Result<Arc<crate::stream::Ring<TsChunk>>, (RejectReason, String)> {
-        let stream = parsed
-            .path
-            .split_once('/')
-            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
-            .and_then(|p| self.registry.get(&p));
+        let stream = stream_path(parsed).and_then(|p| self.registry.get(&p));
         let Some(stream) = stream else {
             return Err((
                 reject_code(code::NOT_FOUND),
@@ -1689,9 +1683,7 @@ impl Listener {
         now: Instant,
     ) -> WebhookVerdict {
         self.ask(key, timeout, now, async move {
-            crate::auth::ask_webhook(&url, &body, timeout)
-                .await
-                .map_err(|why| (code::FORBIDDEN, why))
+            webhook_question(&url, &body, timeout).await
         })
     }
 
@@ -1764,10 +1756,7 @@ impl Listener {
         let Some(remote) = &self.remote else {
             return false;
         };
-        parsed
-            .path
-            .split_once('/')
-            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+        stream_path(parsed)
             .and_then(|p| self.registry.get(&p).map(|s| (p, s)))
             .is_some_and(|(p, s)| {
                 s.origin_node.get().is_some() && !remote.playing_here(&p, &parsed.rendition)
@@ -1776,11 +1765,7 @@ impl Listener {
 
     /// Whether the stream itself (not a rendition of it) is not here.
     fn stream_missing(&self, parsed: &streamid::StreamRequest) -> bool {
-        parsed
-            .path
-            .split_once('/')
-            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
-            .is_some_and(|p| self.registry.get(&p).is_none())
+        stream_path(parsed).is_some_and(|p| self.registry.get(&p).is_none())
     }
 
     /// Pull the stream from the node that holds it (`[cluster]`), after
@@ -1798,11 +1783,7 @@ impl Listener {
         let Some(remote) = self.remote.clone() else {
             return WebhookVerdict::NotConfigured;
         };
-        let Some(path) = parsed
-            .path
-            .split_once('/')
-            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
-        else {
+        let Some(path) = stream_path(parsed) else {
             return WebhookVerdict::NotConfigured;
         };
         let body = serde_json::json!({
@@ -1815,9 +1796,7 @@ impl Listener {
         let limit = remote.wait_limit() + webhook.as_ref().map_or(Duration::ZERO, |w| w.1);
         self.ask(key, limit, now, async move {
             if let Some((url, timeout, body)) = webhook {
-                crate::auth::ask_webhook(&url, &body, timeout)
-                    .await
-                    .map_err(|why| (code::FORBIDDEN, why))?;
+                webhook_question(&url, &body, timeout).await?;
             }
             remote
                 .fetch(path, rendition)
@@ -1978,6 +1957,25 @@ impl Listener {
 }
 
 /// The live-edge rewrite of one joiner, in metrics and the debug log.
+/// A request's stream path (`APP/KEY`), if it names one.
+fn stream_path(parsed: &streamid::StreamRequest) -> Option<StreamPath> {
+    parsed
+        .path
+        .split_once('/')
+        .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+}
+
+/// Ask a webhook, a refusal as SRT 1403.
+async fn webhook_question(
+    url: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> crate::srt::admission::WebhookAnswer {
+    crate::auth::ask_webhook(url, body, timeout)
+        .await
+        .map_err(|why| (code::FORBIDDEN, why))
+}
+
 fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::CatchUpReport) {
     match c.unchanged {
         Some(why) => {

@@ -48,6 +48,17 @@ pub fn ephemeral_args() -> Vec<String> {
     .collect()
 }
 
+/// [`ephemeral_args`] with the SRT listener on `port` (a node whose SRT
+/// address others must know before it starts: a cluster's
+/// `advertise_srt`).
+pub fn ephemeral_args_srt_port(port: u16) -> Vec<String> {
+    let mut args = ephemeral_args();
+    if let Some(i) = args.iter().position(|a| a == "--srt-addr") {
+        args[i + 1] = format!("127.0.0.1:{port}");
+    }
+    args
+}
+
 /// Looks a field up in a JSON log line: at top level (the contract) or,
 /// leniently, under `fields` (tracing's non-flattened layout).
 pub fn log_field<'a>(line: &'a Value, key: &str) -> Option<&'a Value> {
