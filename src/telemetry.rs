@@ -43,6 +43,10 @@ pub const SRT_PLAYERS: &str = "sluice_srt_players";
 pub const SRT_PLAYERS_TOTAL: &str = "sluice_srt_players_total";
 pub const SRT_REJECTS_TOTAL: &str = "sluice_srt_rejects_total";
 pub const SRT_BYTES_OUT_TOTAL: &str = "sluice_srt_bytes_out_total";
+pub const SRT_DATA_PACKETS_TOTAL: &str = "sluice_srt_data_packets_total";
+pub const SRT_RETRANSMITTED_PACKETS_TOTAL: &str = "sluice_srt_retransmitted_packets_total";
+pub const SRT_DATAGRAMS_OUT_TOTAL: &str = "sluice_srt_datagrams_out_total";
+pub const SRT_SEND_CALLS_TOTAL: &str = "sluice_srt_send_calls_total";
 pub const SRT_GOP_CACHE_STARTS_TOTAL: &str = "sluice_srt_gop_cache_starts_total";
 pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_JOIN_TOTAL: &str = "sluice_srt_join_total";
@@ -205,6 +209,10 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_PLAYERS_TOTAL, Kind::Counter, "SRT players accepted."),
     Family::new(SRT_REJECTS_TOTAL, Kind::Counter, "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."),
     Family::new(SRT_BYTES_OUT_TOTAL, Kind::Counter, "MPEG-TS payload bytes sent to SRT players, retransmissions included."),
+    Family::new(SRT_DATA_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players, retransmissions included."),
+    Family::new(SRT_RETRANSMITTED_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players again (asked for by a NAK, or the sender's retransmission timer)."),
+    Family::new(SRT_DATAGRAMS_OUT_TOTAL, Kind::Counter, "Datagrams the SRT listener sent (players' data and control, publishers' control)."),
+    Family::new(SRT_SEND_CALLS_TOTAL, Kind::Counter, "Send system calls of the SRT listener (sendmmsg, or sendto after a refused GSO message); datagrams per call = sluice_srt_datagrams_out_total / this."),
     Family::new(SRT_GOP_CACHE_STARTS_TOTAL, Kind::Counter, "SRT players whose first data came from the GOP cache."),
     Family::new(SRT_JOIN_TOTAL, Kind::Counter, "SRT players accepted, by join mode (live, cache, keyframe)."),
     Family::new(SRT_JOIN_FIRST_DATA_SECONDS, Kind::Histogram, "SRT player accepted -> its first media handed to SRT, by join mode (keyframe: the wait for the next keyframe)."),
@@ -307,6 +315,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     // Unlabelled counters start at 0 so the first event shows in rate().
     for c in [
         SRT_BYTES_OUT_TOTAL,
+        SRT_DATA_PACKETS_TOTAL,
+        SRT_RETRANSMITTED_PACKETS_TOTAL,
+        SRT_DATAGRAMS_OUT_TOTAL,
+        SRT_SEND_CALLS_TOTAL,
         SRT_GOP_CACHE_STARTS_TOTAL,
         SRT_LAG_SKIPS_TOTAL,
         SRT_LAG_DISCONNECTS_TOTAL,

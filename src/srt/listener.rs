@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use srt_protocol::connection::{Connection, DuplexConnection};
@@ -39,6 +39,7 @@ use crate::srt::publish::{self as publish_task, CloseRequest, ConnectionEnd, Pub
 use crate::srt::receiver::Receiver;
 use crate::srt::sender::{End, Sender, SenderMetrics};
 use crate::srt::streamid::{self, code, Mode};
+use crate::srt::udp;
 use crate::stream::config::{AppConfig, Apps, JoinMode, DEFAULT_APP};
 use crate::stream::driver::{Publish, Streams};
 use crate::stream::remote::Remote;
@@ -53,8 +54,10 @@ const FEED_BATCH: usize = 256;
 const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 /// SYN cookies are valid for the current and the previous bucket.
 const COOKIE_BUCKET: Duration = Duration::from_secs(10);
-/// Datagrams handled per wake before timers and feeding get a turn.
+/// Datagrams per `recvmmsg` call.
 const RECV_BATCH: usize = 64;
+/// Datagrams handled per turn before timers and feeding get theirs.
+const RECV_TURN: usize = 1024;
 /// A held Conclusion is replayed when its webhook answers only if its
 /// caller sent it this recently: libsrt resends every 250 ms to 1 s while
 /// connecting, so a caller silent for longer gave up (or is another
@@ -994,6 +997,8 @@ impl Listener {
             CLOSE_GRACE,
             SenderMetrics {
                 bytes_out: metrics::counter!(telemetry::SRT_BYTES_OUT_TOTAL),
+                packets: metrics::counter!(telemetry::SRT_DATA_PACKETS_TOTAL),
+                retransmits: metrics::counter!(telemetry::SRT_RETRANSMITTED_PACKETS_TOTAL),
                 latency: metrics::histogram!(telemetry::RELAY_LATENCY_SECONDS),
                 lag_skips: metrics::counter!(telemetry::SRT_LAG_SKIPS_TOTAL),
                 first_data: metrics::histogram!(
@@ -2083,26 +2088,30 @@ pub async fn serve(
     let notify = listener.registry.data_ready().clone();
     let mut answers = listener.take_answers().expect("a listener is served once");
     let mut closes = listener.take_closes().expect("a listener is served once");
-    let mut buf = vec![0u8; 2048];
+    let mut incoming = udp::Incoming::new(RECV_BATCH);
+    let gso = udp::gso_supported();
+    debug!(gso, "srt listener sends through sendmmsg");
+    let mut outgoing = udp::Outgoing::new(gso);
+    let datagrams_out = metrics::counter!(telemetry::SRT_DATAGRAMS_OUT_TOTAL);
+    let send_calls = metrics::counter!(telemetry::SRT_SEND_CALLS_TOTAL);
     let mut out = Vec::new();
-    let mut wire = BytesMut::with_capacity(1500);
     let mut stopping: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let wake = listener.next_wake(now);
-        let mut got = None;
+        let mut data_ready = false;
         tokio::select! {
             _ = shutdown.cancelled(), if stopping.is_none() => {
                 let now = Instant::now();
                 stopping = Some(now + CLOSE_GRACE + Duration::from_millis(100));
                 listener.close_all(now);
             }
-            r = socket.recv_from(&mut buf) => {
-                got = Some(r);
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "srt socket not readable");
+                }
             }
-            _ = notify.notified() => {
-                listener.pump_all(Instant::now(), true);
-            }
+            _ = notify.notified() => data_ready = true,
             Some(()) = answers.recv() => {
                 listener.webhook_answered(Instant::now());
             }
@@ -2117,30 +2126,22 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        if let Some(r) = got {
-            let mut r = r;
-            for _ in 0..RECV_BATCH {
-                match r {
-                    Ok((n, from)) => listener.handle_datagram(Instant::now(), &buf[..n], from),
-                    // ICMP port unreachable and the like surface here; the
-                    // connection's own timers deal with a dead peer.
-                    Err(e) => debug!(error = %e, "srt socket receive error"),
-                }
-                r = match socket.try_recv_from(&mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    other => other,
-                };
-            }
+        // Whatever woke the loop, what peers sent goes in before any
+        // timer runs: an ACK left waiting behind a long turn would let the
+        // sender's retransmission timer fire for packets the player has.
+        receive_waiting(&socket, &mut incoming, &mut listener);
+        let now = Instant::now();
+        if data_ready {
+            listener.pump_all(now, true);
         }
-        listener.pump_all(Instant::now(), false);
+        listener.pump_all(now, false);
         listener.drain_outbox(&mut out);
         for (packet, to) in out.drain(..) {
-            wire.clear();
-            packet.serialize(&mut wire);
-            if let Err(e) = socket.send_to(&wire, to).await {
-                debug!(peer = %to, error = %e, "srt send failed");
-            }
+            outgoing.push(&packet, to);
         }
+        outgoing.flush(&socket).await;
+        datagrams_out.increment(std::mem::take(&mut outgoing.datagrams));
+        send_calls.increment(std::mem::take(&mut outgoing.calls));
         if let Some(deadline) = stopping {
             if listener.players() == 0 || Instant::now() >= deadline {
                 let addrs: Vec<SocketAddr> = listener.players.keys().copied().collect();
@@ -2149,11 +2150,32 @@ pub async fn serve(
                 }
                 listener.drain_outbox(&mut out);
                 for (packet, to) in out.drain(..) {
-                    wire.clear();
-                    packet.serialize(&mut wire);
-                    let _ = socket.send_to(&wire, to).await;
+                    outgoing.push(&packet, to);
                 }
+                outgoing.flush(&socket).await;
                 return;
+            }
+        }
+    }
+}
+
+/// Hand every datagram waiting on `socket` to the listener, up to
+/// [`RECV_TURN`] (the rest waits for the next turn, so timers and feeding
+/// are not starved by a flood).
+fn receive_waiting(socket: &UdpSocket, incoming: &mut udp::Incoming, listener: &mut Listener) {
+    let mut taken = 0;
+    while taken < RECV_TURN {
+        let now = Instant::now();
+        match incoming.recv(socket, |data, from| {
+            listener.handle_datagram(now, data, from)
+        }) {
+            Ok(0) => return,
+            Ok(n) => taken += n,
+            // ICMP port unreachable and the like surface here; the
+            // connection's own timers deal with a dead peer.
+            Err(e) => {
+                debug!(error = %e, "srt socket receive error");
+                taken += 1;
             }
         }
     }

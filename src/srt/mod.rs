@@ -5,7 +5,9 @@
 //! (`sender`) and the receiver core of a publishing connection
 //! (`receiver`), the listener serving players and publishers from one UDP
 //! socket (`listener`), each publisher's ingest task (`publish`) and push
-//! legs to destinations (`push`). See docs/srt-sans-io.md.
+//! legs to destinations (`push`), and the batched UDP the listener sends
+//! and receives with (`udp`: sendmmsg, UDP GSO, recvmmsg). See
+//! docs/srt-sans-io.md.
 
 mod admission;
 pub mod config;
@@ -19,3 +21,4 @@ pub mod push;
 pub mod receiver;
 pub mod sender;
 pub mod streamid;
+pub mod udp;
