@@ -1516,6 +1516,15 @@ fn f2(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
+struct LibsrtReport {
+    lat: Vec<f64>,
+    /// Each player's median latency.
+    medians: Vec<f64>,
+    cc: u64,
+    bytes: f64,
+    playing: usize,
+}
+
 struct Row {
     players: usize,
     connected: usize,
@@ -1580,7 +1589,7 @@ fn main() {
     let latency = Duration::from_millis(opts.latency_ms);
     let mut players = Players::start(opts.workers, server.srt_addr(), latency, &shared);
     let mut rows: Vec<Row> = Vec::new();
-    let mut libsrt_report: Option<(Vec<f64>, u64, f64, usize)> = None;
+    let mut libsrt_report: Option<LibsrtReport> = None;
     let mut stop_reason = None;
 
     for (step_no, &target) in opts.steps.iter().enumerate() {
@@ -1698,15 +1707,19 @@ fn main() {
         );
         if !libsrt.is_empty() {
             let mut lat = Vec::new();
+            let mut medians = Vec::new();
             let (mut cc, mut bytes, mut playing) = (0, 0, 0);
             for l in &libsrt {
                 let s = l.stats.lock().unwrap();
-                lat.extend(
-                    s.samples
-                        .iter()
-                        .filter(|(at, _)| *at >= t0_us && *at < t1_us)
-                        .map(|(_, l)| *l as f64 / 1e3),
-                );
+                let mut mine: Vec<f64> = s
+                    .samples
+                    .iter()
+                    .filter(|(at, _)| *at >= t0_us && *at < t1_us)
+                    .map(|(_, l)| *l as f64 / 1e3)
+                    .collect();
+                mine.sort_by(|a, b| a.total_cmp(b));
+                medians.extend(pct(&mine, 0.5));
+                lat.extend(mine);
                 cc += s.cc_errors;
                 bytes += s.bytes;
                 if s.first_read_us > 0 {
@@ -1715,7 +1728,14 @@ fn main() {
             }
             lat.sort_by(|a, b| a.total_cmp(b));
             libsrt_stop.store(true, Ordering::Relaxed);
-            libsrt_report = Some((lat, cc, bytes as f64, playing));
+            medians.sort_by(|a, b| a.total_cmp(b));
+            libsrt_report = Some(LibsrtReport {
+                lat,
+                medians,
+                cc,
+                bytes: bytes as f64,
+                playing,
+            });
         }
         drop(libsrt);
         let saturated = row.sluice_cpu > 95.0;
@@ -1826,7 +1846,8 @@ fn main() {
             r.first_frame.len()
         );
     }
-    if let (Some((lat, cc, bytes, playing)), Some(r)) = (&libsrt_report, rows.first()) {
+    if let (Some(l), Some(r)) = (&libsrt_report, rows.first()) {
+        let (lat, cc, bytes, playing) = (&l.lat, l.cc, l.bytes, l.playing);
         println!();
         println!(
             "### validation: {} libsrt players (srt-live-transmit, latency {} ms) in the {}-player step",
@@ -1860,7 +1881,13 @@ fn main() {
             f1(lat.last().copied()),
             cc,
             // Bytes over the whole time they ran: rough.
-            bytes * 8.0 / 1e6 / (opts.step_secs + 4.0) / (*playing).max(1) as f64
+            bytes * 8.0 / 1e6 / (opts.step_secs + 4.0) / playing.max(1) as f64
+        );
+        println!();
+        println!(
+            "libsrt per-player median latency: min {} ms, max {} ms (libsrt sets each caller's TSBPD time base from its handshake, against srt-protocol's estimate of the start time, so it differs per player and per run: the simulated released latency should lie in this range)",
+            f2(l.medians.first().copied()),
+            f2(l.medians.last().copied())
         );
     }
     println!();
