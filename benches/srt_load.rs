@@ -43,6 +43,9 @@
 //!   sluice-counted egress; `tool CPU %`: this process (players, publisher);
 //! * `RSS MB` / `KB/player`: sluice's VmRSS, and its growth over the RSS with
 //!   the publisher only, divided by the players;
+//! * `tool lag ms`: kernel receive timestamp (SO_TIMESTAMPNS) → this tool
+//!   read the datagram, p50/p99: how far the players fall behind (latency
+//!   is timed at the kernel timestamp, so this delay is not in it);
 //! * `arrival ms`: publisher send → datagram with the frame's first byte
 //!   arrives (network arrival, before TSBPD), p50/p99/max over every frame
 //!   of every player in the step (frames sent before a player connected
@@ -88,6 +91,8 @@ const STREAM_PATH: &str = "live/bench";
 const BATCH: usize = 64;
 /// Room for one datagram (SRT packets are at most 1500 bytes with IP/UDP).
 const SLOT: usize = 2048;
+/// Room for one datagram's control messages (its receive timestamp).
+const CMSG_SLOT: usize = 64;
 const HANDSHAKE_RETRY_US: u64 = 250_000;
 const HANDSHAKE_TIMEOUT_US: u64 = 10_000_000;
 const ACK_PERIOD_US: u64 = 10_000;
@@ -96,7 +101,7 @@ const KEEPALIVE_US: u64 = 1_000_000;
 /// A player that hears nothing from sluice this long counts as closed.
 const PEER_IDLE_US: u64 = 5_000_000;
 /// Worker timer granularity.
-const TICK_US: u64 = 5_000;
+const TICK_US: u64 = 2_000;
 /// SO_RCVBUF asked per player socket (capped by net.core.rmem_max).
 const RCVBUF: i32 = 1 << 20;
 /// Receive buffer announced in ACKs, packets.
@@ -119,6 +124,18 @@ fn epoch() -> Instant {
 /// Microseconds since the tool started: every timestamp here is one.
 fn now_us() -> u64 {
     epoch().elapsed().as_micros() as u64
+}
+
+/// CLOCK_REALTIME at the epoch, ns: kernel receive timestamps are on it.
+fn realtime_epoch_ns() -> i128 {
+    static RT: OnceLock<i128> = OnceLock::new();
+    *RT.get_or_init(|| {
+        let e = epoch();
+        let rt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        rt - e.elapsed().as_nanos() as i128
+    })
 }
 
 fn us_of(t: Instant) -> u64 {
@@ -597,6 +614,8 @@ struct Ctx {
     shared: Arc<Shared>,
     arrival: Hist,
     released: Hist,
+    /// Kernel arrival → read here, per datagram.
+    lag: Hist,
     pool: Vec<Vec<u8>>,
     out: Vec<u8>,
     send_errors: u64,
@@ -651,6 +670,7 @@ impl Player {
         sock.set_nonblocking(true)?;
         sock.connect(remote)?;
         set_rcvbuf(&sock, RCVBUF);
+        set_timestamps(&sock);
         let settings = ConnInitSettings {
             send_latency: latency,
             recv_latency: latency,
@@ -795,7 +815,11 @@ impl Player {
             for i in 0..n {
                 let len = rx.hdrs[i].msg_len as usize;
                 let d = &rx.bufs[i * SLOT..i * SLOT + len.min(SLOT)];
-                self.on_datagram(d, now, ctx);
+                // Latency is timed at the kernel's arrival, not when this
+                // loop got round to the socket; that delay is the tool's lag.
+                let arrival = rx.arrival_us(i).unwrap_or(now).min(now);
+                ctx.lag.add(now - arrival);
+                self.on_datagram(d, arrival, ctx);
             }
             if n < BATCH {
                 break;
@@ -1146,9 +1170,25 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: i32) {
     }
 }
 
+/// Kernel receive timestamps (SO_TIMESTAMPNS) on every datagram.
+fn set_timestamps(sock: &UdpSocket) {
+    let on: i32 = 1;
+    // SAFETY: a valid fd, a pointer to a live i32 and its size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Buffers and headers for `recvmmsg`, built once per worker.
 struct RxBatch {
     bufs: Vec<u8>,
+    ctrl: Vec<u8>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
@@ -1157,6 +1197,7 @@ impl RxBatch {
     fn new() -> Box<RxBatch> {
         let mut b = Box::new(RxBatch {
             bufs: vec![0u8; BATCH * SLOT],
+            ctrl: vec![0u8; BATCH * CMSG_SLOT],
             iovs: Vec::with_capacity(BATCH),
             hdrs: Vec::with_capacity(BATCH),
         });
@@ -1173,6 +1214,9 @@ impl RxBatch {
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_iov = &mut b.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            // SAFETY: inside `ctrl`, which is never resized.
+            h.msg_hdr.msg_control = unsafe { b.ctrl.as_mut_ptr().add(i * CMSG_SLOT) }.cast();
+            h.msg_hdr.msg_controllen = CMSG_SLOT as _;
             b.hdrs.push(h);
         }
         b
@@ -1180,6 +1224,9 @@ impl RxBatch {
 
     /// Up to BATCH datagrams from `fd`, without waiting; 0 when none.
     fn recv(&mut self, fd: i32) -> usize {
+        for h in &mut self.hdrs {
+            h.msg_hdr.msg_controllen = CMSG_SLOT as _;
+        }
         // SAFETY: the headers point at iovecs and buffers that live as long
         // as `self`; the kernel writes at most iov_len bytes into each.
         let n = unsafe {
@@ -1192,6 +1239,25 @@ impl RxBatch {
             )
         };
         n.max(0) as usize
+    }
+
+    /// Datagram `i`'s kernel receive time (µs since the epoch), if any.
+    fn arrival_us(&self, i: usize) -> Option<u64> {
+        let h = &self.hdrs[i].msg_hdr;
+        // SAFETY: the kernel filled msg_control up to msg_controllen; the
+        // CMSG macros stay inside it, and the timespec is read unaligned.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    let ns = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+                    return Some(((ns - realtime_epoch_ns()).max(0) / 1000) as u64);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
     }
 }
 
@@ -1220,6 +1286,7 @@ struct WorkerSnap {
     players: Vec<PlayerSnap>,
     arrival: Hist,
     released: Hist,
+    lag: Hist,
     send_errors: u64,
 }
 
@@ -1244,6 +1311,7 @@ fn worker(
         shared,
         arrival: Hist::new(),
         released: Hist::new(),
+        lag: Hist::new(),
         pool: Vec::new(),
         out: Vec::with_capacity(1500),
         send_errors: 0,
@@ -1273,6 +1341,7 @@ fn worker(
                         players: players.iter().map(Player::snap).collect(),
                         arrival: ctx.arrival.clone(),
                         released: ctx.released.clone(),
+                        lag: ctx.lag.clone(),
                         send_errors: ctx.send_errors,
                     });
                 }
@@ -1362,6 +1431,7 @@ impl Players {
             players: Vec::new(),
             arrival: Hist::new(),
             released: Hist::new(),
+            lag: Hist::new(),
             send_errors: 0,
         };
         for tx in &self.txs {
@@ -1371,6 +1441,7 @@ impl Players {
                 s.players.extend(w.players);
                 s.arrival.merge(&w.arrival);
                 s.released.merge(&w.released);
+                s.lag.merge(&w.lag);
                 s.send_errors += w.send_errors;
             }
         }
@@ -1537,6 +1608,7 @@ struct Row {
     rss_per_player_kb: f64,
     arrival: Hist,
     released: Hist,
+    lag: Hist,
     relay: Histogram,
     c: Counters,
     lossy: usize,
@@ -1547,6 +1619,7 @@ struct Row {
 fn main() {
     let opts = Opts::parse();
     let _ = epoch();
+    let _ = realtime_epoch_ns();
     let t_total = Instant::now();
     let hz = clock_ticks();
     if opts.libsrt > 0 {
@@ -1689,6 +1762,7 @@ fn main() {
             rss_per_player_kb: rss_kb.saturating_sub(rss_base_kb) as f64 / target as f64,
             arrival: after.arrival.since(&before.arrival),
             released: after.released.since(&before.released),
+            lag: after.lag.since(&before.lag),
             relay,
             c,
             lossy,
@@ -1787,8 +1861,8 @@ fn main() {
     println!();
     println!("### capacity");
     println!();
-    println!("| players | conn | failed | Mbit/s sluice | Mbit/s rx | sluice CPU % | CPU % per 100 Mbit/s | tool CPU % | tool CPU % per 100 players | RSS MB | KB/player |");
-    println!("|--------:|-----:|-------:|--------------:|----------:|-------------:|---------------------:|-----------:|---------------------------:|-------:|----------:|");
+    println!("| players | conn | failed | Mbit/s sluice | Mbit/s rx | sluice CPU % | CPU % per 100 Mbit/s | tool CPU % | tool CPU % per 100 players | tool lag ms p50/p99 | RSS MB | KB/player |");
+    println!("|--------:|-----:|-------:|--------------:|----------:|-------------:|---------------------:|-----------:|---------------------------:|--------------------:|-------:|----------:|");
     for r in &rows {
         let per100 = if r.sluice_mbps > 0.0 {
             r.sluice_cpu / (r.sluice_mbps / 100.0)
@@ -1796,7 +1870,7 @@ fn main() {
             f64::NAN
         };
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} / {} | {:.1} | {:.0} |",
             r.players,
             r.connected,
             r.failed,
@@ -1806,6 +1880,8 @@ fn main() {
             per100,
             r.tool_cpu,
             r.tool_cpu / (r.players as f64 / 100.0),
+            f2(r.lag.quantile_ms(0.5)),
+            f2(r.lag.quantile_ms(0.99)),
             r.rss_mb,
             r.rss_per_player_kb
         );
