@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench srt_load -- [--steps 100,250,500] [--players N]
 //! [--step-secs 10] [--ramp-per-sec 200] [--latency-ms 20] [--workers 1]
-//! [--libsrt N] [--no-build]`
+//! [--srt-workers 1] [--libsrt N] [--no-build]`
 //!
 //! It builds and starts the release `sluice` (SRT latency `--latency-ms`,
 //! player and per-IP handshake limits raised), publishes the 10 s 720p
@@ -149,6 +149,8 @@ struct Opts {
     ramp_per_sec: f64,
     latency_ms: u64,
     workers: usize,
+    /// sluice's `[srt] workers`.
+    srt_workers: usize,
     libsrt: usize,
     build: bool,
 }
@@ -161,6 +163,7 @@ impl Opts {
             ramp_per_sec: 200.0,
             latency_ms: 20,
             workers: 1,
+            srt_workers: 1,
             libsrt: 0,
             build: true,
         };
@@ -180,6 +183,7 @@ impl Opts {
                     | "--ramp-per-sec"
                     | "--latency-ms"
                     | "--workers"
+                    | "--srt-workers"
                     | "--libsrt"
             );
             let value = if takes_value && inline.is_none() {
@@ -209,6 +213,7 @@ impl Opts {
                 "--ramp-per-sec" => o.ramp_per_sec = num(&value),
                 "--latency-ms" => o.latency_ms = num(&value) as u64,
                 "--workers" => o.workers = num(&value) as usize,
+                "--srt-workers" => o.srt_workers = num(&value) as usize,
                 "--libsrt" => o.libsrt = num(&value) as usize,
                 "--no-build" => o.build = false,
                 // `cargo bench` passes --bench.
@@ -223,6 +228,7 @@ impl Opts {
         o.step_secs = o.step_secs.clamp(1.0, 600.0);
         o.ramp_per_sec = o.ramp_per_sec.clamp(1.0, 10_000.0);
         o.workers = o.workers.clamp(1, 16);
+        o.srt_workers = o.srt_workers.clamp(1, 64);
         o
     }
 }
@@ -1630,8 +1636,8 @@ fn main() {
     let file = flv::read_flv(&flv_path);
 
     let config = format!(
-        "[srt]\nlatency = \"{}ms\"\nmax_players = 100000\nmax_players_per_stream = 100000\nmax_handshakes_per_ip_per_second = 1000000\n",
-        opts.latency_ms
+        "[srt]\nlatency = \"{}ms\"\nmax_players = 100000\nmax_players_per_stream = 100000\nmax_handshakes_per_ip_per_second = 1000000\nworkers = {}\n",
+        opts.latency_ms, opts.srt_workers
     );
     let server = Sluice::start_foreground(&bin, &config);
     eprintln!(

@@ -584,6 +584,60 @@ fn twenty_players_one_stalled() {
     players[0].signal("-CONT");
 }
 
+// -- workers ------------------------------------------------------------------
+
+/// `[srt] workers = 4`: four sockets on the SRT port; the kernel spreads
+/// players over them by address. Every player plays, a recording through
+/// a worker decodes cleanly, the per-stream limit counts the players of
+/// every worker, the gauges add up, and the stream's end closes them all.
+#[test]
+fn players_spread_over_srt_workers_share_the_limits() {
+    let server = Sluice::start(Some("[srt]\nworkers = 4\nmax_players_per_stream = 9\n"));
+    let dir = TempDir::new("srt-workers");
+    let publisher = publish(&server, PATH, 60);
+    let url = server.srt_url(PATH, "");
+    let players: Vec<Player> = (0..8).map(|_| Player::srt_live_transmit(&url)).collect();
+    for p in &players {
+        p.wait_bytes(50_000, Duration::from_secs(20));
+    }
+    let recording = dir.path().join("through-a-worker.ts");
+    record_srt(&url, 4, &recording);
+    assert_eq!(
+        decode_errors(&recording).trim(),
+        "",
+        "decoding {recording:?}"
+    );
+    let workers: std::collections::BTreeSet<u64> = server
+        .log_json_matching(&[("message", "srt player connected")])
+        .iter()
+        .filter_map(|l| log_field(l, "worker").and_then(Value::as_u64))
+        .collect();
+    // 8 addresses on one of 4 workers each: all on one by chance is 1 in
+    // 4^7 = 16 384.
+    assert!(workers.len() >= 2, "players all on worker {workers:?}");
+    assert!(workers.iter().all(|w| *w < 4), "workers {workers:?}");
+    assert_eq!(server.metric("sluice_srt_players"), Some(8.0));
+    // 8 playing + 1 = the limit of 9, whichever workers they are on.
+    let ninth = Player::srt_live_transmit(&url);
+    ninth.wait_bytes(20_000, Duration::from_secs(10));
+    assert_eq!(
+        libsrt_connect(&dir, server.srt_addr(), PATH, ""),
+        "rejected 1402"
+    );
+    // The stream ends: every worker closes its players.
+    drop(publisher);
+    server.wait_metric(
+        "sluice_srt_players",
+        |v| v == Some(0.0),
+        Duration::from_secs(10),
+    );
+    let gone = server.log_json_matching(&[("message", "srt player disconnected")]);
+    let came = server.log_json_matching(&[("message", "srt player connected")]);
+    // The 8, the recording and the ninth.
+    assert_eq!(came.len(), 10);
+    assert_eq!(gone.len(), 10, "every worker closed its players");
+}
+
 // -- limits -------------------------------------------------------------------
 
 #[test]

@@ -260,6 +260,7 @@ impl Config {
             ("server.rtmps_addr", a.rtmps_addr != b.rtmps_addr),
             ("server.log_format", a.log_format != b.log_format),
             ("server.webhook_ca", a.webhook_ca != b.webhook_ca),
+            ("srt.workers", self.srt.workers != new.srt.workers),
             ("cluster", self.cluster != new.cluster),
             (
                 "transcode.gpu_poll_interval",

@@ -78,7 +78,8 @@ struct Bound {
     rtmp: TcpListener,
     rtmps: Option<TcpListener>,
     http: TcpListener,
-    srt: UdpSocket,
+    /// One per `srt.workers`, all on one port.
+    srt: Vec<UdpSocket>,
 }
 
 /// What the configuration needs besides its own keys, checked the same way
@@ -264,12 +265,23 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
         srt: srt_socket,
     } = bound;
     let rtmp_task = tokio::spawn(rtmp_server::serve(Listeners { rtmp, rtmps }, ctx));
-    let srt_task = tokio::spawn(srt_listener::serve(
-        srt_socket,
+    let mut srt_tasks = Vec::new();
+    let mut sockets = srt_socket.into_iter();
+    let first = sockets.next().expect("one SRT socket at least");
+    for socket in sockets {
+        srt_tasks.push(tokio::spawn(srt_listener::serve(
+            socket,
+            srt.shard(),
+            Some(srt_reloads.clone()),
+            root.clone(),
+        )));
+    }
+    srt_tasks.push(tokio::spawn(srt_listener::serve(
+        first,
         srt,
         Some(srt_reloads),
         root.clone(),
-    ));
+    )));
     // Recording's listing and retention read the applications in force
     // (a reload changes them) on every use.
     let record_roots: crate::record::RootsFn = {
@@ -321,7 +333,9 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = rtmp_task.await;
         let _ = http_task.await;
-        let _ = srt_task.await;
+        for t in srt_tasks {
+            let _ = t.await;
+        }
     })
     .await;
     // Legs stop with their group: SRT pushes flush, FFmpeg gets SIGTERM,
@@ -357,7 +371,7 @@ async fn bind(config: &Config) -> Result<Bound, ServerError> {
         None => None,
     };
     let http = tcp("http", s.http_addr, "set --http-addr or server.http_addr").await?;
-    let srt = bind_udp(s.srt_addr).map_err(|source| ServerError::Bind {
+    let srt = bind_udp(s.srt_addr, config.srt.workers).map_err(|source| ServerError::Bind {
         what: "srt",
         addr: s.srt_addr,
         source,
@@ -420,7 +434,7 @@ fn log_listening(b: &Bound) {
         rtmp_addr = addr(b.rtmp.local_addr()).unwrap_or_default(),
         rtmps_addr,
         http_addr = addr(b.http.local_addr()).unwrap_or_default(),
-        srt_addr = addr(b.srt.local_addr()).unwrap_or_default(),
+        srt_addr = addr(b.srt[0].local_addr()).unwrap_or_default(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
@@ -468,15 +482,29 @@ const SRT_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Bind the SRT UDP socket with large buffers (the kernel caps them at
 /// net.core.rmem_max/wmem_max; raise those for hundreds of players).
-fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_udp(addr: std::net::SocketAddr, workers: usize) -> std::io::Result<Vec<UdpSocket>> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller cap is not an error.
-    let _ = sock.set_recv_buffer_size(SRT_SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SRT_SOCKET_BUFFER);
-    sock.bind(&addr.into())?;
-    sock.set_nonblocking(true)?;
-    UdpSocket::from_std(sock.into())
+    let one = |addr: std::net::SocketAddr| -> std::io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        // Best effort: a smaller cap is not an error.
+        let _ = sock.set_recv_buffer_size(SRT_SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(SRT_SOCKET_BUFFER);
+        if workers > 1 {
+            // Linux lets only sockets of this user join the group.
+            sock.set_reuse_port(true)?;
+        }
+        sock.bind(&addr.into())?;
+        sock.set_nonblocking(true)?;
+        UdpSocket::from_std(sock.into())
+    };
+    let first = one(addr)?;
+    // Port 0 picked a port: the other workers bind that one.
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(one(bound)?);
+    }
+    Ok(all)
 }
 
 /// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed

@@ -35,6 +35,13 @@ pub struct SrtConfig {
     /// and one cookie serves any number of Conclusions).
     #[serde(deserialize_with = "config::int::<1, 1_000_000, _, _>")]
     pub max_handshakes_per_ip_per_second: u32,
+    /// Listener workers: this many sockets on the SRT port
+    /// (`SO_REUSEPORT`), each served by its own task, so players use more
+    /// than one core. The kernel sends each peer address to one of them,
+    /// always the same. Per-address handshake and webhook budgets are per
+    /// worker; the player limits hold for the server. Restart only.
+    #[serde(deserialize_with = "config::int::<1, 64, _, _>")]
+    pub workers: usize,
 }
 
 impl Default for SrtConfig {
@@ -46,6 +53,7 @@ impl Default for SrtConfig {
             max_players: 1000,
             max_players_per_stream: 500,
             max_handshakes_per_ip_per_second: 20,
+            workers: 1,
         }
     }
 }

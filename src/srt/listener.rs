@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ const COOKIE_BUCKET: Duration = Duration::from_secs(10);
 const RECV_BATCH: usize = 64;
 /// Datagrams handled per turn before timers and feeding get theirs.
 const RECV_TURN: usize = 1024;
+/// Players pumped between two sends (see [`serve`]).
+const PUMP_SLICE: usize = 32;
 /// A held Conclusion is replayed when its webhook answers only if its
 /// caller sent it this recently: libsrt resends every 250 ms to 1 s while
 /// connecting, so a caller silent for longer gave up (or is another
@@ -168,6 +171,7 @@ impl DatagramBudget {
 }
 
 /// What SRT publishing needs besides the listener's own state.
+#[derive(Clone)]
 struct PublishSetup {
     streams: Arc<Streams>,
     /// `rtmp.max_timestamp_jump`: one timeline policy for every ingest.
@@ -228,6 +232,66 @@ pub struct Listener {
     /// `[cluster]`: streams other nodes hold (edge pulls, the cluster-wide
     /// publish check, node-to-node pull tokens).
     remote: Option<Arc<dyn Remote>>,
+    /// Players and publishers of every worker (limits and gauges).
+    census: Arc<Census>,
+    /// This worker's number (`srt.workers`), for the logs.
+    worker: usize,
+}
+
+/// Players and publishers across all workers of one listener: the player
+/// limits (`srt.max_players`, `max_players_per_stream`) hold for the
+/// server, not per worker, and the gauges count everyone.
+#[derive(Debug, Default)]
+struct Census {
+    /// Workers made by [`Listener::shard`] so far (their numbers).
+    shards: AtomicUsize,
+    players: AtomicUsize,
+    publishers: AtomicUsize,
+    per_stream: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Census {
+    fn per_stream(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_stream.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn players_of(&self, stream: &str) -> usize {
+        self.per_stream().get(stream).copied().unwrap_or(0)
+    }
+
+    fn player_added(&self, stream: &str) {
+        *self.per_stream().entry(stream.to_string()).or_default() += 1;
+        let n = self.players.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(n as f64);
+    }
+
+    fn player_removed(&self, stream: &str) {
+        {
+            let mut map = self.per_stream();
+            if let Some(n) = map.get_mut(stream) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(stream);
+                }
+            }
+        }
+        let n = self
+            .players
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(n as f64);
+    }
+
+    fn publishers_changed(&self, added: bool) {
+        let n = if added {
+            self.publishers.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.publishers
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1)
+        };
+        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(n as f64);
+    }
 }
 
 /// The latest retransmission of a Conclusion waiting for its read webhook
@@ -529,7 +593,46 @@ impl Listener {
             answers,
             answers_rx: Some(answers_rx),
             remote: None,
+            census: Arc::default(),
+            worker: 0,
         })
+    }
+
+    /// Another worker of this listener, for one more socket on the same
+    /// port (`SO_REUSEPORT`: the kernel sends each peer address to one
+    /// socket, always the same). It shares the settings, the applications,
+    /// publishing, the cluster and the player counts; its players,
+    /// publishers, handshake and webhook budgets and channels are its own.
+    pub fn shard(&self) -> Listener {
+        let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
+        let (closes, closes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut cookie_key = [0u8; 32];
+        rand::fill(&mut cookie_key);
+        Listener {
+            registry: self.registry.clone(),
+            cfg: self.cfg.clone(),
+            base: self.base.clone(),
+            passphrase: self.passphrase.clone(),
+            cookie_key,
+            epoch: self.epoch,
+            players: HashMap::new(),
+            publishers: HashMap::new(),
+            publish: self.publish.clone(),
+            apps: self.apps.clone(),
+            closes,
+            closes_rx: Some(closes_rx),
+            released: Vec::new(),
+            outbox: Vec::new(),
+            inductions: HandshakeLimiter::default(),
+            conclusions: HandshakeLimiter::default(),
+            read_auth: self.read_auth.clone(),
+            pending_reads: Arc::default(),
+            answers,
+            answers_rx: Some(answers_rx),
+            remote: self.remote.clone(),
+            census: self.census.clone(),
+            worker: self.census.shards.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 
     /// Serve players streams other nodes hold, and refuse publishes of
@@ -1023,6 +1126,7 @@ impl Listener {
             latency_ms = latency.as_millis() as u64,
             encrypted,
             join = join.as_str(),
+            worker = self.worker,
             "srt player connected"
         );
         metrics::counter!(telemetry::SRT_PLAYERS_TOTAL).increment(1);
@@ -1036,8 +1140,10 @@ impl Listener {
             conclusion_reply,
             since: now,
         };
-        self.players.insert(from, player);
-        metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
+        self.census.player_added(&player.stream);
+        if let Some(old) = self.players.insert(from, player) {
+            self.census.player_removed(&old.stream);
+        }
         self.pump(now, from);
     }
 
@@ -1145,7 +1251,7 @@ impl Listener {
                 budget: DatagramBudget::new(setup_kbps, now),
             },
         );
-        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(self.publishers.len() as f64);
+        self.census.publishers_changed(true);
         self.pump_publisher(now, local_sockid);
         Ok(())
     }
@@ -1258,7 +1364,7 @@ impl Listener {
             let _ = tx.send(end);
         }
         debug!(peer = %p.peer, stream = %p.stream, reason, "srt publisher connection closed");
-        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(self.publishers.len() as f64);
+        self.census.publishers_changed(false);
     }
 
     /// An ingest task's group ended its publish: close the connection.
@@ -1626,17 +1732,13 @@ impl Listener {
                 format!("{} has no rendition {}", parsed.path, parsed.rendition),
             ));
         };
-        if self.players.len() >= self.cfg.max_players {
+        if self.census.players.load(Ordering::Relaxed) >= self.cfg.max_players {
             return Err((
                 reject_code(code::OVERLOAD),
                 format!("srt.max_players ({}) reached", self.cfg.max_players),
             ));
         }
-        let of_stream = self
-            .players
-            .values()
-            .filter(|p| p.stream == parsed.path)
-            .count();
+        let of_stream = self.census.players_of(&parsed.path);
         if of_stream >= self.cfg.max_players_per_stream {
             return Err((
                 reject_code(code::OVERLOAD),
@@ -1869,15 +1971,27 @@ impl Listener {
     /// Pump every player whose timer is due (or all with `all`), and
     /// every publisher whose timer is due.
     pub fn pump_all(&mut self, now: Instant, all: bool) {
-        let due: Vec<SocketAddr> = self
-            .players
-            .iter()
-            .filter(|(_, p)| all || p.sender.next_wake() <= now)
-            .map(|(a, _)| *a)
-            .collect();
+        let mut due = Vec::new();
+        self.due_players(now, all, &mut due);
         for a in due {
             self.pump(now, a);
         }
+        self.pump_publishers(now);
+    }
+
+    /// The players whose timer is due (all with `all`), into `due`.
+    fn due_players(&self, now: Instant, all: bool, due: &mut Vec<SocketAddr>) {
+        due.clear();
+        due.extend(
+            self.players
+                .iter()
+                .filter(|(_, p)| all || p.sender.next_wake() <= now)
+                .map(|(a, _)| *a),
+        );
+    }
+
+    /// Pump every publisher whose timer is due.
+    fn pump_publishers(&mut self, now: Instant) {
         let due: Vec<SocketId> = self
             .publishers
             .iter()
@@ -1952,7 +2066,7 @@ impl Listener {
             lag_skips = p.sender.lag_skips(),
             "srt player disconnected"
         );
-        metrics::gauge!(telemetry::SRT_PLAYERS).set(self.players.len() as f64);
+        self.census.player_removed(&p.stream);
     }
 
     /// Take the datagrams to send.
@@ -2085,7 +2199,8 @@ pub async fn serve(
     mut reloads: Option<tokio::sync::watch::Receiver<Arc<ListenerSettings>>>,
     shutdown: CancellationToken,
 ) {
-    let notify = listener.registry.data_ready().clone();
+    let mut data = listener.registry.data_ready().watch();
+    let mut data_open = true;
     let mut answers = listener.take_answers().expect("a listener is served once");
     let mut closes = listener.take_closes().expect("a listener is served once");
     let mut incoming = udp::Incoming::new(RECV_BATCH);
@@ -2095,6 +2210,7 @@ pub async fn serve(
     let datagrams_out = metrics::counter!(telemetry::SRT_DATAGRAMS_OUT_TOTAL);
     let send_calls = metrics::counter!(telemetry::SRT_SEND_CALLS_TOTAL);
     let mut out = Vec::new();
+    let mut due = Vec::new();
     let mut stopping: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -2111,7 +2227,11 @@ pub async fn serve(
                     debug!(error = %e, "srt socket not readable");
                 }
             }
-            _ = notify.notified() => data_ready = true,
+            // The registry keeps the sender: this fails only if it is gone.
+            r = data.changed(), if data_open => {
+                data_ready = r.is_ok();
+                data_open = r.is_ok();
+            }
             Some(()) = answers.recv() => {
                 listener.webhook_answered(Instant::now());
             }
@@ -2131,10 +2251,25 @@ pub async fn serve(
         // sender's retransmission timer fire for packets the player has.
         receive_waiting(&socket, &mut incoming, &mut listener);
         let now = Instant::now();
-        if data_ready {
-            listener.pump_all(now, true);
+        listener.pump_publishers(now);
+        listener.due_players(now, data_ready, &mut due);
+        // In slices, each sent before the next is made and followed by what
+        // peers sent meanwhile: a player's packets wait for one slice, not
+        // for every player's, and its retransmission timers start from
+        // when the packets really left (a keyframe to 500 players is
+        // 40 000 datagrams, tens of milliseconds of sending).
+        for slice in due.chunks(PUMP_SLICE) {
+            let now = Instant::now();
+            for a in slice {
+                listener.pump(now, *a);
+            }
+            listener.drain_outbox(&mut out);
+            for (packet, to) in out.drain(..) {
+                outgoing.push(&packet, to);
+            }
+            outgoing.flush(&socket).await;
+            receive_waiting(&socket, &mut incoming, &mut listener);
         }
-        listener.pump_all(now, false);
         listener.drain_outbox(&mut out);
         for (packet, to) in out.drain(..) {
             outgoing.push(&packet, to);

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::media::MediaEvent;
 pub use path::StreamPath;
-pub use ring::{Cursor, Read, Ring, RingConfig, RingItem};
+pub use ring::{Cursor, DataReady, Read, Ring, RingConfig, RingItem};
 pub use stats::{IngestStats, StatsSnapshot};
 
 use crate::telemetry::StreamSeries;
@@ -264,7 +264,7 @@ pub struct Registry {
     /// Replaced by a config reload; claims read them as they come.
     limits: Mutex<StreamLimits>,
     /// Poked whenever any rendition ring gets data or closes.
-    data_ready: Arc<tokio::sync::Notify>,
+    data_ready: DataReady,
 }
 
 impl Registry {
@@ -421,7 +421,7 @@ impl Registry {
 
     /// Notified on every push into any ring of any stream, so one task can
     /// serve players of many streams without polling.
-    pub fn data_ready(&self) -> &Arc<tokio::sync::Notify> {
+    pub fn data_ready(&self) -> &DataReady {
         &self.data_ready
     }
 

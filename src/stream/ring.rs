@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// What the ring needs to know about an item (a TS chunk).
 pub trait RingItem: Clone {
@@ -62,8 +62,33 @@ pub struct Ring<T> {
     /// Carries the next sequence number; players wait on it.
     tx: watch::Sender<u64>,
     /// Also poked on every push, for drivers that serve many rings from
-    /// one task (the SRT listener) and cannot wait on each ring.
-    notify: Option<Arc<Notify>>,
+    /// one task (the SRT listener's workers) and cannot wait on each ring.
+    notify: Option<DataReady>,
+}
+
+/// "Some ring got data": pinged by every push and close of the rings that
+/// share it, watched by any number of tasks (one per SRT listener worker).
+/// A watcher busy when pings came sees them at its next look: none is
+/// lost, and many pings while it was busy wake it once.
+#[derive(Debug, Clone)]
+pub struct DataReady(Arc<watch::Sender<u64>>);
+
+impl Default for DataReady {
+    fn default() -> Self {
+        DataReady(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl DataReady {
+    fn ping(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A watcher: its `changed()` resolves once after any pings since it
+    /// last looked.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 impl<T> Drop for Ring<T> {
@@ -102,12 +127,12 @@ impl<T: RingItem> Ring<T> {
         Self::build(cfg, None)
     }
 
-    /// A ring that also calls `notify.notify_one()` on every push and close.
-    pub fn with_notify(cfg: RingConfig, notify: Arc<Notify>) -> Arc<Self> {
+    /// A ring that also pings `notify` on every push and close.
+    pub fn with_notify(cfg: RingConfig, notify: DataReady) -> Arc<Self> {
         Self::build(cfg, Some(notify))
     }
 
-    fn build(cfg: RingConfig, notify: Option<Arc<Notify>>) -> Arc<Self> {
+    fn build(cfg: RingConfig, notify: Option<DataReady>) -> Arc<Self> {
         Arc::new(Ring {
             notify,
             cfg,
@@ -159,7 +184,7 @@ impl<T: RingItem> Ring<T> {
         };
         self.tx.send_replace(next);
         if let Some(n) = &self.notify {
-            n.notify_one();
+            n.ping();
         }
     }
 
@@ -174,7 +199,7 @@ impl<T: RingItem> Ring<T> {
         self.tx.send_replace(next);
         self.tx.send_modify(|_| {});
         if let Some(n) = &self.notify {
-            n.notify_one();
+            n.ping();
         }
     }
 
