@@ -54,8 +54,8 @@
 //! * `relay ms`: sluice's `sluice_relay_latency_seconds`, the difference of
 //!   the step's start and end scrapes, p50/p99;
 //! * `rx pkts`, `retrans (%)`: data packets received, those with the R flag
-//!   (sluice has no retransmission counter: this is what sluice resent, as
-//!   the players saw it); `dups`: duplicates; `NAKs`: NAK packets sent;
+//!   (what sluice resent, as the players saw it; sluice counts its own in
+//!   `sluice_srt_retransmitted_packets_total`); `dups`: duplicates; `NAKs`: NAK packets sent;
 //!   `lost`: packets skipped at their due time; `too late`: packets that
 //!   arrived after their due time; `CC err`: TS continuity (and sync byte)
 //!   errors in the in-order payload; `lossy`: players with any loss;
