@@ -333,8 +333,10 @@ pub async fn run(loaded: Loaded, source: Source) -> Result<(), ServerError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = rtmp_task.await;
         let _ = http_task.await;
+        // Every worker's socket stays open until all are done.
+        let mut sockets = Vec::new();
         for t in srt_tasks {
-            let _ = t.await;
+            sockets.extend(t.await.ok());
         }
     })
     .await;

@@ -240,57 +240,61 @@ pub struct Listener {
 
 /// Players and publishers across all workers of one listener: the player
 /// limits (`srt.max_players`, `max_players_per_stream`) hold for the
-/// server, not per worker, and the gauges count everyone.
+/// server, not per worker, and the gauges count everyone. Counts and
+/// gauges change under one lock, so workers on other threads never leave
+/// a gauge behind the count.
 #[derive(Debug, Default)]
 struct Census {
     /// Workers made by [`Listener::shard`] so far (their numbers).
     shards: AtomicUsize,
-    players: AtomicUsize,
-    publishers: AtomicUsize,
-    per_stream: std::sync::Mutex<HashMap<String, usize>>,
+    state: std::sync::Mutex<CensusState>,
+}
+
+#[derive(Debug, Default)]
+struct CensusState {
+    players: usize,
+    publishers: usize,
+    per_stream: HashMap<String, usize>,
 }
 
 impl Census {
-    fn per_stream(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.per_stream.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, CensusState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn players_of(&self, stream: &str) -> usize {
-        self.per_stream().get(stream).copied().unwrap_or(0)
+    /// (players on the server, players of `stream`).
+    fn players(&self, stream: &str) -> (usize, usize) {
+        let st = self.state();
+        (st.players, st.per_stream.get(stream).copied().unwrap_or(0))
     }
 
     fn player_added(&self, stream: &str) {
-        *self.per_stream().entry(stream.to_string()).or_default() += 1;
-        let n = self.players.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(telemetry::SRT_PLAYERS).set(n as f64);
+        let mut st = self.state();
+        *st.per_stream.entry(stream.to_string()).or_default() += 1;
+        st.players += 1;
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(st.players as f64);
     }
 
     fn player_removed(&self, stream: &str) {
-        {
-            let mut map = self.per_stream();
-            if let Some(n) = map.get_mut(stream) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    map.remove(stream);
-                }
+        let mut st = self.state();
+        if let Some(n) = st.per_stream.get_mut(stream) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.per_stream.remove(stream);
             }
         }
-        let n = self
-            .players
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
-        metrics::gauge!(telemetry::SRT_PLAYERS).set(n as f64);
+        st.players = st.players.saturating_sub(1);
+        metrics::gauge!(telemetry::SRT_PLAYERS).set(st.players as f64);
     }
 
     fn publishers_changed(&self, added: bool) {
-        let n = if added {
-            self.publishers.fetch_add(1, Ordering::Relaxed) + 1
+        let mut st = self.state();
+        st.publishers = if added {
+            st.publishers + 1
         } else {
-            self.publishers
-                .fetch_sub(1, Ordering::Relaxed)
-                .saturating_sub(1)
+            st.publishers.saturating_sub(1)
         };
-        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(n as f64);
+        metrics::gauge!(telemetry::SRT_PUBLISHERS).set(st.publishers as f64);
     }
 }
 
@@ -1732,13 +1736,13 @@ impl Listener {
                 format!("{} has no rendition {}", parsed.path, parsed.rendition),
             ));
         };
-        if self.census.players.load(Ordering::Relaxed) >= self.cfg.max_players {
+        let (players, of_stream) = self.census.players(&parsed.path);
+        if players >= self.cfg.max_players {
             return Err((
                 reject_code(code::OVERLOAD),
                 format!("srt.max_players ({}) reached", self.cfg.max_players),
             ));
         }
-        let of_stream = self.census.players_of(&parsed.path);
         if of_stream >= self.cfg.max_players_per_stream {
             return Err((
                 reject_code(code::OVERLOAD),
@@ -2191,14 +2195,16 @@ enum WebhookVerdict {
 
 /// Serve SRT players and publishers on `socket` until `shutdown`; then
 /// close every publisher and every player gracefully (bounded by about
-/// 1.5 s) and return. Settings sent on `reloads` apply to callers that
-/// arrive afterwards.
+/// 1.5 s) and return the socket: with `srt.workers` > 1 the caller keeps
+/// it open until every worker is done, since a socket leaving the port's
+/// group moves peers to other workers. Settings sent on `reloads` apply
+/// to callers that arrive afterwards.
 pub async fn serve(
     socket: UdpSocket,
     mut listener: Listener,
     mut reloads: Option<tokio::sync::watch::Receiver<Arc<ListenerSettings>>>,
     shutdown: CancellationToken,
-) {
+) -> UdpSocket {
     let mut data = listener.registry.data_ready().watch();
     let mut data_open = true;
     let mut answers = listener.take_answers().expect("a listener is served once");
@@ -2288,7 +2294,7 @@ pub async fn serve(
                     outgoing.push(&packet, to);
                 }
                 outgoing.flush(&socket).await;
-                return;
+                return socket;
             }
         }
     }

@@ -125,15 +125,17 @@ fn pacing_primer(now: Instant) -> Instant {
 /// makes the timer a last resort after 50 ms instead.
 pub const RTO_RTT_FLOOR: Duration = Duration::from_millis(30);
 
-/// Raise the RTT a full ACK reports to [`RTO_RTT_FLOOR`].
+/// Raise the RTT an ACK reports (full or small) to [`RTO_RTT_FLOOR`].
 fn floor_acked_rtt(packet: &mut Packet) {
     use srt_protocol::packet::{Acknowledgement, ControlTypes, TimeSpan};
     use srt_protocol::protocol::time::Rtt;
     let Packet::Control(c) = packet else {
         return;
     };
-    let ControlTypes::Ack(Acknowledgement::Full(_, stats, _)) = &mut c.control_type else {
-        return;
+    let stats = match &mut c.control_type {
+        ControlTypes::Ack(Acknowledgement::Full(_, stats, _))
+        | ControlTypes::Ack(Acknowledgement::Small(_, stats)) => stats,
+        _ => return,
     };
     let floor = TimeSpan::from_micros(RTO_RTT_FLOOR.as_micros() as i32);
     if stats.rtt.mean() < floor {

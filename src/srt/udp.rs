@@ -187,7 +187,10 @@ impl Outgoing {
                     // sent none.
                     let m = self.messages[next];
                     if m.count > 1 {
-                        if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                        // EIO: the device cannot checksum GSO; EINVAL can
+                        // also be one peer's path MTU, so that costs only
+                        // this message its batching.
+                        if e.raw_os_error() == Some(libc::EIO) {
                             warn!(error = %e, "udp gso refused; sending one datagram per packet from now on");
                             self.gso = false;
                         }
@@ -269,8 +272,12 @@ impl Outgoing {
             )
         };
         self.calls += 1;
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        let err = (rc < 0).then(io::Error::last_os_error);
+        // No pointer outlives the call.
+        self.iovs.clear();
+        self.headers.clear();
+        if let Some(e) = err {
+            return Err(e);
         }
         let sent = rc as usize;
         self.datagrams += self.messages[from..from + sent]
@@ -318,6 +325,38 @@ impl Incoming {
         socket: &UdpSocket,
         mut each: impl FnMut(&[u8], SocketAddr),
     ) -> io::Result<usize> {
+        let got = match self.recv_raw(socket) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Once more through tokio: a WouldBlock there clears the
+                // readiness it saw, so the next readable() waits for a new
+                // datagram, and one that came in between is read now
+                // rather than its readiness cleared unseen.
+                match socket.try_io(Interest::READABLE, || self.recv_raw(socket)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                    other => other?,
+                }
+            }
+            other => other?,
+        };
+        for i in 0..got {
+            let h = &self.headers[i];
+            // Longer than any SRT packet: the guard would drop it anyway.
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
+            let len = (h.msg_len as usize).min(RECV_BUF);
+            let Some(from) = socket_addr(&self.addrs[i]) else {
+                continue;
+            };
+            each(&self.bufs[i][..len], from);
+        }
+        self.iovs.clear();
+        self.headers.clear();
+        Ok(got)
+    }
+
+    /// One `recvmmsg` into the buffers; how many datagrams came.
+    fn recv_raw(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let n = self.bufs.len();
         self.iovs.clear();
         self.headers.clear();
@@ -348,27 +387,9 @@ impl Incoming {
             )
         };
         if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                // Tell tokio the socket is drained, so the next readable()
-                // waits for a new datagram.
-                let _ = socket.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
-                return Ok(0);
-            }
-            return Err(e);
+            return Err(io::Error::last_os_error());
         }
-        let got = rc as usize;
-        for i in 0..got {
-            let h = &self.headers[i];
-            let len = (h.msg_len as usize).min(RECV_BUF);
-            let Some(from) = socket_addr(&self.addrs[i]) else {
-                continue;
-            };
-            each(&self.bufs[i][..len], from);
-        }
-        Ok(got)
+        Ok(rc as usize)
     }
 }
 
