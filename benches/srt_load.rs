@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench srt_load -- [--steps 100,250,500] [--players N]
 //! [--step-secs 10] [--ramp-per-sec 200] [--latency-ms 20] [--workers 1]
-//! [--srt-workers 1] [--libsrt N] [--no-build]`
+//! [--srt-workers 1] [--join live|cache|keyframe] [--libsrt N] [--no-build]`
 //!
 //! It builds and starts the release `sluice` (SRT latency `--latency-ms`,
 //! player and per-IP handshake limits raised), publishes the 10 s 720p
@@ -87,6 +87,8 @@ use srt_protocol::settings::ConnInitSettings;
 const APP: &str = "live";
 const KEY: &str = "bench";
 const STREAM_PATH: &str = "live/bench";
+/// The streamid the simulated players ask for (`--join` adds a mode).
+static STREAMID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Datagrams per `recvmmsg` call.
 const BATCH: usize = 64;
 /// Room for one datagram (SRT packets are at most 1500 bytes with IP/UDP).
@@ -151,6 +153,8 @@ struct Opts {
     workers: usize,
     /// sluice's `[srt] workers`.
     srt_workers: usize,
+    /// The players' join mode (streamid `join=`), else the app's default.
+    join: Option<String>,
     libsrt: usize,
     build: bool,
 }
@@ -164,6 +168,7 @@ impl Opts {
             latency_ms: 20,
             workers: 1,
             srt_workers: 1,
+            join: None,
             libsrt: 0,
             build: true,
         };
@@ -184,6 +189,7 @@ impl Opts {
                     | "--latency-ms"
                     | "--workers"
                     | "--srt-workers"
+                    | "--join"
                     | "--libsrt"
             );
             let value = if takes_value && inline.is_none() {
@@ -214,6 +220,9 @@ impl Opts {
                 "--latency-ms" => o.latency_ms = num(&value) as u64,
                 "--workers" => o.workers = num(&value) as usize,
                 "--srt-workers" => o.srt_workers = num(&value) as usize,
+                "--join" => {
+                    o.join = Some(value.clone().unwrap_or_else(|| bad("live|cache|keyframe")))
+                }
                 "--libsrt" => o.libsrt = num(&value) as usize,
                 "--no-build" => o.build = false,
                 // `cargo bench` passes --bench.
@@ -690,7 +699,12 @@ impl Player {
             remote,
             sock.local_addr()?.ip(),
             settings,
-            Some(STREAM_PATH.to_string()),
+            Some(
+                STREAMID
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| STREAM_PATH.to_string()),
+            ),
             SeqNumber::new_truncate(rand::random::<u32>()),
         );
         let now = now_us();
@@ -1624,6 +1638,9 @@ struct Row {
 
 fn main() {
     let opts = Opts::parse();
+    if let Some(j) = &opts.join {
+        let _ = STREAMID.set(format!("#!::r={STREAM_PATH},join={j}"));
+    }
     let _ = epoch();
     let _ = realtime_epoch_ns();
     let t_total = Instant::now();
