@@ -18,7 +18,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use srt_protocol::connection::{Connection, DuplexConnection};
-use srt_protocol::options::{DataRate, KeySize, LiveBandwidthMode, PacketCount, Passphrase};
+use srt_protocol::options::{KeySize, PacketCount, Passphrase};
 use srt_protocol::packet::{
     ControlPacket, ControlTypes, CoreRejectReason, HandshakeControlInfo, HandshakeVsInfo, Packet,
     RejectReason, ShakeType, SocketId, SrtControlPacket, TimeStamp,
@@ -59,17 +59,6 @@ const COOKIE_BUCKET: Duration = Duration::from_secs(10);
 const RECV_BATCH: usize = 64;
 /// Datagrams handled per turn before timers and feeding get theirs.
 const RECV_TURN: usize = 1024;
-/// Receive buffer of a player's connection, in packets (it receives
-/// control packets only).
-const PLAYER_RECV_BUFFER: u64 = 32;
-/// A player connection's pacing ceiling, bytes per second (10 Gbit/s).
-/// srt-protocol's default, 1 Gbit/s, lets a connection send one packet per
-/// 10.6 µs elapsed since its previous turn: a player whose ACK was handled
-/// just before its turn sent only part of a keyframe and the rest a whole
-/// loop turn later (tens of milliseconds at 500 players), after its TSBPD
-/// time. The relay's players are fed from a ring at the stream's rate;
-/// the ceiling only shapes bursts (keyframes, the join).
-const PLAYER_MAX_BANDWIDTH: u64 = 10_000_000_000 / 8;
 /// Players pumped between two sends (see [`serve`]).
 const PUMP_SLICE: usize = 32;
 /// A held Conclusion is replayed when its webhook answers only if its
@@ -1097,10 +1086,6 @@ impl Listener {
         let local_sockid = conn.settings.local_sockid;
         let latency = conn.settings.send_tsbpd_latency;
         let encrypted = conn.settings.cipher.is_some();
-        // A player sends no media: its connection's receive side needs no
-        // room for 8 192 packets (srt-protocol reserves it up front).
-        conn.settings.recv_buffer_size = PacketCount(PLAYER_RECV_BUFFER);
-        conn.settings.bandwidth = LiveBandwidthMode::Max(DataRate(PLAYER_MAX_BANDWIDTH));
         let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
             return;
         };
