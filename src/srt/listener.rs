@@ -59,6 +59,14 @@ const COOKIE_BUCKET: Duration = Duration::from_secs(10);
 const RECV_BATCH: usize = 64;
 /// Datagrams handled per turn before timers and feeding get theirs.
 const RECV_TURN: usize = 1024;
+/// Receive buffer of a player's connection, in packets (it receives
+/// control packets only).
+const PLAYER_RECV_BUFFER: u64 = 32;
+/// Serialized bytes queued before they are sent (see [`send_outbox`]).
+const FLUSH_BYTES: usize = 512 * 1024;
+/// Packets' room the turn queues keep between turns; a burst grows them
+/// for its turn only (a crowd of joiners is tens of megabytes).
+const KEEP_PACKETS: usize = 4096;
 /// Players pumped between two sends (see [`serve`]).
 const PUMP_SLICE: usize = 32;
 /// A held Conclusion is replayed when its webhook answers only if its
@@ -1086,6 +1094,10 @@ impl Listener {
         let local_sockid = conn.settings.local_sockid;
         let latency = conn.settings.send_tsbpd_latency;
         let encrypted = conn.settings.cipher.is_some();
+        // A player sends no media: its connection's receive side needs no
+        // room for 8 192 packets, which srt-protocol reserves up front
+        // (256 KiB per player, most of a caught-up player's memory).
+        conn.settings.recv_buffer_size = PacketCount(PLAYER_RECV_BUFFER);
         let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
             return;
         };
@@ -2076,6 +2088,9 @@ impl Listener {
     /// Take the datagrams to send.
     pub fn drain_outbox(&mut self, into: &mut Vec<(Packet, SocketAddr)>) {
         into.append(&mut self.outbox);
+        if self.outbox.capacity() > KEEP_PACKETS {
+            self.outbox.shrink_to(KEEP_PACKETS);
+        }
     }
 }
 
@@ -2269,18 +2284,10 @@ pub async fn serve(
             for a in slice {
                 listener.pump(now, *a);
             }
-            listener.drain_outbox(&mut out);
-            for (packet, to) in out.drain(..) {
-                outgoing.push(&packet, to);
-            }
-            outgoing.flush(&socket).await;
+            send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
             receive_waiting(&socket, &mut incoming, &mut listener);
         }
-        listener.drain_outbox(&mut out);
-        for (packet, to) in out.drain(..) {
-            outgoing.push(&packet, to);
-        }
-        outgoing.flush(&socket).await;
+        send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
         datagrams_out.increment(std::mem::take(&mut outgoing.datagrams));
         send_calls.increment(std::mem::take(&mut outgoing.calls));
         if let Some(deadline) = stopping {
@@ -2289,14 +2296,32 @@ pub async fn serve(
                 for a in addrs {
                     listener.remove(a, CloseReason::Shutdown);
                 }
-                listener.drain_outbox(&mut out);
-                for (packet, to) in out.drain(..) {
-                    outgoing.push(&packet, to);
-                }
-                outgoing.flush(&socket).await;
+                send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
                 return socket;
             }
         }
+    }
+}
+
+/// Send what the listener queued, flushing every [`FLUSH_BYTES`] so a
+/// burst (a crowd joining, a keyframe to many players) never holds more
+/// than that serialized, and give back what a burst grew the queues to.
+async fn send_outbox(
+    listener: &mut Listener,
+    out: &mut Vec<(Packet, SocketAddr)>,
+    outgoing: &mut udp::Outgoing,
+    socket: &UdpSocket,
+) {
+    listener.drain_outbox(out);
+    for (packet, to) in out.drain(..) {
+        outgoing.push(&packet, to);
+        if outgoing.bytes() >= FLUSH_BYTES {
+            outgoing.flush(socket).await;
+        }
+    }
+    outgoing.flush(socket).await;
+    if out.capacity() > KEEP_PACKETS {
+        out.shrink_to(KEEP_PACKETS);
     }
 }
 

@@ -26,6 +26,8 @@ pub const STUCK_LIMIT: Duration = Duration::from_secs(4);
 const READ_BATCH: usize = 64;
 /// Bound on the latency bookkeeping (one entry per chunk not yet sent).
 const MAX_IN_FLIGHT: usize = 16 * 1024;
+/// Room that bookkeeping keeps once a burst is sent.
+const IN_FLIGHT_KEEP: usize = 256;
 /// A live-edge join rewrites a GOP cache up to this size (half the ring's
 /// default bound: 2 s at 64 Mbit/s); a bigger one goes out as it is, so
 /// the rewrite's CPU time on the listener's loop and what a joiner holds
@@ -272,6 +274,10 @@ impl Sender {
                 }
             }
             out.push((packet, to));
+        }
+        if self.in_flight.capacity() > IN_FLIGHT_KEEP && self.in_flight.len() < IN_FLIGHT_KEEP / 4 {
+            // A join's catch-up grew it; a caught-up player needs little.
+            self.in_flight.shrink_to(IN_FLIGHT_KEEP / 4);
         }
         if packets > 0 {
             self.bytes_out += bytes;

@@ -28,6 +28,9 @@ const MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO message: what fits a single UDP datagram (the
 /// kernel refuses more) with room for IPv6's larger header.
 const MAX_GSO_BYTES: usize = 65_000;
+/// Buffer room kept between flushes; what a burst grew is given back.
+const KEEP_WIRE: usize = 1 << 20;
+const KEEP_MESSAGES: usize = 1024;
 /// Messages per `sendmmsg` call (the kernel's `UIO_MAXIOV`).
 const MAX_BATCH: usize = 1024;
 /// Room for one `UDP_SEGMENT` control message, in u64 words so that it is
@@ -119,6 +122,11 @@ impl Outgoing {
         self.messages.is_empty()
     }
 
+    /// Serialized bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.wire.len()
+    }
+
     /// Datagrams waiting to be sent.
     pub fn len(&self) -> usize {
         self.messages.iter().map(|m| m.count).sum()
@@ -204,6 +212,16 @@ impl Outgoing {
         }
         self.wire.clear();
         self.messages.clear();
+        if self.wire.capacity() > KEEP_WIRE {
+            self.wire.shrink_to(KEEP_WIRE);
+        }
+        if self.messages.capacity() > KEEP_MESSAGES {
+            self.messages.shrink_to(KEEP_MESSAGES);
+            self.addrs.shrink_to(KEEP_MESSAGES);
+            self.iovs.shrink_to(KEEP_MESSAGES);
+            self.cmsgs.shrink_to(KEEP_MESSAGES);
+            self.headers.shrink_to(KEEP_MESSAGES);
+        }
     }
 
     /// One message's datagrams, one `send_to` each.
@@ -522,6 +540,25 @@ mod tests {
                 assert_eq!(got, want, "gso {gso}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_gives_its_buffers_back_after_the_flush() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut out = Outgoing::new(gso_supported());
+        for seq in 0..3000 {
+            // Alternating sizes: one message per packet.
+            out.push(&data(seq, if seq % 2 == 0 { 1316 } else { 1000 }), to);
+        }
+        assert!(out.bytes() > 3 * KEEP_WIRE);
+        out.flush(&tx).await;
+        assert_eq!(out.datagrams, 3000);
+        assert_eq!(out.bytes(), 0);
+        assert!(out.wire.capacity() <= KEEP_WIRE);
+        assert!(out.messages.capacity() <= KEEP_MESSAGES);
+        assert!(out.headers.capacity() <= KEEP_MESSAGES);
     }
 
     #[tokio::test]
