@@ -579,13 +579,33 @@ impl Listener {
     pub fn new(registry: Arc<Registry>, cfg: &SrtConfig) -> Result<Listener, ListenerError> {
         let passphrase = passphrase_of(cfg)?;
         let base = base_settings(cfg, &passphrase);
+        Ok(Listener::fresh(
+            registry,
+            cfg.clone(),
+            base,
+            passphrase,
+            Arc::default(),
+            0,
+        ))
+    }
+
+    /// A listener with nobody connected, no applications, publishing off,
+    /// its own channels and cookie key.
+    fn fresh(
+        registry: Arc<Registry>,
+        cfg: SrtConfig,
+        base: ConnInitSettings,
+        passphrase: Option<Passphrase>,
+        census: Arc<Census>,
+        worker: usize,
+    ) -> Listener {
         let mut cookie_key = [0u8; 32];
         rand::fill(&mut cookie_key);
         let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
         let (closes, closes_rx) = tokio::sync::mpsc::unbounded_channel();
-        Ok(Listener {
+        Listener {
             registry,
-            cfg: cfg.clone(),
+            cfg,
             base,
             passphrase,
             cookie_key,
@@ -605,9 +625,9 @@ impl Listener {
             answers,
             answers_rx: Some(answers_rx),
             remote: None,
-            census: Arc::default(),
-            worker: 0,
-        })
+            census,
+            worker,
+        }
     }
 
     /// Another worker of this listener, for one more socket on the same
@@ -616,35 +636,21 @@ impl Listener {
     /// publishing, the cluster and the player counts; its players,
     /// publishers, handshake and webhook budgets and channels are its own.
     pub fn shard(&self) -> Listener {
-        let (answers, answers_rx) = tokio::sync::mpsc::channel(1);
-        let (closes, closes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut cookie_key = [0u8; 32];
-        rand::fill(&mut cookie_key);
-        Listener {
-            registry: self.registry.clone(),
-            cfg: self.cfg.clone(),
-            base: self.base.clone(),
-            passphrase: self.passphrase.clone(),
-            cookie_key,
-            epoch: self.epoch,
-            players: HashMap::new(),
-            publishers: HashMap::new(),
-            publish: self.publish.clone(),
-            apps: self.apps.clone(),
-            closes,
-            closes_rx: Some(closes_rx),
-            released: Vec::new(),
-            outbox: Vec::new(),
-            inductions: HandshakeLimiter::default(),
-            conclusions: HandshakeLimiter::default(),
-            read_auth: self.read_auth.clone(),
-            pending_reads: Arc::default(),
-            answers,
-            answers_rx: Some(answers_rx),
-            remote: self.remote.clone(),
-            census: self.census.clone(),
-            worker: self.census.shards.fetch_add(1, Ordering::Relaxed) + 1,
-        }
+        let worker = self.census.shards.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut l = Listener::fresh(
+            self.registry.clone(),
+            self.cfg.clone(),
+            self.base.clone(),
+            self.passphrase.clone(),
+            self.census.clone(),
+            worker,
+        );
+        l.epoch = self.epoch;
+        l.publish = self.publish.clone();
+        l.apps = self.apps.clone();
+        l.read_auth = self.read_auth.clone();
+        l.remote = self.remote.clone();
+        l
     }
 
     /// Serve players streams other nodes hold, and refuse publishes of
