@@ -1492,6 +1492,7 @@ struct LibsrtStats {
     cc_errors: u64,
     bytes: u64,
     first_read_us: u64,
+    last_read_us: u64,
 }
 
 struct LibsrtPlayer {
@@ -1532,6 +1533,7 @@ fn start_libsrt(
                     s.first_read_us = at_us;
                 }
                 s.bytes += n as u64;
+                s.last_read_us = at_us;
                 let mut cc = 0;
                 ts.scan(&buf[..n], at_us, &mut cc, |_| {});
                 s.cc_errors += cc;
@@ -1612,7 +1614,8 @@ struct LibsrtReport {
     /// Each player's median latency.
     medians: Vec<f64>,
     cc: u64,
-    bytes: f64,
+    /// Mean over the players of each one's received rate.
+    mbps_per_player: f64,
     playing: usize,
 }
 
@@ -1805,7 +1808,7 @@ fn main() {
         if !libsrt.is_empty() {
             let mut lat = Vec::new();
             let mut medians = Vec::new();
-            let (mut cc, mut bytes, mut playing) = (0, 0, 0);
+            let (mut cc, mut mbps, mut playing) = (0, 0.0, 0);
             for l in &libsrt {
                 let s = l.stats.lock().unwrap();
                 let mut mine: Vec<f64> = s
@@ -1818,9 +1821,16 @@ fn main() {
                 medians.extend(pct(&mine, 0.5));
                 lat.extend(mine);
                 cc += s.cc_errors;
-                bytes += s.bytes;
                 if s.first_read_us > 0 {
                     playing += 1;
+                    // Its own rate from its first read to its last: the
+                    // window starts at its join, so the GOP-cache burst it
+                    // got then is in it (the simulated players' rate is
+                    // the step's alone).
+                    let secs = s.last_read_us.saturating_sub(s.first_read_us) as f64 / 1e6;
+                    if secs > 0.0 {
+                        mbps += s.bytes as f64 * 8.0 / 1e6 / secs;
+                    }
                 }
             }
             lat.sort_by(|a, b| a.total_cmp(b));
@@ -1830,7 +1840,7 @@ fn main() {
                 lat,
                 medians,
                 cc,
-                bytes: bytes as f64,
+                mbps_per_player: mbps / playing.max(1) as f64,
                 playing,
             });
         }
@@ -1946,7 +1956,7 @@ fn main() {
         );
     }
     if let (Some(l), Some(r)) = (&libsrt_report, rows.first()) {
-        let (lat, cc, bytes, playing) = (&l.lat, l.cc, l.bytes, l.playing);
+        let (lat, cc, mbps, playing) = (&l.lat, l.cc, l.mbps_per_player, l.playing);
         println!();
         println!(
             "### validation: {} libsrt players (srt-live-transmit, latency {} ms) in the {}-player step",
@@ -1979,8 +1989,7 @@ fn main() {
             f2(pct(lat, 0.99)),
             f1(lat.last().copied()),
             cc,
-            // Bytes over the whole time they ran: rough.
-            bytes * 8.0 / 1e6 / (opts.step_secs + 4.0) / playing.max(1) as f64
+            mbps
         );
         println!();
         println!(
