@@ -64,8 +64,8 @@ const RECV_TURN: usize = 1024;
 const PLAYER_RECV_BUFFER: u64 = 32;
 /// Serialized bytes queued before they are sent (see [`send_outbox`]).
 const FLUSH_BYTES: usize = 512 * 1024;
-/// Packets' room the turn queues keep between turns; a burst grows them
-/// for its turn only (a crowd of joiners is tens of megabytes).
+/// Packets' room the listener's outbox keeps between turns; a burst grows it
+/// for its turn only (a crowd of joiners is tens of thousands of packets).
 const KEEP_PACKETS: usize = 4096;
 /// Players pumped between two sends (see [`serve`]).
 const PUMP_SLICE: usize = 32;
@@ -2094,9 +2094,6 @@ impl Listener {
     /// Take the datagrams to send.
     pub fn drain_outbox(&mut self, into: &mut Vec<(Packet, SocketAddr)>) {
         into.append(&mut self.outbox);
-        if self.outbox.capacity() > KEEP_PACKETS {
-            self.outbox.shrink_to(KEEP_PACKETS);
-        }
     }
 }
 
@@ -2236,7 +2233,6 @@ pub async fn serve(
     let mut outgoing = udp::Outgoing::new(gso);
     let datagrams_out = metrics::counter!(telemetry::SRT_DATAGRAMS_OUT_TOTAL);
     let send_calls = metrics::counter!(telemetry::SRT_SEND_CALLS_TOTAL);
-    let mut out = Vec::new();
     let mut due = Vec::new();
     let mut stopping: Option<Instant> = None;
     loop {
@@ -2290,10 +2286,10 @@ pub async fn serve(
             for a in slice {
                 listener.pump(now, *a);
             }
-            send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
+            send_outbox(&mut listener, &mut outgoing, &socket).await;
             receive_waiting(&socket, &mut incoming, &mut listener);
         }
-        send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
+        send_outbox(&mut listener, &mut outgoing, &socket).await;
         datagrams_out.increment(std::mem::take(&mut outgoing.datagrams));
         send_calls.increment(std::mem::take(&mut outgoing.calls));
         if let Some(deadline) = stopping {
@@ -2302,7 +2298,7 @@ pub async fn serve(
                 for a in addrs {
                     listener.remove(a, CloseReason::Shutdown);
                 }
-                send_outbox(&mut listener, &mut out, &mut outgoing, &socket).await;
+                send_outbox(&mut listener, &mut outgoing, &socket).await;
                 return socket;
             }
         }
@@ -2312,22 +2308,16 @@ pub async fn serve(
 /// Send what the listener queued, flushing every [`FLUSH_BYTES`] so a
 /// burst (a crowd joining, a keyframe to many players) never holds more
 /// than that serialized, and give back what a burst grew the queues to.
-async fn send_outbox(
-    listener: &mut Listener,
-    out: &mut Vec<(Packet, SocketAddr)>,
-    outgoing: &mut udp::Outgoing,
-    socket: &UdpSocket,
-) {
-    listener.drain_outbox(out);
-    for (packet, to) in out.drain(..) {
+async fn send_outbox(listener: &mut Listener, outgoing: &mut udp::Outgoing, socket: &UdpSocket) {
+    for (packet, to) in listener.outbox.drain(..) {
         outgoing.push(&packet, to);
         if outgoing.bytes() >= FLUSH_BYTES {
             outgoing.flush(socket).await;
         }
     }
     outgoing.flush(socket).await;
-    if out.capacity() > KEEP_PACKETS {
-        out.shrink_to(KEEP_PACKETS);
+    if listener.outbox.capacity() > KEEP_PACKETS {
+        listener.outbox.shrink_to(KEEP_PACKETS);
     }
 }
 

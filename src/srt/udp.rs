@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use bytes::BufMut;
 use socket2::SockAddr;
 use srt_protocol::packet::Packet;
 use tokio::io::Interest;
@@ -132,22 +131,11 @@ impl Outgoing {
         self.messages.iter().map(|m| m.count).sum()
     }
 
-    pub fn gso(&self) -> bool {
-        self.gso
-    }
-
     /// Serialize `packet` for `to`, joining the previous message when it
     /// can be one more GSO segment of it.
     pub fn push(&mut self, packet: &Packet, to: SocketAddr) {
         let start = self.wire.len();
         packet.serialize(&mut self.wire);
-        self.push_serialized(start, to);
-    }
-
-    /// Queue raw bytes (already a whole SRT packet) for `to`.
-    pub fn push_bytes(&mut self, bytes: &[u8], to: SocketAddr) {
-        let start = self.wire.len();
-        self.wire.put_slice(bytes);
         self.push_serialized(start, to);
     }
 
