@@ -509,8 +509,17 @@ async fn post_json(url: &str, body: &serde_json::Value) -> std::io::Result<u16> 
     let sock = tokio::net::TcpStream::connect((u.host.as_str(), u.port)).await?;
     let _ = sock.set_nodelay(true);
     let body = body.to_string();
+    // W3C Trace Context: the auth service's spans join the publish's (or
+    // player's) trace.
+    let mut trace = String::new();
+    if let Some((parent, state)) = crate::telemetry::trace::context_headers() {
+        trace = format!("traceparent: {parent}\r\n");
+        if let Some(state) = state {
+            trace.push_str(&format!("tracestate: {state}\r\n"));
+        }
+    }
     let req = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice/{}\r\n\
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice/{}\r\n{trace}\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         u.path,
         u.host_header(),

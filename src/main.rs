@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         }
     };
     let config = &loaded.config;
-    sluice::telemetry::init_logging(config.server.log_format);
+    let traces = sluice::telemetry::init_logging(config.server.log_format, &config.telemetry);
     if cli.probe_gpu {
         return probe_gpu(config);
     }
@@ -92,6 +92,10 @@ fn main() -> ExitCode {
     // its blocking pool: one stuck in `getaddrinfo` for a push host would
     // hold the exit after the drain.
     runtime.shutdown_timeout(SHUTDOWN_LIMIT);
+    // The last spans (the drain's teardowns) go out before the exit.
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

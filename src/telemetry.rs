@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 pub mod limit;
+pub mod trace;
 pub use limit::LogLimiter;
 
 pub const RTMP_CONNECTIONS: &str = "sluice_rtmp_connections";
@@ -47,6 +48,8 @@ pub const SRT_DATA_PACKETS_TOTAL: &str = "sluice_srt_data_packets_total";
 pub const SRT_RETRANSMITTED_PACKETS_TOTAL: &str = "sluice_srt_retransmitted_packets_total";
 pub const SRT_DATAGRAMS_OUT_TOTAL: &str = "sluice_srt_datagrams_out_total";
 pub const SRT_SEND_CALLS_TOTAL: &str = "sluice_srt_send_calls_total";
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "sluice_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "sluice_trace_spans_dropped_total";
 pub const SRT_GOP_CACHE_STARTS_TOTAL: &str = "sluice_srt_gop_cache_starts_total";
 pub const SRT_LAG_SKIPS_TOTAL: &str = "sluice_srt_lag_skips_total";
 pub const SRT_JOIN_TOTAL: &str = "sluice_srt_join_total";
@@ -125,25 +128,116 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Install the global `tracing` subscriber. `RUST_LOG` overrides the level.
-pub fn init_logging(format: LogFormat) {
+/// With a collector configured (`[telemetry]`, or the `OTEL_…` endpoint
+/// variables) lifecycle spans are exported too, and JSON lines carry the
+/// active span's `trace_id` and `span_id`; the returned handle flushes
+/// the last spans at exit.
+pub fn init_logging(
+    format: LogFormat,
+    telemetry: &trace::TelemetryConfig,
+) -> Option<trace::Tracing> {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::fmt::format::{self, JsonFields};
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,srt_protocol=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+    // Lifecycle spans are for the exporter: log lines keep the connection
+    // spans they always had as their context.
+    let logs = filter.and(filter_fn(|m| m.target() != trace::TARGET));
+    let pipeline = telemetry.endpoint().and_then(|url| {
+        trace::pipeline(telemetry, &url)
+            .map_err(|e| eprintln!("sluice: traces are off: {e}"))
+            .ok()
+    });
+    let with_ids = pipeline.is_some();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => {
+            let json = format::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false);
+            fmt.fmt_fields(JsonFields::new())
+                .event_format(TraceIds {
+                    inner: json,
+                    on: with_ids,
+                })
+                .with_filter(logs)
+                .boxed()
+        }
         // Colours only for a terminal; journald and log files get plain text.
-        LogFormat::Text => builder
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+            .with_filter(logs)
+            .boxed(),
     };
+    let otel = pipeline.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(trace::tracer(provider))
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(filter_fn(|m| {
+                if m.is_span() {
+                    m.target() == trace::TARGET
+                } else {
+                    // Warnings of sluice's own become events of the span
+                    // they happen in.
+                    *m.level() <= tracing::Level::WARN && m.target().starts_with("sluice")
+                }
+            }))
+    });
+    // A second init (tests) is harmless: keep the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    match pipeline {
+        Some(p) if installed => Some(trace::installed(p)),
+        _ => None,
+    }
+}
+
+/// The JSON event format with the active span's `trace_id` and `span_id`
+/// first, when traces are on and a span is active.
+struct TraceIds<F> {
+    inner: F,
+    on: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for TraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = if self.on { trace::active_ids() } else { None };
+        let Some((trace_id, span_id)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// The Prometheus type of a metric family.
@@ -213,6 +307,8 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_RETRANSMITTED_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players again (asked for by a NAK, or the sender's retransmission timer)."),
     Family::new(SRT_DATAGRAMS_OUT_TOTAL, Kind::Counter, "Datagrams the SRT listener sent (players' data and control, publishers' control)."),
     Family::new(SRT_SEND_CALLS_TOTAL, Kind::Counter, "Send system calls of the SRT listener (sendmmsg, or sendto after a refused GSO message); datagrams per call = sluice_srt_datagrams_out_total / this."),
+    Family::new(TRACE_SPANS_EXPORTED_TOTAL, Kind::Counter, "Lifecycle spans the OTLP collector accepted ([telemetry])."),
+    Family::new(TRACE_SPANS_DROPPED_TOTAL, Kind::Counter, "Lifecycle spans lost, by reason: queue_full (the export queue was full: a slow or dead collector), export_failed (the collector refused, failed or timed out)."),
     Family::new(SRT_GOP_CACHE_STARTS_TOTAL, Kind::Counter, "SRT players whose first data came from the GOP cache."),
     Family::new(SRT_JOIN_TOTAL, Kind::Counter, "SRT players accepted, by join mode (live, cache, keyframe)."),
     Family::new(SRT_JOIN_FIRST_DATA_SECONDS, Kind::Histogram, "SRT player accepted -> its first media handed to SRT, by join mode (keyframe: the wait for the next keyframe)."),

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use super::admission::{self, PerIp};
 use super::amf0::Amf0Value;
@@ -35,6 +35,7 @@ use crate::stream::config::{AppConfig, Apps};
 use crate::stream::driver::{GroupHandle, Publish, Stopped, Streams};
 use crate::stream::group::Input;
 use crate::stream::{Metadata, StreamPath};
+use crate::telemetry::trace::{self as tr, PublishTrace, Step};
 use crate::telemetry::{self as t, LogLimiter};
 
 /// What every connection task shares.
@@ -270,6 +271,8 @@ struct PendingAuth {
     app: AppConfig,
     name: String,
     answer: tokio::task::JoinHandle<Result<(), Refusal>>,
+    /// The publish trace's `auth` step, until the answer.
+    span: Span,
 }
 
 impl Drop for PendingAuth {
@@ -294,6 +297,13 @@ struct Conn {
     /// do so within `server.setup_timeout`; its stream group's setup
     /// deadline counts from the same instant.
     setup_from: Instant,
+    /// The trace of the publish this connection is setting up (handed to
+    /// the stream group when it starts), its handshake step until the
+    /// `publish` command, and the root whose trace the connection's log
+    /// lines carry (the last publish's).
+    trace: Option<PublishTrace>,
+    handshake: Option<Span>,
+    log_trace: Arc<std::sync::Mutex<Span>>,
 }
 
 /// Write `out` and flush it (TLS holds records until flushed).
@@ -313,6 +323,9 @@ async fn handle<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let seed = rand::random::<u64>();
+    let trace = PublishTrace::start("rtmp", &peer.to_string());
+    let handshake = trace.step(Step::Handshake);
+    let log_trace = Arc::new(std::sync::Mutex::new(trace.root.clone()));
     let mut conn = Conn {
         session: Session::new(cfg.rtmp.limits(), Instant::now(), seed),
         ctx,
@@ -322,8 +335,11 @@ async fn handle<S>(
         pending_auth: None,
         publishing: None,
         setup_from: accepted,
+        trace: Some(trace),
+        handshake: Some(handshake),
+        log_trace: log_trace.clone(),
     };
-    let close = conn.run(&mut sock).await;
+    let close = in_trace(log_trace, conn.run(&mut sock)).await;
     // Best effort: the last words (a rejection, a status) may still be queued.
     if let Some(out) = conn.session.take_transmit() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut sock, &out)).await;
@@ -347,9 +363,33 @@ async fn handle<S>(
         Close::Io(e) => info!(reason, error = %e, "rtmp connection closed"),
         _ => info!(reason, "rtmp connection closed"),
     }
+    if let Some(trace) = conn.trace.take() {
+        // It never got to publish (or its publish was refused).
+        let why = format!("the connection closed before publishing ({reason})");
+        if let Some(h) = conn.handshake.take() {
+            tr::fail(&h, why.clone());
+        }
+        trace.not_published(reason, &why);
+    }
     if let Some(p) = conn.publishing.take() {
         p.group.end(reason).await;
     }
+}
+
+/// Poll `fut` inside the span `current` holds at each poll: a
+/// connection's log lines carry its current publish's trace, which a
+/// republish on the same connection replaces.
+async fn in_trace<F: std::future::Future>(
+    current: Arc<std::sync::Mutex<Span>>,
+    fut: F,
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let span = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _in = span.enter();
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Sleep until `at`; `None` never wakes.
@@ -413,6 +453,7 @@ impl Conn {
                         counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_setup_timeout")
                             .increment(1);
                         self.session.reject_publish("NetStream.Publish.Failed", &why);
+                        tr::fail(&pending.span, why);
                     }
                     return Close::SetupTimeout(setup_timeout);
                 }
@@ -426,6 +467,10 @@ impl Conn {
                 }
                 answer = auth_answer(&mut self.pending_auth) => {
                     if let Some(pending) = self.pending_auth.take() {
+                        match &answer {
+                            Ok(()) => tr::ok(&pending.span),
+                            Err((_, _, why)) => tr::fail(&pending.span, why.clone()),
+                        }
                         match answer {
                             Ok(()) => {
                                 if let Err(e) = self.start_publish(pending.path.clone(), &pending.name, &pending.app) {
@@ -526,20 +571,36 @@ impl Conn {
     }
 
     fn on_publish(&mut self, name: &str) -> Result<(), ProtoError> {
+        if let Some(h) = self.handshake.take() {
+            tr::ok(&h);
+        }
+        if self.trace.is_none() {
+            // A publish after an unpublish (or a refusal) on the same
+            // connection: a trace of its own.
+            self.new_trace();
+        }
+        let trace = self.trace.clone().unwrap_or_else(PublishTrace::none);
+        let auth = trace.step(Step::Auth);
         // The applications in force now: a publish after a reload gets
         // its keys, even on a connection from before it.
         let apps = self.ctx.settings.get().apps.clone();
         match publish::decide(&self.app, name, self.peer, &apps) {
             Decision::Allow { path, app } => {
+                trace.set_stream(&path);
+                auth.record("method", "keys");
+                tr::ok(&auth);
+                drop(auth);
                 let Some(check) = self.cluster_check(&path, &app) else {
                     return self.start_publish(path, name, &app);
                 };
-                let answer = tokio::spawn(check);
+                let span = trace.step(Step::ClusterCheck);
+                let answer = tokio::spawn(check.instrument(span.clone()));
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
                     name: name.to_string(),
                     answer,
+                    span,
                 });
             }
             Decision::Refuse {
@@ -547,7 +608,15 @@ impl Conn {
                 result,
                 reason,
                 why,
-            } => self.refuse(path.as_ref(), name, result, reason, &why),
+            } => {
+                if let Some(p) = &path {
+                    trace.set_stream(p);
+                }
+                auth.record("method", "keys");
+                tr::fail(&auth, why.clone());
+                drop(auth);
+                self.refuse(path.as_ref(), name, result, reason, &why)
+            }
             Decision::AskWebhook {
                 path,
                 app,
@@ -555,21 +624,40 @@ impl Conn {
                 body,
                 timeout,
             } => {
+                trace.set_stream(&path);
+                auth.record("method", "webhook");
                 let check = self.cluster_check(&path, &app);
-                let answer = tokio::spawn(async move {
-                    crate::auth::ask_webhook(&url, &body, timeout)
-                        .await
-                        .map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;
-                    match check {
-                        Some(c) => c.await,
-                        None => Ok(()),
+                let check_span = check.is_some().then(|| trace.step(Step::ClusterCheck));
+                // The webhook request carries the auth step's context
+                // (`traceparent`): the auth service joins the trace.
+                let answer = tokio::spawn(
+                    async move {
+                        crate::auth::ask_webhook(&url, &body, timeout)
+                            .await
+                            .map_err(|why| {
+                                ("rejected_unauthorized", Some("webhook_denied"), why)
+                            })?;
+                        match (check, check_span) {
+                            (Some(c), Some(span)) => {
+                                let answer = c.instrument(span.clone()).await;
+                                match &answer {
+                                    Ok(()) => tr::ok(&span),
+                                    Err((_, _, why)) => tr::fail(&span, why.clone()),
+                                }
+                                answer
+                            }
+                            (Some(c), None) => c.await,
+                            (None, _) => Ok(()),
+                        }
                     }
-                });
+                    .instrument(auth.clone()),
+                );
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
                     name: name.to_string(),
                     answer,
+                    span: auth,
                 });
             }
         }
@@ -629,6 +717,17 @@ impl Conn {
         let text = publish::refusal_text(path, why);
         self.session
             .reject_publish("NetStream.Publish.BadName", &text);
+        if let Some(trace) = self.trace.take() {
+            trace.not_published(result, why);
+        }
+    }
+
+    /// A fresh trace for the connection's next publish, which its log
+    /// lines carry from now on.
+    fn new_trace(&mut self) {
+        let trace = PublishTrace::start("rtmp", &self.peer.to_string());
+        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) = trace.root.clone();
+        self.trace = Some(trace);
     }
 
     /// Start the stream's group (the publish is authorized).
@@ -639,6 +738,7 @@ impl Conn {
         app: &AppConfig,
     ) -> Result<(), ProtoError> {
         let peer = self.peer.to_string();
+        let trace = self.trace.take().unwrap_or_else(PublishTrace::none);
         let started = self.ctx.streams.start(Publish {
             path: path.clone(),
             name,
@@ -646,6 +746,7 @@ impl Conn {
             protocol: "rtmp",
             app,
             accepted: self.setup_from,
+            trace: trace.clone(),
         });
         match started {
             Ok(group) => {
@@ -669,6 +770,7 @@ impl Conn {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => result).increment(1);
                 warn!(stream = %path, reason = result, "publish refused: {e}");
                 self.session.reject_publish(code, &e.to_string());
+                trace.not_published(result, &e.to_string());
             }
         }
         Ok(())

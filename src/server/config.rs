@@ -14,11 +14,13 @@ use crate::http::ApiToken;
 use crate::rtmp::config::RtmpConfig;
 use crate::srt::config::SrtConfig;
 use crate::stream::config::{AppConfig, Apps};
+use crate::telemetry::trace::TelemetryConfig;
 use crate::telemetry::LogFormat;
 use crate::transcode::config::TranscodeConfig;
 
 /// Listed after an unknown top-level key.
-const SECTIONS: &str = " (sections: [server], [rtmp], [srt], [transcode], [cluster], [apps.NAME])";
+const SECTIONS: &str =
+    " (sections: [server], [rtmp], [srt], [transcode], [cluster], [telemetry], [apps.NAME])";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +31,8 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     /// Off (`None`) unless the file has a `[cluster]` section.
     pub cluster: Option<ClusterConfig>,
+    /// Trace export (off unless a collector is named).
+    pub telemetry: TelemetryConfig,
     pub apps: Apps,
 }
 
@@ -262,6 +266,7 @@ impl Config {
             ("server.webhook_ca", a.webhook_ca != b.webhook_ca),
             ("srt.workers", self.srt.workers != new.srt.workers),
             ("cluster", self.cluster != new.cluster),
+            ("telemetry", self.telemetry != new.telemetry),
             (
                 "transcode.gpu_poll_interval",
                 self.transcode.gpu_poll_interval != new.transcode.gpu_poll_interval,
@@ -304,6 +309,9 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate().map_err(|e| e.under("cluster"))?;
         }
+        self.telemetry
+            .validate()
+            .map_err(|e| e.under("telemetry"))?;
         Ok(())
     }
 

@@ -46,6 +46,7 @@ use crate::stream::driver::{Publish, Streams};
 use crate::stream::remote::Remote;
 use crate::stream::{ClaimError, Registry, StreamPath};
 use crate::telemetry;
+use crate::telemetry::trace::PublishTrace;
 use crate::ts::TsChunk;
 
 /// Chunks fed per pump, so one player cannot starve others.
@@ -116,6 +117,9 @@ struct Player {
     /// itself would ignore it).
     conclusion_reply: Option<Packet>,
     since: Instant,
+    /// Its session's trace (`srt_play`, linked to the publish's), ended
+    /// with it.
+    trace: tracing::Span,
 }
 
 /// One connected publisher: its connection in the listener, its media on
@@ -1141,6 +1145,20 @@ impl Listener {
         if let Some(r) = reply {
             self.outbox.push(r);
         }
+        let link = path
+            .split_once('/')
+            .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
+            .and_then(|p| self.registry.get(&p))
+            .and_then(|s| s.trace.get().cloned());
+        let trace = crate::telemetry::trace::player_span(
+            &path,
+            &rendition,
+            from,
+            join.as_str(),
+            self.worker,
+            link,
+        );
+        let _in_trace = trace.enter();
         info!(
             peer = %from,
             stream = %path,
@@ -1161,7 +1179,9 @@ impl Listener {
             local_sockid,
             conclusion_reply,
             since: now,
+            trace: trace.clone(),
         };
+        drop(_in_trace);
         self.census.player_added(&player.stream);
         if let Some(old) = self.players.insert(from, player) {
             self.census.player_removed(&old.stream);
@@ -1189,6 +1209,9 @@ impl Listener {
         let setup_kbps = setup.max_ingest_kbps;
         fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
         let peer = from.to_string();
+        // The handshake and any webhook question came before; the trace
+        // starts with the accepted Conclusion.
+        let trace = PublishTrace::start("srt", &peer);
         let started = setup.streams.start(Publish {
             path: path.clone(),
             name: &path.key,
@@ -1196,6 +1219,7 @@ impl Listener {
             protocol: "srt",
             app,
             accepted: now,
+            trace: trace.clone(),
         });
         let group = match started {
             Ok(g) => g,
@@ -1210,6 +1234,8 @@ impl Listener {
                     }
                 };
                 warn!(stream = %path, peer = %from, reason = result, "publish refused: {e}");
+                trace.set_stream(path);
+                trace.not_published(result, &e.to_string());
                 return Err((result, code, e.to_string()));
             }
         };
@@ -2076,6 +2102,18 @@ impl Listener {
             metrics::counter!(telemetry::SRT_LAG_DISCONNECTS_TOTAL).increment(1);
         }
         let s = p.sender.statistics();
+        crate::telemetry::trace::player_ended(
+            &p.trace,
+            reason.as_str(),
+            matches!(
+                reason,
+                CloseReason::TooSlow | CloseReason::Stuck | CloseReason::Panic
+            )
+            .then(|| reason.as_str()),
+            p.since.elapsed(),
+            p.sender.bytes_out(),
+        );
+        let _in_trace = p.trace.enter();
         info!(
             peer = %p.peer,
             stream = %p.stream,
@@ -2112,9 +2150,29 @@ async fn webhook_question(
     body: &serde_json::Value,
     timeout: Duration,
 ) -> crate::srt::admission::WebhookAnswer {
-    crate::auth::ask_webhook(url, body, timeout)
-        .await
-        .map_err(|why| (code::FORBIDDEN, why))
+    // Its own short trace: the SRT handshake holds no span to join, and
+    // the auth service sees this question's `traceparent`.
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let span = tracing::info_span!(
+        target: crate::telemetry::trace::TARGET,
+        "webhook",
+        action = %text("action"),
+        stream = %text("path"),
+        protocol = "srt",
+    );
+    let answer =
+        tracing::Instrument::instrument(crate::auth::ask_webhook(url, body, timeout), span.clone())
+            .await;
+    match &answer {
+        Ok(()) => crate::telemetry::trace::ok(&span),
+        Err(why) => crate::telemetry::trace::fail(&span, why.clone()),
+    }
+    answer.map_err(|why| (code::FORBIDDEN, why))
 }
 
 fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::CatchUpReport) {

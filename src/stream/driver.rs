@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn, Instrument, Span};
 
 use super::config::AppConfig;
 use super::group::{
@@ -27,6 +27,7 @@ use super::{
 };
 use crate::config::Live;
 use crate::telemetry as t;
+use crate::telemetry::trace::{self as tr, PublishTrace};
 
 /// Inputs queued from the ingest to its group; a full queue makes the
 /// ingest wait (TCP backpressure on the publisher), never the group.
@@ -71,6 +72,9 @@ pub struct Publish<'a> {
     pub app: &'a AppConfig,
     /// The ingest connection was accepted: the setup deadline counts from here.
     pub accepted: Instant,
+    /// The publish's trace, begun by the ingest; the group ends its setup
+    /// span and, with the last handle, its root.
+    pub trace: PublishTrace,
 }
 
 /// Starts stream groups and knows when they have all ended.
@@ -140,6 +144,8 @@ impl Streams {
             &self.root,
         )?;
         let _ = guard.stream().protocol.set(p.protocol);
+        p.trace.set_stream(&p.path);
+        let _ = guard.stream().trace.set(tr::span_context(&p.trace.root));
         let series = &guard.stream().series;
         let group = Group::new(
             GroupParams {
@@ -174,9 +180,14 @@ impl Streams {
             next_snapshot: Instant::now(),
             stats_dirty: false,
             shown_bitrate: 0,
+            trace_root: p.trace.root.clone(),
+            trace_setup: Some(p.trace.setup),
+            leg_spans: Vec::new(),
+            teardown_span: None,
         };
-        self.drivers
-            .spawn(driver.run().instrument(tracing::Span::current()));
+        // The root's `tracing` parent is the ingest's connection span: log
+        // lines keep it as their context.
+        self.drivers.spawn(driver.run().instrument(p.trace.root));
         Ok(GroupHandle {
             tx,
             stopped: stopped_rx,
@@ -276,6 +287,13 @@ struct Driver {
     stats_dirty: bool,
     /// The bitrate the API's copy shows.
     shown_bitrate: u64,
+    /// The publish's trace: its root, the setup span until the stream is
+    /// ready or failed, each leg's connect span until it connected, and
+    /// the teardown span until the legs stopped.
+    trace_root: Span,
+    trace_setup: Option<Span>,
+    leg_spans: Vec<Option<Span>>,
+    teardown_span: Option<Span>,
 }
 
 impl Driver {
@@ -341,6 +359,7 @@ impl Driver {
                     Input::LegEnded(leg, Err(f)) => Some((*leg, f.clone())),
                     _ => None,
                 };
+                self.trace_input(&input);
                 self.group.handle_input(now, input);
                 if let Some((leg, failure)) = ended {
                     self.leg_failed(now, leg, failure);
@@ -361,6 +380,25 @@ impl Driver {
             warn!(stream = %self.stream.path, legs = legs.len(), "legs still running after the stream ended; aborting them");
             legs.abort_all();
             while legs.join_next().await.is_some() {}
+        }
+        // Ends the teardown span: it lasted until every leg stopped.
+        self.teardown_span = None;
+    }
+
+    /// A leg connected, or ended before it did: its connect span ends.
+    fn trace_input(&mut self, input: &Input) {
+        let (leg, failure) = match input {
+            Input::LegConnected(leg) => (leg, None),
+            Input::LegEnded(leg, Err(f)) => (leg, Some(format!("{}: {}", f.reason, f.detail))),
+            Input::LegEnded(leg, Ok(())) => (leg, Some("ended before it connected".into())),
+            _ => return,
+        };
+        let Some(span) = self.leg_spans.get_mut(leg.0).and_then(Option::take) else {
+            return;
+        };
+        match failure {
+            None => tr::ok(&span),
+            Some(why) => tr::fail(&span, why),
         }
     }
 
@@ -396,6 +434,10 @@ impl Driver {
                 Output::Ready { took } => {
                     self.publish_stats(now);
                     self.log_ready(took);
+                    if let Some(setup) = self.trace_setup.take() {
+                        setup.record("setup_ms", took.as_millis() as u64);
+                        tr::ok(&setup);
+                    }
                 }
                 Output::Status { kind, description } => self.status = Some((kind, description)),
                 Output::Teardown { cause, why } => self.teardown(now, cause, why),
@@ -435,12 +477,50 @@ impl Driver {
         if !self.group.is_ready() {
             events = events.with_setup_deadline(self.group.setup_deadline());
         }
+        // Steps of the setup are children of its span; a leg started
+        // later (an optional one's retry) is a child of the root.
+        let parent = self
+            .trace_setup
+            .as_ref()
+            .unwrap_or(&self.trace_root)
+            .clone();
+        let info = spec.info();
+        if !matches!(spec, LegSpec::Transcode(_)) {
+            let retries = self
+                .group
+                .leg_statuses()
+                .nth(leg.0)
+                .map_or(0, |s| s.retries);
+            let span = match spec {
+                LegSpec::Claim { takeover } => tracing::info_span!(
+                    target: tr::TARGET,
+                    parent: &parent,
+                    "cluster_claim",
+                    takeover,
+                    retries,
+                ),
+                _ => tracing::info_span!(
+                    target: tr::TARGET,
+                    parent: &parent,
+                    "leg_connect",
+                    leg = info.kind.label(),
+                    target = %spec.target(),
+                    required = info.required,
+                    retries,
+                ),
+            };
+            if self.leg_spans.len() <= leg.0 {
+                self.leg_spans.resize_with(leg.0 + 1, || None);
+            }
+            self.leg_spans[leg.0] = Some(span);
+        }
         let ctx = LegContext {
             id: leg,
             stream: self.stream.clone(),
             cancel: self.stream.cancel.clone(),
             events,
             media,
+            trace: parent,
         };
         let fut = self.starter.start(spec, ctx);
         let handle = self.legs.spawn(fut.in_current_span());
@@ -525,6 +605,47 @@ impl Driver {
         self.stats_dirty = false;
     }
 
+    /// The trace's side of a teardown: a setup that had not finished
+    /// failed with the cause's reason (the root too); a failure of the
+    /// running stream fails the root; the teardown span starts.
+    fn trace_teardown(&mut self, cause: &Cause, why: &str) {
+        let label = cause.label();
+        let failed = match cause {
+            Cause::SetupTimeout { reason } | Cause::SetupFailed { reason } => {
+                Some(format!("{label} ({reason}): {why}"))
+            }
+            Cause::LegFailed { .. } | Cause::ClaimLost { .. } | Cause::BitrateLimit { .. } => {
+                Some(format!("{label}: {why}"))
+            }
+            Cause::Publisher(_) | Cause::TakenOver | Cause::Shutdown => None,
+        };
+        if let Some(setup) = self.trace_setup.take() {
+            // The publisher leaving or a drain during setup: the setup did
+            // not finish either.
+            tr::fail(
+                &setup,
+                failed.clone().unwrap_or_else(|| format!("{label}: {why}")),
+            );
+        }
+        for span in self.leg_spans.drain(..).flatten() {
+            tr::fail(
+                &span,
+                format!("the stream ended ({label}) before it connected"),
+            );
+        }
+        self.trace_root.record("cause", label);
+        match &failed {
+            Some(f) => tr::fail(&self.trace_root, f.clone()),
+            None => tr::ok(&self.trace_root),
+        }
+        self.teardown_span = Some(tracing::info_span!(
+            target: tr::TARGET,
+            parent: &self.trace_root,
+            "teardown",
+            cause = label,
+        ));
+    }
+
     fn log_ready(&self, took: Duration) {
         histogram!(t::STREAM_SETUP_SECONDS).record(took.as_secs_f64());
         let count = |pred: fn(&LegSpec) -> usize| self.specs.iter().map(pred).sum::<usize>();
@@ -575,6 +696,7 @@ impl Driver {
             _ => {}
         }
         let label = cause.label();
+        self.trace_teardown(&cause, &why);
         counter!(t::STREAM_TEARDOWNS_TOTAL, "cause" => label).increment(1);
         self.publish_stats(now);
         // The stream's series end with it: its totals stay in the log.
@@ -666,6 +788,7 @@ mod tests {
             protocol: "rtmp",
             app,
             accepted: Instant::now(),
+            trace: PublishTrace::none(),
         })
     }
 

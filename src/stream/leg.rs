@@ -256,6 +256,9 @@ pub struct LegContext {
     pub events: LegEvents,
     /// Set for legs fed with media.
     pub media: Option<MediaInput>,
+    /// The trace span the leg's own steps are children of (the setup span
+    /// while the stream sets up, else the publish's root).
+    pub trace: tracing::Span,
 }
 
 /// A running leg: resolves when it has stopped.

@@ -102,6 +102,8 @@ pub struct Stream {
     /// The ingest protocol (`rtmp`, RTMPS included, `srt`, or `edge` for
     /// a pull from another node), set once at publish.
     pub protocol: std::sync::OnceLock<&'static str>,
+    /// Its publish's trace (the root span), which player sessions link to.
+    pub trace: std::sync::OnceLock<opentelemetry::trace::SpanContext>,
     /// The node an edge stream is pulled from (`None`: published here).
     pub origin_node: std::sync::OnceLock<String>,
     /// The publisher's IP when `peer` is a socket address (counted against
@@ -400,6 +402,7 @@ impl Registry {
             metadata: Mutex::new(None),
             legs: Mutex::new(Vec::new()),
             protocol: std::sync::OnceLock::new(),
+            trace: std::sync::OnceLock::new(),
             origin_node: origin.map(std::sync::OnceLock::from).unwrap_or_default(),
             series: StreamSeries::new(&path.to_string()),
             renditions: std::iter::once("source")

@@ -302,7 +302,12 @@ struct Job0 {
     has_audio: bool,
     /// When the publish was accepted: first-IDR times count from here.
     published: Instant,
+    /// Each rendition's `first_idr` trace span, until its first IDR.
+    first_idr: FirstIdrSpans,
 }
+
+/// Per rendition, its `first_idr` span while it has none yet.
+type FirstIdrSpans = Arc<Vec<Mutex<Option<tracing::Span>>>>;
 
 /// The transcode leg of a stream: runs FFmpeg (restarted once on x264 if
 /// the GPU refuses an NVENC session) until the stream ends (`Ok`) or
@@ -329,19 +334,45 @@ pub async fn run_leg(params: Params, ctx: LegContext) -> Result<(), LegFailure> 
             }
         }
     }
+    let first_idr: FirstIdrSpans = Arc::new(
+        params
+            .renditions
+            .iter()
+            .map(|r| {
+                Mutex::new(Some(tracing::info_span!(
+                    target: crate::telemetry::trace::TARGET,
+                    parent: &ctx.trace,
+                    "first_idr",
+                    rendition = %r.name,
+                    first_idr_ms = tracing::field::Empty,
+                )))
+            })
+            .collect(),
+    );
     let job = Job0 {
         p: params,
         source_fps: src.fps,
         source_size: src.size,
         has_audio: src.aac_audio,
         published: ctx.stream.started,
+        first_idr: first_idr.clone(),
     };
     let input = Input {
         initial,
         events: media.events,
         offered: media.offered,
     };
-    supervise(job, ctx.stream, input, ctx.events, ctx.cancel).await
+    let result = supervise(job, ctx.stream, input, ctx.events, ctx.cancel).await;
+    for span in first_idr.iter() {
+        if let Some(span) = span.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let why = match &result {
+                Ok(()) => "the stream ended before this rendition's first IDR".to_string(),
+                Err(f) => format!("{}: {}", f.reason, f.detail),
+            };
+            crate::telemetry::trace::fail(&span, why);
+        }
+    }
+    result
 }
 
 /// FFmpeg's input: what it reads first, then the group's media.
@@ -588,6 +619,7 @@ impl Run<'_> {
                     legs: self.legs.clone(),
                     published: j.published,
                     first_idr_seen: first_idr_seen.clone(),
+                    first_idr: j.first_idr.clone(),
                 },
             ));
         }
@@ -832,6 +864,7 @@ struct Output {
     legs: LegEvents,
     published: Instant,
     first_idr_seen: Arc<std::sync::atomic::AtomicUsize>,
+    first_idr: FirstIdrSpans,
 }
 
 /// One rendition's TS pipe into its ring.
@@ -844,6 +877,7 @@ async fn read_output(mut out: tokio::net::unix::pipe::Receiver, o: Output) {
         legs,
         published,
         first_idr_seen,
+        first_idr,
     } = o;
     let Some(rend) = stream.rendition(&name) else {
         return;
@@ -884,6 +918,13 @@ async fn read_output(mut out: tokio::net::unix::pipe::Receiver, o: Output) {
             let took = now.saturating_duration_since(published);
             histogram!(t::TRANSCODE_FIRST_IDR_SECONDS).record(took.as_secs_f64());
             info!(stream = %stream.path, rendition = %name, first_idr_ms = took.as_millis() as u64, "rendition ready");
+            let span = first_idr
+                .get(index)
+                .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Some(span) = span {
+                span.record("first_idr_ms", took.as_millis() as u64);
+                crate::telemetry::trace::ok(&span);
+            }
             legs.rendition_ready();
         }
         let elapsed = now.saturating_duration_since(window.0);
@@ -1079,6 +1120,7 @@ mod tests {
             cancel: stream.cancel.clone(),
             events: LegEvents::new(id, ev_tx),
             media: Some(media),
+            trace: tracing::Span::none(),
         };
         let leg = tokio::spawn(run_leg(params, ctx));
         for e in &events[first_key..] {

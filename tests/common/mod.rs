@@ -17,6 +17,7 @@ pub mod http;
 pub mod json;
 pub mod media;
 pub mod net;
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
@@ -28,6 +29,6 @@ pub mod webhook;
 // `use common::*;` reaches every helper; each test binary uses some of them.
 #[allow(unused_imports)]
 pub use {
-    bystander::*, expect::*, harness::*, http::*, json::*, media::*, net::*, process::*,
+    bystander::*, expect::*, harness::*, http::*, json::*, media::*, net::*, otlp::*, process::*,
     prometheus::*, redis::*, srt_caller::*, webhook::*,
 };
