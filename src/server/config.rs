@@ -424,7 +424,7 @@ mod tests {
         );
         assert_eq!(
             err("[transcoding]\nenabled = true"),
-            "unknown config key `transcoding` (sections: [server], [rtmp], [srt], [transcode], [cluster], [apps.NAME])"
+            "unknown config key `transcoding` (sections: [server], [rtmp], [srt], [transcode], [cluster], [telemetry], [apps.NAME])"
         );
         assert_eq!(err("[rtmp]\nx = 1"), "unknown config key `rtmp.x`");
         assert_eq!(
