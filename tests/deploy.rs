@@ -10,6 +10,9 @@
 //!   those too; every rendered manifest validates against the Kubernetes
 //!   schemas (kubernetes-validate, offline), and the ConfigMaps are configs
 //!   sluice accepts;
+//! - the OpenTelemetry Collector they show (compose's `tracing` profile,
+//!   the commented OTEL_* env and `[telemetry]` blocks) is one sluice can
+//!   export to, and each commented block, uncommented, still validates;
 //! - the systemd unit passes `systemd-analyze verify` and its offline
 //!   security review.
 //!
@@ -27,6 +30,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use sluice::server::Config;
+use sluice::telemetry::trace::TelemetryConfig;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,6 +82,46 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
 
 fn defaults() -> Config {
     Config::default()
+}
+
+/// `text` with one commented-out block uncommented: the line that reads
+/// `# {first}...` (after its indentation; exactly one must) and every
+/// comment line right after it lose their `#` and the space after it.
+/// Blocks are written so: explanations above, the block itself up to the
+/// next blank or uncommented line.
+fn uncomment_block(text: &str, first: &str) -> String {
+    let marker = format!("# {first}");
+    let starts = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&marker))
+        .count();
+    assert_eq!(starts, 1, "want one `{marker}` line, found {starts}");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let body = line.trim_start();
+        inside = body.starts_with(&marker) || (inside && body.starts_with('#'));
+        if inside {
+            let rest = &body[1..];
+            out.push_str(&line[..line.len() - body.len()]);
+            out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The `[telemetry]` a collector URL makes, checked as sluice checks it.
+fn telemetry_to(url: &str) -> TelemetryConfig {
+    let t = TelemetryConfig {
+        otlp_endpoint: Some(url.to_string()),
+        ..TelemetryConfig::default()
+    };
+    t.validate()
+        .unwrap_or_else(|e| panic!("{url}: sluice refuses it: {e}"));
+    t
 }
 
 // ---------------------------------------------------------------------------
@@ -458,6 +502,8 @@ fn dockerfile_builds_with_the_ci_command_and_matches_the_defaults() {
     assert!(dockerfile.contains("COPY deploy/sluice.example.toml /etc/sluice/sluice.toml"));
     let c = Config::load(&repo().join("deploy/sluice.example.toml")).expect("example config");
     c.validate().expect("example config validates");
+    // Like every other section, [telemetry] shows the defaults: tracing off.
+    assert_eq!(c.telemetry, TelemetryConfig::default());
     // Every path the build context needs is not ignored.
     let ignore = read("deploy/docker/Dockerfile.dockerignore");
     for needed in [
@@ -577,6 +623,103 @@ fn compose_file_publishes_the_ports_and_outlasts_the_drain() {
     for c in ["video", "compute", "utility"] {
         assert!(caps.contains(c), "GPU device request lacks {c}: {caps}");
     }
+}
+
+/// The `tracing` profile's OpenTelemetry Collector: `docker compose up`
+/// without the profile starts sluice alone; the collector takes OTLP over
+/// HTTP on 4318 from the other containers; the endpoint commented on the
+/// sluice services (and in the example config compose mounts) names it.
+#[test]
+fn compose_tracing_profile_adds_a_collector_the_commented_endpoint_names() {
+    let compose_file = repo().join("deploy/docker/docker-compose.yml");
+    let compose = &yaml_docs(&compose_file)[0];
+    let services = compose["services"].as_object().expect("services");
+    for (name, s) in services {
+        assert!(
+            name == "sluice" || !s["profiles"].is_null(),
+            "{name} would start with a plain `docker compose up`"
+        );
+        assert!(
+            s["environment"]
+                .as_object()
+                .is_none_or(|env| !env.keys().any(|k| k.starts_with("OTEL_"))),
+            "{name}: OTEL_* set while the collector is optional"
+        );
+    }
+    let (collector, svc) = services
+        .iter()
+        .find(|(_, s)| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("otel/opentelemetry-collector"))
+        })
+        .expect("an OpenTelemetry Collector service");
+    assert_eq!(
+        svc["profiles"],
+        serde_json::json!(["tracing"]),
+        "{collector}"
+    );
+    let image = svc["image"].as_str().unwrap();
+    let tag = image.rsplit_once(':').map_or("", |(_, t)| t);
+    assert!(
+        tag.split('.').count() == 3 && tag.split('.').all(|n| n.parse::<u32>().is_ok()),
+        "{image}: pin a release (X.Y.Z)"
+    );
+    assert_eq!(svc["read_only"], true, "{collector}");
+
+    // Its config: mounted from deploy/docker where --config reads it.
+    let vol = svc["volumes"][0].as_str().expect("collector config volume");
+    let mut parts = vol.split(':');
+    let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+    let host = repo().join("deploy/docker").join(host);
+    assert!(host.is_file(), "{collector}: {} is missing", host.display());
+    let command = svc["command"].to_string();
+    assert!(
+        command.contains(&format!("--config={container}")),
+        "{collector}: {command} does not read {container}"
+    );
+    let config = &yaml_docs(&host)[0];
+    let http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .expect("receivers.otlp.protocols.http.endpoint");
+    // Not the collector's default localhost: other containers send to it.
+    assert_eq!(http, "0.0.0.0:4318", "the OTLP/HTTP receiver");
+    let traces = &config["service"]["pipelines"]["traces"];
+    assert_eq!(traces["receivers"], serde_json::json!(["otlp"]));
+    let exporters = traces["exporters"].as_array().expect("traces exporters");
+    assert!(exporters.contains(&Value::from("debug")), "{exporters:?}");
+    for e in exporters {
+        let e = e.as_str().unwrap();
+        assert!(
+            config["exporters"].get(e).is_some(),
+            "exporter {e} is in the pipeline but not configured"
+        );
+    }
+
+    // What the comments say to uncomment: each sluice service's
+    // OTEL_EXPORTER_OTLP_ENDPOINT, which must name the collector.
+    let want = format!("http://{collector}:4318");
+    let text = fs::read_to_string(&compose_file).unwrap();
+    let text = uncomment_block(&text, "environment:");
+    let text = uncomment_block(&text, "OTEL_EXPORTER_OTLP_ENDPOINT:");
+    let dir = TempDir::new("sluice-compose-tracing");
+    let file = dir.join("docker-compose.yml");
+    fs::write(&file, text).unwrap();
+    let traced = &yaml_docs(&file)[0];
+    for name in ["sluice", "sluice-gpu"] {
+        let env = &traced["services"][name]["environment"];
+        assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"], want.as_str(), "{name}");
+        telemetry_to(&want);
+    }
+    assert_eq!(
+        traced["services"]["sluice-gpu"]["environment"]["NVIDIA_DRIVER_CAPABILITIES"],
+        "video,compute,utility"
+    );
+    // The mounted example config's commented otlp_endpoint, the same way.
+    let example = uncomment_block(&read("deploy/sluice.example.toml"), "otlp_endpoint");
+    let c = Config::from_toml(&example).expect("the example with otlp_endpoint");
+    c.validate().expect("the example with otlp_endpoint");
+    assert_eq!(c.telemetry, telemetry_to(&want));
 }
 
 // ---------------------------------------------------------------------------
@@ -1126,6 +1269,117 @@ fn kubernetes_cluster_overlay_shares_a_directory_and_lets_any_pod_serve_any_stre
         assert!(svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].is_null());
     }
     validate_schemas("deploy/kubernetes/cluster");
+}
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// The collector the Kubernetes files name in their commented blocks.
+const K8S_COLLECTOR: &str = "http://otel-collector.observability:4318";
+
+/// The entry `name` of a container's env, with its index.
+fn env_entry<'a>(env: &'a [Value], name: &str, what: &str) -> (usize, &'a Value) {
+    env.iter()
+        .enumerate()
+        .find(|(_, e)| e["name"] == name)
+        .unwrap_or_else(|| panic!("{what}: no {name} in env"))
+}
+
+/// Tracing is off as shipped. The pod template's commented OTEL_* env and
+/// each ConfigMap's commented `[telemetry]`, uncommented, make every
+/// overlay export to the same collector, with each pod's name in the
+/// resource, and the manifests still render, validate and agree with
+/// sluice.
+#[test]
+fn kubernetes_tracing_blocks_uncommented_name_one_collector_and_validate() {
+    for overlay in ["base", "gpu", "sharded", "cluster"] {
+        let docs = render(&format!("deploy/kubernetes/{overlay}"));
+        let c = check_release(overlay, &docs);
+        assert!(
+            c["env"].as_array().is_none_or(|env| !env
+                .iter()
+                .any(|e| e["name"].as_str().unwrap().starts_with("OTEL_"))),
+            "{overlay}: OTEL_* set as shipped"
+        );
+        let cm = find(&docs, "ConfigMap", "sluice-config");
+        let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
+        assert_eq!(config.telemetry, TelemetryConfig::default(), "{overlay}");
+    }
+
+    let tree = TempDir::new("sluice-k8s-tracing");
+    copy_tree(&repo().join("deploy/kubernetes"), tree.path());
+    for (file, block) in [
+        ("base/deployment.yaml", "env:"),
+        ("sharded/statefulset.yaml", "env:"),
+        ("base/sluice.toml", "[telemetry]"),
+        ("gpu/sluice.toml", "[telemetry]"),
+        ("cluster/sluice.toml", "[telemetry]"),
+    ] {
+        let path = tree.join(file);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, uncomment_block(&text, block)).unwrap();
+    }
+    let want = telemetry_to(K8S_COLLECTOR);
+    for overlay in ["base", "gpu", "sharded", "cluster"] {
+        let dir = tree.join(overlay).display().to_string();
+        let what = format!("{overlay} with tracing");
+        let docs = render(&dir);
+        let c = check_release(&what, &docs);
+        let cm = find(&docs, "ConfigMap", "sluice-config");
+        let config = Config::from_toml(cm["data"]["sluice.toml"].as_str().unwrap()).unwrap();
+        assert_eq!(config.telemetry, want, "{what}: [telemetry]");
+        let env = c["env"].as_array().expect("env");
+        let (_, endpoint) = env_entry(env, "OTEL_EXPORTER_OTLP_ENDPOINT", &what);
+        assert_eq!(endpoint["value"], K8S_COLLECTOR, "{what}");
+        let (at, attrs) = env_entry(env, "OTEL_RESOURCE_ATTRIBUTES", &what);
+        let attrs = attrs["value"].as_str().unwrap();
+        assert!(
+            attrs.split(',').any(|kv| kv == "k8s.pod.name=$(POD_NAME)"),
+            "{what}: {attrs}"
+        );
+        // Kubernetes expands $(VAR) only from entries before it.
+        for var in attrs.split("$(").skip(1) {
+            let var = var.split(')').next().unwrap();
+            let (i, _) = env_entry(env, var, &what);
+            assert!(i < at, "{what}: {var} comes after OTEL_RESOURCE_ATTRIBUTES");
+        }
+        for (var, field) in [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+        ] {
+            let (_, e) = env_entry(env, var, &what);
+            assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field, "{what}");
+        }
+        // The overlays' own env entries are kept beside them.
+        let own = match overlay {
+            "gpu" => Some("NVIDIA_DRIVER_CAPABILITIES"),
+            "cluster" => Some("POD_IP"),
+            _ => None,
+        };
+        if let Some(var) = own {
+            env_entry(env, var, &what);
+        }
+        validate_schemas(&dir);
+    }
+    // Uncommented, sharded/statefulset.yaml's template is still the base's.
+    let base = render(&tree.join("base").display().to_string());
+    let sharded = render(&tree.join("sharded").display().to_string());
+    assert_eq!(
+        find(&sharded, "StatefulSet", "sluice")["spec"]["template"],
+        find(&base, "Deployment", "sluice")["spec"]["template"],
+        "the tracing env of sharded/statefulset.yaml and base/deployment.yaml differ"
+    );
 }
 
 // ---------------------------------------------------------------------------
