@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench srt_load -- [--steps 100,250,500] [--players N]
 //! [--step-secs 10] [--ramp-per-sec 200] [--latency-ms 20] [--workers 1]
-//! [--srt-workers 1] [--join live|cache|keyframe] [--libsrt N] [--no-build]`
+//! [--srt-workers 1] [--join live|cache|keyframe] [--libsrt N] [--otlp URL] [--no-build]`
 //!
 //! It builds and starts the release `sluice` (SRT latency `--latency-ms`,
 //! player and per-IP handshake limits raised), publishes the 10 s 720p
@@ -32,6 +32,9 @@
 //! step, and prints their per-frame latency (read time − publisher send,
 //! after their own TSBPD delay: compare it with the simulated players'
 //! *released* latency) and TS continuity errors next to the simulated ones.
+//!
+//! `--otlp URL` turns traces on (`[telemetry] otlp_endpoint`): against a
+//! dead collector it shows what an outage costs the relay.
 //!
 //! Columns, per step:
 //!
@@ -157,6 +160,9 @@ struct Opts {
     join: Option<String>,
     libsrt: usize,
     build: bool,
+    /// `[telemetry] otlp_endpoint`: traces on, to this collector (a dead
+    /// one measures what a collector outage costs).
+    otlp: Option<String>,
 }
 
 impl Opts {
@@ -171,6 +177,7 @@ impl Opts {
             join: None,
             libsrt: 0,
             build: true,
+            otlp: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -191,6 +198,7 @@ impl Opts {
                     | "--srt-workers"
                     | "--join"
                     | "--libsrt"
+                    | "--otlp"
             );
             let value = if takes_value && inline.is_none() {
                 i += 1;
@@ -224,6 +232,7 @@ impl Opts {
                     o.join = Some(value.clone().unwrap_or_else(|| bad("live|cache|keyframe")))
                 }
                 "--libsrt" => o.libsrt = num(&value) as usize,
+                "--otlp" => o.otlp = Some(value.clone().unwrap_or_else(|| bad("a collector URL"))),
                 "--no-build" => o.build = false,
                 // `cargo bench` passes --bench.
                 "--bench" => {}
@@ -1659,6 +1668,10 @@ fn main() {
         "[srt]\nlatency = \"{}ms\"\nmax_players = 100000\nmax_players_per_stream = 100000\nmax_handshakes_per_ip_per_second = 1000000\nworkers = {}\n",
         opts.latency_ms, opts.srt_workers
     );
+    let config = match &opts.otlp {
+        Some(url) => format!("{config}[telemetry]\notlp_endpoint = \"{url}\"\n"),
+        None => config,
+    };
     let server = Sluice::start_foreground(&bin, &config);
     eprintln!(
         "srt_load: sluice pid {} rtmp {} srt {}",

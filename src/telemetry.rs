@@ -179,6 +179,9 @@ pub fn init_logging(
             .with_tracer(trace::tracer(provider))
             .with_threads(false)
             .with_location(false)
+            // Busy/idle timing would cost two clock reads per poll of
+            // every traced task.
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|m| {
                 if m.is_span() {
                     m.target() == trace::TARGET
@@ -754,6 +757,80 @@ pub fn trim() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JSON log line written in a traced span starts with that span's
+    /// ids, one outside any has none, and the active span's
+    /// `traceparent` names the same trace and span.
+    #[test]
+    fn json_lines_and_webhook_headers_carry_the_active_span() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::filter::filter_fn;
+        use tracing_subscriber::fmt::format::{self, JsonFields};
+        use tracing_subscriber::prelude::*;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Lines::default();
+        let writer = out.clone();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let json = format::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false);
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(TraceIds {
+                        inner: json,
+                        on: true,
+                    })
+                    .with_writer(move || writer.clone())
+                    .with_filter(filter_fn(|m| m.target() != trace::TARGET)),
+            )
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(filter_fn(|m| !m.is_span() || m.target() == trace::TARGET)),
+            );
+        let header = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside");
+            let span = tracing::info_span!(target: trace::TARGET, "publish");
+            let _in = span.enter();
+            tracing::info!("inside");
+            trace::context_headers()
+        });
+        let (parent, state) = header.expect("a traceparent inside the span");
+        assert_eq!(state, None);
+        let parts: Vec<&str> = parent.split('-').collect();
+        assert_eq!(
+            (parts.len(), parts[0], parts[3]),
+            (4, "00", "01"),
+            "{parent}"
+        );
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "outside");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["trace_id"], parts[1], "{text}");
+        assert_eq!(lines[1]["span_id"], parts[2], "{text}");
+        assert!(trace::context_headers().is_none(), "no span, no header");
+    }
 
     #[test]
     fn families_are_unique_and_well_named() {

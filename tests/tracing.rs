@@ -1,10 +1,12 @@
 //! Traces (`[telemetry] otlp_endpoint`): each publish is one OpenTelemetry
-//! trace exported over OTLP/HTTP to a real receiver the test runs; its
-//! setup steps are children of it, a failed setup says why in its status,
-//! the publish webhook's request carries the trace's `traceparent`, SRT
-//! player sessions are traces of their own linked to the publish, and JSON
-//! log lines carry the active span's ids. A dead or silent collector costs
-//! the relay nothing but the spans, which are counted.
+//! trace exported over OTLP/HTTP to a real receiver the test runs. Its
+//! setup steps are children of it (a transcoded rendition's first IDR
+//! among them: the setup ends when the stream is playable, not with its
+//! long-lived legs); a failed setup says why in its status; the publish
+//! webhook's request carries the trace's `traceparent`; SRT player
+//! sessions are traces of their own linked to the publish; JSON log lines
+//! carry the active span's ids. A silent collector costs the relay nothing
+//! but the spans, which are counted.
 
 mod common;
 
@@ -71,6 +73,7 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
         "[server]\nsetup_timeout = \"3s\"\n\
          [telemetry]\notlp_endpoint = \"{}\"\nexport_interval = \"100ms\"\n\
          [apps.live]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\n\
+         [[apps.live.renditions]]\nname = \"small\"\nheight = 240\nvideo_bitrate = \"300k\"\n\
          [apps.broken]\npush = [\"srt://127.0.0.1:{dead}?streamid=x\"]\n",
         otlp.endpoint()
     )));
@@ -138,7 +141,11 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
     let handshake = named("handshake");
     let auth = named("auth");
     let teardown = named("teardown");
+    let idr = named("first_idr");
     within(setup, root);
+    within(idr, setup);
+    assert_eq!(idr.attr("rendition"), Some("small"));
+    assert_eq!(idr.status_code, 1, "{idr:?}");
     within(handshake, setup);
     within(auth, setup);
     within(teardown, root);
@@ -162,7 +169,7 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
     let cause = root.attr("cause").unwrap();
     assert_eq!(teardown.attr("cause"), Some(cause));
     // No span per frame or packet.
-    assert!(trace.len() <= 8, "{trace:#?}");
+    assert!(trace.len() <= 9, "{trace:#?}");
 
     // The webhook joined the trace: its request carried the auth step.
     let requests = hook_requests.lock().unwrap().clone();

@@ -300,10 +300,10 @@ struct Conn {
     /// The trace of the publish this connection is setting up (handed to
     /// the stream group when it starts), its handshake step until the
     /// `publish` command, and the root whose trace the connection's log
-    /// lines carry (the last publish's).
+    /// lines carry (the last publish's; see [`in_trace`]).
     trace: Option<PublishTrace>,
     handshake: Option<Span>,
-    log_trace: Arc<std::sync::Mutex<Span>>,
+    log_trace: Arc<std::sync::Mutex<Option<Span>>>,
 }
 
 /// Write `out` and flush it (TLS holds records until flushed).
@@ -325,7 +325,8 @@ async fn handle<S>(
     let seed = rand::random::<u64>();
     let trace = PublishTrace::start("rtmp", &peer.to_string());
     let handshake = trace.step(Step::Handshake);
-    let log_trace = Arc::new(std::sync::Mutex::new(trace.root.clone()));
+    let first_root = trace.root.clone();
+    let log_trace = Arc::new(std::sync::Mutex::new(None));
     let mut conn = Conn {
         session: Session::new(cfg.rtmp.limits(), Instant::now(), seed),
         ctx,
@@ -339,7 +340,7 @@ async fn handle<S>(
         handshake: Some(handshake),
         log_trace: log_trace.clone(),
     };
-    let close = in_trace(log_trace, conn.run(&mut sock)).await;
+    let close = in_trace(first_root, log_trace, conn.run(&mut sock)).await;
     // Best effort: the last words (a rejection, a status) may still be queued.
     if let Some(out) = conn.session.take_transmit() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut sock, &out)).await;
@@ -376,18 +377,22 @@ async fn handle<S>(
     }
 }
 
-/// Poll `fut` inside the span `current` holds at each poll: a
-/// connection's log lines carry its current publish's trace, which a
-/// republish on the same connection replaces.
+/// Poll `fut` inside a publish trace's root: a connection's log lines
+/// carry its current publish's trace. A republish on the same connection
+/// leaves its new root in `next`, taken up from the next poll on.
 async fn in_trace<F: std::future::Future>(
-    current: Arc<std::sync::Mutex<Span>>,
+    first: Span,
+    next: Arc<std::sync::Mutex<Option<Span>>>,
     fut: F,
 ) -> F::Output {
     let mut fut = std::pin::pin!(fut);
+    let mut current = first;
     std::future::poll_fn(|cx| {
-        let span = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let _in = span.enter();
-        fut.as_mut().poll(cx)
+        let out = current.in_scope(|| fut.as_mut().poll(cx));
+        if let Some(span) = next.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            current = span;
+        }
+        out
     })
     .await
 }
@@ -726,7 +731,7 @@ impl Conn {
     /// lines carry from now on.
     fn new_trace(&mut self) {
         let trace = PublishTrace::start("rtmp", &self.peer.to_string());
-        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) = trace.root.clone();
+        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(trace.root.clone());
         self.trace = Some(trace);
     }
 

@@ -520,7 +520,7 @@ impl Driver {
             cancel: self.stream.cancel.clone(),
             events,
             media,
-            trace: parent,
+            trace: tracing_opentelemetry::OpenTelemetrySpanExt::context(&parent),
         };
         let fut = self.starter.start(spec, ctx);
         let handle = self.legs.spawn(fut.in_current_span());

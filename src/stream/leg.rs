@@ -256,9 +256,11 @@ pub struct LegContext {
     pub events: LegEvents,
     /// Set for legs fed with media.
     pub media: Option<MediaInput>,
-    /// The trace span the leg's own steps are children of (the setup span
-    /// while the stream sets up, else the publish's root).
-    pub trace: tracing::Span,
+    /// The trace context the leg's own steps are children of (the setup
+    /// span's while the stream sets up, else the publish root's). A
+    /// context, not the span: a leg lives as long as the stream, and a
+    /// span handle it held would keep the setup span from ending.
+    pub trace: opentelemetry::Context,
 }
 
 /// A running leg: resolves when it has stopped.

@@ -339,13 +339,17 @@ pub async fn run_leg(params: Params, ctx: LegContext) -> Result<(), LegFailure> 
             .renditions
             .iter()
             .map(|r| {
-                Mutex::new(Some(tracing::info_span!(
+                let span = tracing::info_span!(
                     target: crate::telemetry::trace::TARGET,
-                    parent: &ctx.trace,
                     "first_idr",
                     rendition = %r.name,
                     first_idr_ms = tracing::field::Empty,
-                )))
+                );
+                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                    &span,
+                    ctx.trace.clone(),
+                );
+                Mutex::new(Some(span))
             })
             .collect(),
     );
@@ -1120,7 +1124,7 @@ mod tests {
             cancel: stream.cancel.clone(),
             events: LegEvents::new(id, ev_tx),
             media: Some(media),
-            trace: tracing::Span::none(),
+            trace: opentelemetry::Context::new(),
         };
         let leg = tokio::spawn(run_leg(params, ctx));
         for e in &events[first_key..] {
