@@ -255,8 +255,24 @@ impl Edges {
         info!(stream = %path, origin = %edge.origin.node, srt = %edge.origin.srt, "edge stream started");
         let me = self.clone();
         let watched = edge.clone();
+        // The edge stream's trace: its pulls are children, its players'
+        // sessions link to it, as a publish's would.
+        let trace = tracing::info_span!(
+            target: crate::telemetry::trace::TARGET,
+            "edge",
+            stream = %path,
+            origin = %edge.origin.node,
+        );
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+            &trace,
+            opentelemetry::Context::new(),
+        );
+        let _ = edge
+            .stream
+            .trace
+            .set(crate::telemetry::trace::span_context(&trace));
         tokio::spawn(
-            async move { me.watch(watched).await }
+            async move { me.watch(watched).instrument(trace).await }
                 .instrument(tracing::info_span!("edge", stream = %path)),
         );
         Ok(edge)
@@ -395,12 +411,34 @@ impl Edges {
         let edge = edge.clone();
         let rendition = rendition.to_string();
         let span = tracing::info_span!("edge_pull", stream = %path, rendition = %rendition);
+        let trace = tracing::info_span!(
+            target: crate::telemetry::trace::TARGET,
+            parent: None,
+            "edge_pull",
+            stream = %path,
+            rendition = %rendition,
+            origin = %edge.origin.node,
+        );
+        if let Some(sc) = edge.stream.trace.get() {
+            use opentelemetry::trace::TraceContextExt;
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &trace,
+                opentelemetry::Context::new().with_remote_span_context(sc.clone()),
+            );
+        }
         tokio::spawn(
             async move {
                 cluster.edge_pull_started();
                 counter!(t::CLUSTER_EDGE_PULLS_TOTAL, "result" => "started").increment(1);
                 let started = Instant::now();
-                let result = pull(&edge, &rendition, &caller, &tx).await;
+                let result = pull(&edge, &rendition, &caller, &tx)
+                    .instrument(trace.clone())
+                    .await;
+                match &result {
+                    Ok(_) => crate::telemetry::trace::ok(&trace),
+                    Err(why) => crate::telemetry::trace::fail(&trace, why.clone()),
+                }
+                drop(trace);
                 cluster.edge_pull_ended();
                 let (result_label, why) = match &result {
                     Ok(why) => ("ended", why.clone()),
