@@ -136,16 +136,24 @@ pub fn init_logging(
     format: LogFormat,
     telemetry: &trace::TelemetryConfig,
 ) -> Option<trace::Tracing> {
-    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::filter::{filter_fn, LevelFilter};
     use tracing_subscriber::fmt::format::{self, JsonFields};
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::Layer;
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,srt_protocol=error"));
     // Lifecycle spans are for the exporter: log lines keep the connection
-    // spans they always had as their context.
-    let logs = filter.and(filter_fn(|m| m.target() != trace::TARGET));
+    // spans they always had as their context. A directive (not a second
+    // filter) keeps the filter's level hint, so disabled `debug!`s (one
+    // per packet in srt-protocol) stay a static check.
+    let logs = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,srt_protocol=error"))
+            .add_directive(
+                format!("{}=off", trace::TARGET)
+                    .parse()
+                    .expect("a valid directive"),
+            )
+    };
     let pipeline = telemetry.endpoint().and_then(|url| {
         trace::pipeline(telemetry, &url)
             .map_err(|e| eprintln!("sluice: traces are off: {e}"))
@@ -165,24 +173,34 @@ pub fn init_logging(
                     inner: json,
                     on: with_ids,
                 })
-                .with_filter(logs)
+                .with_filter(logs())
                 .boxed()
         }
         // Colours only for a terminal; journald and log files get plain text.
         LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_filter(logs)
+            .with_filter(logs())
             .boxed(),
     };
-    let otel = pipeline.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(trace::tracer(provider))
-            .with_threads(false)
-            .with_location(false)
-            // Busy/idle timing would cost two clock reads per poll of
-            // every traced task.
-            .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|m| {
+    let registry = tracing_subscriber::registry().with(fmt);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let Some(provider) = pipeline else {
+        // No OpenTelemetry layer at all: an empty one would enable every
+        // callsite.
+        let _ = registry.try_init();
+        return None;
+    };
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(trace::tracer(&provider))
+        .with_threads(false)
+        .with_location(false)
+        // The `target` attribute would clash with a leg's own.
+        .with_target(false)
+        // Busy/idle timing would cost two clock reads per poll of every
+        // traced task.
+        .with_tracked_inactivity(false)
+        .with_filter(
+            filter_fn(|m| {
                 if m.is_span() {
                     m.target() == trace::TARGET
                 } else {
@@ -190,18 +208,14 @@ pub fn init_logging(
                     // they happen in.
                     *m.level() <= tracing::Level::WARN && m.target().starts_with("sluice")
                 }
-            }))
-    });
-    // A second init (tests) is harmless: keep the first subscriber.
-    let installed = tracing_subscriber::registry()
-        .with(fmt)
+            })
+            .with_max_level_hint(LevelFilter::INFO),
+        );
+    registry
         .with(otel)
         .try_init()
-        .is_ok();
-    match pipeline {
-        Some(p) if installed => Some(trace::installed(p)),
-        _ => None,
-    }
+        .is_ok()
+        .then(|| trace::installed(provider))
 }
 
 /// The JSON event format with the active span's `trace_id` and `span_id`

@@ -259,13 +259,10 @@ impl Edges {
         // sessions link to it, as a publish's would.
         let trace = tracing::info_span!(
             target: crate::telemetry::trace::TARGET,
+            parent: None,
             "edge",
             stream = %path,
             origin = %edge.origin.node,
-        );
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
-            &trace,
-            opentelemetry::Context::new(),
         );
         let _ = edge
             .stream

@@ -271,8 +271,6 @@ struct PendingAuth {
     app: AppConfig,
     name: String,
     answer: tokio::task::JoinHandle<Result<(), Refusal>>,
-    /// The publish trace's `auth` step, until the answer.
-    span: Span,
 }
 
 impl Drop for PendingAuth {
@@ -303,7 +301,13 @@ struct Conn {
     /// lines carry (the last publish's; see [`in_trace`]).
     trace: Option<PublishTrace>,
     handshake: Option<Span>,
+    /// A trace was started (at the first bytes: a TCP check that sends
+    /// nothing makes none).
+    traced: bool,
     log_trace: Arc<std::sync::Mutex<Option<Span>>>,
+    /// The connection's log span (`rtmp`, with `peer`; `stream` once
+    /// publishing).
+    conn_span: Span,
 }
 
 /// Write `out` and flush it (TLS holds records until flushed).
@@ -323,9 +327,6 @@ async fn handle<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let seed = rand::random::<u64>();
-    let trace = PublishTrace::start("rtmp", &peer.to_string());
-    let handshake = trace.step(Step::Handshake);
-    let first_root = trace.root.clone();
     let log_trace = Arc::new(std::sync::Mutex::new(None));
     let mut conn = Conn {
         session: Session::new(cfg.rtmp.limits(), Instant::now(), seed),
@@ -336,11 +337,18 @@ async fn handle<S>(
         pending_auth: None,
         publishing: None,
         setup_from: accepted,
-        trace: Some(trace),
-        handshake: Some(handshake),
+        trace: None,
+        handshake: None,
+        traced: false,
         log_trace: log_trace.clone(),
+        conn_span: Span::current(),
     };
-    let close = in_trace(first_root, log_trace, conn.run(&mut sock)).await;
+    let close = if tr::enabled() {
+        tokio_util::either::Either::Left(in_trace(log_trace, conn.run(&mut sock)))
+    } else {
+        tokio_util::either::Either::Right(conn.run(&mut sock))
+    }
+    .await;
     // Best effort: the last words (a rejection, a status) may still be queued.
     if let Some(out) = conn.session.take_transmit() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut sock, &out)).await;
@@ -365,12 +373,16 @@ async fn handle<S>(
         _ => info!(reason, "rtmp connection closed"),
     }
     if let Some(trace) = conn.trace.take() {
-        // It never got to publish (or its publish was refused).
+        // It never got to publish: a protocol error or the deadline is a
+        // failure; a peer that just went away is not.
+        let failed = matches!(close, Close::Proto(_) | Close::SetupTimeout(_));
         let why = format!("the connection closed before publishing ({reason})");
         if let Some(h) = conn.handshake.take() {
-            tr::fail(&h, why.clone());
+            if failed {
+                tr::fail(&h, why.clone());
+            }
         }
-        trace.not_published(reason, &why);
+        trace.not_published(reason, &why, failed);
     }
     if let Some(p) = conn.publishing.take() {
         p.group.end(reason).await;
@@ -378,15 +390,14 @@ async fn handle<S>(
 }
 
 /// Poll `fut` inside a publish trace's root: a connection's log lines
-/// carry its current publish's trace. A republish on the same connection
-/// leaves its new root in `next`, taken up from the next poll on.
+/// carry its current publish's trace. The connection leaves a new root
+/// (or none, once a publish ended) in `next`, taken up after this poll.
 async fn in_trace<F: std::future::Future>(
-    first: Span,
     next: Arc<std::sync::Mutex<Option<Span>>>,
     fut: F,
 ) -> F::Output {
     let mut fut = std::pin::pin!(fut);
-    let mut current = first;
+    let mut current = Span::none();
     std::future::poll_fn(|cx| {
         let out = current.in_scope(|| fut.as_mut().poll(cx));
         if let Some(span) = next.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -395,6 +406,21 @@ async fn in_trace<F: std::future::Future>(
         out
     })
     .await
+}
+
+/// The cluster directory's answer as the setup's `cluster_check` step
+/// (`setup`: the setup span's context), timed from when it is asked.
+async fn traced_check(
+    check: impl std::future::Future<Output = Result<(), Refusal>>,
+    setup: opentelemetry::Context,
+) -> Result<(), Refusal> {
+    let span = tr::step(&setup, Step::ClusterCheck);
+    let answer = check.instrument(span.clone()).await;
+    match &answer {
+        Ok(()) => tr::ok(&span),
+        Err((_, _, why)) => tr::fail(&span, why.clone()),
+    }
+    answer
 }
 
 /// Sleep until `at`; `None` never wakes.
@@ -432,6 +458,13 @@ impl Conn {
                 r = sock.read(&mut buf), if reading => match r {
                     Ok(0) => return Close::PeerClosed,
                     Ok(n) => {
+                        if !self.traced {
+                            // The first bytes start the trace and its
+                            // handshake step.
+                            self.traced = true;
+                            self.new_trace();
+                            self.handshake = self.trace.as_ref().map(|t| t.step(Step::Handshake));
+                        }
                         if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
                             return Close::Proto(e);
                         }
@@ -458,7 +491,9 @@ impl Conn {
                         counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_setup_timeout")
                             .increment(1);
                         self.session.reject_publish("NetStream.Publish.Failed", &why);
-                        tr::fail(&pending.span, why);
+                        if let Some(trace) = self.trace.take() {
+                            trace.not_published("rejected_setup_timeout", &why, true);
+                        }
                     }
                     return Close::SetupTimeout(setup_timeout);
                 }
@@ -472,10 +507,6 @@ impl Conn {
                 }
                 answer = auth_answer(&mut self.pending_auth) => {
                     if let Some(pending) = self.pending_auth.take() {
-                        match &answer {
-                            Ok(()) => tr::ok(&pending.span),
-                            Err((_, _, why)) => tr::fail(&pending.span, why.clone()),
-                        }
                         match answer {
                             Ok(()) => {
                                 if let Err(e) = self.start_publish(pending.path.clone(), &pending.name, &pending.app) {
@@ -541,6 +572,9 @@ impl Conn {
                         p.group.end("unpublished").await;
                         // A connection that stays must publish again in time.
                         self.setup_from = Instant::now();
+                        // Its lines no longer belong to the ended publish.
+                        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Span::none());
                     }
                     None
                 }
@@ -585,6 +619,7 @@ impl Conn {
             self.new_trace();
         }
         let trace = self.trace.clone().unwrap_or_else(PublishTrace::none);
+        let setup = trace.setup_context();
         let auth = trace.step(Step::Auth);
         // The applications in force now: a publish after a reload gets
         // its keys, even on a connection from before it.
@@ -598,14 +633,12 @@ impl Conn {
                 let Some(check) = self.cluster_check(&path, &app) else {
                     return self.start_publish(path, name, &app);
                 };
-                let span = trace.step(Step::ClusterCheck);
-                let answer = tokio::spawn(check.instrument(span.clone()));
+                let answer = tokio::spawn(traced_check(check, setup));
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
                     name: name.to_string(),
                     answer,
-                    span,
                 });
             }
             Decision::Refuse {
@@ -632,37 +665,28 @@ impl Conn {
                 trace.set_stream(&path);
                 auth.record("method", "webhook");
                 let check = self.cluster_check(&path, &app);
-                let check_span = check.is_some().then(|| trace.step(Step::ClusterCheck));
-                // The webhook request carries the auth step's context
-                // (`traceparent`): the auth service joins the trace.
-                let answer = tokio::spawn(
-                    async move {
-                        crate::auth::ask_webhook(&url, &body, timeout)
-                            .await
-                            .map_err(|why| {
-                                ("rejected_unauthorized", Some("webhook_denied"), why)
-                            })?;
-                        match (check, check_span) {
-                            (Some(c), Some(span)) => {
-                                let answer = c.instrument(span.clone()).await;
-                                match &answer {
-                                    Ok(()) => tr::ok(&span),
-                                    Err((_, _, why)) => tr::fail(&span, why.clone()),
-                                }
-                                answer
-                            }
-                            (Some(c), None) => c.await,
-                            (None, _) => Ok(()),
-                        }
+                let answer = tokio::spawn(async move {
+                    // The webhook request carries the auth step's context
+                    // (`traceparent`): the auth service joins the trace.
+                    let asked = crate::auth::ask_webhook(&url, &body, timeout)
+                        .instrument(auth.clone())
+                        .await;
+                    match &asked {
+                        Ok(()) => tr::ok(&auth),
+                        Err(why) => tr::fail(&auth, why.clone()),
                     }
-                    .instrument(auth.clone()),
-                );
+                    drop(auth);
+                    asked.map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;
+                    match check {
+                        Some(c) => traced_check(c, setup).await,
+                        None => Ok(()),
+                    }
+                });
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
                     name: name.to_string(),
                     answer,
-                    span: auth,
                 });
             }
         }
@@ -723,14 +747,14 @@ impl Conn {
         self.session
             .reject_publish("NetStream.Publish.BadName", &text);
         if let Some(trace) = self.trace.take() {
-            trace.not_published(result, why);
+            trace.not_published(result, why, true);
         }
     }
 
     /// A fresh trace for the connection's next publish, which its log
     /// lines carry from now on.
     fn new_trace(&mut self) {
-        let trace = PublishTrace::start("rtmp", &self.peer.to_string());
+        let trace = PublishTrace::start("rtmp", &self.peer.to_string(), self.conn_span.clone());
         *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(trace.root.clone());
         self.trace = Some(trace);
     }
@@ -756,7 +780,8 @@ impl Conn {
         match started {
             Ok(group) => {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "accepted").increment(1);
-                tracing::Span::current().record("stream", tracing::field::display(&path));
+                self.conn_span
+                    .record("stream", tracing::field::display(&path));
                 info!(stream = %path, "publish accepted");
                 let stream = group.stream().clone();
                 self.publishing = Some(Publishing {
@@ -775,7 +800,7 @@ impl Conn {
                 counter!(t::RTMP_PUBLISHES_TOTAL, "result" => result).increment(1);
                 warn!(stream = %path, reason = result, "publish refused: {e}");
                 self.session.reject_publish(code, &e.to_string());
-                trace.not_published(result, &e.to_string());
+                trace.not_published(result, &e.to_string(), true);
             }
         }
         Ok(())

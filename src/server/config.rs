@@ -645,11 +645,16 @@ mod tests {
         assert_eq!(c.apps.named().count(), 0);
     }
 
-    /// README's "Configuration" and "Transcoded renditions" examples load.
+    /// README's "Configuration", "Transcoded renditions" and "Tracing"
+    /// examples load.
     #[test]
     fn readme_examples_load() {
         let readme = include_str!("../../README.md");
-        for title in ["## Configuration\n", "## Transcoded renditions\n"] {
+        for title in [
+            "## Configuration\n",
+            "## Transcoded renditions\n",
+            "### Tracing\n",
+        ] {
             let section = readme.split(title).nth(1).expect(title);
             let block = section
                 .split("```toml\n")

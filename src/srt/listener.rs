@@ -1211,7 +1211,8 @@ impl Listener {
         let peer = from.to_string();
         // The handshake and any webhook question came before; the trace
         // starts with the accepted Conclusion.
-        let trace = PublishTrace::start("srt", &peer);
+        let trace = PublishTrace::start("srt", &peer, tracing::Span::current());
+        trace.set_stream(path);
         let started = setup.streams.start(Publish {
             path: path.clone(),
             name: &path.key,
@@ -1234,8 +1235,7 @@ impl Listener {
                     }
                 };
                 warn!(stream = %path, peer = %from, reason = result, "publish refused: {e}");
-                trace.set_stream(path);
-                trace.not_published(result, &e.to_string());
+                trace.not_published(result, &e.to_string(), true);
                 return Err((result, code, e.to_string()));
             }
         };
@@ -2160,6 +2160,7 @@ async fn webhook_question(
     };
     let span = tracing::info_span!(
         target: crate::telemetry::trace::TARGET,
+        parent: None,
         "webhook",
         action = %text("action"),
         stream = %text("path"),

@@ -144,7 +144,6 @@ impl Streams {
             &self.root,
         )?;
         let _ = guard.stream().protocol.set(p.protocol);
-        p.trace.set_stream(&p.path);
         let _ = guard.stream().trace.set(tr::span_context(&p.trace.root));
         let series = &guard.stream().series;
         let group = Group::new(
@@ -182,12 +181,18 @@ impl Streams {
             shown_bitrate: 0,
             trace_root: p.trace.root.clone(),
             trace_setup: Some(p.trace.setup),
+            log_span: p.trace.conn.clone(),
             leg_spans: Vec::new(),
             teardown_span: None,
         };
-        // The root's `tracing` parent is the ingest's connection span: log
-        // lines keep it as their context.
-        self.drivers.spawn(driver.run().instrument(p.trace.root));
+        // In the trace's root (log lines carry its ids) and in the ingest's
+        // connection span (their context, as ever).
+        self.drivers.spawn(
+            driver
+                .run()
+                .instrument(p.trace.root)
+                .instrument(p.trace.conn),
+        );
         Ok(GroupHandle {
             tx,
             stopped: stopped_rx,
@@ -292,6 +297,8 @@ struct Driver {
     /// the teardown span until the legs stopped.
     trace_root: Span,
     trace_setup: Option<Span>,
+    /// The ingest's connection span: legs' log lines keep it as context.
+    log_span: Span,
     leg_spans: Vec<Option<Span>>,
     teardown_span: Option<Span>,
 }
@@ -435,7 +442,7 @@ impl Driver {
                     self.publish_stats(now);
                     self.log_ready(took);
                     if let Some(setup) = self.trace_setup.take() {
-                        setup.record("setup_ms", took.as_millis() as u64);
+                        setup.record("setup_ms", took.as_millis() as i64);
                         tr::ok(&setup);
                     }
                 }
@@ -478,37 +485,38 @@ impl Driver {
             events = events.with_setup_deadline(self.group.setup_deadline());
         }
         // Steps of the setup are children of its span; a leg started
-        // later (an optional one's retry) is a child of the root.
-        let parent = self
-            .trace_setup
-            .as_ref()
-            .unwrap_or(&self.trace_root)
-            .clone();
+        // later (an optional one's retry) is a child of the root. Through
+        // the OpenTelemetry context: a `tracing` child would keep the setup
+        // span open until an optional leg connected.
+        let parent = tracing_opentelemetry::OpenTelemetrySpanExt::context(
+            self.trace_setup.as_ref().unwrap_or(&self.trace_root),
+        );
         let info = spec.info();
         if !matches!(spec, LegSpec::Transcode(_)) {
             let retries = self
                 .group
                 .leg_statuses()
                 .nth(leg.0)
-                .map_or(0, |s| s.retries);
+                .map_or(0, |s| i64::from(s.retries));
             let span = match spec {
                 LegSpec::Claim { takeover } => tracing::info_span!(
                     target: tr::TARGET,
-                    parent: &parent,
+                    parent: None,
                     "cluster_claim",
                     takeover,
                     retries,
                 ),
                 _ => tracing::info_span!(
                     target: tr::TARGET,
-                    parent: &parent,
+                    parent: None,
                     "leg_connect",
                     leg = info.kind.label(),
-                    target = %spec.target(),
+                    destination = %spec.target(),
                     required = info.required,
                     retries,
                 ),
             };
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent.clone());
             if self.leg_spans.len() <= leg.0 {
                 self.leg_spans.resize_with(leg.0 + 1, || None);
             }
@@ -520,10 +528,13 @@ impl Driver {
             cancel: self.stream.cancel.clone(),
             events,
             media,
-            trace: tracing_opentelemetry::OpenTelemetrySpanExt::context(&parent),
+            trace: parent,
         };
         let fut = self.starter.start(spec, ctx);
-        let handle = self.legs.spawn(fut.in_current_span());
+        let handle = self.legs.spawn(
+            fut.instrument(self.trace_root.clone())
+                .instrument(self.log_span.clone()),
+        );
         self.leg_ids.insert(handle.id(), leg);
     }
 
@@ -619,18 +630,19 @@ impl Driver {
             }
             Cause::Publisher(_) | Cause::TakenOver | Cause::Shutdown => None,
         };
+        // Steps first: they end within the setup.
+        for span in self.leg_spans.drain(..).flatten() {
+            tr::fail(
+                &span,
+                format!("the stream ended ({label}) before it connected"),
+            );
+        }
         if let Some(setup) = self.trace_setup.take() {
             // The publisher leaving or a drain during setup: the setup did
             // not finish either.
             tr::fail(
                 &setup,
                 failed.clone().unwrap_or_else(|| format!("{label}: {why}")),
-            );
-        }
-        for span in self.leg_spans.drain(..).flatten() {
-            tr::fail(
-                &span,
-                format!("the stream ended ({label}) before it connected"),
             );
         }
         self.trace_root.record("cause", label);

@@ -4,10 +4,15 @@
 //!
 //! Lifecycle spans are ordinary `tracing` spans with the target
 //! [`TARGET`]. Only those reach the OpenTelemetry layer (and warnings from
-//! sluice's own code, as span events); logs never show them as span
-//! context, so log lines look the same with tracing on or off, and with it
-//! off the spans are disabled callsites that cost nothing. No span is
-//! made per packet or per frame.
+//! sluice's own code, as span events); the log's filter turns them off, so
+//! log lines keep the connection spans they always had as their context
+//! (tasks are instrumented with both), and with traces off they are
+//! disabled callsites. No span is made per packet or per frame.
+//!
+//! A span's end is its last exit when it was ever entered (that is how
+//! tracing-opentelemetry times spans), else its close; steps are parented
+//! through their OpenTelemetry context where a `tracing` parent would
+//! keep the parent open (the registry closes a span after its children).
 //!
 //! Export never blocks the relay: a finished span goes into a bounded
 //! queue with `try_send` (a full queue drops it, counted in
@@ -106,6 +111,12 @@ impl TelemetryConfig {
         }
         if let Some(url) = &self.otlp_endpoint {
             traces_url(url).map_err(|why| ConfigError::invalid("otlp_endpoint", why))?;
+            if url.trim().starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    "otlp_endpoint",
+                    "only http:// collectors are supported (run the collector next to sluice)",
+                ));
+            }
         }
         Ok(())
     }
@@ -195,20 +206,29 @@ pub fn pipeline(cfg: &TelemetryConfig, url: &str) -> Result<SdkTracerProvider, S
 /// `sluice` when they do not say; the version and this process.
 fn resource() -> Resource {
     let detected = Resource::builder().build();
+    let has = |k: &'static str| {
+        detected
+            .get(&opentelemetry::Key::from_static_str(k))
+            .is_some()
+    };
     let named = detected
         .get(&opentelemetry::Key::from_static_str("service.name"))
         .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
-    let mut b = Resource::builder().with_attributes([
-        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new(
+    // Ours only where the environment does not say (later values win).
+    let mut ours = Vec::new();
+    if !named {
+        ours.push(KeyValue::new("service.name", "sluice"));
+    }
+    if !has("service.version") {
+        ours.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    if !has("service.instance.id") {
+        ours.push(KeyValue::new(
             "service.instance.id",
             format!("{:016x}", rand::random::<u64>()),
-        ),
-    ]);
-    if !named {
-        b = b.with_service_name("sluice");
+        ));
     }
-    b.build()
+    Resource::builder().with_attributes(ours).build()
 }
 
 /// The tracer lifecycle spans go to, for the `tracing` layer.
@@ -288,10 +308,13 @@ impl SpanProcessor for Export {
         if !span.span_context.is_sampled() {
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Span(Box::new(span))) {
-            metrics::counter!(super::TRACE_SPANS_DROPPED_TOTAL, "reason" => "queue_full")
-                .increment(1);
-        }
+        let reason = match self.tx.try_send(Msg::Span(Box::new(span))) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "queue_full",
+            // The export thread is gone (no runtime for it).
+            Err(TrySendError::Disconnected(_)) => "export_failed",
+        };
+        metrics::counter!(super::TRACE_SPANS_DROPPED_TOTAL, "reason" => reason).increment(1);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -360,9 +383,14 @@ fn export_loop<E: SpanExporter>(
                 }
             }
             Ok(Msg::Flush(done)) => {
-                drain(&rx, &mut batch, &mut |b| send(b, &mut warn));
+                let stop = drain(&rx, &mut batch, &mut |b| send(b, &mut warn));
                 send(&mut batch, &mut warn);
                 let _ = done.send(());
+                if let Some(stop) = stop {
+                    let _ = exporter.shutdown();
+                    let _ = stop.send(());
+                    return;
+                }
             }
             Ok(Msg::Stop(done)) => {
                 drain(&rx, &mut batch, &mut |b| send(b, &mut warn));
@@ -383,8 +411,14 @@ fn export_loop<E: SpanExporter>(
     }
 }
 
-/// Move the spans queued now into `batch`, sending full batches.
-fn drain(rx: &Receiver<Msg>, batch: &mut Vec<SpanData>, send: &mut dyn FnMut(&mut Vec<SpanData>)) {
+/// Move the spans queued now into `batch`, sending full batches; a stop
+/// asked meanwhile is returned, to answer once the batch went out.
+fn drain(
+    rx: &Receiver<Msg>,
+    batch: &mut Vec<SpanData>,
+    send: &mut dyn FnMut(&mut Vec<SpanData>),
+) -> Option<mpsc::Sender<()>> {
+    let mut stop = None;
     while let Ok(m) = rx.try_recv() {
         match m {
             Msg::Span(s) => {
@@ -393,12 +427,14 @@ fn drain(rx: &Receiver<Msg>, batch: &mut Vec<SpanData>, send: &mut dyn FnMut(&mu
                     send(batch);
                 }
             }
-            // Answered: what they asked for is being done now.
-            Msg::Flush(done) | Msg::Stop(done) => {
+            // Answered once this flush is done.
+            Msg::Flush(done) => {
                 let _ = done.send(());
             }
+            Msg::Stop(done) => stop = Some(done),
         }
     }
+    stop
 }
 
 /// The W3C `traceparent` (and `tracestate`, when not empty) of the active
@@ -456,17 +492,17 @@ pub fn player_span(
 ) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
+        parent: None,
         "srt_play",
         stream,
         rendition,
         peer = %peer,
         join,
-        worker,
+        worker = worker as i64,
         reason = tracing::field::Empty,
         seconds = tracing::field::Empty,
         bytes_out = tracing::field::Empty,
     );
-    let _ = span.set_parent(opentelemetry::Context::new());
     if let Some(cx) = link.filter(SpanContext::is_valid) {
         span.add_link(cx);
     }
@@ -483,7 +519,7 @@ pub fn player_ended(
 ) {
     span.record("reason", reason);
     span.record("seconds", lasted.as_secs_f64());
-    span.record("bytes_out", bytes_out);
+    span.record("bytes_out", bytes_out as i64);
     match failure {
         Some(why) => fail(span, why),
         None => ok(span),
@@ -491,29 +527,35 @@ pub fn player_ended(
 }
 
 /// One publish's trace: the root (`publish`, the whole publish) and its
-/// `setup` child (accept → playable or failed). Cloning shares the spans.
+/// `setup` child (first bytes → playable or failed), and the ingest's
+/// connection span that log lines show as their context. Cloning shares
+/// the spans.
 #[derive(Debug, Clone)]
 pub struct PublishTrace {
     pub root: Span,
     pub setup: Span,
+    /// The ingest connection's `tracing` span (not exported): tasks of
+    /// the publish are instrumented with it too, so their log lines keep
+    /// it (`peer`, `stream`) as their context.
+    pub conn: Span,
 }
 
 impl PublishTrace {
-    /// A new trace for a publish by `peer` over `protocol` (`rtmp`, `srt`,
-    /// `edge`); the stream path is recorded once known.
-    pub fn start(protocol: &'static str, peer: &str) -> PublishTrace {
+    /// A new trace for a publish by `peer` over `protocol` (`rtmp`, `srt`),
+    /// on the connection whose log span is `conn`; the stream path is
+    /// recorded once known.
+    pub fn start(protocol: &'static str, peer: &str, conn: Span) -> PublishTrace {
         let root = tracing::info_span!(
             target: TARGET,
+            parent: None,
             "publish",
             protocol,
             peer,
             stream = tracing::field::Empty,
             cause = tracing::field::Empty,
         );
-        // A root of its own, whatever span is active where it starts.
-        let _ = root.set_parent(opentelemetry::Context::new());
         let setup = tracing::info_span!(target: TARGET, parent: &root, "setup", setup_ms = tracing::field::Empty);
-        PublishTrace { root, setup }
+        PublishTrace { root, setup, conn }
     }
 
     /// No trace (the stream group's tests, tools).
@@ -521,6 +563,7 @@ impl PublishTrace {
         PublishTrace {
             root: Span::none(),
             setup: Span::none(),
+            conn: Span::none(),
         }
     }
 
@@ -528,31 +571,46 @@ impl PublishTrace {
         self.root.record("stream", tracing::field::display(path));
     }
 
-    /// A child of the setup span (`handshake`, `auth`, a leg's connect).
+    /// A step of the setup (`handshake`, `auth`, `cluster_check`): a child
+    /// of the setup span that does not keep it open.
     pub fn step(&self, name: Step) -> Span {
-        match name {
-            Step::Handshake => {
-                tracing::info_span!(target: TARGET, parent: &self.setup, "handshake")
-            }
-            Step::Auth => tracing::info_span!(
-                target: TARGET,
-                parent: &self.setup,
-                "auth",
-                method = tracing::field::Empty
-            ),
-            Step::ClusterCheck => {
-                tracing::info_span!(target: TARGET, parent: &self.setup, "cluster_check")
-            }
-        }
+        step(&self.setup.context(), name)
+    }
+
+    /// The setup span's context, for steps made elsewhere ([`step`]).
+    pub fn setup_context(&self) -> opentelemetry::Context {
+        self.setup.context()
     }
 
     /// The ingest ended before a stream group took the trace over: a
-    /// refusal, or a connection that closed (or timed out) first.
-    pub fn not_published(&self, cause: &str, why: &str) {
-        fail(&self.setup, why);
-        fail(&self.root, why);
+    /// refusal (`failed`), or a connection that closed or timed out first.
+    /// Its spans end now, the root last.
+    pub fn not_published(self, cause: &str, why: &str, failed: bool) {
+        if failed {
+            fail(&self.setup, why);
+            fail(&self.root, why);
+        }
         self.root.record("cause", cause);
+        drop(self.setup);
+        // Entered spans end at their last exit: this one is now.
+        self.root.in_scope(|| {});
     }
+}
+
+/// A setup step under the setup span whose context is `setup`.
+pub fn step(setup: &opentelemetry::Context, name: Step) -> Span {
+    let span = match name {
+        Step::Handshake => tracing::info_span!(target: TARGET, parent: None, "handshake"),
+        Step::Auth => tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "auth",
+            method = tracing::field::Empty
+        ),
+        Step::ClusterCheck => tracing::info_span!(target: TARGET, parent: None, "cluster_check"),
+    };
+    let _ = span.set_parent(setup.clone());
+    span
 }
 
 /// The steps of a setup that ingests trace.

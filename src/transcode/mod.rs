@@ -341,6 +341,7 @@ pub async fn run_leg(params: Params, ctx: LegContext) -> Result<(), LegFailure> 
             .map(|r| {
                 let span = tracing::info_span!(
                     target: crate::telemetry::trace::TARGET,
+                    parent: None,
                     "first_idr",
                     rendition = %r.name,
                     first_idr_ms = tracing::field::Empty,
@@ -926,7 +927,7 @@ async fn read_output(mut out: tokio::net::unix::pipe::Receiver, o: Output) {
                 .get(index)
                 .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
             if let Some(span) = span {
-                span.record("first_idr_ms", took.as_millis() as u64);
+                span.record("first_idr_ms", took.as_millis() as i64);
                 crate::telemetry::trace::ok(&span);
             }
             legs.rendition_ready();
