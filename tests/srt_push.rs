@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +19,6 @@ use std::time::{Duration, Instant};
 use common::flv::{self, FlvTag};
 use common::rtmp_client::{PublishOptions, RtmpPublisher, Status};
 use common::*;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn a_push_leg_delivers_a_playable_stream_to_srt_live_transmit() {

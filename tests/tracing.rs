@@ -10,18 +10,28 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// ffmpeg publishes the fixture to `live/cam1` until the guard drops;
+/// returns once the stream is playable, after an SRT player read from it.
+fn publish_and_play(server: &Sluice) -> ChildGuard {
+    let fixture = fixture_avc_aac(60);
+    let ff = publish_fixture(
+        &fixture,
+        &server.rtmp_url("live/cam1"),
+        PublishFor::Secs(30),
+    );
+    server.wait_for_stream(
+        "live/cam1",
+        |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
+        Duration::from_secs(15),
+    );
+    play(&server.srt_url("live/cam1", ""), 5);
+    ff
 }
 
 /// ffmpeg reads `frames` video frames from `url` (an SRT player) and exits.
@@ -92,24 +102,12 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
 
     // A publish that becomes live (its optional push never connects), one
     // player, then the publisher leaves.
-    let fixture = fixture_avc_aac(60);
-    let ff = publish_fixture(
-        &fixture,
-        &server.rtmp_url("live/cam1"),
-        PublishFor::Secs(30),
-    );
-    server.wait_for_stream(
-        "live/cam1",
-        |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
-        Duration::from_secs(15),
-    );
-    play(&server.srt_url("live/cam1", ""), 5);
-    drop(ff);
+    drop(publish_and_play(&server));
     server.wait_stream_gone("live/cam1", Duration::from_secs(10));
 
     // A publish whose required push cannot connect: its setup fails.
     let mut broken = publish_fixture(
-        &fixture,
+        &fixture_avc_aac(60),
         &server.rtmp_url("broken/cam2"),
         PublishFor::Secs(10),
     );
@@ -323,18 +321,7 @@ fn a_silent_collector_costs_spans_not_the_relay() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let fixture = fixture_avc_aac(30);
-    let _ff = publish_fixture(
-        &fixture,
-        &server.rtmp_url("live/cam1"),
-        PublishFor::Secs(20),
-    );
-    server.wait_for_stream(
-        "live/cam1",
-        |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
-        Duration::from_secs(15),
-    );
-    play(&server.srt_url("live/cam1", ""), 5);
+    let _ff = publish_and_play(&server);
     let (code, _) = server.get("/healthz");
     assert_eq!(code, 200);
     drop(held);
