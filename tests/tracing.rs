@@ -85,7 +85,8 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
          [apps.live]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\n\
          push = [{{ url = \"srt://127.0.0.1:{dead}?streamid=opt\", required = false }}]\n\
          [[apps.live.renditions]]\nname = \"small\"\nheight = 240\nvideo_bitrate = \"300k\"\n\
-         [apps.broken]\npush = [\"srt://127.0.0.1:{dead}?streamid=x\"]\n",
+         [apps.broken]\npush = [\"srt://127.0.0.1:{dead}?streamid=x\"]\n\
+         [apps.srtin]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\n",
         otlp.endpoint()
     )));
 
@@ -117,20 +118,32 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
     );
     broken.expect_exit(Duration::from_secs(10));
 
-    let spans = otlp.wait_for(
+    // An SRT publish asking the same webhook: its trace begins with the
+    // question, which is its auth step.
+    let srt_url = server.srt_url("#!::r=srtin/cam3,m=publish", "");
+    let mut cmd = Command::new(require_ffmpeg());
+    cmd.args(["-loglevel", "error", "-re", "-i"])
+        .arg(fixture_avc_aac(60))
+        .args(["-map", "0", "-c", "copy", "-f", "mpegts", &srt_url]);
+    let srt_publisher = ChildGuard::spawn("ffmpeg", cmd);
+    server.wait_for_stream(
+        "srtin/cam3",
+        |s| json_f64(s, "/keyframes_in").is_some_and(|k| k >= 1.0),
         Duration::from_secs(15),
-        "three traces and the player",
-        |s| {
-            let roots = s.iter().filter(|x| x.name == "publish").count();
-            roots >= 3 && s.iter().any(|x| x.name == "srt_play")
-        },
     );
+    drop(srt_publisher);
+    server.wait_stream_gone("srtin/cam3", Duration::from_secs(10));
+
+    let spans = otlp.wait_for(Duration::from_secs(15), "four traces and the player", |s| {
+        let roots = s.iter().filter(|x| x.name == "publish").count();
+        roots >= 4 && s.iter().any(|x| x.name == "srt_play")
+    });
 
     // -- the bad handshake: a short failed trace, its root ending last -----
     let roots: Vec<&RecvSpan> = spans.iter().filter(|s| s.name == "publish").collect();
     assert_eq!(
         roots.len(),
-        3,
+        4,
         "the silent TCP check made no trace: {roots:#?}"
     );
     let bad = one(&spans, "the bad handshake", |s| {
@@ -213,15 +226,41 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
 
     // The webhook joined the trace: its request carried the auth step.
     let requests = hook_requests.lock().unwrap().clone();
-    assert_eq!(requests.len(), 1, "{requests:?}");
-    let parent = requests[0]
-        .0
-        .get("traceparent")
-        .expect("a traceparent header");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let asked = |path: &str| -> String {
+        let r = requests
+            .iter()
+            .find(|(_, body)| body["path"] == path)
+            .unwrap_or_else(|| panic!("no webhook request for {path}: {requests:?}"));
+        r.0.get("traceparent")
+            .expect("a traceparent header")
+            .clone()
+    };
+    let parent = &asked("live/cam1");
     assert_eq!(
         parent,
         &format!("00-{}-{}-01", root.trace_id, auth.span_id),
         "traceparent names the publish's trace and its auth step"
+    );
+
+    // The SRT publish: its webhook question is its trace's auth step.
+    let sroot = one(&spans, "the srtin/cam3 publish", |s| {
+        s.name == "publish" && s.attr("stream") == Some("srtin/cam3")
+    });
+    assert_eq!(sroot.attr("protocol"), Some("srt"));
+    let ssetup = one(&spans, "srt setup", |s| {
+        s.trace_id == sroot.trace_id && s.name == "setup"
+    });
+    let sauth = one(&spans, "srt auth", |s| {
+        s.trace_id == sroot.trace_id && s.name == "auth"
+    });
+    within(ssetup, sroot);
+    within(sauth, ssetup);
+    assert_eq!(sauth.attr("method"), Some("webhook"));
+    assert_eq!(ssetup.status_code, 1, "{ssetup:?}");
+    assert_eq!(
+        asked("srtin/cam3"),
+        format!("00-{}-{}-01", sroot.trace_id, sauth.span_id)
     );
 
     // The player's session: a trace of its own, linked to the publish.

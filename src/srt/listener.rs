@@ -46,7 +46,7 @@ use crate::stream::driver::{Publish, Streams};
 use crate::stream::remote::Remote;
 use crate::stream::{ClaimError, Registry, StreamPath};
 use crate::telemetry;
-use crate::telemetry::trace::PublishTrace;
+use crate::telemetry::trace::{PublishTrace, Step};
 use crate::ts::TsChunk;
 
 /// Chunks fed per pump, so one player cannot starve others.
@@ -237,6 +237,10 @@ pub struct Listener {
     read_auth: ReadRules,
     /// Read-webhook calls in flight, each with the Conclusion it holds.
     pending_reads: Arc<std::sync::Mutex<PendingReads<HeldConclusion>>>,
+    /// The traces of publishes whose question (webhook, directory) is
+    /// asked: begun with the first Conclusion, handed to the publish when
+    /// it is accepted, ended when it is refused or its caller gave up.
+    publish_traces: std::sync::Mutex<HashMap<ReadKey, (Instant, PublishTrace)>>,
     /// Sent to (at most one wake queued) when a webhook answers.
     answers: tokio::sync::mpsc::Sender<()>,
     /// Its receiving end, until [`Listener::take_answers`].
@@ -626,6 +630,7 @@ impl Listener {
             conclusions: HandshakeLimiter::default(),
             read_auth: ReadRules::default(),
             pending_reads: Arc::default(),
+            publish_traces: Default::default(),
             answers,
             answers_rx: Some(answers_rx),
             remote: None,
@@ -958,8 +963,9 @@ impl Listener {
         match result {
             Some(ConnectionResult::Connected(reply, conn)) => match decision.target {
                 Some(Target::Play(target)) => self.accept(now, from, &h, reply, conn, target),
-                Some(Target::Publish(path, app)) => {
-                    let started = self.accept_publisher(now, from, &h, reply, conn, &path, &app);
+                Some(Target::Publish(path, app, trace)) => {
+                    let started =
+                        self.accept_publisher(now, from, &h, reply, conn, &path, &app, trace);
                     if let Err((result, code, why)) = started {
                         metrics::counter!(telemetry::SRT_PUBLISHES_TOTAL, "result" => result)
                             .increment(1);
@@ -1202,6 +1208,7 @@ impl Listener {
         mut conn: Connection,
         path: &StreamPath,
         app: &AppConfig,
+        trace: Option<PublishTrace>,
     ) -> Result<(), (&'static str, i32, String)> {
         let Some(setup) = &self.publish else {
             return Err(("rejected_bad_mode", code::BAD_MODE, "not offered".into()));
@@ -1209,10 +1216,13 @@ impl Listener {
         let setup_kbps = setup.max_ingest_kbps;
         fix_latency(self.cfg.latency, h, &mut reply, &mut conn);
         let peer = from.to_string();
-        // The handshake and any webhook question came before; the trace
-        // starts with the accepted Conclusion.
-        let trace = PublishTrace::start("srt", &peer, tracing::Span::current());
-        trace.set_stream(path);
+        // Begun with the first Conclusion when a question was asked, else
+        // it starts with the accepted one.
+        let trace = trace.unwrap_or_else(|| {
+            let t = PublishTrace::start("srt", &peer, tracing::Span::current());
+            t.set_stream(path);
+            t
+        });
         let started = setup.streams.start(Publish {
             path: path.clone(),
             name: &path.key,
@@ -1698,6 +1708,7 @@ impl Listener {
             (url, app.webhook_timeout, body)
         });
         let remote = self.remote.clone().filter(|_| !app.takeover);
+        let mut trace = None;
         if webhook.is_some() || remote.is_some() {
             let key = ReadKey::new(
                 from,
@@ -1711,25 +1722,58 @@ impl Listener {
             let limit = webhook.as_ref().map_or(Duration::ZERO, |w| w.1)
                 + remote.as_ref().map_or(Duration::ZERO, |r| r.wait_limit());
             let p = path.clone();
-            let question = async move {
-                if let Some((url, timeout, body)) = webhook {
-                    webhook_question(&url, &body, timeout).await?;
+            let peer = from.to_string();
+            // The publish's trace begins with its first Conclusion: the
+            // webhook is its auth step (its request carries the step's
+            // `traceparent`), the directory its cluster check.
+            let question = || {
+                let trace = PublishTrace::start("srt", &peer, tracing::Span::current());
+                trace.set_stream(&p);
+                let auth = webhook.as_ref().map(|_| {
+                    let span = trace.step(Step::Auth);
+                    span.record("method", "webhook");
+                    span
+                });
+                let setup = trace.setup_context();
+                self.remember_trace(key, now, limit, trace);
+                async move {
+                    if let (Some((url, timeout, body)), Some(span)) = (webhook, auth) {
+                        webhook_question(&url, &body, timeout, span).await?;
+                    }
+                    let held = match remote {
+                        Some(r) => {
+                            let span = crate::telemetry::trace::step(&setup, Step::ClusterCheck);
+                            let held = tracing::Instrument::instrument(
+                                r.held_elsewhere(p.clone()),
+                                span.clone(),
+                            )
+                            .await;
+                            match &held {
+                                None => crate::telemetry::trace::ok(&span),
+                                Some(node) => crate::telemetry::trace::fail(
+                                    &span,
+                                    format!("held by node {node}"),
+                                ),
+                            }
+                            held
+                        }
+                        None => None,
+                    };
+                    if let Some(node) = held {
+                        return Err((
+                            code::CONFLICT,
+                            format!(
+                                "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
+                            ),
+                        ));
+                    }
+                    Ok(())
                 }
-                if let Some(node) = match remote {
-                    Some(r) => r.held_elsewhere(p.clone()).await,
-                    None => None,
-                } {
-                    return Err((
-                        code::CONFLICT,
-                        format!(
-                            "{p} is being published on {node}; stop that publisher first, or set takeover = true for this application"
-                        ),
-                    ));
-                }
-                Ok(())
             };
             match self.ask(key, limit, now, question) {
-                WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {}
+                WebhookVerdict::NotConfigured | WebhookVerdict::Allowed => {
+                    trace = self.take_trace(&key);
+                }
                 WebhookVerdict::Waiting(key) => {
                     return Decision {
                         waiting: Some(key),
@@ -1738,10 +1782,16 @@ impl Listener {
                 }
                 WebhookVerdict::Denied(code, why) if code == code::CONFLICT => {
                     warn!(stream = %path, peer = %from, reason = "rejected_busy", "publish refused: {why}");
+                    if let Some(t) = self.take_trace(&key) {
+                        t.not_published("rejected_busy", &why, true);
+                    }
                     return reject("rejected_busy", code, why);
                 }
                 WebhookVerdict::Denied(code, why) => {
                     auth_reject("webhook_denied");
+                    if let Some(t) = self.take_trace(&key) {
+                        t.not_published("rejected_unauthorized", &why, true);
+                    }
                     return reject("rejected_unauthorized", code, why);
                 }
             }
@@ -1752,7 +1802,7 @@ impl Listener {
         });
         Decision {
             response: AccessControlResponse::Accepted(keys),
-            target: Some(Target::Publish(path, Box::new(app.clone()))),
+            target: Some(Target::Publish(path, Box::new(app.clone()), trace)),
             streamid: sid.clone(),
             why: String::new(),
             waiting: None,
@@ -1837,8 +1887,8 @@ impl Listener {
         key: ReadKey,
         now: Instant,
     ) -> WebhookVerdict {
-        self.ask(key, timeout, now, async move {
-            webhook_question(&url, &body, timeout).await
+        self.ask(key, timeout, now, move || async move {
+            webhook_question(&url, &body, timeout, webhook_span(&body)).await
         })
     }
 
@@ -1847,7 +1897,14 @@ impl Listener {
     /// first Conclusion, the Conclusion held meanwhile; read, once
     /// answered, by the held Conclusion's replay or a retransmission of the
     /// same request. A refusal carries its rejection code.
-    fn ask<F>(&self, key: ReadKey, timeout: Duration, now: Instant, question: F) -> WebhookVerdict
+    /// `make` builds the question when it is asked (not on replays).
+    fn ask<F>(
+        &self,
+        key: ReadKey,
+        timeout: Duration,
+        now: Instant,
+        make: impl FnOnce() -> F,
+    ) -> WebhookVerdict
     where
         F: std::future::Future<Output = crate::srt::admission::WebhookAnswer> + Send + 'static,
     {
@@ -1864,6 +1921,7 @@ impl Listener {
         if let Err(why) = pending.admit(now, key, timeout) {
             return WebhookVerdict::Denied(code::OVERLOAD, why);
         }
+        let question = make();
         let slot = self.pending_reads.clone();
         let answers = self.answers.clone();
         rt.spawn(async move {
@@ -1949,15 +2007,46 @@ impl Listener {
         let key = ReadKey::new(from, h.socket_id.0, parsed.mode, &body);
         let rendition = parsed.rendition.clone();
         let limit = remote.wait_limit() + webhook.as_ref().map_or(Duration::ZERO, |w| w.1);
-        self.ask(key, limit, now, async move {
+        self.ask(key, limit, now, move || async move {
             if let Some((url, timeout, body)) = webhook {
-                webhook_question(&url, &body, timeout).await?;
+                let span = webhook_span(&body);
+                webhook_question(&url, &body, timeout, span).await?;
             }
             remote
                 .fetch(path, rendition)
                 .await
                 .map_err(|why| (code::NOT_FOUND, why))
         })
+    }
+
+    /// Keep the trace a publish's question began until its answer is
+    /// read; traces of callers that gave up (older than their question's
+    /// limit and a grace) end here.
+    fn remember_trace(&self, key: ReadKey, now: Instant, limit: Duration, trace: PublishTrace) {
+        let mut traces = self
+            .publish_traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let stale = limit + Duration::from_secs(10);
+        let gone: Vec<ReadKey> = traces
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= stale)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some((_, t)) = traces.remove(&k) {
+                t.not_published("abandoned", "the caller gave up before the answer", false);
+            }
+        }
+        traces.insert(key, (now, trace));
+    }
+
+    fn take_trace(&self, key: &ReadKey) -> Option<PublishTrace> {
+        self.publish_traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+            .map(|(_, t)| t)
     }
 
     fn pending_reads(&self) -> std::sync::MutexGuard<'_, PendingReads<HeldConclusion>> {
@@ -2144,28 +2233,14 @@ fn stream_path(parsed: &streamid::StreamRequest) -> Option<StreamPath> {
         .and_then(|(app, key)| StreamPath::from_rtmp(app, key).ok())
 }
 
-/// Ask a webhook, a refusal as SRT 1403.
+/// Ask a webhook, a refusal as SRT 1403, in `span` (its request carries
+/// the span's `traceparent`; the answer is its status).
 async fn webhook_question(
     url: &str,
     body: &serde_json::Value,
     timeout: Duration,
+    span: tracing::Span,
 ) -> crate::srt::admission::WebhookAnswer {
-    // Its own short trace: the SRT handshake holds no span to join, and
-    // the auth service sees this question's `traceparent`.
-    let text = |k: &str| {
-        body.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let span = tracing::info_span!(
-        target: crate::telemetry::trace::TARGET,
-        parent: None,
-        "webhook",
-        action = %text("action"),
-        stream = %text("path"),
-        protocol = "srt",
-    );
     let answer =
         tracing::Instrument::instrument(crate::auth::ask_webhook(url, body, timeout), span.clone())
             .await;
@@ -2174,6 +2249,25 @@ async fn webhook_question(
         Err(why) => crate::telemetry::trace::fail(&span, why.clone()),
     }
     answer.map_err(|why| (code::FORBIDDEN, why))
+}
+
+/// A read webhook question's own short trace (`webhook`): the player's
+/// session trace begins only once it is accepted.
+fn webhook_span(body: &serde_json::Value) -> tracing::Span {
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    tracing::info_span!(
+        target: crate::telemetry::trace::TARGET,
+        parent: None,
+        "webhook",
+        action = %text("action"),
+        stream = %text("path"),
+        protocol = "srt",
+    )
 }
 
 fn report_catch_up(peer: SocketAddr, stream: &str, c: &crate::srt::sender::CatchUpReport) {
@@ -2259,8 +2353,9 @@ struct PlayTarget {
 enum Target {
     /// Play a rendition's ring.
     Play(PlayTarget),
-    /// Publish this path with its application's settings.
-    Publish(StreamPath, Box<AppConfig>),
+    /// Publish this path with its application's settings (and its trace,
+    /// when its question began one).
+    Publish(StreamPath, Box<AppConfig>, Option<PublishTrace>),
 }
 
 enum WebhookVerdict {
