@@ -77,7 +77,13 @@ fn within(child: &RecvSpan, parent: &RecvSpan) {
 #[test]
 fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_says_why() {
     let otlp = OtlpReceiver::start();
-    let (hook, hook_requests) = webhook_server_with_headers(|_| (200, Duration::ZERO));
+    // `slow/…` waits past the setup deadline; everything else is allowed.
+    let (hook, hook_requests) = webhook_server_with_headers(|body| {
+        let slow = body["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("slow/"));
+        (200, Duration::from_secs(if slow { 8 } else { 0 }))
+    });
     let dead = free_udp_port(); // nothing listens there
     let server = Sluice::start(Some(&format!(
         "[server]\nsetup_timeout = \"3s\"\n\
@@ -86,7 +92,8 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
          push = [{{ url = \"srt://127.0.0.1:{dead}?streamid=opt\", required = false }}]\n\
          [[apps.live.renditions]]\nname = \"small\"\nheight = 240\nvideo_bitrate = \"300k\"\n\
          [apps.broken]\npush = [\"srt://127.0.0.1:{dead}?streamid=x\"]\n\
-         [apps.srtin]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\n",
+         [apps.srtin]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\n\
+         [apps.slow]\npublish_webhook = \"http://127.0.0.1:{hook}/auth\"\nwebhook_timeout = \"10s\"\n",
         otlp.endpoint()
     )));
 
@@ -118,6 +125,20 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
     );
     broken.expect_exit(Duration::from_secs(10));
 
+    // A publish whose webhook answers after the setup deadline: the
+    // pending auth step fails with the publish.
+    let mut slow = common::rtmp_client::RtmpPublisher::connect(
+        server.rtmp_addr(),
+        "slow",
+        common::rtmp_client::PublishOptions::default(),
+    )
+    .expect("rtmp connect");
+    let _ = slow.request_publish("cam4");
+    assert!(
+        slow.wait_server_close(Duration::from_secs(10)).is_some(),
+        "closed at the setup deadline"
+    );
+
     // An SRT publish asking the same webhook: its trace begins with the
     // question, which is its auth step.
     let srt_url = server.srt_url("#!::r=srtin/cam3,m=publish", "");
@@ -134,16 +155,16 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
     drop(srt_publisher);
     server.wait_stream_gone("srtin/cam3", Duration::from_secs(10));
 
-    let spans = otlp.wait_for(Duration::from_secs(15), "four traces and the player", |s| {
+    let spans = otlp.wait_for(Duration::from_secs(15), "five traces and the player", |s| {
         let roots = s.iter().filter(|x| x.name == "publish").count();
-        roots >= 4 && s.iter().any(|x| x.name == "srt_play")
+        roots >= 5 && s.iter().any(|x| x.name == "srt_play")
     });
 
     // -- the bad handshake: a short failed trace, its root ending last -----
     let roots: Vec<&RecvSpan> = spans.iter().filter(|s| s.name == "publish").collect();
     assert_eq!(
         roots.len(),
-        4,
+        5,
         "the silent TCP check made no trace: {roots:#?}"
     );
     let bad = one(&spans, "the bad handshake", |s| {
@@ -161,6 +182,22 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
         assert_eq!(s.status_code, 2, "{s:?}");
         assert!(s.end_ns <= bad.end_ns, "{name} ends within its root");
     }
+
+    // -- the webhook that answered too late: its step failed, ended first
+    let sl = one(&spans, "the slow/cam4 publish", |s| {
+        s.name == "publish" && s.attr("stream") == Some("slow/cam4")
+    });
+    assert_eq!(sl.status_code, 2, "{sl:?}");
+    assert!(sl.status_message.contains("setup_timeout"), "{sl:?}");
+    let slauth = one(&spans, "slow auth", |s| {
+        s.trace_id == sl.trace_id && s.name == "auth"
+    });
+    assert_eq!(slauth.status_code, 2, "{slauth:?}");
+    assert!(slauth.end_ns <= sl.end_ns, "{slauth:?} ends within {sl:?}");
+    assert!(
+        slauth.duration() >= Duration::from_millis(2500),
+        "the step lasted until the deadline: {slauth:?}"
+    );
 
     // -- the live publish: one trace, its steps under its setup ------------
     let root = one(&spans, "the live/cam1 publish", |s| {
@@ -226,7 +263,7 @@ fn a_publish_is_one_trace_its_webhook_and_players_join_it_and_a_failed_setup_say
 
     // The webhook joined the trace: its request carried the auth step.
     let requests = hook_requests.lock().unwrap().clone();
-    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests.len(), 3, "{requests:?}");
     let asked = |path: &str| -> String {
         let r = requests
             .iter()

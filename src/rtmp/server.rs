@@ -271,13 +271,51 @@ struct PendingAuth {
     app: AppConfig,
     name: String,
     answer: tokio::task::JoinHandle<Result<(), Refusal>>,
+    /// The trace step the question is in now (auth, then cluster_check).
+    step: CurrentStep,
 }
 
+/// The setup step a pending question is in, for its connection to fail
+/// if the question is abandoned.
+type CurrentStep = Arc<std::sync::Mutex<Option<Span>>>;
+
 impl Drop for PendingAuth {
-    /// A connection that ends first abandons the webhook call.
+    /// A connection that ends first abandons the webhook call; the step
+    /// it was in failed, and ends now.
     fn drop(&mut self) {
         self.answer.abort();
+        if let Some(span) = self.step.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tr::fail(
+                &span,
+                "abandoned: the connection ended or its setup deadline passed",
+            );
+            span.in_scope(|| {});
+        }
     }
+}
+
+/// Run `fut` as the step `span` (its status from the answer), which
+/// `current` names while it runs.
+async fn in_step<T, E: std::fmt::Display>(
+    span: Span,
+    current: &CurrentStep,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use opentelemetry::trace::FutureExt as _;
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(span.clone());
+    // The step's context is current while it runs (a webhook request
+    // takes its `traceparent` from it), but the span is never entered: an
+    // aborted task drops its future later, and an exit then would move
+    // the step's end past the one its connection gave it.
+    let answer = fut
+        .with_context(tracing_opentelemetry::OpenTelemetrySpanExt::context(&span))
+        .await;
+    current.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match &answer {
+        Ok(_) => tr::ok(&span),
+        Err(why) => tr::fail(&span, why.to_string()),
+    }
+    answer
 }
 
 struct Conn {
@@ -372,6 +410,8 @@ async fn handle<S>(
         Close::Io(e) => info!(reason, error = %e, "rtmp connection closed"),
         _ => info!(reason, "rtmp connection closed"),
     }
+    // A question still pending fails its step first.
+    drop(conn.pending_auth.take());
     if let Some(trace) = conn.trace.take() {
         // It never got to publish: a protocol error or the deadline is a
         // failure; a peer that just went away is not.
@@ -413,14 +453,25 @@ async fn in_trace<F: std::future::Future>(
 async fn traced_check(
     check: impl std::future::Future<Output = Result<(), Refusal>>,
     setup: opentelemetry::Context,
+    current: CurrentStep,
 ) -> Result<(), Refusal> {
     let span = tr::step(&setup, Step::ClusterCheck);
-    let answer = check.instrument(span.clone()).await;
-    match &answer {
-        Ok(()) => tr::ok(&span),
-        Err((_, _, why)) => tr::fail(&span, why.clone()),
+    in_step(span, &current, async {
+        check
+            .await
+            .map_err(|(result, reason, why)| RefusalText(result, reason, why))
+    })
+    .await
+    .map_err(|RefusalText(result, reason, why)| (result, reason, why))
+}
+
+/// A [`Refusal`] shown by its text (the step's status).
+struct RefusalText(&'static str, Option<&'static str>, String);
+
+impl std::fmt::Display for RefusalText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.2)
     }
-    answer
 }
 
 /// Sleep until `at`; `None` never wakes.
@@ -491,6 +542,8 @@ impl Conn {
                         counter!(t::RTMP_PUBLISHES_TOTAL, "result" => "rejected_setup_timeout")
                             .increment(1);
                         self.session.reject_publish("NetStream.Publish.Failed", &why);
+                        // Its step fails and ends first, then the trace.
+                        drop(pending);
                         if let Some(trace) = self.trace.take() {
                             trace.not_published("rejected_setup_timeout", &why, true);
                         }
@@ -572,9 +625,7 @@ impl Conn {
                         p.group.end("unpublished").await;
                         // A connection that stays must publish again in time.
                         self.setup_from = Instant::now();
-                        // Its lines no longer belong to the ended publish.
-                        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Span::none());
+                        self.stop_log_trace();
                     }
                     None
                 }
@@ -633,12 +684,14 @@ impl Conn {
                 let Some(check) = self.cluster_check(&path, &app) else {
                     return self.start_publish(path, name, &app);
                 };
-                let answer = tokio::spawn(traced_check(check, setup));
+                let step = CurrentStep::default();
+                let answer = tokio::spawn(traced_check(check, setup, step.clone()));
                 self.pending_auth = Some(PendingAuth {
                     path,
                     app,
                     name: name.to_string(),
                     answer,
+                    step,
                 });
             }
             Decision::Refuse {
@@ -665,20 +718,20 @@ impl Conn {
                 trace.set_stream(&path);
                 auth.record("method", "webhook");
                 let check = self.cluster_check(&path, &app);
+                let step = CurrentStep::default();
+                let current = step.clone();
                 let answer = tokio::spawn(async move {
                     // The webhook request carries the auth step's context
                     // (`traceparent`): the auth service joins the trace.
-                    let asked = crate::auth::ask_webhook(&url, &body, timeout)
-                        .instrument(auth.clone())
-                        .await;
-                    match &asked {
-                        Ok(()) => tr::ok(&auth),
-                        Err(why) => tr::fail(&auth, why.clone()),
-                    }
-                    drop(auth);
-                    asked.map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;
+                    in_step(
+                        auth,
+                        &current,
+                        crate::auth::ask_webhook(&url, &body, timeout),
+                    )
+                    .await
+                    .map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;
                     match check {
-                        Some(c) => traced_check(c, setup).await,
+                        Some(c) => traced_check(c, setup, current).await,
                         None => Ok(()),
                     }
                 });
@@ -687,6 +740,7 @@ impl Conn {
                     app,
                     name: name.to_string(),
                     answer,
+                    step,
                 });
             }
         }
@@ -748,7 +802,13 @@ impl Conn {
             .reject_publish("NetStream.Publish.BadName", &text);
         if let Some(trace) = self.trace.take() {
             trace.not_published(result, why, true);
+            self.stop_log_trace();
         }
+    }
+
+    /// The connection's lines no longer belong to the publish that ended.
+    fn stop_log_trace(&self) {
+        *self.log_trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Span::none());
     }
 
     /// A fresh trace for the connection's next publish, which its log
@@ -801,6 +861,7 @@ impl Conn {
                 warn!(stream = %path, reason = result, "publish refused: {e}");
                 self.session.reject_publish(code, &e.to_string());
                 trace.not_published(result, &e.to_string(), true);
+                self.stop_log_trace();
             }
         }
         Ok(())

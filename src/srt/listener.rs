@@ -75,6 +75,9 @@ const PUMP_SLICE: usize = 32;
 /// connecting, so a caller silent for longer gave up (or is another
 /// connection now) and must not get a player.
 const HELD_FRESH: Duration = Duration::from_millis(1500);
+/// How long past its question's limit a publish's trace waits for its
+/// caller to come back for the answer.
+const TRACE_GRACE: Duration = Duration::from_secs(10);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -999,8 +1002,19 @@ impl Listener {
                 if let Some(r) = reply {
                     self.outbox.push(r);
                 }
+                if let Some(Target::Publish(_, _, Some(t))) = decision.target {
+                    t.not_published(
+                        "rejected_passphrase",
+                        "the SRT handshake refused the caller (its passphrase)",
+                        true,
+                    );
+                }
             }
-            _ => {}
+            _ => {
+                if let Some(Target::Publish(_, _, Some(t))) = decision.target {
+                    t.not_published("rejected", "the SRT handshake did not complete", true);
+                }
+            }
         }
     }
 
@@ -2020,33 +2034,61 @@ impl Listener {
     }
 
     /// Keep the trace a publish's question began until its answer is
-    /// read; traces of callers that gave up (older than their question's
-    /// limit and a grace) end here.
+    /// read; each lives at most its question's limit and a grace, and
+    /// never more than the pending table holds.
     fn remember_trace(&self, key: ReadKey, now: Instant, limit: Duration, trace: PublishTrace) {
-        let mut traces = self
-            .publish_traces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let stale = limit + Duration::from_secs(10);
-        let gone: Vec<ReadKey> = traces
-            .iter()
-            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= stale)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in gone {
-            if let Some((_, t)) = traces.remove(&k) {
-                t.not_published("abandoned", "the caller gave up before the answer", false);
-            }
+        let deadline = now + limit + TRACE_GRACE;
+        let old = self.traces().insert(key, (deadline, trace));
+        if let Some((_, t)) = old {
+            t.not_published("abandoned", "the caller asked again", false);
         }
-        traces.insert(key, (now, trace));
+        self.prune_traces(now);
     }
 
-    fn take_trace(&self, key: &ReadKey) -> Option<PublishTrace> {
+    /// End the traces whose caller gave up (past their deadline), and the
+    /// oldest past the pending table's bound.
+    fn prune_traces(&self, now: Instant) {
+        let mut traces = self.traces();
+        let mut gone: Vec<(Instant, ReadKey)> = traces
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(k, (d, _))| (*d, *k))
+            .collect();
+        if traces.len() - gone.len() > crate::srt::admission::MAX_PENDING_READS {
+            let mut rest: Vec<(Instant, ReadKey)> = traces
+                .iter()
+                .filter(|(_, (deadline, _))| *deadline > now)
+                .map(|(k, (d, _))| (*d, *k))
+                .collect();
+            rest.sort_unstable();
+            let over = rest.len() - crate::srt::admission::MAX_PENDING_READS;
+            gone.extend(rest.into_iter().take(over));
+        }
+        let ended: Vec<PublishTrace> = gone
+            .into_iter()
+            .filter_map(|(_, k)| traces.remove(&k).map(|(_, t)| t))
+            .collect();
+        drop(traces);
+        for t in ended {
+            t.not_published("abandoned", "the caller gave up before the answer", false);
+        }
+    }
+
+    /// End the trace of `key`'s question, if one is still kept.
+    fn end_trace(&self, key: &ReadKey, cause: &str, why: &str, failed: bool) {
+        if let Some(t) = self.take_trace(key) {
+            t.not_published(cause, why, failed);
+        }
+    }
+
+    fn traces(&self) -> std::sync::MutexGuard<'_, HashMap<ReadKey, (Instant, PublishTrace)>> {
         self.publish_traces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-            .map(|(_, t)| t)
+    }
+
+    fn take_trace(&self, key: &ReadKey) -> Option<PublishTrace> {
+        self.traces().remove(key).map(|(_, t)| t)
     }
 
     fn pending_reads(&self) -> std::sync::MutexGuard<'_, PendingReads<HeldConclusion>> {
@@ -2075,6 +2117,7 @@ impl Listener {
                 // or another socket id of the same address:port plays now:
                 // the caller that asked gave up on this question.
                 self.pending_reads().take(&key);
+                self.end_trace(&key, "abandoned", "the caller plays instead", false);
                 continue;
             }
             if now.saturating_duration_since(held.last_seen) > HELD_FRESH {
@@ -2085,7 +2128,14 @@ impl Listener {
             // looked at (the stream ended, a player limit), it is still
             // there, holding a place of its prefix: forget it.
             self.pending_reads().take(&key);
+            self.end_trace(
+                &key,
+                "rejected",
+                "refused before its answer was read (draining, or a limit)",
+                true,
+            );
         }
+        self.prune_traces(now);
     }
 
     /// Feed, run timers and collect output for one player.
@@ -2154,6 +2204,10 @@ impl Listener {
     /// Close every player gracefully and every publisher at once (server
     /// shutdown: their groups are ending too).
     pub fn close_all(&mut self, now: Instant) {
+        let left: Vec<PublishTrace> = self.traces().drain().map(|(_, (_, t))| t).collect();
+        for t in left {
+            t.not_published("shutdown", "the server shut down before the answer", false);
+        }
         let ids: Vec<SocketId> = self.publishers.keys().copied().collect();
         for id in ids {
             self.remove_publisher(id, "shutdown", true);
