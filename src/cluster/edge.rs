@@ -431,16 +431,18 @@ impl Edges {
                 let result = pull(&edge, &rendition, &caller, &tx)
                     .instrument(trace.clone())
                     .await;
-                match &result {
-                    Ok(_) => crate::telemetry::trace::ok(&trace),
-                    Err(why) => crate::telemetry::trace::fail(&trace, why.clone()),
-                }
-                drop(trace);
                 cluster.edge_pull_ended();
                 let (result_label, why) = match &result {
-                    Ok(why) => ("ended", why.clone()),
-                    Err(why) => ("failed", why.clone()),
+                    Ok(why) => {
+                        crate::telemetry::trace::ok(&trace);
+                        ("ended", why.clone())
+                    }
+                    Err(why) => {
+                        crate::telemetry::trace::fail(&trace, why.clone());
+                        ("failed", why.clone())
+                    }
                 };
+                drop(trace);
                 counter!(t::CLUSTER_EDGE_PULLS_TOTAL, "result" => result_label).increment(1);
                 info!(origin = %edge.origin.node, seconds = started.elapsed().as_secs_f64(),
                     result = result_label, why = %why, "edge pull ended");

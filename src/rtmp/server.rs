@@ -294,27 +294,17 @@ impl Drop for PendingAuth {
     }
 }
 
-/// Run `fut` as the step `span` (its status from the answer), which
-/// `current` names while it runs.
-async fn in_step<T, E: std::fmt::Display>(
+/// Run `fut` as the step `span` ([`tr::run_step`]), which `current`
+/// names while it runs.
+async fn in_step<T, E>(
     span: Span,
     current: &CurrentStep,
     fut: impl std::future::Future<Output = Result<T, E>>,
+    why: impl FnOnce(&E) -> String,
 ) -> Result<T, E> {
-    use opentelemetry::trace::FutureExt as _;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(span.clone());
-    // The step's context is current while it runs (a webhook request
-    // takes its `traceparent` from it), but the span is never entered: an
-    // aborted task drops its future later, and an exit then would move
-    // the step's end past the one its connection gave it.
-    let answer = fut
-        .with_context(tracing_opentelemetry::OpenTelemetrySpanExt::context(&span))
-        .await;
+    let answer = tr::run_step(&span, fut, why).await;
     current.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match &answer {
-        Ok(_) => tr::ok(&span),
-        Err(why) => tr::fail(&span, why.to_string()),
-    }
     answer
 }
 
@@ -456,22 +446,7 @@ async fn traced_check(
     current: CurrentStep,
 ) -> Result<(), Refusal> {
     let span = tr::step(&setup, Step::ClusterCheck);
-    in_step(span, &current, async {
-        check
-            .await
-            .map_err(|(result, reason, why)| RefusalText(result, reason, why))
-    })
-    .await
-    .map_err(|RefusalText(result, reason, why)| (result, reason, why))
-}
-
-/// A [`Refusal`] shown by its text (the step's status).
-struct RefusalText(&'static str, Option<&'static str>, String);
-
-impl std::fmt::Display for RefusalText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.2)
-    }
+    in_step(span, &current, check, |(_, _, why)| why.clone()).await
 }
 
 /// Sleep until `at`; `None` never wakes.
@@ -727,6 +702,7 @@ impl Conn {
                         auth,
                         &current,
                         crate::auth::ask_webhook(&url, &body, timeout),
+                        String::clone,
                     )
                     .await
                     .map_err(|why| ("rejected_unauthorized", Some("webhook_denied"), why))?;

@@ -1754,26 +1754,21 @@ impl Listener {
                     if let (Some((url, timeout, body)), Some(span)) = (webhook, auth) {
                         webhook_question(&url, &body, timeout, span).await?;
                     }
-                    let held = match remote {
-                        Some(r) => {
-                            let span = crate::telemetry::trace::step(&setup, Step::ClusterCheck);
-                            let held = tracing::Instrument::instrument(
-                                r.held_elsewhere(p.clone()),
-                                span.clone(),
-                            )
-                            .await;
-                            match &held {
-                                None => crate::telemetry::trace::ok(&span),
-                                Some(node) => crate::telemetry::trace::fail(
-                                    &span,
-                                    format!("held by node {node}"),
-                                ),
-                            }
-                            held
-                        }
-                        None => None,
+                    let Some(r) = remote else {
+                        return Ok(());
                     };
-                    if let Some(node) = held {
+                    let span = crate::telemetry::trace::step(&setup, Step::ClusterCheck);
+                    let held = async {
+                        match r.held_elsewhere(p.clone()).await {
+                            None => Ok(()),
+                            Some(node) => Err(node),
+                        }
+                    };
+                    let held = crate::telemetry::trace::run_step(&span, held, |node| {
+                        format!("held by node {node}")
+                    })
+                    .await;
+                    if let Err(node) = held {
                         return Err((
                             code::CONFLICT,
                             format!(
@@ -2295,14 +2290,13 @@ async fn webhook_question(
     timeout: Duration,
     span: tracing::Span,
 ) -> crate::srt::admission::WebhookAnswer {
-    let answer =
-        tracing::Instrument::instrument(crate::auth::ask_webhook(url, body, timeout), span.clone())
-            .await;
-    match &answer {
-        Ok(()) => crate::telemetry::trace::ok(&span),
-        Err(why) => crate::telemetry::trace::fail(&span, why.clone()),
-    }
-    answer.map_err(|why| (code::FORBIDDEN, why))
+    crate::telemetry::trace::run_step(
+        &span,
+        crate::auth::ask_webhook(url, body, timeout),
+        String::clone,
+    )
+    .await
+    .map_err(|why| (code::FORBIDDEN, why))
 }
 
 /// A read webhook question's own short trace (`webhook`): the player's

@@ -96,16 +96,24 @@ impl TelemetryConfig {
             ));
         }
         let ms = Duration::from_millis;
-        for (key, v, range) in [
-            ("export_interval", self.export_interval, ms(10)..=ms(60_000)),
-            ("export_timeout", self.export_timeout, ms(100)..=ms(60_000)),
+        for (key, v, range, allowed) in [
+            (
+                "export_interval",
+                self.export_interval,
+                ms(10)..=ms(60_000),
+                "10ms..=60s",
+            ),
+            (
+                "export_timeout",
+                self.export_timeout,
+                ms(100)..=ms(60_000),
+                "100ms..=60s",
+            ),
         ] {
             if !range.contains(&v) {
                 return Err(ConfigError::invalid(
                     key,
-                    format!(
-                        "{v:?} is out of range; allowed 10ms..=60s (export_timeout: 100ms..=60s)"
-                    ),
+                    format!("{v:?} is out of range; allowed {allowed}"),
                 ));
             }
         }
@@ -437,15 +445,17 @@ fn drain(
     stop
 }
 
+/// The active span's context, when there is one.
+fn active() -> Option<SpanContext> {
+    let cx = opentelemetry::Context::current();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
 /// The W3C `traceparent` (and `tracestate`, when not empty) of the active
 /// span, for an outgoing HTTP request; `None` without one.
 pub fn context_headers() -> Option<(String, Option<String>)> {
-    let cx = opentelemetry::Context::current();
-    let span = cx.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return None;
-    }
+    let sc = active()?;
     let parent = format!(
         "00-{}-{}-{:02x}",
         sc.trace_id(),
@@ -458,11 +468,26 @@ pub fn context_headers() -> Option<(String, Option<String>)> {
 
 /// The active span's trace and span ids (hex), for log lines.
 pub fn active_ids() -> Option<(String, String)> {
-    let cx = opentelemetry::Context::current();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid()
-        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    active().map(|sc| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+/// Run `fut` as the step `span`: the span's context is current while it
+/// runs (an HTTP request made in it carries its `traceparent`), and its
+/// result is the span's status (`why`: an error's text). The span is
+/// never entered: a future dropped unfinished (an aborted task) would
+/// enter it once more, and its end would move to that moment.
+pub async fn run_step<T, E>(
+    span: &Span,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+    why: impl FnOnce(&E) -> String,
+) -> Result<T, E> {
+    use opentelemetry::trace::FutureExt as _;
+    let answer = fut.with_context(span.context()).await;
+    match &answer {
+        Ok(_) => ok(span),
+        Err(e) => fail(span, why(e)),
+    }
+    answer
 }
 
 /// Mark `span` failed with `why` (its status description).
