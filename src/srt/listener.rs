@@ -38,7 +38,8 @@ use crate::srt::config::SrtConfig;
 use crate::srt::guard::{self, Verdict};
 use crate::srt::publish::{self as publish_task, CloseRequest, ConnectionEnd, PublishTask};
 use crate::srt::receiver::Receiver;
-use crate::srt::sender::{End, Sender, SenderMetrics};
+use crate::srt::sender::{Conn, End, Sender, SenderMetrics};
+use crate::srt::sendonly::SendOnly;
 use crate::srt::streamid::{self, code, Mode};
 use crate::srt::udp;
 use crate::stream::config::{AppConfig, Apps, JoinMode, DEFAULT_APP};
@@ -1124,12 +1125,19 @@ impl Listener {
         let local_sockid = conn.settings.local_sockid;
         let latency = conn.settings.send_tsbpd_latency;
         let encrypted = conn.settings.cipher.is_some();
-        // A player sends no media: its connection's receive side needs no
-        // room for 8 192 packets, which srt-protocol reserves up front
-        // (256 KiB per player, most of a caught-up player's memory).
-        conn.settings.recv_buffer_size = PacketCount(PLAYER_RECV_BUFFER);
-        let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn)) else {
-            return;
+        // A player sends no media: an unencrypted one gets the send-only
+        // connection; an encrypted one srt-protocol's duplex connection
+        // (key material), whose receive side then needs no room for 8 192
+        // packets (256 KiB reserved up front).
+        let conn: Conn = if encrypted {
+            conn.settings.recv_buffer_size = PacketCount(PLAYER_RECV_BUFFER);
+            let Some(conn) = caught("connection setup", from, || DuplexConnection::new(conn))
+            else {
+                return;
+            };
+            conn.into()
+        } else {
+            SendOnly::new(conn, now).into()
         };
         let cursor = match join {
             JoinMode::Keyframe => ring.subscribe_at_next_keyframe(),
@@ -2239,7 +2247,7 @@ impl Listener {
         if matches!(reason, CloseReason::TooSlow | CloseReason::Stuck) {
             metrics::counter!(telemetry::SRT_LAG_DISCONNECTS_TOTAL).increment(1);
         }
-        let s = p.sender.statistics();
+        let (retransmits, dropped) = p.sender.resent_and_dropped();
         crate::telemetry::trace::player_ended(
             &p.trace,
             reason.as_str(),
@@ -2259,8 +2267,8 @@ impl Listener {
             reason = reason.as_str(),
             seconds = p.since.elapsed().as_secs_f64(),
             bytes_out = p.sender.bytes_out(),
-            retransmits = s.tx_retransmit_data,
-            dropped = s.tx_dropped_data,
+            retransmits,
+            dropped,
             lag_skips = p.sender.lag_skips(),
             "srt player disconnected"
         );

@@ -20,5 +20,6 @@ pub mod publish;
 pub mod push;
 pub mod receiver;
 pub mod sender;
+pub mod sendonly;
 pub mod streamid;
 pub mod udp;

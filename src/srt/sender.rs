@@ -1,16 +1,20 @@
-//! One SRT sender: feeds a connected srt-protocol `DuplexConnection` from a
-//! rendition ring's cursor, under a send-buffer cap, and collects the
-//! packets to send. Pull players (`listener`) and push legs (`push`) both
-//! run one; their drivers own the sockets, read the clock once per turn and
-//! pass it in. Sans-IO and synchronous; callers isolate panics.
+//! One SRT sender: feeds a connected SRT connection from a rendition ring's
+//! cursor, under a send-buffer cap, and collects the packets to send. Pull
+//! players (`listener`) run a [`SendOnly`] (an srt-protocol
+//! `DuplexConnection` when encrypted); push legs (`push`) a
+//! `DuplexConnection`. Their drivers own the sockets, read the clock once
+//! per turn and pass it in. Sans-IO and synchronous; callers isolate panics.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use srt_protocol::connection::DuplexConnection;
 use srt_protocol::packet::{Packet, PacketLocation};
 use tracing::debug;
+
+use super::sendonly::SendOnly;
 
 use crate::stream::{Cursor, Read};
 use crate::ts::join::catch_up;
@@ -145,10 +149,93 @@ fn floor_acked_rtt(packet: &mut Packet) {
     }
 }
 
+/// The connection a [`Sender`] feeds.
+// Players, the many, hold the send-only variant inline; the few duplex
+// connections (push legs, encrypted players) are boxed.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Conn {
+    /// srt-protocol's full connection: push legs, encrypted players.
+    Duplex(Box<DuplexConnection>),
+    /// The lean live sender: unencrypted pull players.
+    SendOnly(SendOnly),
+}
+
+impl From<DuplexConnection> for Conn {
+    fn from(c: DuplexConnection) -> Conn {
+        Conn::Duplex(Box::new(c))
+    }
+}
+
+impl From<SendOnly> for Conn {
+    fn from(c: SendOnly) -> Conn {
+        Conn::SendOnly(c)
+    }
+}
+
+impl Conn {
+    fn handle_packet(&mut self, now: Instant, mut packet: Packet, from: SocketAddr) {
+        match self {
+            Conn::Duplex(c) => {
+                floor_acked_rtt(&mut packet);
+                c.handle_packet_input(now, Ok((packet, from)));
+            }
+            Conn::SendOnly(c) => c.handle_packet(now, packet, from),
+        }
+    }
+
+    fn handle_data_input(&mut self, now: Instant, data: Option<(Instant, Bytes)>) {
+        match self {
+            Conn::Duplex(c) => c.handle_data_input(now, data),
+            Conn::SendOnly(c) => c.handle_data_input(now, data),
+        }
+    }
+
+    fn check_timers(&mut self, now: Instant) -> Instant {
+        match self {
+            Conn::Duplex(c) => c.check_timers(now),
+            Conn::SendOnly(c) => c.check_timers(now),
+        }
+    }
+
+    fn next_packet(&mut self, now: Instant) -> Option<(Packet, SocketAddr)> {
+        match self {
+            Conn::Duplex(c) => c.next_packet(now),
+            Conn::SendOnly(c) => c.next_packet(now),
+        }
+    }
+
+    /// Discard what the peer sent as data (a sender's peer sends none
+    /// worth keeping).
+    fn discard_received(&mut self, now: Instant) {
+        if let Conn::Duplex(c) = self {
+            while c.next_data(now).is_some() {}
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::Duplex(c) => c.is_open(),
+            Conn::SendOnly(c) => c.is_open(),
+        }
+    }
+
+    /// Packets in the send buffer (sent but unacknowledged, or not sent).
+    fn buffered(&mut self, now: Instant) -> u64 {
+        match self {
+            Conn::Duplex(c) => {
+                c.update_statistics(now);
+                c.statistics().tx_buffered_data
+            }
+            Conn::SendOnly(c) => c.buffered(),
+        }
+    }
+}
+
 /// One connection fed from one ring.
 #[derive(Debug)]
 pub struct Sender {
-    conn: DuplexConnection,
+    conn: Conn,
     cursor: Cursor<TsChunk>,
     /// Most chunks fed per [`Sender::pump`].
     batch: usize,
@@ -187,7 +274,7 @@ impl Sender {
     /// `batch`: most chunks fed per turn; `close_grace`: how long a
     /// graceful close waits for the peer's confirmation.
     pub fn new(
-        conn: DuplexConnection,
+        conn: impl Into<Conn>,
         cursor: Cursor<TsChunk>,
         batch: usize,
         close_grace: Duration,
@@ -196,7 +283,7 @@ impl Sender {
         now: Instant,
     ) -> Sender {
         Sender {
-            conn,
+            conn: conn.into(),
             cursor,
             batch,
             close_grace,
@@ -231,9 +318,8 @@ impl Sender {
     }
 
     /// A packet from the peer (already guarded and parsed).
-    pub fn handle_packet(&mut self, now: Instant, mut packet: Packet, from: SocketAddr) {
-        floor_acked_rtt(&mut packet);
-        self.conn.handle_packet_input(now, Ok((packet, from)));
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet, from: SocketAddr) {
+        self.conn.handle_packet(now, packet, from);
     }
 
     /// Flush what is buffered, then shut down; [`Sender::pump`] reports
@@ -287,7 +373,7 @@ impl Sender {
                 self.metrics.retransmits.increment(again);
             }
         }
-        while self.conn.next_data(now).is_some() {}
+        self.conn.discard_received(now);
         if !self.conn.is_open() {
             return Some(match self.closing {
                 None => End::PeerClosed,
@@ -324,8 +410,7 @@ impl Sender {
     fn feed_from(&mut self, now: Instant, chunks: &mut Vec<TsChunk>) -> Option<End> {
         let mut fed = 0;
         loop {
-            self.conn.update_statistics(now);
-            if self.conn.statistics().tx_buffered_data >= FEED_CAP_PACKETS {
+            if self.conn.buffered(now) >= FEED_CAP_PACKETS {
                 let since = *self.over_cap_since.get_or_insert(now);
                 if now.saturating_duration_since(since) > STUCK_LIMIT {
                     return Some(End::Stuck);
@@ -442,8 +527,15 @@ impl Sender {
         self.over_cap_since.is_some()
     }
 
-    pub fn statistics(&self) -> &srt_protocol::statistics::SocketStatistics {
-        self.conn.statistics()
+    /// Data packets sent again, and packets given up (too late).
+    pub fn resent_and_dropped(&self) -> (u64, u64) {
+        match &self.conn {
+            Conn::Duplex(c) => {
+                let s = c.statistics();
+                (s.tx_retransmit_data, s.tx_dropped_data)
+            }
+            Conn::SendOnly(c) => (c.retransmitted(), c.dropped()),
+        }
     }
 
     pub fn bytes_out(&self) -> u64 {

@@ -1,0 +1,650 @@
+//! A send-only SRT live connection for pull players.
+//!
+//! srt-protocol's `DuplexConnection` runs a full sender and receiver per
+//! peer: each packet is encapsulated into a `DataPacket` kept in its send
+//! buffer, queued again in an output queue and tracked in a retransmission
+//! priority queue. Those queues keep the size a join's catch-up burst (a
+//! GOP, hundreds of packets) grew them to, about 140 KB per player, and the
+//! per-packet bookkeeping is most of the relay's user-space CPU at hundreds
+//! of players. A pull player receives no media, so it needs only the live
+//! sender: sequence and message numbers, timestamps, a buffer of payload
+//! slices (shared with the ring: a `Bytes` handle, no copy) until the peer
+//! acknowledges them or they are too late, NAK retransmission, ACKACK,
+//! keepalive, the peer's idle timeout, Shutdown, and the flush on close.
+//!
+//! Behaviour follows srt-protocol's live sender where it matters to peers:
+//! messages are split at the negotiated payload size, too-late packets are
+//! dropped after 125 % of the latency (at least 1 s), a NAK for a packet no
+//! longer held is answered with a drop request, the close flushes for twice
+//! the latency and then sends Shutdown. It does not retransmit on a timer:
+//! live receivers (libsrt, srt-protocol, the load tool) report losses with
+//! NAKs and repeat them while a gap stays open. Encrypted connections keep
+//! the duplex connection (key material and refresh live there).
+//!
+//! Sans-IO and synchronous, like [`super::sender::Sender`], which drives it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use srt_protocol::connection::Connection;
+use srt_protocol::packet::{
+    ControlPacket, ControlTypes, DataEncryption, DataPacket, MsgNumber, Packet, PacketLocation,
+    SeqNumber, SocketId,
+};
+use srt_protocol::protocol::handshake::Handshake;
+use srt_protocol::protocol::time::TimeBase;
+
+/// A keepalive goes out after this long without sending anything.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Buffer room kept once a burst is acknowledged (packets).
+const BUFFER_KEEP: usize = 64;
+
+/// One packet waiting for its acknowledgement: a slice of a ring chunk.
+#[derive(Debug)]
+struct Entry {
+    payload: Bytes,
+    /// When its message was handed in; its timestamp derives from it.
+    at: Instant,
+    msg: MsgNumber,
+    loc: PacketLocation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The data stream ended: flush until acknowledged or the deadline,
+    /// then Shutdown.
+    Flushing(Instant),
+    Closed,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct SendOnly {
+    remote: SocketAddr,
+    remote_sockid: SocketId,
+    local_sockid: SocketId,
+    time_base: TimeBase,
+    /// Answers a caller that repeats its Conclusion (our reply was lost).
+    handshake: Handshake,
+    max_payload: usize,
+    flow_window: usize,
+    max_buffer: usize,
+    latency_window: Duration,
+    flush_timeout: Duration,
+    idle_timeout: Duration,
+    next_msg: MsgNumber,
+    /// Sequence number of `buffer[0]` (the next one to assign when empty).
+    front: SeqNumber,
+    buffer: VecDeque<Entry>,
+    /// `buffer[..sent]` went out at least once.
+    sent: usize,
+    /// Sequence numbers the peer reported lost, still in the buffer.
+    lost: BTreeSet<SeqNumber>,
+    control: VecDeque<ControlTypes>,
+    last_sent: Instant,
+    last_heard: Instant,
+    state: State,
+    retransmitted: u64,
+    dropped: u64,
+}
+
+impl SendOnly {
+    /// A connected caller (the listener made the handshake).
+    pub fn new(conn: Connection, now: Instant) -> SendOnly {
+        let s = conn.settings;
+        let latency = s.send_tsbpd_latency;
+        SendOnly {
+            remote: s.remote,
+            remote_sockid: s.remote_sockid,
+            local_sockid: s.local_sockid,
+            time_base: TimeBase::new(s.socket_start_time),
+            handshake: conn.handshake,
+            max_payload: usize::from(s.max_packet_size).max(188),
+            flow_window: (s.max_flow_size.0 as usize).max(1),
+            max_buffer: (s.send_buffer_size.0 as usize).max(1),
+            latency_window: (latency + latency / 4).max(Duration::from_secs(1)),
+            flush_timeout: latency * 2,
+            idle_timeout: s.peer_idle_timeout,
+            next_msg: MsgNumber::new_truncate(0),
+            front: s.init_seq_num,
+            buffer: VecDeque::new(),
+            sent: 0,
+            lost: BTreeSet::new(),
+            control: VecDeque::new(),
+            last_sent: now,
+            last_heard: now,
+            state: State::Open,
+            retransmitted: 0,
+            dropped: 0,
+        }
+    }
+
+    /// One message (`Some((input time, payload))`), or the end of the data
+    /// stream (`None`: flush, then Shutdown).
+    pub fn handle_data_input(&mut self, now: Instant, data: Option<(Instant, Bytes)>) {
+        let Some((at, mut data)) = data else {
+            if self.state == State::Open {
+                self.state = State::Flushing(now + self.flush_timeout);
+            }
+            return;
+        };
+        if self.state != State::Open {
+            return;
+        }
+        let msg = self.next_msg.increment();
+        let mut loc = PacketLocation::FIRST;
+        loop {
+            let last = data.len() <= self.max_payload;
+            let payload = if last {
+                loc |= PacketLocation::LAST;
+                std::mem::take(&mut data)
+            } else {
+                data.split_to(self.max_payload)
+            };
+            if self.buffer.len() >= self.max_buffer {
+                self.drop_front(1);
+            }
+            self.buffer.push_back(Entry {
+                payload,
+                at,
+                msg,
+                loc,
+            });
+            if last {
+                break;
+            }
+            loc = PacketLocation::MIDDLE;
+        }
+    }
+
+    /// A packet from the peer (guarded and parsed by the listener).
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet, from: SocketAddr) {
+        if from != self.remote || packet.dest_sockid() != self.local_sockid {
+            return;
+        }
+        self.last_heard = now;
+        let Packet::Control(c) = packet else {
+            return; // a player sends no media (the guard drops it earlier)
+        };
+        match c.control_type {
+            ControlTypes::Ack(ack) => {
+                if let Some(full) = ack.full_ack_seq_number() {
+                    self.control.push_back(ControlTypes::Ack2(full));
+                }
+                self.acknowledge(ack.ack_number());
+            }
+            ControlTypes::Nak(list) => {
+                let mut gone: Option<(SeqNumber, SeqNumber)> = None;
+                for seq in list.into_iter_decompressed() {
+                    if seq >= self.front + self.sent as u32 {
+                        continue; // never sent: nothing to resend
+                    }
+                    if seq >= self.front {
+                        self.lost.insert(seq);
+                        continue;
+                    }
+                    // No longer held (acknowledged or too late): tell the
+                    // peer to stop waiting, one request per run.
+                    gone = match gone {
+                        Some((first, last)) if last + 1 == seq => Some((first, seq)),
+                        Some(run) => {
+                            self.request_drop(run);
+                            Some((seq, seq))
+                        }
+                        None => Some((seq, seq)),
+                    };
+                }
+                if let Some(run) = gone {
+                    self.request_drop(run);
+                }
+            }
+            ControlTypes::Shutdown => self.state = State::Closed,
+            ControlTypes::Handshake(shake) => {
+                if let Some(reply) = self.handshake.handle_handshake(shake) {
+                    self.control.push_back(reply);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn request_drop(&mut self, (first, last): (SeqNumber, SeqNumber)) {
+        self.control.push_back(ControlTypes::new_drop_request(
+            MsgNumber::new_truncate(0),
+            first..last + 1,
+        ));
+    }
+
+    /// The peer has everything before `ack`.
+    fn acknowledge(&mut self, ack: SeqNumber) {
+        if ack <= self.front || ack > self.front + self.sent as u32 {
+            return; // old, or names packets never sent
+        }
+        let n = (ack - self.front) as usize;
+        self.buffer.drain(..n);
+        self.sent -= n;
+        self.front = ack;
+        while self.lost.first().is_some_and(|s| *s < ack) {
+            self.lost.pop_first();
+        }
+        if self.buffer.capacity() > 4 * BUFFER_KEEP && self.buffer.len() < BUFFER_KEEP {
+            // A join's burst grew it; a caught-up player holds a few packets.
+            self.buffer.shrink_to(BUFFER_KEEP);
+        }
+    }
+
+    /// Forget the `n` oldest packets (too late, or the buffer is full).
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.buffer.len());
+        self.buffer.drain(..n);
+        self.dropped += n as u64;
+        self.sent = self.sent.saturating_sub(n);
+        self.front += n as u32;
+        let front = self.front;
+        while self.lost.first().is_some_and(|s| *s < front) {
+            self.lost.pop_first();
+        }
+    }
+
+    /// Drop what can no longer arrive in time, whole messages at once.
+    fn drop_too_late(&mut self, now: Instant) {
+        let late = |e: &Entry| now.saturating_duration_since(e.at) > self.latency_window;
+        let Some(first) = self.buffer.front().filter(|e| late(e)) else {
+            return;
+        };
+        let mut msg = first.msg;
+        let mut n = 0;
+        for e in &self.buffer {
+            if late(e) {
+                msg = e.msg;
+            } else if e.msg != msg {
+                break;
+            }
+            n += 1;
+        }
+        self.drop_front(n);
+    }
+
+    /// Run the timers; returns when they next need a turn.
+    pub fn check_timers(&mut self, now: Instant) -> Instant {
+        if self.state == State::Closed {
+            return now + KEEPALIVE;
+        }
+        if now.saturating_duration_since(self.last_heard) > self.idle_timeout {
+            self.control.push_back(ControlTypes::Shutdown);
+            self.state = State::Closed;
+            return now;
+        }
+        self.drop_too_late(now);
+        if let State::Flushing(deadline) = self.state {
+            if (self.buffer.is_empty() && self.lost.is_empty()) || now > deadline {
+                self.control.push_back(ControlTypes::Shutdown);
+                self.state = State::Closed;
+                return now;
+            }
+        }
+        if now.saturating_duration_since(self.last_sent) >= KEEPALIVE {
+            self.control.push_back(ControlTypes::KeepAlive);
+        }
+        if self.has_packets_to_send() {
+            return now;
+        }
+        let mut next = (self.last_sent + KEEPALIVE).min(self.last_heard + self.idle_timeout);
+        if let Some(e) = self.buffer.front() {
+            next = next.min(e.at + self.latency_window + Duration::from_millis(1));
+        }
+        if let State::Flushing(deadline) = self.state {
+            next = next.min(deadline + Duration::from_millis(1));
+        }
+        next
+    }
+
+    fn has_packets_to_send(&self) -> bool {
+        !self.control.is_empty()
+            || !self.lost.is_empty()
+            || (self.sent < self.buffer.len() && self.sent < self.flow_window)
+    }
+
+    /// The next packet to send: control first, then retransmissions, then
+    /// new data while the peer's flow window has room.
+    pub fn next_packet(&mut self, now: Instant) -> Option<(Packet, SocketAddr)> {
+        let packet = if let Some(control_type) = self.control.pop_front() {
+            Packet::Control(ControlPacket {
+                timestamp: self.time_base.timestamp_from(now),
+                dest_sockid: self.remote_sockid,
+                control_type,
+            })
+        } else if let Some(seq) = self.lost.pop_first() {
+            self.retransmitted += 1;
+            self.data_packet((seq - self.front) as usize, true)
+        } else if self.sent < self.buffer.len() && self.sent < self.flow_window {
+            self.sent += 1;
+            self.data_packet(self.sent - 1, false)
+        } else {
+            return None;
+        };
+        self.last_sent = now;
+        Some((packet, self.remote))
+    }
+
+    fn data_packet(&self, index: usize, retransmitted: bool) -> Packet {
+        let e = &self.buffer[index];
+        Packet::Data(DataPacket {
+            seq_number: self.front + index as u32,
+            message_loc: e.loc,
+            in_order_delivery: false,
+            encryption: DataEncryption::None,
+            retransmitted,
+            message_number: e.msg,
+            timestamp: self.time_base.timestamp_from(e.at),
+            dest_sockid: self.remote_sockid,
+            payload: e.payload.clone(),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state != State::Closed
+    }
+
+    /// Packets held: not acknowledged yet, or not sent yet.
+    pub fn buffered(&self) -> u64 {
+        self.buffer.len() as u64
+    }
+
+    /// Data packets sent again (on the peer's NAKs).
+    pub fn retransmitted(&self) -> u64 {
+        self.retransmitted
+    }
+
+    /// Packets given up: too late, or pushed out of a full buffer.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use srt_protocol::connection::ConnectionSettings;
+    use srt_protocol::options::{LiveBandwidthMode, PacketCount, PacketSize};
+    use srt_protocol::packet::{
+        AckStatistics, Acknowledgement, CompressedLossList, FullAckSeqNumber, TimeSpan, TimeStamp,
+    };
+    use srt_protocol::protocol::time::Rtt;
+
+    const PEER: SocketId = SocketId(77);
+    const ME: SocketId = SocketId(5);
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:4000".parse().unwrap()
+    }
+
+    fn conn(start: Instant, flow: u64, buffer: u64) -> SendOnly {
+        let settings = ConnectionSettings {
+            remote: addr(),
+            remote_sockid: PEER,
+            local_sockid: ME,
+            socket_start_time: start,
+            rtt: Duration::ZERO,
+            init_seq_num: SeqNumber::new_truncate(1000),
+            max_packet_size: PacketSize(1316),
+            max_flow_size: PacketCount(flow),
+            send_tsbpd_latency: Duration::from_millis(20),
+            recv_tsbpd_latency: Duration::from_millis(20),
+            too_late_packet_drop: true,
+            peer_idle_timeout: Duration::from_secs(5),
+            recv_buffer_size: PacketCount(32),
+            send_buffer_size: PacketCount(buffer),
+            cipher: None,
+            stream_id: None,
+            bandwidth: LiveBandwidthMode::Unlimited,
+            statistics_interval: Duration::from_secs(10),
+        };
+        SendOnly::new(
+            Connection {
+                settings,
+                handshake: Handshake::Connector,
+            },
+            start,
+        )
+    }
+
+    fn drain(c: &mut SendOnly, now: Instant) -> Vec<Packet> {
+        std::iter::from_fn(|| {
+            c.next_packet(now)
+                .map(|(p, to)| (assert_eq!(to, addr()), p).1)
+        })
+        .collect()
+    }
+
+    fn data(p: &[Packet]) -> Vec<&DataPacket> {
+        p.iter().filter_map(|p| p.data()).collect()
+    }
+
+    fn control(to: SocketId, control_type: ControlTypes) -> Packet {
+        Packet::Control(ControlPacket {
+            timestamp: TimeStamp::MIN,
+            dest_sockid: to,
+            control_type,
+        })
+    }
+
+    fn full_ack(seq: u32, n: u32) -> Packet {
+        let stats = AckStatistics {
+            rtt: Rtt::new(TimeSpan::from_micros(100), TimeSpan::from_micros(50)),
+            buffer_available: 8192,
+            packet_receive_rate: None,
+            estimated_link_capacity: None,
+            data_receive_rate: None,
+        };
+        control(
+            ME,
+            ControlTypes::Ack(Acknowledgement::Full(
+                SeqNumber::new_truncate(seq),
+                stats,
+                FullAckSeqNumber::new(n).unwrap(),
+            )),
+        )
+    }
+
+    fn nak(seqs: &[u32]) -> Packet {
+        let list =
+            CompressedLossList::try_from_iter(seqs.iter().map(|s| SeqNumber::new_truncate(*s)));
+        control(ME, ControlTypes::Nak(list.unwrap()))
+    }
+
+    #[test]
+    fn messages_are_split_numbered_and_timestamped_from_the_connection_start() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        let at = t0 + Duration::from_millis(250);
+        c.handle_data_input(at, Some((at, Bytes::from(vec![7u8; 1316 * 2 + 188]))));
+        c.handle_data_input(at, Some((at, Bytes::from(vec![8u8; 1316]))));
+        assert_eq!(c.check_timers(at), at, "packets wait to be sent");
+        let out = drain(&mut c, at);
+        let d = data(&out);
+        assert_eq!(d.len(), 4);
+        let seqs: Vec<u32> = d.iter().map(|p| p.seq_number.as_raw()).collect();
+        assert_eq!(seqs, [1000, 1001, 1002, 1003]);
+        assert_eq!(d[0].message_loc, PacketLocation::FIRST);
+        assert_eq!(d[1].message_loc, PacketLocation::MIDDLE);
+        assert_eq!(d[2].message_loc, PacketLocation::LAST);
+        assert_eq!(d[2].payload.len(), 188);
+        assert_eq!(d[3].message_loc, PacketLocation::ONLY);
+        assert_eq!(d[0].message_number, d[2].message_number);
+        assert_ne!(d[0].message_number, d[3].message_number);
+        assert!(d
+            .iter()
+            .all(|p| p.timestamp == TimeStamp::from_micros(250_000)));
+        assert!(d.iter().all(|p| p.dest_sockid == PEER && !p.retransmitted));
+        assert_eq!(c.buffered(), 4, "held until acknowledged");
+    }
+
+    #[test]
+    fn acks_release_full_acks_get_an_ackack_and_naks_resend_once_each() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        for _ in 0..5 {
+            c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 100]))));
+        }
+        c.check_timers(t0);
+        assert_eq!(data(&drain(&mut c, t0)).len(), 5);
+        c.handle_packet(t0, full_ack(1002, 9), addr());
+        let out = drain(&mut c, t0);
+        assert!(matches!(
+            out[..],
+            [Packet::Control(ControlPacket { control_type: ControlTypes::Ack2(n), dest_sockid: PEER, .. })]
+                if n == FullAckSeqNumber::new(9).unwrap()
+        ));
+        assert_eq!(c.buffered(), 3);
+        // A NAK for 1003 and 1004 (held), 1001 (acknowledged: a drop
+        // request) and 1010 (never sent: ignored).
+        c.handle_packet(t0, nak(&[1001, 1003, 1004, 1010]), addr());
+        let out = drain(&mut c, t0);
+        let resent: Vec<u32> = data(&out).iter().map(|p| p.seq_number.as_raw()).collect();
+        assert_eq!(resent, [1003, 1004]);
+        assert!(data(&out).iter().all(|p| p.retransmitted));
+        assert!(out.iter().any(|p| matches!(
+            p,
+            Packet::Control(ControlPacket { control_type: ControlTypes::DropRequest { range, .. }, .. })
+                if range.start().as_raw() == 1001 && range.end().as_raw() == 1001
+        )));
+        assert_eq!(c.retransmitted(), 2);
+        // Acks out of range (old, or past what was sent) change nothing.
+        c.handle_packet(t0, full_ack(900, 10), addr());
+        c.handle_packet(t0, full_ack(2000, 11), addr());
+        assert_eq!(c.buffered(), 3);
+        c.handle_packet(t0, full_ack(1005, 12), addr());
+        assert_eq!(c.buffered(), 0);
+    }
+
+    #[test]
+    fn packets_from_elsewhere_are_ignored() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 100]))));
+        c.check_timers(t0);
+        drain(&mut c, t0);
+        c.handle_packet(t0, full_ack(1001, 1), "127.0.0.1:4001".parse().unwrap());
+        c.handle_packet(t0, control(SocketId(6), ControlTypes::Shutdown), addr());
+        assert_eq!(c.buffered(), 1);
+        assert!(c.is_open());
+        c.handle_packet(t0, control(ME, ControlTypes::Shutdown), addr());
+        assert!(!c.is_open(), "the peer's Shutdown closes");
+    }
+
+    #[test]
+    fn the_flow_window_and_the_buffer_bound_hold() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 3, 4);
+        for _ in 0..6 {
+            c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 10]))));
+        }
+        assert_eq!(c.buffered(), 4);
+        assert_eq!(c.dropped(), 2, "a full buffer drops its oldest");
+        c.check_timers(t0);
+        let d: Vec<u32> = data(&drain(&mut c, t0))
+            .iter()
+            .map(|p| p.seq_number.as_raw())
+            .collect();
+        assert_eq!(d, [1002, 1003, 1004], "three unacknowledged at most");
+        c.handle_packet(t0, full_ack(1004, 1), addr());
+        let d: Vec<u32> = data(&drain(&mut c, t0))
+            .iter()
+            .map(|p| p.seq_number.as_raw())
+            .collect();
+        assert_eq!(d, [1005]);
+    }
+
+    #[test]
+    fn too_late_messages_are_dropped_whole() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from(vec![1u8; 3000]))));
+        let later = t0 + Duration::from_millis(500);
+        c.handle_data_input(later, Some((later, Bytes::from_static(&[2; 10]))));
+        c.check_timers(later);
+        drain(&mut c, later);
+        let next = c.check_timers(later);
+        assert!(
+            next <= t0 + Duration::from_millis(1001),
+            "wakes for the drop"
+        );
+        let late = t0 + Duration::from_millis(1100);
+        c.check_timers(late);
+        assert_eq!(c.buffered(), 1);
+        assert_eq!(c.dropped(), 3);
+        // A NAK for a dropped packet asks the peer to drop it too.
+        c.handle_packet(late, nak(&[1000, 1001]), addr());
+        let out = drain(&mut c, late);
+        assert!(data(&out).is_empty());
+        assert!(matches!(
+            out[..],
+            [Packet::Control(ControlPacket {
+                control_type: ControlTypes::DropRequest { .. },
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn a_close_flushes_then_shuts_down_and_silence_times_out() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 10]))));
+        c.handle_data_input(t0, None);
+        c.check_timers(t0);
+        assert_eq!(data(&drain(&mut c, t0)).len(), 1);
+        assert!(c.is_open(), "waits for the acknowledgement");
+        c.handle_packet(t0, full_ack(1001, 1), addr());
+        c.check_timers(t0);
+        let out = drain(&mut c, t0);
+        assert!(out.iter().any(|p| matches!(
+            p,
+            Packet::Control(ControlPacket {
+                control_type: ControlTypes::Shutdown,
+                ..
+            })
+        )));
+        assert!(!c.is_open());
+
+        // Unacknowledged: the flush gives up after twice the latency.
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 10]))));
+        c.handle_data_input(t0, None);
+        c.check_timers(t0);
+        drain(&mut c, t0);
+        c.check_timers(t0 + Duration::from_millis(30));
+        assert!(c.is_open());
+        c.check_timers(t0 + Duration::from_millis(41));
+        assert!(!c.is_open());
+
+        // A silent peer: keepalives, then Shutdown after the idle timeout.
+        let mut c = conn(t0, 8192, 8192);
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(c.check_timers(t0), t1, "next: the keepalive");
+        c.check_timers(t1);
+        let out = drain(&mut c, t1);
+        assert!(matches!(
+            out[..],
+            [Packet::Control(ControlPacket {
+                control_type: ControlTypes::KeepAlive,
+                ..
+            })]
+        ));
+        c.check_timers(t0 + Duration::from_millis(5001));
+        assert!(!c.is_open());
+        assert!(drain(&mut c, t0 + Duration::from_secs(6))
+            .iter()
+            .any(|p| matches!(
+                p,
+                Packet::Control(ControlPacket {
+                    control_type: ControlTypes::Shutdown,
+                    ..
+                })
+            )));
+    }
+}
