@@ -2636,17 +2636,35 @@ mod tests {
         v
     }
 
-    /// Induction then Conclusion with the cookie; returns the replies.
+    /// Induction then Conclusion with the cookie; returns the reply (data
+    /// an accepted player was sent at once is checked and dropped).
     fn connect(l: &mut Listener, now: Instant, sid: &str) -> Packet {
+        connect_and_data(l, now, sid).0
+    }
+
+    /// [`connect`], also returning the data packets sent right after the
+    /// reply (an accepted player's first turn: its GOP cache).
+    fn connect_and_data(
+        l: &mut Listener,
+        now: Instant,
+        sid: &str,
+    ) -> (Packet, Vec<srt_protocol::packet::DataPacket>) {
         l.handle_datagram(now, &hs(4, 2, 1, 77, 0, ""), caller());
         let out = take(l);
         assert_eq!(out.len(), 1);
         let cookie = handshake_of(&out[0].0).unwrap().syn_cookie;
         assert_eq!(cookie, l.cookie(caller(), l.bucket(now)));
         l.handle_datagram(now, &hs(5, 5, -1, 77, cookie, sid), caller());
-        let mut out = take(l);
-        assert_eq!(out.len(), 1, "{out:?}");
-        out.remove(0).0
+        let mut out = take(l).into_iter().map(|(p, _)| p);
+        let reply = out.next().expect("a reply");
+        assert!(handshake_of(&reply).is_some(), "{reply:?}");
+        let data = out
+            .map(|p| match p {
+                Packet::Data(d) => d,
+                other => panic!("after the reply: {other:?}"),
+            })
+            .collect();
+        (reply, data)
     }
 
     #[test]
@@ -3159,7 +3177,7 @@ mod tests {
             });
         }
         let now = Instant::now();
-        let reply = connect(&mut l, now, "#!::r=live/cam1,m=request");
+        let (reply, first) = connect_and_data(&mut l, now, "#!::r=live/cam1,m=request");
         let h = handshake_of(&reply).unwrap();
         assert_eq!(h.shake_type, ShakeType::Conclusion);
         // Latency: ours (120 ms) vs the caller's 30 ms receive / 1000 ms ask.
@@ -3174,7 +3192,7 @@ mod tests {
         assert_eq!(l.players(), 1);
         // The cached GOP goes out as 10 data packets (no ACKs come back
         // here, so count each sequence number once).
-        let mut seqs = std::collections::HashSet::new();
+        let mut seqs: std::collections::HashSet<_> = first.iter().map(|d| d.seq_number).collect();
         let mut t = now;
         for _ in 0..50 {
             t += Duration::from_millis(1);

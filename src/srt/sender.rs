@@ -31,7 +31,7 @@ const READ_BATCH: usize = 64;
 /// Bound on the latency bookkeeping (one entry per chunk not yet sent).
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// Room that bookkeeping keeps once a burst is sent.
-const IN_FLIGHT_KEEP: usize = 256;
+const IN_FLIGHT_KEEP: usize = 64;
 /// A live-edge join rewrites a GOP cache up to this size (half the ring's
 /// default bound: 2 s at 64 Mbit/s); a bigger one goes out as it is, so
 /// the rewrite's CPU time on the listener's loop and what a joiner holds

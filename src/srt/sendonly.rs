@@ -38,8 +38,9 @@ use srt_protocol::protocol::time::TimeBase;
 
 /// A keepalive goes out after this long without sending anything.
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// Buffer room kept once a burst is acknowledged (packets).
-const BUFFER_KEEP: usize = 64;
+/// Buffer room kept once a burst is acknowledged (packets): a caught-up
+/// player holds the packets of one ACK period (a keyframe: ~80).
+const BUFFER_KEEP: usize = 32;
 
 /// One packet waiting for its acknowledgement: a slice of a ring chunk.
 #[derive(Debug)]
@@ -231,7 +232,8 @@ impl SendOnly {
             self.lost.pop_first();
         }
         if self.buffer.capacity() > 4 * BUFFER_KEEP && self.buffer.len() < BUFFER_KEEP {
-            // A join's burst grew it; a caught-up player holds a few packets.
+            // A join's burst or a keyframe grew it; between keyframes a
+            // caught-up player holds a few packets.
             self.buffer.shrink_to(BUFFER_KEEP);
         }
     }
