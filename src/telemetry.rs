@@ -321,7 +321,7 @@ pub const FAMILIES: &[Family] = &[
     Family::new(SRT_REJECTS_TOTAL, Kind::Counter, "SRT callers rejected, by the code libsrt reports to them (1404, 10, ...)."),
     Family::new(SRT_BYTES_OUT_TOTAL, Kind::Counter, "MPEG-TS payload bytes sent to SRT players, retransmissions included."),
     Family::new(SRT_DATA_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players, retransmissions included."),
-    Family::new(SRT_RETRANSMITTED_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players again (asked for by a NAK, or the sender's retransmission timer)."),
+    Family::new(SRT_RETRANSMITTED_PACKETS_TOTAL, Kind::Counter, "Data packets sent to SRT players again (asked for by a NAK; for encrypted players also srt-protocol's retransmission timer)."),
     Family::new(SRT_DATAGRAMS_OUT_TOTAL, Kind::Counter, "Datagrams the SRT listener sent (players' data and control, publishers' control)."),
     Family::new(SRT_SEND_CALLS_TOTAL, Kind::Counter, "Send system calls of the SRT listener (sendmmsg, or sendto after a refused GSO message); datagrams per call = sluice_srt_datagrams_out_total / this."),
     Family::new(TRACE_SPANS_EXPORTED_TOTAL, Kind::Counter, "Lifecycle spans the OTLP collector accepted ([telemetry])."),

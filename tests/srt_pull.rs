@@ -823,3 +823,94 @@ fn a_read_webhook_decides_srt_players() {
     // One webhook call per connection attempt, not per retransmission.
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+/// A UDP relay between one SRT caller and sluice that drops every `nth`
+/// data packet sluice sends for the first time (retransmissions pass).
+/// Returns its address and the count of packets dropped.
+fn lossy_path(
+    sluice: std::net::SocketAddr,
+    nth: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(sluice).unwrap();
+    let addr = front.local_addr().unwrap();
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let caller = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
+    let (f2, b2, c2, s2) = (
+        front.try_clone().unwrap(),
+        back.try_clone().unwrap(),
+        caller.clone(),
+        stop.clone(),
+    );
+    f2.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = f2.recv_from(&mut buf) {
+                *c2.lock().unwrap() = Some(from);
+                let _ = b2.send(&buf[..n]);
+            }
+        }
+    });
+    back.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let d2 = dropped.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut first_sends = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(n) = back.recv(&mut buf) else { continue };
+            // Data: the top bit of the first word is 0; R (retransmitted)
+            // is bit 2 of the fifth byte.
+            if n > 16 && buf[0] & 0x80 == 0 && buf[4] & 0x04 == 0 {
+                first_sends += 1;
+                if first_sends % nth == 0 {
+                    d2.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            if let Some(to) = *caller.lock().unwrap() {
+                let _ = front.send_to(&buf[..n], to);
+            }
+        }
+    });
+    (addr, dropped)
+}
+
+#[test]
+fn a_player_on_a_lossy_path_gets_what_it_naks_and_decodes_clean() {
+    use std::sync::atomic::Ordering;
+    let server = Sluice::start(None);
+    let _publisher = publish(&server, PATH, 40);
+    server.wait_for_stream(
+        PATH,
+        |s| s["renditions"].is_array(),
+        Duration::from_secs(20),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, dropped) = lossy_path(server.srt_addr(), 25, stop.clone());
+    let resent_before = server.metric_or_zero("sluice_srt_retransmitted_packets_total");
+    let dir = TempDir::new("srt-pull-lossy");
+    let out = dir.join("lossy.ts");
+    // 4 % of the first sends lost, at the default 120 ms latency.
+    record_srt(&format!("srt://{addr}?streamid={PATH}"), 6, &out);
+    stop.store(true, Ordering::Relaxed);
+    let lost = dropped.load(Ordering::Relaxed);
+    assert!(lost >= 10, "the path dropped {lost} packets");
+    let resent = server.metric_or_zero("sluice_srt_retransmitted_packets_total") - resent_before;
+    assert!(
+        resent >= lost as f64,
+        "{lost} packets lost on the way, {resent} resent"
+    );
+    let errors = decode_errors(&out);
+    assert!(
+        errors.is_empty(),
+        "a lost packet reached the player:\n{errors}"
+    );
+    let frames = video_frames(&out, 10_000);
+    assert!(frames.len() > 120, "{} frames in 6 s", frames.len());
+}

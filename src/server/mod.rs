@@ -473,8 +473,9 @@ fn spawn_upkeep(metrics: PrometheusHandle, registry: Arc<Registry>, root: Cancel
                 _ = root.cancelled() => break,
                 _ = drain.tick() => {
                     metrics.run_upkeep();
-                    drains += 1;
-                    if drains % DRAINS_PER_TICK != 1 {
+                    let tick = drains % DRAINS_PER_TICK == 0;
+                    drains = drains.wrapping_add(1);
+                    if !tick {
                         continue;
                     }
                     metrics::gauge!(telemetry::STREAMS).set(registry.len() as f64);

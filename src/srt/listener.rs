@@ -2480,16 +2480,17 @@ pub async fn serve(
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         // Whatever woke the loop, what peers sent goes in before any
-        // timer runs: an ACK left waiting behind a long turn would let the
-        // sender's retransmission timer fire for packets the player has.
+        // timer runs: an ACK left waiting behind a long turn would let an
+        // encrypted player's retransmission timer (srt-protocol's) fire for
+        // packets the player has, and holds every sender's buffer longer.
         receive_waiting(&socket, &mut incoming, &mut listener);
         let now = Instant::now();
         listener.pump_publishers(now);
         listener.due_players(now, data_ready, &mut due);
         // In slices, each sent before the next is made and followed by what
         // peers sent meanwhile: a player's packets wait for one slice, not
-        // for every player's, and its retransmission timers start from
-        // when the packets really left (a keyframe to 500 players is
+        // for every player's, and (encrypted players) its retransmission
+        // timers start from when the packets really left (a keyframe to 500 players is
         // 40 000 datagrams, tens of milliseconds of sending).
         for slice in due.chunks(PUMP_SLICE) {
             let now = Instant::now();

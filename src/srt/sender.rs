@@ -104,7 +104,8 @@ pub struct CatchUpReport {
     pub unchanged: Option<&'static str>,
 }
 
-/// The `now` to give srt-protocol with a connection's first data input.
+/// The `now` to give srt-protocol with a connection's first data input
+/// (the duplex connection; the send-only sender does not pace).
 ///
 /// srt-protocol's sender paces at one packet per millisecond until its
 /// first rate estimate, which it makes 100 ms after the first input
@@ -527,7 +528,9 @@ impl Sender {
         self.over_cap_since.is_some()
     }
 
-    /// Data packets sent again, and packets given up (too late).
+    /// Data packets sent again, and packets given up (too late or pushed
+    /// out of a full buffer; srt-protocol also counts NAKed packets it no
+    /// longer held).
     pub fn resent_and_dropped(&self) -> (u64, u64) {
         match &self.conn {
             Conn::Duplex(c) => {

@@ -31,23 +31,35 @@ use bytes::Bytes;
 use srt_protocol::connection::Connection;
 use srt_protocol::packet::{
     ControlPacket, ControlTypes, DataEncryption, DataPacket, MsgNumber, Packet, PacketLocation,
-    SeqNumber, SocketId,
+    SeqNumber, SocketId, TimeSpan, TimeStamp,
 };
 use srt_protocol::protocol::handshake::Handshake;
 use srt_protocol::protocol::time::TimeBase;
 
 /// A keepalive goes out after this long without sending anything.
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// Buffer room kept once a burst is acknowledged (packets): a caught-up
-/// player holds the packets of one ACK period (a keyframe: ~80).
+/// Buffer room kept once a burst is acknowledged (packets). A caught-up
+/// player holds what one ACK period (10 ms) sent, a few packets between
+/// keyframes; a keyframe (~80 packets) grows it for a moment.
 const BUFFER_KEEP: usize = 32;
+/// A packet resent less than this long ago is not resent for another NAK:
+/// receivers repeat their NAKs while a gap stays open (libsrt's periodic
+/// NAK report), and the resend may still be on its way.
+const RESEND_GAP: Duration = Duration::from_millis(20);
+/// Retransmissions a player may take at once; past that it earns one per
+/// packet sent for the first time, so a player's NAKs, hostile or not,
+/// never cost more than its own stream again (plus this burst). A loss the
+/// budget could not cover is NAKed again by the receiver.
+const RESEND_BURST: u32 = 1024;
 
 /// One packet waiting for its acknowledgement: a slice of a ring chunk.
 #[derive(Debug)]
 struct Entry {
     payload: Bytes,
-    /// When its message was handed in; its timestamp derives from it.
-    at: Instant,
+    /// Its SRT timestamp: when its message was handed in.
+    ts: TimeStamp,
+    /// When it was last resent.
+    resent: Option<TimeStamp>,
     msg: MsgNumber,
     loc: PacketLocation,
 }
@@ -73,7 +85,7 @@ pub struct SendOnly {
     max_payload: usize,
     flow_window: usize,
     max_buffer: usize,
-    latency_window: Duration,
+    latency_window: TimeSpan,
     flush_timeout: Duration,
     idle_timeout: Duration,
     next_msg: MsgNumber,
@@ -88,6 +100,8 @@ pub struct SendOnly {
     last_sent: Instant,
     last_heard: Instant,
     state: State,
+    /// Retransmissions allowed now (see [`RESEND_BURST`]).
+    resend_budget: u32,
     retransmitted: u64,
     dropped: u64,
 }
@@ -106,10 +120,10 @@ impl SendOnly {
             max_payload: usize::from(s.max_packet_size).max(188),
             flow_window: (s.max_flow_size.0 as usize).max(1),
             max_buffer: (s.send_buffer_size.0 as usize).max(1),
-            latency_window: (latency + latency / 4).max(Duration::from_secs(1)),
+            latency_window: TimeSpan::from((latency + latency / 4).max(Duration::from_secs(1))),
             flush_timeout: latency * 2,
             idle_timeout: s.peer_idle_timeout,
-            next_msg: MsgNumber::new_truncate(0),
+            next_msg: MsgNumber::new_truncate(1),
             front: s.init_seq_num,
             buffer: VecDeque::new(),
             sent: 0,
@@ -118,6 +132,7 @@ impl SendOnly {
             last_sent: now,
             last_heard: now,
             state: State::Open,
+            resend_budget: RESEND_BURST,
             retransmitted: 0,
             dropped: 0,
         }
@@ -136,6 +151,11 @@ impl SendOnly {
             return;
         }
         let msg = self.next_msg.increment();
+        if self.next_msg.as_raw() == 0 {
+            // 0 is no message (libsrt numbers from 1 and wraps to 1).
+            self.next_msg = MsgNumber::new_truncate(1);
+        }
+        let ts = self.time_base.timestamp_from(at);
         let mut loc = PacketLocation::FIRST;
         loop {
             let last = data.len() <= self.max_payload;
@@ -150,7 +170,8 @@ impl SendOnly {
             }
             self.buffer.push_back(Entry {
                 payload,
-                at,
+                ts,
+                resent: None,
                 msg,
                 loc,
             });
@@ -179,12 +200,17 @@ impl SendOnly {
             }
             ControlTypes::Nak(list) => {
                 let mut gone: Option<(SeqNumber, SeqNumber)> = None;
+                let ts_now = self.time_base.timestamp_from(now);
+                let gap = TimeSpan::from(RESEND_GAP);
                 for seq in list.into_iter_decompressed() {
                     if seq >= self.front + self.sent as u32 {
                         continue; // never sent: nothing to resend
                     }
                     if seq >= self.front {
-                        self.lost.insert(seq);
+                        let e = &self.buffer[(seq - self.front) as usize];
+                        if e.resent.is_none_or(|at| ts_now - at >= gap) {
+                            self.lost.insert(seq);
+                        }
                         continue;
                     }
                     // No longer held (acknowledged or too late): tell the
@@ -253,7 +279,8 @@ impl SendOnly {
 
     /// Drop what can no longer arrive in time, whole messages at once.
     fn drop_too_late(&mut self, now: Instant) {
-        let late = |e: &Entry| now.saturating_duration_since(e.at) > self.latency_window;
+        let ts_now = self.time_base.timestamp_from(now);
+        let late = |e: &Entry| ts_now - e.ts > self.latency_window;
         let Some(first) = self.buffer.front().filter(|e| late(e)) else {
             return;
         };
@@ -294,9 +321,11 @@ impl SendOnly {
         if self.has_packets_to_send() {
             return now;
         }
-        let mut next = (self.last_sent + KEEPALIVE).min(self.last_heard + self.idle_timeout);
+        let mut next = (self.last_sent + KEEPALIVE)
+            .min(self.last_heard + self.idle_timeout + Duration::from_millis(1));
         if let Some(e) = self.buffer.front() {
-            next = next.min(e.at + self.latency_window + Duration::from_millis(1));
+            let due = self.time_base.instant_from(e.ts + self.latency_window);
+            next = next.min(due + Duration::from_millis(1));
         }
         if let State::Flushing(deadline) = self.state {
             next = next.min(deadline + Duration::from_millis(1));
@@ -310,8 +339,9 @@ impl SendOnly {
             || (self.sent < self.buffer.len() && self.sent < self.flow_window)
     }
 
-    /// The next packet to send: control first, then retransmissions, then
-    /// new data while the peer's flow window has room.
+    /// The next packet to send: control first, then retransmissions (while
+    /// the budget lasts), then new data while the peer's flow window has
+    /// room. Nothing but control once closed: the Shutdown is the last.
     pub fn next_packet(&mut self, now: Instant) -> Option<(Packet, SocketAddr)> {
         let packet = if let Some(control_type) = self.control.pop_front() {
             Packet::Control(ControlPacket {
@@ -319,11 +349,22 @@ impl SendOnly {
                 dest_sockid: self.remote_sockid,
                 control_type,
             })
+        } else if self.state == State::Closed {
+            return None;
         } else if let Some(seq) = self.lost.pop_first() {
+            if self.resend_budget == 0 {
+                // Spent: the receiver asks again for what it still misses.
+                self.lost.clear();
+                return self.next_packet(now);
+            }
+            self.resend_budget -= 1;
             self.retransmitted += 1;
-            self.data_packet((seq - self.front) as usize, true)
+            let index = (seq - self.front) as usize;
+            self.buffer[index].resent = Some(self.time_base.timestamp_from(now));
+            self.data_packet(index, true)
         } else if self.sent < self.buffer.len() && self.sent < self.flow_window {
             self.sent += 1;
+            self.resend_budget = (self.resend_budget + 1).min(RESEND_BURST);
             self.data_packet(self.sent - 1, false)
         } else {
             return None;
@@ -341,7 +382,7 @@ impl SendOnly {
             encryption: DataEncryption::None,
             retransmitted,
             message_number: e.msg,
-            timestamp: self.time_base.timestamp_from(e.at),
+            timestamp: e.ts,
             dest_sockid: self.remote_sockid,
             payload: e.payload.clone(),
         })
@@ -476,8 +517,9 @@ mod tests {
         assert_eq!(d[2].message_loc, PacketLocation::LAST);
         assert_eq!(d[2].payload.len(), 188);
         assert_eq!(d[3].message_loc, PacketLocation::ONLY);
+        assert_eq!(d[0].message_number.as_raw(), 1, "message 0 means none");
         assert_eq!(d[0].message_number, d[2].message_number);
-        assert_ne!(d[0].message_number, d[3].message_number);
+        assert_eq!(d[3].message_number.as_raw(), 2);
         assert!(d
             .iter()
             .all(|p| p.timestamp == TimeStamp::from_micros(250_000)));
@@ -648,5 +690,94 @@ mod tests {
                     ..
                 })
             )));
+    }
+
+    #[test]
+    fn a_packet_is_resent_once_per_gap_and_naks_cannot_buy_more_than_the_stream() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        for _ in 0..2000 {
+            c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 100]))));
+        }
+        c.check_timers(t0);
+        assert_eq!(data(&drain(&mut c, t0)).len(), 2000);
+        // The same NAK twice within the gap: one resend.
+        c.handle_packet(t0, nak(&[1005]), addr());
+        c.handle_packet(t0, nak(&[1005]), addr());
+        assert_eq!(data(&drain(&mut c, t0)).len(), 1);
+        let t1 = t0 + Duration::from_millis(5);
+        c.handle_packet(t1, nak(&[1005]), addr());
+        assert!(data(&drain(&mut c, t1)).is_empty(), "resent 5 ms ago");
+        let t2 = t0 + RESEND_GAP;
+        c.handle_packet(t2, nak(&[1005]), addr());
+        assert_eq!(data(&drain(&mut c, t2)).len(), 1, "the gap passed");
+        // A flood of NAKs naming everything: the burst, then nothing more
+        // until new packets earn it.
+        let mut resent = 0;
+        for i in 0..10u32 {
+            let t = t2 + RESEND_GAP * (i + 1);
+            let list = CompressedLossList::try_from_range(
+                SeqNumber::new_truncate(1000)..SeqNumber::new_truncate(3000),
+            )
+            .unwrap();
+            c.handle_packet(t, control(ME, ControlTypes::Nak(list)), addr());
+            resent += data(&drain(&mut c, t)).len();
+        }
+        assert_eq!(
+            resent as u32,
+            RESEND_BURST - 2,
+            "the burst, less the two earlier resends"
+        );
+        let t = t2 + RESEND_GAP * 20;
+        for _ in 0..10 {
+            c.handle_data_input(t, Some((t, Bytes::from_static(&[1; 100]))));
+        }
+        c.check_timers(t);
+        assert_eq!(data(&drain(&mut c, t)).len(), 10);
+        let t = t + RESEND_GAP;
+        c.handle_packet(
+            t,
+            nak(&[
+                1100, 1101, 1102, 1103, 1104, 1105, 1106, 1107, 1108, 1109, 1110, 1111,
+            ]),
+            addr(),
+        );
+        assert_eq!(
+            data(&drain(&mut c, t)).len(),
+            10,
+            "earned by ten new packets"
+        );
+        assert_eq!(c.retransmitted(), u64::from(RESEND_BURST) + 10);
+    }
+
+    #[test]
+    fn nothing_follows_a_shutdown() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 10]))));
+        c.check_timers(t0);
+        drain(&mut c, t0);
+        // Silent for the idle timeout while new data was handed in.
+        let t = t0 + Duration::from_millis(5002);
+        c.handle_data_input(t, Some((t, Bytes::from_static(&[2; 10]))));
+        c.check_timers(t);
+        let out = drain(&mut c, t);
+        assert!(data(&out).is_empty(), "{out:?}");
+        assert!(matches!(
+            out.last(),
+            Some(Packet::Control(ControlPacket {
+                control_type: ControlTypes::Shutdown,
+                ..
+            }))
+        ));
+        assert!(!c.is_open());
+        // A peer's Shutdown: its pending retransmissions are not sent.
+        let mut c = conn(t0, 8192, 8192);
+        c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 10]))));
+        c.check_timers(t0);
+        drain(&mut c, t0);
+        c.handle_packet(t0, nak(&[1000]), addr());
+        c.handle_packet(t0, control(ME, ControlTypes::Shutdown), addr());
+        assert!(drain(&mut c, t0).is_empty());
     }
 }
