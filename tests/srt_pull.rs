@@ -824,20 +824,27 @@ fn a_read_webhook_decides_srt_players() {
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
+/// What the lossy relay saw: each dropped first send (sequence number,
+/// when) and the sequence numbers of the retransmissions it passed on.
+#[derive(Default)]
+struct LossLog {
+    dropped: Vec<(u32, Instant)>,
+    resent: std::collections::HashSet<u32>,
+}
+
 /// A UDP relay between one SRT caller and sluice that drops every `nth`
 /// data packet sluice sends for the first time (retransmissions pass).
-/// Returns its address and the count of packets dropped.
 fn lossy_path(
     sluice: std::net::SocketAddr,
     nth: u64,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+) -> (std::net::SocketAddr, Arc<Mutex<LossLog>>) {
     use std::sync::atomic::Ordering;
     let front = UdpSocket::bind("127.0.0.1:0").unwrap();
     let back = UdpSocket::bind("127.0.0.1:0").unwrap();
     back.connect(sluice).unwrap();
     let addr = front.local_addr().unwrap();
-    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let log = Arc::new(Mutex::new(LossLog::default()));
     let caller = Arc::new(Mutex::new(None::<std::net::SocketAddr>));
     let (f2, b2, c2, s2) = (
         front.try_clone().unwrap(),
@@ -858,19 +865,24 @@ fn lossy_path(
     });
     back.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let d2 = dropped.clone();
+    let log2 = log.clone();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let mut first_sends = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let Ok(n) = back.recv(&mut buf) else { continue };
-            // Data: the top bit of the first word is 0; R (retransmitted)
-            // is bit 2 of the fifth byte.
-            if n > 16 && buf[0] & 0x80 == 0 && buf[4] & 0x04 == 0 {
-                first_sends += 1;
-                if first_sends % nth == 0 {
-                    d2.fetch_add(1, Ordering::Relaxed);
-                    continue;
+            // Data: the top bit of the first word is 0 (the rest is the
+            // sequence number); R (retransmitted) is bit 2 of byte 4.
+            if n > 16 && buf[0] & 0x80 == 0 {
+                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                if buf[4] & 0x04 != 0 {
+                    log2.lock().unwrap().resent.insert(seq);
+                } else {
+                    first_sends += 1;
+                    if first_sends % nth == 0 {
+                        log2.lock().unwrap().dropped.push((seq, Instant::now()));
+                        continue;
+                    }
                 }
             }
             if let Some(to) = *caller.lock().unwrap() {
@@ -878,7 +890,7 @@ fn lossy_path(
             }
         }
     });
-    (addr, dropped)
+    (addr, log)
 }
 
 #[test]
@@ -892,25 +904,68 @@ fn a_player_on_a_lossy_path_gets_what_it_naks_and_decodes_clean() {
         Duration::from_secs(20),
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (addr, dropped) = lossy_path(server.srt_addr(), 25, stop.clone());
-    let resent_before = server.metric_or_zero("sluice_srt_retransmitted_packets_total");
+    // 4 % of the first sends lost, at the default 120 ms latency.
+    let (addr, log) = lossy_path(server.srt_addr(), 25, stop.clone());
     let dir = TempDir::new("srt-pull-lossy");
     let out = dir.join("lossy.ts");
-    // 4 % of the first sends lost, at the default 120 ms latency.
-    record_srt(&format!("srt://{addr}?streamid={PATH}"), 6, &out);
+    // srt-live-transmit writes exactly what the player received.
+    let file = std::fs::File::create(&out).unwrap();
+    let mut cmd = command(
+        "srt-live-transmit",
+        &[
+            "-q",
+            "-a:no",
+            &format!("srt://{addr}?streamid={PATH}"),
+            "file://con",
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(file)
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut player = cmd.spawn().expect("start srt-live-transmit");
+    thread::sleep(Duration::from_secs(6));
+    let end = Instant::now();
+    // SIGINT: srt-live-transmit flushes and exits.
+    unsafe { libc::kill(-(player.id() as i32), libc::SIGINT) };
+    if !poll_until(Duration::from_secs(3), || {
+        matches!(player.try_wait(), Ok(Some(_)))
+    }) {
+        let _ = player.kill();
+        let _ = player.wait();
+    }
     stop.store(true, Ordering::Relaxed);
-    let lost = dropped.load(Ordering::Relaxed);
-    assert!(lost >= 10, "the path dropped {lost} packets");
-    let resent = server.metric_or_zero("sluice_srt_retransmitted_packets_total") - resent_before;
+    let log = log.lock().unwrap();
+    // Every packet the path dropped (but the last moments', which the
+    // player may not have missed yet) came back as a retransmission.
+    let settled: Vec<u32> = log
+        .dropped
+        .iter()
+        .filter(|(_, at)| end.saturating_duration_since(*at) > Duration::from_millis(500))
+        .map(|(seq, _)| *seq)
+        .collect();
     assert!(
-        resent >= lost as f64,
-        "{lost} packets lost on the way, {resent} resent"
+        settled.len() >= 10,
+        "the path dropped {} packets",
+        settled.len()
+    );
+    let missing: Vec<&u32> = settled.iter().filter(|s| !log.resent.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "never resent: {missing:?} of {settled:?}"
+    );
+    let data = std::fs::read(&out).unwrap();
+    let mut demux = sluice::ts::Demuxer::new();
+    demux
+        .push(&data, &mut Vec::new())
+        .expect("the recording demuxes");
+    assert_eq!(
+        demux.continuity_errors(),
+        0,
+        "a lost packet reached the player"
     );
     let errors = decode_errors(&out);
-    assert!(
-        errors.is_empty(),
-        "a lost packet reached the player:\n{errors}"
-    );
+    assert!(errors.is_empty(), "{errors}");
     let frames = video_frames(&out, 10_000);
     assert!(frames.len() > 120, "{} frames in 6 s", frames.len());
 }

@@ -239,6 +239,12 @@ impl SendOnly {
     }
 
     fn request_drop(&mut self, (first, last): (SeqNumber, SeqNumber)) {
+        // Charged like a retransmission: NAKs naming many old runs cost
+        // the budget, not the listener.
+        if self.resend_budget == 0 {
+            return;
+        }
+        self.resend_budget -= 1;
         self.control.push_back(ControlTypes::new_drop_request(
             MsgNumber::new_truncate(0),
             first..last + 1,
@@ -324,8 +330,11 @@ impl SendOnly {
         let mut next = (self.last_sent + KEEPALIVE)
             .min(self.last_heard + self.idle_timeout + Duration::from_millis(1));
         if let Some(e) = self.buffer.front() {
-            let due = self.time_base.instant_from(e.ts + self.latency_window);
-            next = next.min(due + Duration::from_millis(1));
+            // Relative to now: timestamps wrap every 71.6 min, so an
+            // absolute instant made from one would be wrong half the time.
+            let left = (e.ts + self.latency_window) - self.time_base.timestamp_from(now);
+            let left = Duration::from_micros(u64::try_from(left.as_micros()).unwrap_or(0));
+            next = next.min(now + left + Duration::from_millis(1));
         }
         if let State::Flushing(deadline) = self.state {
             next = next.min(deadline + Duration::from_millis(1));
@@ -779,5 +788,27 @@ mod tests {
         c.handle_packet(t0, nak(&[1000]), addr());
         c.handle_packet(t0, control(ME, ControlTypes::Shutdown), addr());
         assert!(drain(&mut c, t0).is_empty());
+    }
+
+    #[test]
+    fn timers_stay_ahead_of_now_on_a_connection_older_than_the_timestamp_wrap() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        // 36 min and 72 min in: past half and past all of the u32 µs range.
+        for minutes in [36, 72, 100] {
+            let t = t0 + Duration::from_secs(60 * minutes);
+            c.handle_packet(t, control(ME, ControlTypes::KeepAlive), addr());
+            c.handle_data_input(t, Some((t, Bytes::from_static(&[1; 10]))));
+            c.check_timers(t);
+            drain(&mut c, t);
+            let next = c.check_timers(t);
+            assert!(next > t, "{minutes} min: wakes at once");
+            assert!(next <= t + Duration::from_millis(1001), "{minutes} min");
+            assert_eq!(c.buffered(), 1, "{minutes} min: not dropped yet");
+            let late = t + Duration::from_millis(1002);
+            c.handle_packet(late, control(ME, ControlTypes::KeepAlive), addr());
+            c.check_timers(late);
+            assert_eq!(c.buffered(), 0, "{minutes} min: dropped once too late");
+        }
     }
 }
