@@ -42,10 +42,13 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// player holds what one ACK period (10 ms) sent, a few packets between
 /// keyframes; a keyframe (~80 packets) grows it for a moment.
 const BUFFER_KEEP: usize = 32;
-/// A packet resent less than this long ago is not resent for another NAK:
-/// receivers repeat their NAKs while a gap stays open (libsrt's periodic
-/// NAK report), and the resend may still be on its way.
+/// A packet resent less than RTT + 4·RTTVar ago (the peer's figures from
+/// its last full ACK), and never less than this, is not resent for another
+/// NAK: receivers repeat their NAKs while a gap stays open (libsrt's
+/// periodic NAK report), and the resend may still be on its way.
 const RESEND_GAP: Duration = Duration::from_millis(20);
+/// The most that gap grows to, whatever RTT a peer reports.
+const MAX_RESEND_GAP: Duration = Duration::from_secs(1);
 /// Retransmissions a player may take at once; past that it earns one per
 /// packet sent for the first time, so a player's NAKs, hostile or not,
 /// never cost more than its own stream again (plus this burst). A loss the
@@ -102,6 +105,8 @@ pub struct SendOnly {
     state: State,
     /// Retransmissions allowed now (see [`RESEND_BURST`]).
     resend_budget: u32,
+    /// See [`RESEND_GAP`].
+    resend_gap: TimeSpan,
     retransmitted: u64,
     dropped: u64,
 }
@@ -133,6 +138,7 @@ impl SendOnly {
             last_heard: now,
             state: State::Open,
             resend_budget: RESEND_BURST,
+            resend_gap: TimeSpan::from(RESEND_GAP),
             retransmitted: 0,
             dropped: 0,
         }
@@ -196,12 +202,21 @@ impl SendOnly {
                 if let Some(full) = ack.full_ack_seq_number() {
                     self.control.push_back(ControlTypes::Ack2(full));
                 }
+                if let Some(rtt) = ack.rtt() {
+                    let us = i64::from(rtt.mean().as_micros())
+                        + 4 * i64::from(rtt.variance().as_micros());
+                    let us = us.clamp(
+                        RESEND_GAP.as_micros() as i64,
+                        MAX_RESEND_GAP.as_micros() as i64,
+                    );
+                    self.resend_gap = TimeSpan::from_micros(us as i32);
+                }
                 self.acknowledge(ack.ack_number());
             }
             ControlTypes::Nak(list) => {
                 let mut gone: Option<(SeqNumber, SeqNumber)> = None;
                 let ts_now = self.time_base.timestamp_from(now);
-                let gap = TimeSpan::from(RESEND_GAP);
+                let gap = self.resend_gap;
                 for seq in list.into_iter_decompressed() {
                     if seq >= self.front + self.sent as u32 {
                         continue; // never sent: nothing to resend
@@ -810,5 +825,58 @@ mod tests {
             c.check_timers(late);
             assert_eq!(c.buffered(), 0, "{minutes} min: dropped once too late");
         }
+    }
+
+    #[test]
+    fn the_resend_gap_follows_the_peers_rtt() {
+        let t0 = Instant::now();
+        let mut c = conn(t0, 8192, 8192);
+        for _ in 0..4 {
+            c.handle_data_input(t0, Some((t0, Bytes::from_static(&[1; 100]))));
+        }
+        c.check_timers(t0);
+        drain(&mut c, t0);
+        // RTT 60 ms ± 10 ms: a resend waits 100 ms before the next.
+        let stats = AckStatistics {
+            rtt: Rtt::new(TimeSpan::from_micros(60_000), TimeSpan::from_micros(10_000)),
+            buffer_available: 8192,
+            packet_receive_rate: None,
+            estimated_link_capacity: None,
+            data_receive_rate: None,
+        };
+        let ack = Acknowledgement::Full(
+            SeqNumber::new_truncate(1001),
+            stats,
+            FullAckSeqNumber::new(1).unwrap(),
+        );
+        c.handle_packet(t0, control(ME, ControlTypes::Ack(ack)), addr());
+        drain(&mut c, t0);
+        let resends = |c: &mut SendOnly, t: Instant| {
+            c.handle_packet(t, nak(&[1002]), addr());
+            data(&drain(c, t)).len()
+        };
+        assert_eq!(resends(&mut c, t0), 1);
+        assert_eq!(resends(&mut c, t0 + Duration::from_millis(60)), 0);
+        assert_eq!(resends(&mut c, t0 + Duration::from_millis(100)), 1);
+        // An absurd RTT is held to the bound.
+        let stats = AckStatistics {
+            rtt: Rtt::new(TimeSpan::from_micros(9_000_000), TimeSpan::from_micros(0)),
+            buffer_available: 8192,
+            packet_receive_rate: None,
+            estimated_link_capacity: None,
+            data_receive_rate: None,
+        };
+        let ack = Acknowledgement::Full(
+            SeqNumber::new_truncate(1002),
+            stats,
+            FullAckSeqNumber::new(2).unwrap(),
+        );
+        c.handle_packet(t0, control(ME, ControlTypes::Ack(ack)), addr());
+        let t = t0 + Duration::from_millis(100);
+        assert_eq!(
+            resends(&mut c, t + MAX_RESEND_GAP - Duration::from_millis(1)),
+            0
+        );
+        assert_eq!(resends(&mut c, t + MAX_RESEND_GAP), 1);
     }
 }
