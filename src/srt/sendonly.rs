@@ -271,13 +271,7 @@ impl SendOnly {
         if ack <= self.front || ack > self.front + self.sent as u32 {
             return; // old, or names packets never sent
         }
-        let n = (ack - self.front) as usize;
-        self.buffer.drain(..n);
-        self.sent -= n;
-        self.front = ack;
-        while self.lost.first().is_some_and(|s| *s < ack) {
-            self.lost.pop_first();
-        }
+        self.release_front((ack - self.front) as usize);
         if self.buffer.capacity() > 4 * BUFFER_KEEP && self.buffer.len() < BUFFER_KEEP {
             // A join's burst or a keyframe grew it; between keyframes a
             // caught-up player holds a few packets.
@@ -285,11 +279,16 @@ impl SendOnly {
         }
     }
 
-    /// Forget the `n` oldest packets (too late, or the buffer is full).
+    /// Give up the `n` oldest packets (too late, or the buffer is full).
     fn drop_front(&mut self, n: usize) {
         let n = n.min(self.buffer.len());
-        self.buffer.drain(..n);
+        self.release_front(n);
         self.dropped += n as u64;
+    }
+
+    /// Forget the `n` (≤ len) oldest packets: acknowledged or given up.
+    fn release_front(&mut self, n: usize) {
+        self.buffer.drain(..n);
         self.sent = self.sent.saturating_sub(n);
         self.front += n as u32;
         let front = self.front;
@@ -500,8 +499,13 @@ mod tests {
     }
 
     fn full_ack(seq: u32, n: u32) -> Packet {
+        full_ack_rtt(seq, n, 100, 50)
+    }
+
+    /// A full ACK reporting RTT `rtt_us` ± `var_us`.
+    fn full_ack_rtt(seq: u32, n: u32, rtt_us: i32, var_us: i32) -> Packet {
         let stats = AckStatistics {
-            rtt: Rtt::new(TimeSpan::from_micros(100), TimeSpan::from_micros(50)),
+            rtt: Rtt::new(TimeSpan::from_micros(rtt_us), TimeSpan::from_micros(var_us)),
             buffer_available: 8192,
             packet_receive_rate: None,
             estimated_link_capacity: None,
@@ -837,19 +841,7 @@ mod tests {
         c.check_timers(t0);
         drain(&mut c, t0);
         // RTT 60 ms ± 10 ms: a resend waits 100 ms before the next.
-        let stats = AckStatistics {
-            rtt: Rtt::new(TimeSpan::from_micros(60_000), TimeSpan::from_micros(10_000)),
-            buffer_available: 8192,
-            packet_receive_rate: None,
-            estimated_link_capacity: None,
-            data_receive_rate: None,
-        };
-        let ack = Acknowledgement::Full(
-            SeqNumber::new_truncate(1001),
-            stats,
-            FullAckSeqNumber::new(1).unwrap(),
-        );
-        c.handle_packet(t0, control(ME, ControlTypes::Ack(ack)), addr());
+        c.handle_packet(t0, full_ack_rtt(1001, 1, 60_000, 10_000), addr());
         drain(&mut c, t0);
         let resends = |c: &mut SendOnly, t: Instant| {
             c.handle_packet(t, nak(&[1002]), addr());
@@ -859,19 +851,7 @@ mod tests {
         assert_eq!(resends(&mut c, t0 + Duration::from_millis(60)), 0);
         assert_eq!(resends(&mut c, t0 + Duration::from_millis(100)), 1);
         // An absurd RTT is held to the bound.
-        let stats = AckStatistics {
-            rtt: Rtt::new(TimeSpan::from_micros(9_000_000), TimeSpan::from_micros(0)),
-            buffer_available: 8192,
-            packet_receive_rate: None,
-            estimated_link_capacity: None,
-            data_receive_rate: None,
-        };
-        let ack = Acknowledgement::Full(
-            SeqNumber::new_truncate(1002),
-            stats,
-            FullAckSeqNumber::new(2).unwrap(),
-        );
-        c.handle_packet(t0, control(ME, ControlTypes::Ack(ack)), addr());
+        c.handle_packet(t0, full_ack_rtt(1002, 2, 9_000_000, 0), addr());
         let t = t0 + Duration::from_millis(100);
         assert_eq!(
             resends(&mut c, t + MAX_RESEND_GAP - Duration::from_millis(1)),
