@@ -347,9 +347,17 @@ pub async fn bind(name: &str, remote: SocketAddr) -> Result<(UdpSocket, SocketAd
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(bind).await.map_err(io)?;
+    // An edge pull receives its origin's GOP cache as one burst (the
+    // send-only player sender does not pace): give it room beyond the
+    // default ~208 KiB so a busy task does not lose the burst's tail.
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(CALLER_RECV_BUFFER);
     sock.connect(remote).await.map_err(io)?;
     Ok((sock, remote))
 }
+
+/// Receive buffer asked for a caller socket (push leg, edge pull).
+const CALLER_RECV_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Retransmit the caller handshake every tick until connected, rejected or
 /// cancelled (the stream's setup deadline cancels us: `Ok(None)`).
